@@ -1,0 +1,56 @@
+"""MF²: a Hugging Face-native multimodal foundation model for facial Action Units and emotions.
+
+Importing `mf2` registers the MF² classes with transformers' Auto* factories, so `AutoConfig`, `AutoModel`,
+`AutoModelForPreTraining` and `AutoModelForImageClassification` load MF² checkpoints without `trust_remote_code`.
+Saved checkpoints also carry the modeling code (`auto_map`), so they load with `trust_remote_code=True` where this
+package is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+
+from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
+from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
+from .modeling_mf2 import (
+    MF2ForFacialStateRecognition,
+    MF2ForPreTraining,
+    MF2Model,
+    MF2ModelOutput,
+    MF2PreTrainedModel,
+    MF2PreTrainingOutput,
+    MF2RecognitionOutput,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(MF2Config.model_type, MF2Config, exist_ok=True)
+AutoModel.register(MF2Config, MF2Model, exist_ok=True)
+AutoModelForPreTraining.register(MF2Config, MF2ForPreTraining, exist_ok=True)
+# The recogniser is an image classifier with a second (multi-label AU) head; this mapping lets pipelines load it.
+AutoModelForImageClassification.register(MF2Config, MF2ForFacialStateRecognition, exist_ok=True)
+
+MF2Config.register_for_auto_class()
+MF2Model.register_for_auto_class("AutoModel")
+MF2ForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+MF2ForFacialStateRecognition.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "AU_NAMES",
+    "EMOTION_LABELS",
+    "LOSS_NAMES",
+    "MF2Config",
+    "MF2ForFacialStateRecognition",
+    "MF2ForPreTraining",
+    "MF2Model",
+    "MF2ModelOutput",
+    "MF2PreTrainedModel",
+    "MF2PreTrainingOutput",
+    "MF2RecognitionOutput",
+    "au_boxes_from_landmarks",
+    "canonical_landmarks",
+    "default_au_boxes",
+]

@@ -1,0 +1,182 @@
+"""Configuration of MF², the Multilevel Multimodal Face Foundation model."""
+
+from typing import ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+AU_NAMES: tuple[str, ...] = (
+    "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26",
+)  # fmt: skip
+"""The 12 Action Units of Aff-Wild2 / MFA, in the order every tensor of the package uses."""
+
+EMOTION_LABELS: tuple[str, ...] = (
+    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other",
+)  # fmt: skip
+"""The 8 emotion classes of MFA, in class-index order."""
+
+LOSS_NAMES: tuple[str, ...] = (
+    "emo_itc", "emo_itm", "emo_itg", "au_itc", "au_itm", "au_itg", "au_loss", "emotion_loss",
+)  # fmt: skip
+"""Every loss term of `MF2ForPreTraining`; `MF2Config.loss_weights` is keyed by these names."""
+
+# Vision encoders from transformers whose output is `[prefix tokens; patch grid]`, which the AU pooling needs.
+SUPPORTED_VISION_MODEL_TYPES: tuple[str, ...] = ("vit", "dinov2", "dinov2_with_registers", "deit")
+
+
+@strict
+class MF2Config(PreTrainedConfig):
+    r"""
+    Configuration of an MF² model: a vision encoder, two BLIP-2 Q-Former branches (Emo-VL over the whole face and
+    AU-VL over landmark-located Action Unit regions) whose text side follows a BERT-family text encoder, and the AU
+    and emotion recognisers. The defaults give the paper's size: ViT-B/16 at 224 px, BERT-base, and BERT-base-sized
+    Q-Formers.
+
+    vision_config (`dict` or `PreTrainedConfig`, *optional*):
+        Any transformers vision encoder that yields patch tokens (`vit` by default, `dinov2` works too).
+    text_config (`dict` or `PreTrainedConfig`, *optional*):
+        BERT-family text encoder. Its vocabulary is the Q-Formers' vocabulary, and `MF2ForPreTraining.from_encoders`
+        initialises the Q-Formers from its weights, as BLIP-2 does.
+    qformer_config (`dict` or `Blip2QFormerConfig`, *optional*):
+        Configuration shared by both Q-Formers. `encoder_hidden_size`, `vocab_size` and `pad_token_id` are taken from
+        the vision and text configs; `use_qformer_text_input` is always on (MF² aligns captions through it).
+    num_query_tokens (`int`, *optional*, defaults to 32):
+        Learned queries of the Emo-VL Q-Former.
+    num_au_query_tokens (`int`, *optional*, defaults to 8):
+        Learned queries of the AU-VL Q-Former, shared by all AUs and offset by a learned per-AU embedding.
+    au_roi_size (`int`, *optional*, defaults to 3):
+        Each AU box is pooled from the patch-token grid into `au_roi_size x au_roi_size` tokens (RoIAlign).
+    image_text_hidden_size (`int`, *optional*, defaults to 256):
+        Size of the ITC projection space.
+    temperature (`float`, *optional*, defaults to 0.07):
+        Initial value of each branch's learnable ITC temperature.
+    au_names (`list[str]`, *optional*):
+        Names of the recognised AUs, defaults to the 12 MFA AUs.
+    au_thresholds (`list[float]`, *optional*):
+        Per-AU decision thresholds on probabilities (tuned on validation data); 0.5 each when unset.
+    au_caption_max_length (`int`, *optional*, defaults to 169):
+        Maximum tokens of an AU caption.
+    emotion_caption_max_length (`int`, *optional*, defaults to 61):
+        Maximum tokens of an emotion caption.
+    use_emotion_branch (`bool`, *optional*, defaults to `True`):
+        Build Emo-VL. Switch off for the paper's "w/o Emo-VL" ablation.
+    use_au_branch (`bool`, *optional*, defaults to `True`):
+        Build AU-VL. Switch off for the paper's "w/o AU-VL" ablation.
+    freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
+        Keep the image encoder frozen (no gradient), as in BLIP-2 pretraining.
+    loss_weights (`dict[str, float]`, *optional*):
+        Weight of each loss term (keys from `LOSS_NAMES`); missing keys weigh 1.0.
+    itc_label_smoothing (`float`, *optional*, defaults to 0.1):
+        Label smoothing of the ITC cross-entropy (BLIP-2 uses 0.1).
+    itg_label_smoothing (`float`, *optional*, defaults to 0.1):
+        Label smoothing of the ITG cross-entropy (BLIP-2 uses 0.1).
+    classifier_dropout (`float`, *optional*, defaults to 0.1):
+        Dropout before the recognisers.
+    initializer_range (`float`, *optional*, defaults to 0.02):
+        Standard deviation of the initialisation of MF²'s own weights.
+
+    Example:
+
+    ```python
+    >>> from mf2 import MF2Config, MF2ForPreTraining
+    >>> config = MF2Config()  # paper size: ViT-B/16, BERT-base, BERT-base-sized Q-Formers
+    >>> model = MF2ForPreTraining(config)
+    ```
+    """
+
+    model_type = "mf2"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "qformer_config": Blip2QFormerConfig,
+    }
+    # Trainer's prediction step ignores these output fields, so predictions are just (au_logits, emotion_logits).
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [*LOSS_NAMES, "image_embeds", "emotion_embeds", "au_embeds"]
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    num_query_tokens: int = 32
+    num_au_query_tokens: int = 8
+    au_roi_size: int = 3
+    image_text_hidden_size: int = 256
+    temperature: float = 0.07
+    au_names: list[str] | None = None
+    au_thresholds: list[float] | None = None
+    au_caption_max_length: int = 169
+    emotion_caption_max_length: int = 61
+    use_emotion_branch: bool = True
+    use_au_branch: bool = True
+    freeze_vision_encoder: bool = True
+    loss_weights: dict[str, float] | None = None
+    itc_label_smoothing: float = 0.1
+    itg_label_smoothing: float = 0.1
+    classifier_dropout: float = 0.1
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.au_names is None:
+            self.au_names = list(AU_NAMES)
+        if self.id2label is None or (len(self.id2label) == 2 and self.id2label == {0: "LABEL_0", 1: "LABEL_1"}):
+            self.id2label = dict(enumerate(EMOTION_LABELS))
+        self.label2id = {name: index for index, name in self.id2label.items()}
+        # The Q-Former reads the vision tokens and speaks the text encoder's vocabulary.
+        self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+        self.qformer_config.vocab_size = self.text_config.vocab_size
+        self.qformer_config.pad_token_id = getattr(self.text_config, "pad_token_id", 0) or 0
+        # ITC/ITM/ITG run captions through the Q-Former, so its text FFN always exists in the config;
+        # `MF2ForFacialStateRecognition` leaves it out of the image-only model it builds.
+        self.qformer_config.use_qformer_text_input = True
+
+    @property
+    def num_aus(self) -> int:
+        return len(self.au_names)
+
+    @property
+    def emotion_labels(self) -> list[str]:
+        return [self.id2label[index] for index in range(len(self.id2label))]
+
+    def loss_weight(self, name: str) -> float:
+        """Weight of the loss term `name` (one of `LOSS_NAMES`)."""
+        return float((self.loss_weights or {}).get(name, 1.0))
+
+    def validate_mf2(self):
+        """Reject combinations that cannot build a working model, with a message that says what to change."""
+        if not (self.use_emotion_branch or self.use_au_branch):
+            raise ValueError("MF2Config: at least one of `use_emotion_branch` and `use_au_branch` must be True.")
+        vision_type = getattr(self.vision_config, "model_type", None)
+        if vision_type not in SUPPORTED_VISION_MODEL_TYPES:
+            raise ValueError(
+                f"MF2Config: vision_config.model_type={vision_type!r} is not supported; MF² needs a patch-token "
+                f"encoder, one of {SUPPORTED_VISION_MODEL_TYPES}."
+            )
+        if not hasattr(self.text_config, "vocab_size"):
+            raise ValueError("MF2Config: text_config must be a BERT-family config with a `vocab_size`.")
+        if len(set(self.au_names)) != len(self.au_names) or not self.au_names:
+            raise ValueError(f"MF2Config: `au_names` must be a non-empty list of unique names, got {self.au_names}.")
+        if self.au_thresholds is not None and len(self.au_thresholds) != len(self.au_names):
+            raise ValueError(
+                f"MF2Config: {len(self.au_thresholds)} `au_thresholds` for {len(self.au_names)} AUs; give one per AU."
+            )
+        if self.au_thresholds is not None and not all(0.0 < t < 1.0 for t in self.au_thresholds):
+            raise ValueError(f"MF2Config: `au_thresholds` are probabilities in (0, 1), got {self.au_thresholds}.")
+        unknown = set(self.loss_weights or {}) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"MF2Config: unknown `loss_weights` keys {sorted(unknown)}; valid keys: {LOSS_NAMES}.")
+        for name in ("num_query_tokens", "num_au_query_tokens", "au_roi_size", "image_text_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MF2Config: `{name}` must be >= 1, got {getattr(self, name)}.")
+        if not self.temperature > 0:
+            raise ValueError(f"MF2Config: `temperature` must be > 0, got {self.temperature}.")
+        longest = max(self.au_caption_max_length, self.emotion_caption_max_length)
+        if longest > self.qformer_config.max_position_embeddings:
+            raise ValueError(
+                f"MF2Config: caption maximum length {longest} exceeds the Q-Former's "
+                f"max_position_embeddings={self.qformer_config.max_position_embeddings}."
+            )
+
+
+__all__ = ["AU_NAMES", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config"]

@@ -1,0 +1,766 @@
+"""PyTorch MF²: a vision encoder, the Emo-VL and AU-VL Q-Former branches, and the AU / emotion recognisers."""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, Blip2QFormerModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
+from transformers.utils import ModelOutput, logging
+
+from .au_regions import check_au_names, default_au_boxes
+from .configuration_mf2 import MF2Config
+from .losses_mf2 import (
+    caption_positive_mask,
+    itc_loss,
+    itg_loss,
+    masked_au_loss,
+    masked_emotion_loss,
+    multimodal_causal_mask,
+    sample_hard_negatives,
+)
+
+logger = logging.get_logger(__name__)
+
+# The Q-Former's text FFN (`encoder.layer.N.intermediate/output`, not `attention.output` nor `*_query`).
+_TEXT_FFN_PATTERN = r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\."
+_REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_mf2.MF2Config",
+    "AutoModel": "modeling_mf2.MF2Model",
+    "AutoModelForPreTraining": "modeling_mf2.MF2ForPreTraining",
+    "AutoModelForImageClassification": "modeling_mf2.MF2ForFacialStateRecognition",
+}
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class MF2ModelOutput(ModelOutput):
+    """Image features of MF².
+
+    Args:
+        emotion_embeds (`(batch, hidden)`): global face feature, the Emo-VL queries averaged (None without Emo-VL).
+        au_embeds (`(batch, num_aus, hidden)`): one local feature per AU, its AU-VL queries averaged.
+        emotion_query_output (`(batch, num_query_tokens, hidden)`): Emo-VL query outputs.
+        au_query_output (`(batch, num_aus, num_au_query_tokens, hidden)`): AU-VL query outputs.
+        image_embeds (`(batch, tokens, vision_hidden)`): the vision encoder's last hidden state.
+        au_region_embeds (`(batch, num_aus, k * roi^2, vision_hidden)`): patch tokens pooled inside the AU boxes.
+        vision_hidden_states, emotion_qformer_hidden_states, au_qformer_hidden_states: per-layer states, on request.
+    """
+
+    emotion_embeds: torch.FloatTensor | None = None
+    au_embeds: torch.FloatTensor | None = None
+    emotion_query_output: torch.FloatTensor | None = None
+    au_query_output: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    au_region_embeds: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MF2RecognitionOutput(ModelOutput):
+    """Output of `MF2ForFacialStateRecognition`.
+
+    Args:
+        loss: weighted `au_loss + emotion_loss`, when labels are given.
+        au_loss: binary cross-entropy over known AU labels.
+        emotion_loss: cross-entropy over known emotion labels.
+        au_logits (`(batch, num_aus)`): AU presence logits (sigmoid gives probabilities).
+        emotion_logits (`(batch, num_emotions)`): emotion logits.
+        emotion_embeds, au_embeds: the features the recognisers read.
+    """
+
+    loss: torch.FloatTensor | None = None
+    au_loss: torch.FloatTensor | None = None
+    emotion_loss: torch.FloatTensor | None = None
+    au_logits: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    emotion_embeds: torch.FloatTensor | None = None
+    au_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class MF2PreTrainingOutput(ModelOutput):
+    """Output of `MF2ForPreTraining`: the weighted total and every term on its own.
+
+    Args:
+        loss: weighted sum of the terms present (weights from `config.loss_weights`).
+        emo_itc, emo_itm, emo_itg: Emo-VL contrastive, matching and generation losses (need emotion captions).
+        au_itc, au_itm, au_itg: AU-VL losses over the (image, AU) pairs that have a caption.
+        au_loss, emotion_loss: recogniser losses over the known labels.
+        au_logits (`(batch, num_aus)`), emotion_logits (`(batch, num_emotions)`): recogniser outputs.
+        emotion_embeds, au_embeds: image features.
+    """
+
+    loss: torch.FloatTensor | None = None
+    emo_itc: torch.FloatTensor | None = None
+    emo_itm: torch.FloatTensor | None = None
+    emo_itg: torch.FloatTensor | None = None
+    au_itc: torch.FloatTensor | None = None
+    au_itm: torch.FloatTensor | None = None
+    au_itg: torch.FloatTensor | None = None
+    au_loss: torch.FloatTensor | None = None
+    emotion_loss: torch.FloatTensor | None = None
+    au_logits: torch.FloatTensor | None = None
+    emotion_logits: torch.FloatTensor | None = None
+    emotion_embeds: torch.FloatTensor | None = None
+    au_embeds: torch.FloatTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------- building blocks
+def roi_align_tokens(feature_map: torch.Tensor, boxes: torch.Tensor, output_size: int, sampling_ratio: int = 2):
+    """RoIAlign in plain torch: pool a feature map inside normalised boxes.
+
+    Args:
+        feature_map: `(B, D, H, W)` patch-token grid.
+        boxes: `(B, A, K, 4)` normalised `xyxy` in the image frame that the grid covers.
+        output_size: bins per side; each bin averages `sampling_ratio^2` bilinear samples.
+
+    Returns:
+        `(B, A, K * output_size^2, D)` pooled tokens, box by box, bins row-major.
+    """
+    batch, channels = feature_map.shape[:2]
+    _, num_aus, per_au, _ = boxes.shape
+    samples = output_size * sampling_ratio
+    steps = (torch.arange(samples, device=boxes.device, dtype=boxes.dtype) + 0.5) / samples
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    xs = x1[..., None] + (x2 - x1)[..., None] * steps  # (B, A, K, S)
+    ys = y1[..., None] + (y2 - y1)[..., None] * steps
+    grid = torch.stack(
+        [xs[..., None, :].expand(*xs.shape[:-1], samples, samples), ys[..., :, None].expand(*ys.shape[:-1], samples, samples)],
+        dim=-1,
+    )  # (B, A, K, S, S, 2) with x varying along the last spatial axis
+    grid = (grid * 2 - 1).reshape(batch, num_aus * per_au * samples, samples, 2).to(feature_map.dtype)
+    sampled = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = sampled.view(batch, channels, num_aus * per_au, output_size, sampling_ratio, output_size, sampling_ratio)
+    pooled = sampled.mean(dim=(4, 6))  # (B, D, A*K, r, r)
+    pooled = pooled.view(batch, channels, num_aus, per_au * output_size * output_size)
+    return pooled.permute(0, 2, 3, 1)
+
+
+def _qformer_config(config: MF2Config, with_text_ffn: bool):
+    qformer_config = config.qformer_config.__class__.from_dict(config.qformer_config.to_dict())
+    qformer_config.use_qformer_text_input = with_text_ffn
+    qformer_config._attn_implementation = config._attn_implementation
+    return qformer_config
+
+
+class MF2QFormerBranch(nn.Module):
+    """Learned queries and a BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) that reads vision tokens."""
+
+    def __init__(self, config: MF2Config, num_query_tokens: int, with_text_ffn: bool):
+        super().__init__()
+        qformer_config = _qformer_config(config, with_text_ffn)
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(qformer_config)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.query_tokens.shape[1]
+
+    def encode(self, queries: torch.Tensor, encoder_hidden_states: torch.Tensor, output_hidden_states: bool = False):
+        """Run `queries` `(N, Q, H)` against `encoder_hidden_states` `(N, T, D)`; returns the Q-Former output."""
+        return self.qformer(
+            query_embeds=queries, encoder_hidden_states=encoder_hidden_states, output_hidden_states=output_hidden_states
+        )
+
+
+class MF2AUBranch(MF2QFormerBranch):
+    """AU-VL's image side: patch tokens pooled inside each AU's boxes, read by one Q-Former shared by all AUs.
+
+    A learned per-AU offset on the shared queries tells the Q-Former which AU it is looking at, and a learned position
+    embedding tells it where in the box each pooled token lies.
+    """
+
+    def __init__(self, config: MF2Config, with_text_ffn: bool):
+        super().__init__(config, config.num_au_query_tokens, with_text_ffn)
+        hidden = config.qformer_config.hidden_size
+        self.roi_size = config.au_roi_size
+        self.au_query_embeddings = nn.Parameter(torch.zeros(config.num_aus, 1, hidden))
+        self.roi_position_embeddings = nn.Parameter(torch.zeros(1, config.au_roi_size**2, config.vision_config.hidden_size))
+
+    def queries_for_aus(self, au_indices: torch.Tensor) -> torch.Tensor:
+        """The queries of the given AUs, `(N, Q, H)` for `au_indices` `(N,)`."""
+        return self.query_tokens + self.au_query_embeddings[au_indices]
+
+    def pool_regions(self, patch_grid: torch.Tensor, au_boxes: torch.Tensor) -> torch.Tensor:
+        """`(B, A, K * roi^2, D)` region tokens from the `(B, D, H, W)` grid and `(B, A, K, 4)` boxes."""
+        tokens = roi_align_tokens(patch_grid, au_boxes, self.roi_size)
+        boxes_per_au = au_boxes.shape[2]
+        return tokens + self.roi_position_embeddings.repeat(1, boxes_per_au, 1)[:, None]
+
+    def forward(self, region_tokens: torch.Tensor, output_hidden_states: bool = False):
+        batch, num_aus = region_tokens.shape[:2]
+        au_indices = torch.arange(num_aus, device=region_tokens.device).repeat(batch)
+        output = self.encode(self.queries_for_aus(au_indices), region_tokens.flatten(0, 1), output_hidden_states)
+        return output.last_hidden_state.view(batch, num_aus, self.num_query_tokens, -1), output.hidden_states
+
+
+class MF2RecognitionHeads(nn.Module):
+    """The AU recogniser (multi-label, one logit per AU) and the emotion recogniser.
+
+    Each reads the features of every branch present: an AU reads its own local feature and the global face feature;
+    the emotion reads the global feature and the mean local feature. Without one branch they read the other alone.
+    """
+
+    def __init__(self, config: MF2Config):
+        super().__init__()
+        hidden = config.qformer_config.hidden_size
+        width = hidden * (int(config.use_emotion_branch) + int(config.use_au_branch))
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.au_norm = nn.LayerNorm(width)
+        self.au_weight = nn.Parameter(torch.zeros(config.num_aus, width))
+        self.au_bias = nn.Parameter(torch.zeros(config.num_aus))
+        self.emotion_norm = nn.LayerNorm(width)
+        self.emotion_classifier = nn.Linear(width, len(config.id2label))
+
+    def forward(self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None):
+        num_aus = self.au_weight.shape[0]
+        au_parts, emotion_parts = [], []
+        if au_embeds is not None:
+            au_parts.append(au_embeds)
+        if emotion_embeds is not None:
+            au_parts.append(emotion_embeds[:, None, :].expand(-1, num_aus, -1))
+            emotion_parts.append(emotion_embeds)
+        if au_embeds is not None:
+            emotion_parts.append(au_embeds.mean(dim=1))
+        au_input = self.dropout(self.au_norm(torch.cat(au_parts, dim=-1)))
+        au_logits = (au_input * self.au_weight).sum(dim=-1) + self.au_bias
+        emotion_logits = self.emotion_classifier(self.dropout(self.emotion_norm(torch.cat(emotion_parts, dim=-1))))
+        return au_logits, emotion_logits
+
+
+class MF2LMHead(nn.Module):
+    """BERT-style caption prediction head for ITG; `decoder.weight` is tied to the word embeddings."""
+
+    def __init__(self, config: MF2Config):
+        super().__init__()
+        qformer = config.qformer_config
+        self.dense = nn.Linear(qformer.hidden_size, qformer.hidden_size)
+        self.activation = ACT2FN[qformer.hidden_act]
+        self.LayerNorm = nn.LayerNorm(qformer.hidden_size, eps=qformer.layer_norm_eps)
+        self.decoder = nn.Linear(qformer.hidden_size, qformer.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.activation(self.dense(hidden_states))))
+
+
+class MF2TextAlignment(nn.Module):
+    """The text side of one branch, used in pretraining only: caption embeddings, ITC projections and temperature,
+    the ITM head and the ITG head. Captions run through the branch's own Q-Former (its text FFN)."""
+
+    def __init__(self, config: MF2Config):
+        super().__init__()
+        hidden = config.qformer_config.hidden_size
+        self.embeddings = Blip2TextEmbeddings(config.qformer_config)
+        self.vision_proj = nn.Linear(hidden, config.image_text_hidden_size)
+        self.text_proj = nn.Linear(hidden, config.image_text_hidden_size)
+        self.itm_head = nn.Linear(hidden, 2)
+        self.lm_head = MF2LMHead(config)
+        self.temperature = nn.Parameter(torch.tensor(config.temperature))
+
+    def losses(
+        self,
+        branch: MF2QFormerBranch,
+        queries: torch.Tensor,
+        query_output: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        itc_label_smoothing: float,
+        itg_label_smoothing: float,
+    ) -> dict[str, torch.Tensor]:
+        """ITC, ITM and ITG over M aligned (image, caption) pairs.
+
+        Args:
+            branch: the Q-Former branch the pairs belong to.
+            queries: `(M, Q, H)` the queries that produced `query_output` (needed again for the joint passes).
+            query_output: `(M, Q, H)` image-side query outputs.
+            encoder_hidden_states: `(M, T, D)` what the queries cross-attend to.
+            input_ids, attention_mask: `(M, L)` tokenised captions.
+        """
+        num_queries = queries.shape[1]
+        text_embeds = self.embeddings(input_ids=input_ids)
+        text_output = branch.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask)
+        text_features = F.normalize(self.text_proj(text_output.last_hidden_state[:, 0]), dim=-1)
+        image_features = F.normalize(self.vision_proj(query_output), dim=-1)
+        positives = caption_positive_mask(input_ids, attention_mask)
+        temperature = self.temperature.clamp(0.001, 0.5)
+        itc, similarity = itc_loss(image_features, text_features, temperature, positives, itc_label_smoothing)
+
+        itm = self.itm_loss(branch, queries, encoder_hidden_states, text_embeds, attention_mask, similarity, positives)
+
+        joint = torch.cat([queries, text_embeds.to(queries.dtype)], dim=1)
+        generation_mask = multimodal_causal_mask(num_queries, attention_mask, joint.dtype)
+        generated = branch.qformer(
+            query_embeds=joint, query_length=num_queries, attention_mask=generation_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )  # fmt: skip
+        lm_logits = self.lm_head(generated.last_hidden_state[:, num_queries:])
+        itg = itg_loss(lm_logits, input_ids, attention_mask, itg_label_smoothing)
+        return {"itc": itc, "itm": itm, "itg": itg}
+
+    def itm_logits(self, branch, queries, encoder_hidden_states, text_embeds, attention_mask) -> torch.Tensor:
+        """Match / no-match logits `(N, 2)` for N (image, caption) pairs, queries and caption attending jointly."""
+        num_queries = queries.shape[1]
+        joint = torch.cat([queries, text_embeds.to(queries.dtype)], dim=1)
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], num_queries), attention_mask], dim=1)
+        output = branch.qformer(
+            query_embeds=joint, query_length=num_queries, attention_mask=mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )  # fmt: skip
+        return self.itm_head(output.last_hidden_state[:, :num_queries]).mean(dim=1)
+
+    def itm_loss(self, branch, queries, encoder_hidden_states, text_embeds, attention_mask, similarity, positives):
+        """Paper eq. 4 with BLIP-2's batch: every positive pair, plus one hard negative caption per image and one hard
+        negative image per caption."""
+        negative_text, negative_image, text_valid, image_valid = sample_hard_negatives(similarity, positives)
+        logits = self.itm_logits(
+            branch,
+            torch.cat([queries, queries[negative_image], queries]),
+            torch.cat([encoder_hidden_states, encoder_hidden_states[negative_image], encoder_hidden_states]),
+            torch.cat([text_embeds, text_embeds, text_embeds[negative_text]]),
+            torch.cat([attention_mask, attention_mask, attention_mask[negative_text]]),
+        )
+        count = queries.shape[0]
+        labels = torch.cat([torch.ones(count), torch.zeros(2 * count)]).long().to(logits.device)
+        keep = torch.cat([torch.ones_like(image_valid), image_valid, text_valid])
+        return F.cross_entropy(logits[keep].float(), labels[keep])
+
+
+# --------------------------------------------------------------------------------------------------- models
+class MF2PreTrainedModel(PreTrainedModel):
+    """Base class of the MF² models: weight initialisation, loading and the config class."""
+
+    config: MF2Config
+    config_class = MF2Config
+    base_model_prefix = "mf2"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["Blip2QFormerLayer", "Blip2TextEmbeddings"]
+    # Trainer must not pass `num_items_in_batch` nor skip dividing the loss by the accumulation steps.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, MF2QFormerBranch):
+            init.normal_(module.query_tokens, mean=0.0, std=std)
+        if isinstance(module, MF2AUBranch):
+            init.normal_(module.au_query_embeddings, mean=0.0, std=std)
+            init.normal_(module.roi_position_embeddings, mean=0.0, std=std)
+        elif isinstance(module, MF2TextAlignment):
+            init.constant_(module.temperature, self.config.temperature)
+        elif isinstance(module, MF2RecognitionHeads):
+            init.normal_(module.au_weight, mean=0.0, std=std)
+            init.zeros_(module.au_bias)
+        elif isinstance(module, Blip2TextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual; a checkpoint carrying remote code advertises every MF² head in its `auto_map`, so it loads
+        remotely as `AutoModel`, `AutoModelForPreTraining` or `AutoModelForImageClassification`, whichever was saved."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_REMOTE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _check_labels(self, au_labels, emotion_labels, batch_size: int) -> None:
+        num_aus, num_emotions = self.config.num_aus, len(self.config.id2label)
+        if au_labels is not None:
+            if tuple(au_labels.shape) != (batch_size, num_aus):
+                raise ValueError(f"au_labels must have shape ({batch_size}, {num_aus}), got {tuple(au_labels.shape)}.")
+            if not torch.isin(au_labels, torch.tensor([-1, 0, 1], device=au_labels.device)).all():
+                raise ValueError("au_labels must hold 0 (absent), 1 (present) or -1 (unknown).")
+        if emotion_labels is not None:
+            if tuple(emotion_labels.shape) != (batch_size,):
+                raise ValueError(f"emotion_labels must have shape ({batch_size},), got {tuple(emotion_labels.shape)}.")
+            if ((emotion_labels < -1) | (emotion_labels >= num_emotions)).any():
+                raise ValueError(f"emotion_labels must lie in 0..{num_emotions - 1}, or be -1 (unknown).")
+
+
+class MF2Model(MF2PreTrainedModel):
+    """MF²'s image path: vision encoder → Emo-VL queries over the whole face and AU-VL queries over each AU's regions.
+
+    This is what `AutoModel` loads. It never builds the Q-Formers' text side (`MF2ForPreTraining` does), so inference
+    never touches text weights.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [_TEXT_FFN_PATTERN, r"alignment\.", r"^heads\."]
+
+    def __init__(self, config: MF2Config, with_text_ffn: bool = False):
+        super().__init__(config)
+        check_au_names(config.au_names)
+        vision_class = MODEL_MAPPING[type(config.vision_config)]
+        vision_kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(vision_class).parameters else {}
+        self.vision_model = AutoModel.from_config(config.vision_config, **vision_kwargs)
+        self._vision_takes_interpolate = "interpolate_pos_encoding" in inspect.signature(self.vision_model.forward).parameters
+        self.emotion_branch = (
+            MF2QFormerBranch(config, config.num_query_tokens, with_text_ffn) if config.use_emotion_branch else None
+        )
+        self.au_branch = MF2AUBranch(config, with_text_ffn) if config.use_au_branch else None
+        self.register_buffer(
+            "default_au_boxes", torch.tensor(default_au_boxes(config.au_names), dtype=torch.float32), persistent=False
+        )
+        self.post_init()
+        if config.freeze_vision_encoder:
+            self.vision_model.requires_grad_(False)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            init.copy_(self.default_au_boxes, torch.tensor(default_au_boxes(self.config.au_names)))
+
+    @property
+    def patch_size(self) -> int:
+        patch = self.config.vision_config.patch_size
+        return patch[0] if isinstance(patch, (list, tuple)) else patch
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.vision_config.num_channels:
+            raise ValueError(
+                f"pixel_values must be (batch, {self.config.vision_config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        if pixel_values.shape[2] < self.patch_size or pixel_values.shape[3] < self.patch_size:
+            raise ValueError(f"Images of {tuple(pixel_values.shape[2:])} px are smaller than one {self.patch_size}-px patch.")
+
+    def _resolve_boxes(self, au_boxes: torch.Tensor | None, batch_size: int, device, dtype) -> torch.Tensor:
+        num_aus = self.config.num_aus
+        if au_boxes is None:
+            return self.default_au_boxes.to(device=device, dtype=dtype).expand(batch_size, -1, -1, -1)
+        if au_boxes.ndim != 4 or au_boxes.shape[0] != batch_size or au_boxes.shape[1] != num_aus or au_boxes.shape[3] != 4:
+            raise ValueError(
+                f"au_boxes must be (batch={batch_size}, num_aus={num_aus}, k, 4) normalised xyxy, got {tuple(au_boxes.shape)}."
+            )
+        if not torch.isfinite(au_boxes).all():
+            raise ValueError("au_boxes contain NaN or infinite values.")
+        return au_boxes.to(device=device, dtype=dtype)
+
+    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+        """Vision encoder output (frozen encoders run without building a graph)."""
+        kwargs = {"interpolate_pos_encoding": True} if self._vision_takes_interpolate else {}
+        frozen = not any(p.requires_grad for p in self.vision_model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, **kwargs)
+
+    def patch_grid(self, image_embeds: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`(B, D, H/patch, W/patch)` patch grid from the encoder's tokens (prefix tokens such as CLS dropped)."""
+        rows, cols = height // self.patch_size, width // self.patch_size
+        patches = image_embeds[:, image_embeds.shape[1] - rows * cols :]
+        return patches.transpose(1, 2).reshape(image_embeds.shape[0], -1, rows, cols)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        au_boxes: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MF2ModelOutput:
+        r"""
+        pixel_values (`(batch, 3, height, width)`): face crops, normalised for the vision encoder.
+        au_boxes (`(batch, num_aus, k, 4)`, *optional*): AU boxes as normalised `xyxy` in the `pixel_values` frame,
+            AU order of `config.au_names`. Without them, the canonical boxes of an aligned face crop are used
+            (`mf2.au_regions.default_au_boxes`), which fit only crops aligned like `MF2ImageProcessor`'s.
+        """
+        output_hidden_states = bool(output_hidden_states)
+        self._check_pixel_values(pixel_values)
+        vision = self.encode_image(pixel_values, output_hidden_states)
+        image_embeds = vision.last_hidden_state
+        batch = image_embeds.shape[0]
+
+        emotion_query_output = emotion_embeds = emotion_hidden = None
+        if self.emotion_branch is not None:
+            queries = self.emotion_branch.query_tokens.expand(batch, -1, -1)
+            output = self.emotion_branch.encode(queries, image_embeds, output_hidden_states)
+            emotion_query_output, emotion_hidden = output.last_hidden_state, output.hidden_states
+            emotion_embeds = emotion_query_output.mean(dim=1)
+
+        au_query_output = au_embeds = au_region_embeds = au_hidden = None
+        if self.au_branch is not None:
+            boxes = self._resolve_boxes(au_boxes, batch, image_embeds.device, image_embeds.dtype)
+            grid = self.patch_grid(image_embeds, pixel_values.shape[2], pixel_values.shape[3])
+            au_region_embeds = self.au_branch.pool_regions(grid, boxes)
+            au_query_output, au_hidden = self.au_branch(au_region_embeds, output_hidden_states)
+            au_embeds = au_query_output.mean(dim=2)
+
+        return MF2ModelOutput(
+            emotion_embeds=emotion_embeds,
+            au_embeds=au_embeds,
+            emotion_query_output=emotion_query_output,
+            au_query_output=au_query_output,
+            image_embeds=image_embeds,
+            au_region_embeds=au_region_embeds,
+            vision_hidden_states=vision.hidden_states if output_hidden_states else None,
+            emotion_qformer_hidden_states=emotion_hidden,
+            au_qformer_hidden_states=au_hidden,
+        )
+
+
+def _copy_text_encoder_into_branch(text_state: dict, branch: MF2QFormerBranch, alignment=None) -> None:
+    """Initialise a Q-Former from a BERT state dict as BLIP-2 does: self-attention and FFN from BERT layer i, the
+    query FFN as a copy of the text FFN, cross-attention left freshly initialised; embeddings to the text side."""
+    qformer = branch.qformer
+    with torch.no_grad():
+        qformer.layernorm.load_state_dict(
+            {"weight": text_state["embeddings.LayerNorm.weight"], "bias": text_state["embeddings.LayerNorm.bias"]}
+        )
+        for index, layer in enumerate(qformer.encoder.layer):
+            source = f"encoder.layer.{index}."
+            pieces = {
+                "attention.attention.query": "attention.self.query",
+                "attention.attention.key": "attention.self.key",
+                "attention.attention.value": "attention.self.value",
+                "attention.output.dense": "attention.output.dense",
+                "attention.output.LayerNorm": "attention.output.LayerNorm",
+                "intermediate_query.dense": "intermediate.dense",
+                "output_query.dense": "output.dense",
+                "output_query.LayerNorm": "output.LayerNorm",
+            }
+            if hasattr(layer, "intermediate"):
+                pieces.update({"intermediate.dense": "intermediate.dense", "output.dense": "output.dense",
+                               "output.LayerNorm": "output.LayerNorm"})  # fmt: skip
+            for target, origin in pieces.items():
+                module = layer.get_submodule(target)
+                module.load_state_dict({"weight": text_state[f"{source}{origin}.weight"],
+                                        "bias": text_state[f"{source}{origin}.bias"]})  # fmt: skip
+        if alignment is not None:
+            embeddings = alignment.embeddings
+            embeddings.word_embeddings.weight.copy_(text_state["embeddings.word_embeddings.weight"])
+            positions = text_state["embeddings.position_embeddings.weight"]
+            embeddings.position_embeddings.weight.copy_(positions[: embeddings.position_embeddings.weight.shape[0]])
+
+
+class MF2ForFacialStateRecognition(MF2PreTrainedModel):
+    """MF² for inference and fine-tuning from images alone: AU presence logits and emotion logits.
+
+    Loads the image path and the recognisers of an `MF2ForPreTraining` checkpoint; the text side is left out.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [_TEXT_FFN_PATTERN, r"alignment\."]
+
+    def __init__(self, config: MF2Config):
+        super().__init__(config)
+        self.mf2 = MF2Model(config, with_text_ffn=False)
+        self.heads = MF2RecognitionHeads(config)
+        self.post_init()
+
+    @classmethod
+    def from_encoders(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **config_overrides):
+        """Build MF² from a pretrained vision encoder and a pretrained BERT-family text encoder (hub ids or folders).
+
+        The vision encoder's weights are copied in; each Q-Former is initialised from the text encoder as BLIP-2 does
+        (its layers must match the text encoder's, so the Q-Former size defaults to the text encoder's). Any
+        `MF2Config` field can be overridden, `qformer_config` as a dict merged over those defaults.
+        """
+        vision = AutoModel.from_pretrained(vision_model_name_or_path)
+        text = AutoModel.from_pretrained(text_model_name_or_path)
+        text_config = text.config
+        qformer = {
+            "hidden_size": text_config.hidden_size,
+            "num_hidden_layers": text_config.num_hidden_layers,
+            "num_attention_heads": text_config.num_attention_heads,
+            "intermediate_size": text_config.intermediate_size,
+            "hidden_act": text_config.hidden_act,
+            "layer_norm_eps": text_config.layer_norm_eps,
+            "max_position_embeddings": text_config.max_position_embeddings,
+        }
+        qformer.update(config_overrides.pop("qformer_config", None) or {})
+        mismatched = [key for key in ("hidden_size", "intermediate_size") if qformer[key] != getattr(text_config, key)]
+        if mismatched or qformer["num_hidden_layers"] > text_config.num_hidden_layers:
+            raise ValueError(
+                f"The Q-Former is initialised from {text_model_name_or_path}: its {mismatched or 'num_hidden_layers'} "
+                "must match the text encoder's (and it cannot have more layers)."
+            )
+        config = cls.config_class(
+            vision_config=vision.config.to_dict(), text_config=text_config.to_dict(), qformer_config=qformer,
+            **config_overrides,
+        )  # fmt: skip
+        model = cls(config)
+        missing, unexpected = model.mf2.vision_model.load_state_dict(vision.state_dict(), strict=False)
+        missing = [key for key in missing if key != "embeddings.mask_token"]
+        unexpected = [key for key in unexpected if not key.startswith("pooler.")]
+        if missing or unexpected:
+            raise ValueError(f"Vision weights do not fit: missing {missing}, unexpected {unexpected}.")
+        text_state = text.state_dict()
+        for name in ("emotion", "au"):
+            branch = getattr(model.mf2, f"{name}_branch")
+            if branch is not None:
+                _copy_text_encoder_into_branch(text_state, branch, getattr(model, f"{name}_alignment", None))
+        if config.freeze_vision_encoder:
+            model.mf2.vision_model.requires_grad_(False)
+        model.config._name_or_path = ""
+        return model
+
+    def forward_features(self, pixel_values, au_boxes=None, output_hidden_states=None) -> MF2ModelOutput:
+        return self.mf2(pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states)
+
+    def forward_head(self, features: MF2ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(features.emotion_embeds, features.au_embeds)
+
+    def recognition_losses(self, au_logits, emotion_logits, au_labels, emotion_labels) -> dict[str, torch.Tensor]:
+        """Recogniser losses for the labels given, each weighted as the config says."""
+        self._check_labels(au_labels, emotion_labels, au_logits.shape[0])
+        losses = {}
+        if au_labels is not None:
+            losses["au_loss"] = masked_au_loss(au_logits, au_labels)
+        if emotion_labels is not None:
+            losses["emotion_loss"] = masked_emotion_loss(emotion_logits, emotion_labels)
+        return losses
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        au_boxes: torch.FloatTensor | None = None,
+        au_labels: torch.LongTensor | None = None,
+        emotion_labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MF2RecognitionOutput:
+        r"""
+        pixel_values (`(batch, 3, height, width)`), au_boxes (`(batch, num_aus, k, 4)`, *optional*): as in `MF2Model`.
+        au_labels (`(batch, num_aus)`, *optional*): 1 present, 0 absent, -1 unknown.
+        emotion_labels (`(batch,)`, *optional*): class index, -1 unknown.
+        """
+        features = self.forward_features(pixel_values, au_boxes, output_hidden_states)
+        au_logits, emotion_logits = self.forward_head(features)
+        losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
+        loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None
+        return MF2RecognitionOutput(
+            loss=loss,
+            au_loss=losses.get("au_loss"),
+            emotion_loss=losses.get("emotion_loss"),
+            au_logits=au_logits,
+            emotion_logits=emotion_logits,
+            emotion_embeds=features.emotion_embeds,
+            au_embeds=features.au_embeds,
+        )
+
+
+class MF2ForPreTraining(MF2ForFacialStateRecognition):
+    """MF² pretraining: Emo-VL and AU-VL, each with ITC, ITM and ITG, plus the AU and emotion recognisers.
+
+    Inputs that a batch lacks are skipped, not faked: no emotion captions → no Emo-VL alignment losses; an (image, AU)
+    pair whose `au_caption_mask` is 0 takes no part in AU-VL alignment; labels of -1 are left out of the recognisers.
+    """
+
+    _keys_to_ignore_on_load_unexpected = None
+
+    def __init__(self, config: MF2Config):
+        MF2PreTrainedModel.__init__(self, config)
+        self.mf2 = MF2Model(config, with_text_ffn=True)
+        self.heads = MF2RecognitionHeads(config)
+        self.emotion_alignment = MF2TextAlignment(config) if config.use_emotion_branch else None
+        self.au_alignment = MF2TextAlignment(config) if config.use_au_branch else None
+        self._tied_weights_keys = {
+            f"{name}.lm_head.decoder.weight": f"{name}.embeddings.word_embeddings.weight"
+            for name, enabled in (("emotion_alignment", config.use_emotion_branch), ("au_alignment", config.use_au_branch))
+            if enabled
+        }
+        self.post_init()
+
+    def _au_pairs(self, features: MF2ModelOutput, au_input_ids, au_attention_mask, au_caption_mask):
+        """Flatten the (image, AU) pairs that carry a caption into M aligned rows."""
+        batch, num_aus = features.au_embeds.shape[:2]
+        if au_input_ids.ndim != 3 or tuple(au_input_ids.shape[:2]) != (batch, num_aus):
+            raise ValueError(
+                f"au_input_ids must be (batch={batch}, num_aus={num_aus}, length), got {tuple(au_input_ids.shape)}."
+            )
+        if au_attention_mask is None:
+            au_attention_mask = torch.ones_like(au_input_ids)
+        present = au_attention_mask.sum(dim=-1) > 0
+        if au_caption_mask is not None:
+            if tuple(au_caption_mask.shape) != (batch, num_aus):
+                raise ValueError(f"au_caption_mask must be ({batch}, {num_aus}), got {tuple(au_caption_mask.shape)}.")
+            present = present & au_caption_mask.bool()
+        au_indices = torch.arange(num_aus, device=present.device).expand(batch, -1)[present]
+        return (
+            self.mf2.au_branch.queries_for_aus(au_indices),
+            features.au_query_output[present],
+            features.au_region_embeds[present],
+            au_input_ids[present],
+            au_attention_mask[present],
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        au_boxes: torch.FloatTensor | None = None,
+        emotion_input_ids: torch.LongTensor | None = None,
+        emotion_attention_mask: torch.LongTensor | None = None,
+        au_input_ids: torch.LongTensor | None = None,
+        au_attention_mask: torch.LongTensor | None = None,
+        au_caption_mask: torch.LongTensor | None = None,
+        au_labels: torch.LongTensor | None = None,
+        emotion_labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MF2PreTrainingOutput:
+        r"""
+        pixel_values, au_boxes: as in `MF2Model`.
+        emotion_input_ids, emotion_attention_mask (`(batch, length)`, *optional*): tokenised emotion captions.
+        au_input_ids, au_attention_mask (`(batch, num_aus, length)`, *optional*): one tokenised caption per AU.
+        au_caption_mask (`(batch, num_aus)`, *optional*): 1 where the AU has a caption; rows with an all-zero
+            attention mask count as missing too.
+        au_labels (`(batch, num_aus)`), emotion_labels (`(batch,)`), *optional*: as in `MF2ForFacialStateRecognition`.
+        """
+        features = self.forward_features(pixel_values, au_boxes)
+        au_logits, emotion_logits = self.forward_head(features)
+        losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
+        smoothing = (self.config.itc_label_smoothing, self.config.itg_label_smoothing)
+
+        if self.emotion_alignment is not None and emotion_input_ids is not None:
+            if emotion_attention_mask is None:
+                emotion_attention_mask = torch.ones_like(emotion_input_ids)
+            batch = pixel_values.shape[0]
+            queries = self.mf2.emotion_branch.query_tokens.expand(batch, -1, -1)
+            terms = self.emotion_alignment.losses(
+                self.mf2.emotion_branch, queries, features.emotion_query_output, features.image_embeds,
+                emotion_input_ids, emotion_attention_mask, *smoothing,
+            )  # fmt: skip
+            losses.update({f"emo_{name}": value for name, value in terms.items()})
+
+        if self.au_alignment is not None and au_input_ids is not None:
+            queries, query_output, regions, ids, mask = self._au_pairs(
+                features, au_input_ids, au_attention_mask, au_caption_mask
+            )
+            if ids.shape[0] > 0:
+                terms = self.au_alignment.losses(self.mf2.au_branch, queries, query_output, regions, ids, mask, *smoothing)
+                losses.update({f"au_{name}": value for name, value in terms.items()})
+
+        loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None
+        return MF2PreTrainingOutput(
+            loss=loss,
+            **losses,
+            au_logits=au_logits,
+            emotion_logits=emotion_logits,
+            emotion_embeds=features.emotion_embeds,
+            au_embeds=features.au_embeds,
+        )
+
+
+__all__ = [
+    "MF2AUBranch",
+    "MF2ForFacialStateRecognition",
+    "MF2ForPreTraining",
+    "MF2Model",
+    "MF2ModelOutput",
+    "MF2PreTrainedModel",
+    "MF2PreTrainingOutput",
+    "MF2QFormerBranch",
+    "MF2RecognitionHeads",
+    "MF2RecognitionOutput",
+    "MF2TextAlignment",
+    "roi_align_tokens",
+]

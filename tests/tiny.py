@@ -1,0 +1,58 @@
+"""Tiny random MF² configurations and inputs for the mechanics tests."""
+
+import torch
+
+from mf2 import MF2Config
+
+VOCAB_SIZE = 64
+
+
+def tiny_config(**overrides) -> MF2Config:
+    """A 2-layer MF² small enough to run a training step in well under a second on a CPU."""
+    options = dict(
+        vision_config=dict(
+            model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            image_size=32, patch_size=8,
+        ),
+        text_config=dict(
+            model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            vocab_size=VOCAB_SIZE, max_position_embeddings=64,
+        ),
+        qformer_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64,
+        ),
+        num_query_tokens=4,
+        num_au_query_tokens=2,
+        au_roi_size=2,
+        image_text_hidden_size=16,
+        au_caption_max_length=12,
+        emotion_caption_max_length=12,
+    )  # fmt: skip
+    options.update(overrides)
+    return MF2Config(**options)
+
+
+def tiny_batch(config: MF2Config, batch_size: int = 4, caption_length: int = 7, seed: int = 0) -> dict:
+    """Random pixels, boxes, captions and labels shaped as `MF2ForPreTraining` expects."""
+    generator = torch.Generator().manual_seed(seed)
+    num_aus = config.num_aus
+    image_size = config.vision_config.image_size
+    corner = torch.rand(batch_size, num_aus, 2, 2, generator=generator) * 0.6
+    size = 0.1 + torch.rand(batch_size, num_aus, 2, 2, generator=generator) * 0.3
+    ids = torch.randint(5, VOCAB_SIZE, (batch_size, caption_length), generator=generator)
+    ids[:, 0] = 1
+    au_ids = torch.randint(5, VOCAB_SIZE, (batch_size, num_aus, caption_length), generator=generator)
+    au_ids[..., 0] = 1
+    emotion_mask = torch.ones_like(ids)
+    emotion_mask[0, -2:] = 0  # some padding
+    return {
+        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=generator),
+        "au_boxes": torch.cat([corner, corner + size], dim=-1),
+        "emotion_input_ids": ids,
+        "emotion_attention_mask": emotion_mask,
+        "au_input_ids": au_ids,
+        "au_attention_mask": torch.ones_like(au_ids),
+        "au_labels": torch.randint(0, 2, (batch_size, num_aus), generator=generator),
+        "emotion_labels": torch.randint(0, len(config.id2label), (batch_size,), generator=generator),
+    }
