@@ -1,0 +1,57 @@
+"""An image folder with a CSV or JSON-lines label file."""
+
+import json
+
+import pytest
+from mfa_fixtures import png_bytes
+
+from mf2.configuration_mf2 import EMOTION_LABELS
+from mf2.data.folder import load_image_folder
+from mf2.data.schema import MFA_FEATURES
+
+
+@pytest.fixture
+def images(tmp_path):
+    (tmp_path / "faces").mkdir()
+    for i in range(3):
+        (tmp_path / "faces" / f"img{i}.png").write_bytes(png_bytes(i))
+    return tmp_path
+
+
+def test_csv_with_au_columns(images):
+    (images / "labels.csv").write_text(
+        "file_name,emotion,AU01,AU12,AU9,group,frame\n"
+        "faces/img0.png,happy,0,1,1,s1,7\n"
+        "faces/img1.png,contempt,,0,0,,\n"
+        "faces/img2.png,3,1,,,s2,\n"
+    )
+    dataset = load_image_folder(images / "labels.csv")
+    assert dataset.features == MFA_FEATURES
+    rows = dataset.remove_columns("image").to_list()
+    assert [r["emotion"] for r in rows] == [EMOTION_LABELS.index(e) for e in ("happiness", "other", "fear")]
+    assert rows[0]["au"] == [0, -1, -1, -1, -1, -1, 1, -1, -1, -1, -1, -1]  # AU9 is not one of the 12
+    assert rows[1]["au"][0] == -1 and rows[1]["au"][6] == 0
+    assert [r["group"] for r in rows] == ["s1", "faces/img1", "s2"]
+    assert [r["frame"] for r in rows] == [7, -1, -1]
+    assert set(r["source"] for r in rows) == {"folder"}
+    assert dataset[2]["image"].size == (16, 16)
+
+
+def test_jsonl_with_au_list_and_separate_image_dir(images):
+    lines = [
+        {"file_name": "img0.png", "au": [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, -1], "emotion": "surprise"},
+        {"file_name": "img1.png"},
+    ]
+    (images / "labels.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    rows = load_image_folder(images / "labels.jsonl", images / "faces").remove_columns("image").to_list()
+    assert rows[0]["au"] == [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, -1] and rows[0]["emotion"] == 6
+    assert rows[1]["au"] == [-1] * 12 and rows[1]["emotion"] == -1 and rows[1]["group"] == "img1"
+
+
+def test_missing_images_and_unknown_emotions_are_errors(images):
+    (images / "missing.csv").write_text("file_name\nfaces/nope.png\n")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_image_folder(images / "missing.csv")
+    (images / "bad.csv").write_text("file_name,emotion\nfaces/img0.png,boredom\n")
+    with pytest.raises(ValueError, match="boredom"):
+        load_image_folder(images / "bad.csv")
