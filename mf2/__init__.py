@@ -8,9 +8,11 @@ package is not installed.
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoProcessor,
 )
 
 from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
@@ -24,6 +26,7 @@ from .modeling_mf2 import (
     MF2PreTrainingOutput,
     MF2RecognitionOutput,
 )
+from .processing_mf2 import MF2ImageProcessor, MF2Processor, visualize
 
 __version__ = "0.1.0"
 
@@ -33,10 +36,18 @@ AutoModelForPreTraining.register(MF2Config, MF2ForPreTraining, exist_ok=True)
 # The recogniser is an image classifier with a second (multi-label AU) head; this mapping lets pipelines load it.
 AutoModelForImageClassification.register(MF2Config, MF2ForFacialStateRecognition, exist_ok=True)
 
+# One class for both backends: the processor does its own PIL/numpy work, torchvision or not.
+AutoImageProcessor.register(
+    MF2Config, image_processor_classes={"pil": MF2ImageProcessor, "torchvision": MF2ImageProcessor}, exist_ok=True
+)
+AutoProcessor.register(MF2Config, MF2Processor, exist_ok=True)
+
 MF2Config.register_for_auto_class()
 MF2Model.register_for_auto_class("AutoModel")
 MF2ForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 MF2ForFacialStateRecognition.register_for_auto_class("AutoModelForImageClassification")
+MF2ImageProcessor.register_for_auto_class("AutoImageProcessor")
+MF2Processor.register_for_auto_class()
 
 __all__ = [
     "AU_NAMES",
@@ -45,6 +56,8 @@ __all__ = [
     "MF2Config",
     "MF2ForFacialStateRecognition",
     "MF2ForPreTraining",
+    "MF2ImageProcessor",
+    "MF2Processor",
     "MF2Model",
     "MF2ModelOutput",
     "MF2PreTrainedModel",
@@ -53,4 +66,5 @@ __all__ = [
     "au_boxes_from_landmarks",
     "canonical_landmarks",
     "default_au_boxes",
+    "visualize",
 ]

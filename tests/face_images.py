@@ -1,0 +1,81 @@
+"""Test images for the face pre-processing tests, all generated at test time (nothing binary is committed).
+
+The only photo is scikit-image's `astronaut` (NASA, public domain): one frontal face, 512x512 RGB.
+"""
+
+import os
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# iBUG 68-point index of each point's mirror image (left/right swapped), for horizontal-flip checks.
+MIRROR_68 = np.array(
+    list(range(16, -1, -1))  # jaw
+    + list(range(26, 16, -1))  # brows
+    + [27, 28, 29, 30, 35, 34, 33, 32, 31]  # nose
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65]  # inner lips
+)
+
+# Where the astronaut's face is (dlib box ≈ x 179-267, y 83-171); this crop holds the face and hair, not the
+# mission patch lower down (which dlib sometimes takes for a small face).
+ASTRONAUT_FACE_CROP = (120, 20, 330, 240)
+
+
+@cache
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def astronaut() -> np.ndarray:
+    """512x512x3 uint8 RGB photo with one face (a fresh copy)."""
+    return _astronaut().copy()
+
+
+def on_canvas(image: np.ndarray, canvas_size: tuple[int, int], offset: tuple[int, int], fill=128) -> np.ndarray:
+    """`image` pasted at `offset = (dx, dy)` on a `canvas_size = (width, height)` grey canvas."""
+    width, height = canvas_size
+    dx, dy = offset
+    canvas = np.full((height, width, 3), fill, dtype=np.uint8)
+    canvas[dy : dy + image.shape[0], dx : dx + image.shape[1]] = image
+    return canvas
+
+
+def two_faces() -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """A 720x560 canvas with the astronaut's face pasted twice: full size at (20, 30), 0.7x at (430, 260).
+
+    Returns the image and `[(dx, dy, scale), ...]`, largest face first.
+    """
+    face = Image.fromarray(astronaut()).crop(ASTRONAUT_FACE_CROP)
+    small = face.resize((round(face.width * 0.7), round(face.height * 0.7)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (720, 560), (90, 110, 130))
+    placements = [(20, 30, 1.0), (430, 260, 0.7)]
+    canvas.paste(face, placements[0][:2])
+    canvas.paste(small, placements[1][:2])
+    return np.asarray(canvas).copy(), placements
+
+
+def no_face(width: int = 400, height: int = 300, seed: int = 0) -> np.ndarray:
+    """A smooth colour gradient with noise: no face anywhere."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def data_dir() -> Path:
+    """The shared development data (`../shared/data` next to the repository, or `$MF2_DATA_DIR`)."""
+    return Path(os.environ.get("MF2_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def afw_rows(limit: int) -> list[dict]:
+    """The first `limit` rows of the 300-W AFW Parquet as dicts (image bytes, landmarks, file_name)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir() / "300w" / "afw.parquet", columns=["image", "landmarks", "file_name"])
+    return table.slice(0, limit).to_pylist()
