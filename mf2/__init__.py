@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForPreTraining,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
 from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
@@ -26,6 +27,7 @@ from .modeling_mf2 import (
     MF2PreTrainingOutput,
     MF2RecognitionOutput,
 )
+from .pipeline_mf2 import FacialStatePipeline
 from .processing_mf2 import MF2ImageProcessor, MF2Processor, visualize
 
 __version__ = "0.1.0"
@@ -42,6 +44,10 @@ AutoImageProcessor.register(
 )
 AutoProcessor.register(MF2Config, MF2Processor, exist_ok=True)
 
+PIPELINE_REGISTRY.register_pipeline(
+    "facial-state", pipeline_class=FacialStatePipeline, pt_model=AutoModelForImageClassification, type="image"
+)
+
 MF2Config.register_for_auto_class()
 MF2Model.register_for_auto_class("AutoModel")
 MF2ForPreTraining.register_for_auto_class("AutoModelForPreTraining")
@@ -50,6 +56,7 @@ MF2ImageProcessor.register_for_auto_class("AutoImageProcessor")
 MF2Processor.register_for_auto_class()
 
 __all__ = [
+    "FacialStatePipeline",
     "AU_NAMES",
     "EMOTION_LABELS",
     "LOSS_NAMES",

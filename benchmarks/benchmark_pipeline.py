@@ -1,0 +1,137 @@
+"""End-to-end faces per second of `pipeline("facial-state")`: detection, landmarks, alignment and the model.
+
+The model is the offline-encoder configuration (DINOv2-small vision encoder, two MiniLM-initialised 6-layer
+Q-Formers; heads untrained, which does not change the cost), read from `$MF2_HOME/models/untrained-offline` (built
+once, like `mf2 analyze` does). Inputs are copies of the 512x512 single-face example photo (`examples/images/
+astronaut.png`, public domain). For each batch size it reports:
+
+- end to end: `pipe(images, batch_size=b)` on a list (detection in worker threads overlaps the model);
+- detection only: `MF2ImageProcessor` on the same images (dlib HOG + 68 landmarks + alignment);
+- model only: forward passes on ready `pixel_values` / `au_boxes` batches.
+
+Usage:
+    python benchmarks/benchmark_pipeline.py                       # CPU, float32, batch 1 and 16
+    python benchmarks/benchmark_pipeline.py --dtype bfloat16      # bfloat16 weights (AMX / AVX-512-BF16 CPUs)
+    python benchmarks/benchmark_pipeline.py --device cuda --batch-sizes 1 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from mf2.analyze import is_untrained, load_pipeline, untrained_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTO = REPO / "examples" / "images" / "astronaut.png"
+
+
+def timed(function, repeats: int = 1) -> float:
+    """Best of `repeats` wall-clock runs (the machine may be shared; the best run is the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="checkpoint folder (default: the untrained offline-encoder model)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--images", type=int, default=32, help="photos per measurement (default 32)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept (default 2)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--workers", type=int, help="detection threads (default: the processor's)")
+    parser.add_argument("--size", type=int, help="face crop side in px (default: the processor's, 224)")
+    args = parser.parse_args()
+
+    torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = args.model
+    if model is None:
+        model = untrained_model_dir()
+        if not is_untrained(model):
+            from mf2.analyze import build_untrained_model
+
+            print(f"building the offline-encoder model in {model} ...")
+            build_untrained_model(model)
+    pipe = load_pipeline(model, device=args.device, dtype=args.dtype)
+    if args.size:
+        pipe.image_processor.size = args.size  # the ViT interpolates its position embeddings to the new grid
+    device = pipe.device
+    config = pipe.model.config
+    size = pipe.image_processor.size
+    photo = Image.open(PHOTO).convert("RGB")
+    images = [photo.copy() for _ in range(args.images)]
+    parameters = sum(p.numel() for p in pipe.model.parameters()) / 1e6
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()}), "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+        f"dtype {args.dtype}; load average {os.getloadavg()[0]:.1f} (other processes share these CPUs)"
+    )
+    print(
+        f"model: {config.vision_config.model_type} hidden {config.vision_config.hidden_size} + Q-Formers "
+        f"{config.qformer_config.num_hidden_layers} layers, {parameters:.1f} M parameters; crop {size} px; "
+        f"landmarks: {pipe.image_processor.landmark_backend}; {args.images} x {photo.width}x{photo.height} photos"
+    )
+
+    features = pipe.image_processor(images[:1], return_tensors="pt")
+    pipe(images[:2], batch_size=2)  # warm-up: detector models, kernels, caches
+    print(f"{'batch':>5}  {'end-to-end faces/s':>18}  {'detection faces/s':>17}  {'model faces/s':>13}")
+    for batch_size in args.batch_sizes:
+        end_to_end = end_to_end_rate(pipe, images, batch_size, args.workers, args.repeats)
+        detection = detection_rate(pipe.image_processor, images, batch_size, args.repeats)
+        model_rate = model_only_rate(pipe, features, batch_size, max(1, args.images // batch_size), args.repeats)
+        print(f"{batch_size:>5}  {end_to_end:>18.2f}  {detection:>17.2f}  {model_rate:>13.2f}")
+
+
+def end_to_end_rate(pipe, images: list, batch_size: int, workers: int | None, repeats: int) -> float:
+    """Faces per second of `pipe(images, batch_size=...)` (one face per image)."""
+    options = {"num_workers": workers} if workers else {}
+    return len(images) / timed(lambda: pipe(images, batch_size=batch_size, **options), repeats)
+
+
+def detection_rate(image_processor, images: list, batch_size: int, repeats: int) -> float:
+    """Faces per second of the image processor alone, called on `batch_size` images at a time."""
+
+    def detect():
+        for start in range(0, len(images), batch_size):
+            image_processor(images[start : start + batch_size], return_tensors="pt")
+
+    return len(images) / timed(detect, repeats)
+
+
+def model_only_rate(pipe, features, batch_size: int, steps: int, repeats: int) -> float:
+    """Faces per second of `steps` forward passes on ready batches of `batch_size` faces."""
+    device, dtype = pipe.device, pipe.model.dtype
+    pixel_values = features["pixel_values"].repeat(batch_size, 1, 1, 1).to(device, dtype)
+    au_boxes = features["au_boxes"].repeat(batch_size, 1, 1, 1).to(device, dtype)
+
+    def forward():
+        with torch.no_grad():
+            for _ in range(steps):
+                pipe.model(pixel_values=pixel_values, au_boxes=au_boxes)
+        synchronize(device)
+
+    forward()  # warm-up at this batch size
+    return steps * batch_size / timed(forward, repeats)
+
+
+if __name__ == "__main__":
+    main()

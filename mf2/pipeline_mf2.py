@@ -1,0 +1,502 @@
+"""The `facial-state` pipeline: faces in photos or videos → Action Units, emotion and an optional explanation.
+
+```python
+>>> import mf2  # registers the "facial-state" task
+>>> from transformers import pipeline
+>>> pipe = pipeline("facial-state", model="path/or/hub-id")
+>>> faces = pipe("photo.jpg", explain=True)
+>>> faces[0]["emotion"], faces[0]["active_action_units"]
+({'label': 'happiness', 'score': 0.91}, ['AU6', 'AU12', 'AU25'])
+>>> for frame in pipe.video("clip.mp4", fps=5):  # streamed, constant memory
+...     print(frame["frame"], frame["time"], [face["emotion"]["label"] for face in frame["faces"]])
+```
+
+This file uses only relative imports of flat sibling modules, so `pipe.save_pretrained` can export it as remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+from transformers.dynamic_module_utils import custom_object_save
+
+from .facs import explain as explain_emotion
+from .video import is_video, read_frames, video_info
+
+REMOTE_TASK = "mf2-facial-state"
+"""Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
+DEFAULT_TOP_K = 3
+DEFAULT_THRESHOLD = 0.5
+
+# Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
+PREPROCESS_OPTIONS = ("no_face", "multiple_faces", "landmark_backend", "max_detection_size", "backend_kwargs")
+POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "return_features")
+# `pipe(video_path, video_fps=...)` names → `FacialStatePipeline.video` arguments.
+VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "start", "end_time": "end",
+                 "max_frames": "max_frames"}  # fmt: skip
+# Image processor outputs the pipeline carries from `preprocess` to `postprocess` beside the model inputs.
+_FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend")
+
+
+class InputError(ValueError):
+    """An input the pipeline cannot analyse (unreadable, or without a face under `no_face="error"`).
+
+    Attributes:
+        index: the input's position in the pipeline's input (list, generator or video's sampled frames).
+    """
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+class FacialStatePipeline(Pipeline):
+    r"""
+    Detects the faces of each image, aligns them (`MF2ImageProcessor`) and runs `MF2ForFacialStateRecognition`.
+
+    Inputs: a path, a URL, a PIL image, a numpy array / torch tensor `(H, W, C)`, a list of those (or a 4-D batch
+    array), a generator (results are streamed back), or a video path (see `video`).
+
+    Output for one image: a list with one dict per face (`multiple_faces="largest"`, the default, keeps one):
+
+    - `box`: `[x1, y1, x2, y2]` face box in the original image's pixels
+    - `emotion`: `{"label", "score"}`, the most probable emotion (softmax over the emotion classes)
+    - `emotions`: the `top_k` most probable emotions, most probable first
+    - `action_units`: `{AU name: probability}` for every AU (independent sigmoids: AUs are multi-label)
+    - `active_action_units`: AU names whose probability reaches their threshold (`config.au_thresholds`, 0.5 when
+      unset; `threshold=` overrides)
+    - `landmark_backend`: what placed the landmarks (`"dlib"`, ...; `"template-fallback"` when no face was found
+      and `no_face="fallback"` analysed the whole image)
+    - `landmarks` (with `return_landmarks=True`): 68 `[x, y]` points in the original image's pixels
+    - `explanation` (with `explain=True`): one sentence naming the active AUs that decide the emotion
+    - `features` (with `return_features=True`): this face's row of the image processor's output (numpy arrays with a
+      batch dimension of 1: `pixel_values`, `au_boxes`, `landmarks`, `face_boxes`, `alignment`, `image_index`,
+      `landmark_backend`), e.g. for `pipe.image_processor.visualize(image, face["features"])`
+    - `image_index` when the input is a list or a generator
+
+    Call options:
+        batch_size (`int`, defaults to 1): faces per model forward pass (the faces of one image are never split).
+        num_workers (`int`): threads detecting faces ahead of the model; defaults to the processor's setting.
+        top_k (`int`, defaults to 3): length of `emotions`.
+        threshold (`float`, `dict[str, float]` or `list[float]`): AU activation threshold(s).
+        return_landmarks (`bool`), explain (`bool`), return_features (`bool`): add `landmarks` / `explanation` /
+            `features`.
+        no_face (`"error"`, `"skip"`, `"fallback"`): when an image has no face: raise a `ValueError` naming it
+            (the processor's default), give an empty list, or analyse the whole image as an aligned face (flagged by
+            `landmark_backend == "template-fallback"`).
+        multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, backend_kwargs: passed to the
+            image processor.
+
+    Detection runs in worker threads ahead of the model, so the detector and the network overlap; memory is bounded
+    by `batch_size` plus a few inputs in flight, whatever the number of inputs.
+    """
+
+    _load_processor = None
+    _load_image_processor = None
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        super().__init__(*args, **kwargs)
+        if self.image_processor is None and self.processor is not None:
+            self.image_processor = getattr(self.processor, "image_processor", None)
+        if self.image_processor is None or not hasattr(self.image_processor, "au_names"):
+            raise ValueError(
+                "The facial-state pipeline needs an MF2ImageProcessor (face detection, alignment and AU boxes). Save "
+                "one next to the model (`processor.save_pretrained(model_dir)`), or pass `image_processor=` or "
+                f"`processor=`; got {type(self.image_processor).__name__}."
+            )
+        config = self.model.config
+        for name in ("au_names", "id2label"):
+            if getattr(config, name, None) is None:
+                raise ValueError(f"The facial-state pipeline needs an MF² model; its config has no `{name}`.")
+        if list(self.image_processor.au_names) != list(config.au_names):
+            raise ValueError(
+                f"The image processor places boxes for {list(self.image_processor.au_names)} but the model predicts "
+                f"{list(config.au_names)}; they must be the same AUs in the same order."
+            )
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        if isinstance(dtype, torch.dtype) and self.model.dtype != dtype:
+            self.model.to(dtype)  # a model instance was given: `pipeline()` only applies `dtype` when it loads one
+        self.model.eval()  # inference: no dropout, so results do not depend on the batch
+
+    # ------------------------------------------------------------------ parameters
+
+    def _sanitize_parameters(self, **kwargs):
+        unknown = set(kwargs) - set(PREPROCESS_OPTIONS) - set(POSTPROCESS_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"FacialStatePipeline got unknown option(s) {sorted(unknown)}; valid options: "
+                f"{sorted(PREPROCESS_OPTIONS + POSTPROCESS_OPTIONS)} (and batch_size, num_workers; for videos "
+                f"{sorted(VIDEO_OPTIONS)})."
+            )
+        preprocess = {key: kwargs[key] for key in PREPROCESS_OPTIONS if key in kwargs}
+        postprocess = {key: kwargs[key] for key in POSTPROCESS_OPTIONS if key in kwargs}
+        if "top_k" in postprocess:
+            top_k = postprocess["top_k"]
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
+        if "threshold" in postprocess:
+            postprocess["threshold"] = self._thresholds(postprocess["threshold"])
+        return preprocess, {}, postprocess
+
+    def _thresholds(self, threshold: float | dict | Sequence[float] | None) -> np.ndarray:
+        """Per-AU thresholds: the argument, else `config.au_thresholds`, else 0.5 for every AU."""
+        names = list(self.model.config.au_names)
+        if threshold is None:
+            threshold = getattr(self.model.config, "au_thresholds", None) or DEFAULT_THRESHOLD
+        if isinstance(threshold, dict):
+            unknown = set(threshold) - set(names)
+            if unknown:
+                raise ValueError(f"`threshold` names unknown AUs {sorted(unknown)}; the model's AUs are {names}.")
+            defaults = self._thresholds(None)
+            values = np.array([threshold.get(name, default) for name, default in zip(names, defaults)], np.float64)
+        elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+            values = np.full(len(names), float(threshold))
+        else:
+            values = np.asarray(threshold, dtype=np.float64).reshape(-1)
+            if values.size != len(names):
+                raise ValueError(
+                    f"`threshold` has {values.size} values for {len(names)} AUs ({names}); give one per AU."
+                )
+        if not np.all((values >= 0.0) & (values <= 1.0)):
+            raise ValueError(f"AU thresholds are probabilities in [0, 1], got {values.tolist()}.")
+        return values
+
+    # ------------------------------------------------------------------ the three stages
+
+    def preprocess(self, image: Any, **options) -> dict[str, Any]:
+        """Detect, align and crop the faces of one image (`MF2ImageProcessor`)."""
+        features = self.image_processor([image], return_tensors="pt", **options)
+        return {key: features[key] for key in ("pixel_values", "au_boxes", *_FACE_FIELDS)}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        pixel_values = model_inputs["pixel_values"]
+        config = self.model.config
+        # Face fields (boxes, landmarks) ride along when present, so `run_single`-style calls keep them together.
+        outputs = {key: value for key, value in model_inputs.items() if key in _FACE_FIELDS}
+        if len(pixel_values) == 0:  # no face in the image(s): nothing to run
+            outputs["au_logits"] = torch.zeros(0, len(config.au_names))
+            outputs["emotion_logits"] = torch.zeros(0, len(config.id2label))
+            return outputs
+        dtype = self.model.dtype
+        result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
+        outputs["au_logits"], outputs["emotion_logits"] = result.au_logits, result.emotion_logits
+        return outputs
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        top_k: int = DEFAULT_TOP_K,
+        threshold: np.ndarray | None = None,
+        return_landmarks: bool = False,
+        explain: bool = False,
+        return_features: bool = False,
+    ) -> list[dict[str, Any]]:
+        config = self.model.config
+        au_names = list(config.au_names)
+        labels = [config.id2label[index] for index in range(len(config.id2label))]
+        thresholds = self._thresholds(None) if threshold is None else threshold
+        au_probs = torch.sigmoid(model_outputs["au_logits"].float()).numpy()
+        emotion_probs = torch.softmax(model_outputs["emotion_logits"].float(), dim=-1).numpy()
+        boxes = _numpy(model_outputs["face_boxes"])
+        landmarks = _numpy(model_outputs["landmarks"])
+        backends = model_outputs["landmark_backend"]
+        top_k = min(int(top_k), len(labels))
+        faces = []
+        for row in range(len(au_probs)):
+            order = np.argsort(-emotion_probs[row], kind="stable")[:top_k]
+            emotions = [{"label": labels[k], "score": float(emotion_probs[row, k])} for k in order]
+            active = [name for name, p, t in zip(au_names, au_probs[row], thresholds) if p >= t]
+            face = {
+                "box": [float(v) for v in boxes[row]],
+                "emotion": dict(emotions[0]),
+                "emotions": emotions,
+                "action_units": {name: float(p) for name, p in zip(au_names, au_probs[row])},
+                "active_action_units": active,
+                "landmark_backend": str(backends[row]),
+            }
+            if return_landmarks:
+                face["landmarks"] = landmarks[row].astype(float).tolist()
+            if explain:
+                face["explanation"] = explanation(face["emotion"]["label"], active)
+            if return_features:
+                face["features"] = _face_features(model_outputs, row)
+            faces.append(face)
+        return faces
+
+    # ------------------------------------------------------------------ calling
+
+    def __call__(self, inputs, *args, **kwargs):
+        """Analyse one input, a list / batch of inputs, a generator, or a video path (→ a generator of frames)."""
+        video_options = {VIDEO_OPTIONS[key]: kwargs.pop(key) for key in list(kwargs) if key in VIDEO_OPTIONS}
+        if is_video(inputs):
+            return self.video(inputs, **video_options, **kwargs)
+        if video_options:
+            raise TypeError(f"{sorted(VIDEO_OPTIONS)} only apply to a video path; the input is not a video file.")
+        if isinstance(inputs, tuple) or (_is_array(inputs) and inputs.ndim == 4):
+            inputs = list(inputs)  # a tuple or an (N, H, W, C) batch is a list of images
+        if isinstance(inputs, list):
+            if not inputs:
+                return []
+            videos = [index for index, item in enumerate(inputs) if is_video(item)]
+            if videos:
+                raise ValueError(
+                    f"Inputs {videos} are video files; analyse videos one at a time with `pipe(path)` or "
+                    f"`pipe.video(path, fps=...)`."
+                )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
+        # Same code path as lists, so a single image and a batch give the same results by construction.
+        items = [(inputs, {})]
+        stream = self._stream(items, 1, 0, preprocess_params, forward_params, postprocess_params)
+        return next(stream)[1]
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """Results of a list, dataset or generator in input order, streamed.
+
+        Replaces the base class's DataLoader batching, which assumes one model row per input; here an image has zero,
+        one or several faces, so inputs are batched by faces and the outputs regrouped per input.
+        """
+        items = ((item, {"image_index": index}) for index, item in enumerate(inputs))
+        stream = self._stream(items, batch_size, num_workers, preprocess_params, forward_params, postprocess_params)
+        return (faces for _, faces in stream)
+
+    def video(
+        self,
+        path: str | os.PathLike,
+        fps: float | None = None,
+        every: int | None = None,
+        start: float = 0.0,
+        end: float | None = None,
+        max_frames: int | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        return_frames: bool = False,
+        **kwargs,
+    ) -> Iterator[dict[str, Any]]:
+        """Analyse a video file frame by frame, streaming: one result per sampled frame, in order.
+
+        Frames are decoded one at a time (`mf2.video.read_frames`, PyAV), batched through the model and dropped, so
+        memory stays flat and the time per frame constant whatever the video's length.
+
+        Args:
+            path: the video file.
+            fps: sample about this many frames per second of video; `every`: keep every N-th frame (give at most one;
+                neither means every frame).
+            start, end: seconds; analyse only `start <= time < end`.
+            max_frames: stop after this many sampled frames.
+            return_frames: add the frame's pixels (`"image"`, an `(H, W, 3)` `uint8` array) to each result.
+            batch_size, num_workers, **kwargs: as for images. `no_face` defaults to `"skip"` for videos (frames
+                without a face give `faces == []` instead of stopping the stream).
+
+        Yields:
+            `{"frame": index in the video, "time": seconds, "faces": [face dicts as for images, each also carrying
+            "frame" and "time"]}`.
+        """
+        kwargs.setdefault("no_face", "skip")
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        preprocess_params = {**self._preprocess_params, **preprocess_params}
+        postprocess_params = {**self._postprocess_params, **postprocess_params}
+        video_info(path)  # fail now, not at the first `next()`, on a missing or unreadable file
+        frames = read_frames(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)
+        batch_size = batch_size or self._batch_size or 1
+        num_workers = num_workers if num_workers is not None else self._num_workers
+        stages = (preprocess_params, forward_params, postprocess_params)
+        return self._video_results(frames, batch_size, num_workers, return_frames, *stages)
+
+    def _video_results(self, frames, batch_size, num_workers, return_frames, *stages):
+        images: deque[np.ndarray] = deque()  # frames in flight, only when the caller wants them back
+
+        def items():
+            for frame in frames:
+                if return_frames:
+                    images.append(frame.image)
+                yield frame.image, {"frame": frame.index, "time": frame.time}
+
+        for extra, faces in self._stream(items(), batch_size, num_workers, *stages):
+            result = {**extra, "faces": faces}
+            if return_frames:
+                result["image"] = images.popleft()  # results come out in input order
+            yield result
+
+    # ------------------------------------------------------------------ streaming engine
+
+    def _stream(
+        self,
+        items: Iterable[tuple[Any, dict[str, Any]]],
+        batch_size: int,
+        num_workers: int | None,
+        preprocess_params: dict,
+        forward_params: dict,
+        postprocess_params: dict,
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """`(extra, faces)` per `(input, extra)` item, in order; `extra`'s fields are copied into every face.
+
+        Inputs are preprocessed in worker threads up to `batch_size + 2 * workers` items ahead; faces are gathered
+        until `batch_size` of them fill a forward pass; each input's faces then go through `postprocess` together.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        workers = num_workers if num_workers else (self.image_processor.num_workers or min(os.cpu_count() or 1, 4))
+        pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        num_faces = 0
+        for extra, model_inputs in self._prepared(items, preprocess_params, int(workers), batch_size):
+            count = len(model_inputs["pixel_values"])
+            if pending and num_faces + count > batch_size:
+                yield from self._run_batch(pending, forward_params, postprocess_params)
+                pending, num_faces = [], 0
+            pending.append((extra, model_inputs))
+            num_faces += count
+            if num_faces >= batch_size:
+                yield from self._run_batch(pending, forward_params, postprocess_params)
+                pending, num_faces = [], 0
+        if pending:
+            yield from self._run_batch(pending, forward_params, postprocess_params)
+
+    def _prepared(self, items, preprocess_params: dict, workers: int, batch_size: int):
+        """`(extra, model_inputs)` in input order; preprocessing runs ahead in a bounded pool of threads."""
+        lookahead = batch_size + 2 * workers
+        queue: deque[tuple[int, Any, dict[str, Any], Future]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mf2-pipeline") as executor:
+            try:
+                for index, (item, extra) in enumerate(items):
+                    future = executor.submit(self.preprocess, item, **preprocess_params)
+                    queue.append((index, item, extra, future))
+                    if len(queue) >= lookahead:
+                        yield self._collect(queue.popleft())
+                while queue:
+                    yield self._collect(queue.popleft())
+            finally:
+                for *_, future in queue:  # stopped early (error or the caller stopped iterating)
+                    future.cancel()
+
+    @staticmethod
+    def _collect(entry) -> tuple[dict[str, Any], dict[str, Any]]:
+        index, item, extra, future = entry
+        try:
+            return extra, future.result()
+        except ValueError as error:
+            raise InputError(_name_input(str(error), index, item, extra), extra.get("image_index", index)) from error
+
+    def _run_batch(self, pending, forward_params: dict, postprocess_params: dict):
+        counts = [len(model_inputs["pixel_values"]) for _, model_inputs in pending]
+        batch = {
+            "pixel_values": torch.cat([model_inputs["pixel_values"] for _, model_inputs in pending]),
+            "au_boxes": torch.cat([model_inputs["au_boxes"] for _, model_inputs in pending]),
+        }
+        outputs = self.forward(batch, **forward_params)
+        start = 0
+        for (extra, model_inputs), count in zip(pending, counts):
+            per_input = dict(model_inputs)
+            per_input["au_logits"] = outputs["au_logits"][start : start + count]
+            per_input["emotion_logits"] = outputs["emotion_logits"][start : start + count]
+            start += count
+            faces = self.postprocess(per_input, **postprocess_params)
+            yield extra, [{**extra, **face} for face in faces]
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any):
+        """Save the model, the processor(s) and, when the task is registered (`import mf2`), this pipeline's code.
+
+        Two departures from `Pipeline.save_pretrained`:
+
+        - it saves the multimodal `processor` too (the base class saves only the tokenizer and the image processor,
+          and `pipeline()` then fails to load the folder back);
+        - the `custom_pipelines` entry of `config.json` is keyed `REMOTE_TASK` ("mf2-facial-state"), not
+          "facial-state". transformers refuses to build a task listed in `custom_pipelines` without
+          `trust_remote_code=True` even when the task is registered locally, so under the registered name every saved
+          checkpoint would need remote code in a process that imported `mf2`. With the distinct key,
+          `pipeline("facial-state", model=folder)` uses the installed package, and where it is not installed
+          `pipeline(model=folder, trust_remote_code=True)` (or task "mf2-facial-state") uses the exported code.
+        """
+        registered = [
+            info for info in getattr(type(self), "_registered_impl", {}).values() if info["impl"] is type(self)
+        ]
+        if registered:
+            self._registered_impl = {REMOTE_TASK: registered[0]}
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.__dict__.pop("_registered_impl", None)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def export_code(cls, folder: str | os.PathLike) -> list[str]:
+        """Make a saved MF² checkpoint folder loadable as this pipeline through remote code, weights untouched.
+
+        Copies `pipeline_mf2.py` and the flat modules it imports into `folder` and adds the `custom_pipelines` entry
+        (under `REMOTE_TASK`) to its `config.json`, as `save_pretrained` does for a registered pipeline. Use it on a
+        folder staged for the Hub (e.g. by `mf2 push`). Returns the copied file names.
+        """
+        folder = Path(folder)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{folder} holds no config.json: save the model there first.")
+        copied = [Path(name).name for name in custom_object_save(cls, folder) or []]
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["custom_pipelines"] = {
+            REMOTE_TASK: {"impl": f"{Path(__file__).stem}.{cls.__name__}", "pt": ["AutoModelForImageClassification"],
+                          "type": "image"}
+        }  # fmt: skip
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return copied
+
+
+def explanation(emotion: str, active_action_units: Sequence[str]) -> str:
+    """The pipeline's `explanation`: the key-AU sentence of `emotion` given the active AUs ("" for an unknown label)."""
+    try:
+        return explain_emotion(emotion, active_action_units)
+    except (KeyError, ValueError):  # a fine-tuned label set outside MF²'s eight emotions has no FACS prototype
+        return ""
+
+
+def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
+    """One face's row of the image processor's output, shaped as the processor returns it for a single face."""
+    keys = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "alignment")
+    features = {key: _numpy(model_outputs[key])[row : row + 1] for key in keys if key in model_outputs}
+    features["image_index"] = np.zeros(1, dtype=np.int64)
+    features["landmark_backend"] = [str(model_outputs["landmark_backend"][row])]
+    return features
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or isinstance(value, torch.Tensor)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value)
+
+
+def _name_input(message: str, index: int, item: Any, extra: dict[str, Any]) -> str:
+    """The error message of a failed input, naming it by its position in the pipeline's input (or video frame)."""
+    if "frame" in extra:
+        where = f"frame {extra['frame']} (t={extra['time']:.3f} s)"
+    else:
+        where = f"input {extra.get('image_index', index)}"
+    path = f" ('{os.fspath(item)}')" if isinstance(item, (str, os.PathLike)) else ""
+    # The processor saw this input alone, so it calls it "image 0"; put the pipeline's own name for it instead.
+    for prefix in ("Could not read image 0", "No face found in image 0"):
+        if message.startswith(prefix + path):
+            return prefix.replace("image 0", where) + path + message[len(prefix + path) :]
+    return f"{where}{path}: {message}"
+
+
+__all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "explanation"]

@@ -1,0 +1,176 @@
+"""Video: frame sampling, the pipeline's per-frame results, and flat memory / constant time over a long video."""
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from face_images import ASTRONAUT_FACE_CROP, astronaut
+from PIL import Image
+from test_pipeline_mf2 import save_tiny_checkpoint
+from transformers import pipeline
+
+from mf2.video import is_video, read_frames, video_info, write_video
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return pipeline("facial-state", model=str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mf2"))), device="cpu")
+
+
+def gradient_frames(count: int, size: int = 64):
+    """Smooth frames whose brightness encodes the frame number (cheap to encode, easy to check after decoding)."""
+    ramp = np.linspace(0, 60, size, dtype=np.float32)[None, :, None]
+    for index in range(count):
+        value = (index * 13) % 190
+        yield np.broadcast_to(ramp + value, (size, size, 3)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """100 frames at 25 fps (4 s)."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_video(path, gradient_frames(100), fps=25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory) -> Path:
+    """12 frames at 6 fps of the astronaut's face drifting right by 4 px a frame."""
+    face = np.asarray(Image.fromarray(astronaut()).crop(ASTRONAUT_FACE_CROP).resize((208, 224)))
+    frames = []
+    for index in range(12):
+        canvas = np.full((256, 304, 3), 100, dtype=np.uint8)
+        canvas[16:240, 4 * index : 4 * index + 208] = face
+        frames.append(canvas)
+    path = tmp_path_factory.mktemp("video") / "face.mp4"
+    write_video(path, frames, fps=6)
+    return path
+
+
+def test_is_video():
+    assert is_video("a/b/clip.MP4") and is_video(Path("x.webm"))
+    assert not is_video("photo.png") and not is_video("https://example.com/clip.mp4") and not is_video(3)
+
+
+def test_video_info(clip):
+    info = video_info(clip)
+    assert info["fps"] == 25 and info["frames"] == 100 and info["width"] == info["height"] == 64
+    assert info["duration"] == pytest.approx(4.0, abs=0.05)
+
+
+def test_every_frame_and_every_nth(clip):
+    frames = list(read_frames(clip))
+    assert [frame.index for frame in frames] == list(range(100))
+    assert frames[10].time == pytest.approx(0.4)
+    assert frames[0].image.shape == (64, 64, 3) and frames[0].image.dtype == np.uint8
+    brightness = [int(frame.image[:, 0].mean()) for frame in frames[:20]]
+    assert brightness == pytest.approx([(13 * i) % 190 for i in range(20)], abs=6)  # decoded in order
+    assert [frame.index for frame in read_frames(clip, every=30)] == [0, 30, 60, 90]
+
+
+def test_target_fps_start_end_and_max_frames(clip):
+    sampled = list(read_frames(clip, fps=5))
+    assert [frame.index for frame in sampled] == list(range(0, 100, 5))
+    assert [round(frame.time, 3) for frame in sampled[:3]] == [0.0, 0.2, 0.4]
+    assert len(list(read_frames(clip, fps=100))) == 100  # faster than the video: every frame once
+    window = list(read_frames(clip, fps=2, start=1.0, end=2.5))
+    assert [frame.time for frame in window] == pytest.approx([1.0, 1.52, 2.0])  # first frame at or after k / 2 s
+    assert len(list(read_frames(clip, max_frames=7))) == 7
+
+
+def test_bad_videos_and_options_raise_clear_errors(clip, tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        list(read_frames(tmp_path / "missing.mp4"))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match="Could not read video"):
+        video_info(broken)
+    with pytest.raises(ValueError, match="either `fps`"):
+        list(read_frames(clip, fps=5, every=2))
+    with pytest.raises(ValueError, match="positive"):
+        list(read_frames(clip, fps=0))
+    with pytest.raises(ValueError, match="positive integer"):
+        list(read_frames(clip, every=0))
+
+
+def test_pipeline_gives_results_per_sampled_frame(pipe, face_clip):
+    results = pipe(str(face_clip), video_fps=3, return_landmarks=True)
+    assert not isinstance(results, list)  # a generator: frames are streamed
+    results = list(results)
+    assert [result["frame"] for result in results] == [0, 2, 4, 6, 8, 10]
+    assert [result["time"] for result in results] == pytest.approx([index / 6 for index in range(0, 12, 2)], abs=1e-3)
+    lefts = []
+    for result in results:
+        assert len(result["faces"]) == 1
+        face = result["faces"][0]
+        assert face["frame"] == result["frame"] and face["time"] == result["time"]
+        assert len(face["action_units"]) == 12 and len(face["landmarks"]) == 68
+        lefts.append(face["box"][0])
+    assert all(8 - 6 < b - a < 8 + 6 for a, b in zip(lefts, lefts[1:]))  # the face drifts 8 px per sample
+
+
+def test_video_results_match_the_frames_as_images(pipe, face_clip):
+    frames = list(read_frames(face_clip, every=4))
+    as_video = list(pipe.video(face_clip, every=4, batch_size=3, return_frames=True))
+    as_images = pipe([frame.image for frame in frames], batch_size=1)
+    assert len(as_video) == len(as_images) == 3
+    for result, faces, frame in zip(as_video, as_images, frames):
+        np.testing.assert_array_equal(result["image"], frame.image)
+        np.testing.assert_allclose(result["faces"][0]["box"], faces[0]["box"])
+        np.testing.assert_allclose(
+            list(result["faces"][0]["action_units"].values()), list(faces[0]["action_units"].values()), atol=1e-5
+        )
+
+
+def test_frames_without_faces_are_empty_not_errors(pipe, clip):
+    results = list(pipe.video(clip, every=25))
+    assert [result["faces"] for result in results] == [[], [], [], []]
+    with pytest.raises(ValueError, match=r"No face found in frame 0 \(t=0.000 s\)"):
+        list(pipe.video(clip, every=25, no_face="error"))
+    with pytest.raises(ValueError, match="no such file"):
+        pipe.video(Path(clip).with_name("missing.mp4"))  # fails at the call, not at the first frame
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to read the resident memory")
+def test_long_video_streams_with_flat_memory_and_constant_time_per_frame(pipe, tmp_path):
+    """py-feat #139 / #170 (whole video in RAM) and #182 (per-frame time grows): neither may happen here."""
+    count, size = 3000, 128
+    path = tmp_path / "long.mp4"
+    write_video(path, gradient_frames(count, size), fps=25)
+    decoded_mb = count * size * size * 3 / 2**20  # ~141 MB if the frames were all kept
+    # The template back-end treats every frame as an aligned face, so every frame goes through the model.
+    results = pipe.video(path, batch_size=16, landmark_backend="template")
+    memory, chunk_seconds = {}, []
+    seen, started = 0, time.perf_counter()
+    # One intra-op thread: on a loaded 2-core machine, two OpenMP threads make the tiny model ~30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for result in results:
+            assert len(result["faces"]) == 1
+            seen += 1
+            if seen == 200:
+                memory["warm"] = _rss_mb()
+            if seen % 250 == 0:
+                now = time.perf_counter()
+                chunk_seconds.append(now - started)
+                started = now
+                memory["peak"] = max(memory.get("peak", 0.0), _rss_mb())
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == count
+    growth = memory["peak"] - memory["warm"]
+    assert growth < 30, f"memory grew by {growth:.1f} MB over {count} frames ({decoded_mb:.0f} MB decoded)"
+    quarter = len(chunk_seconds) // 4
+    early, late = statistics.median(chunk_seconds[1 : 1 + quarter]), statistics.median(chunk_seconds[-quarter:])
+    assert late < 2.5 * early + 0.1, f"time per 250 frames grew from {early:.2f} s to {late:.2f} s"
