@@ -8,7 +8,13 @@ import sys
 
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "analyze": ("mf2.analyze", "main", "faces in images, folders, videos → AUs and emotions as JSONL / CSV"),
+    "caption": ("mf2.data.caption_dataset", "main", "fill the MFA caption columns of a dataset (template or LLM)"),
     "encoders": ("mf2.encoders", "main", "fetch and convert the offline pretrained encoders into the cache"),
+    "evaluate": ("mf2.training.evaluate", "main", "score a checkpoint (+ DFN adapter) on a labelled dataset"),
+    "finetune": ("mf2.training.finetune", "main", "DFN fine-tuning of a frozen MF² (or full fine-tuning with --full)"),
+    "push": ("mf2.training.hub", "main", "publish model, processor, DFN adapter and model card to the Hub"),
+    "train": ("mf2.training.pretrain", "main", "pre-train MF² (Emo-VL + AU-VL + recognisers) with Trainer"),
 }
 
 

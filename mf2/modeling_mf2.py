@@ -651,7 +651,8 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
 class MF2ForPreTraining(MF2ForFacialStateRecognition):
     """MF² pretraining: Emo-VL and AU-VL, each with ITC, ITM and ITG, plus the AU and emotion recognisers.
 
-    Inputs that a batch lacks are skipped, not faked: no emotion captions → no Emo-VL alignment losses; an (image, AU)
+    Inputs that a batch lacks are skipped, not faked: no emotion caption (none given, or an all-padding row) → that
+    image takes no part in Emo-VL alignment; an (image, AU)
     pair whose `au_caption_mask` is 0 takes no part in AU-VL alignment; labels of -1 are left out of the recognisers.
     """
 
@@ -709,7 +710,8 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
     ) -> MF2PreTrainingOutput:
         r"""
         pixel_values, au_boxes: as in `MF2Model`.
-        emotion_input_ids, emotion_attention_mask (`(batch, length)`, *optional*): tokenised emotion captions.
+        emotion_input_ids, emotion_attention_mask (`(batch, length)`, *optional*): tokenised emotion captions; a row
+            whose attention mask is all zero has no caption and takes no part in Emo-VL alignment.
         au_input_ids, au_attention_mask (`(batch, num_aus, length)`, *optional*): one tokenised caption per AU.
         au_caption_mask (`(batch, num_aus)`, *optional*): 1 where the AU has a caption; rows with an all-zero
             attention mask count as missing too.
@@ -723,13 +725,17 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         if self.emotion_alignment is not None and emotion_input_ids is not None:
             if emotion_attention_mask is None:
                 emotion_attention_mask = torch.ones_like(emotion_input_ids)
-            batch = pixel_values.shape[0]
-            queries = self.mf2.emotion_branch.query_tokens.expand(batch, -1, -1)
-            terms = self.emotion_alignment.losses(
-                self.mf2.emotion_branch, queries, features.emotion_query_output, features.image_embeds,
-                emotion_input_ids, emotion_attention_mask, *smoothing,
-            )  # fmt: skip
-            losses.update({f"emo_{name}": value for name, value in terms.items()})
+            if tuple(emotion_attention_mask.shape) != tuple(emotion_input_ids.shape) or emotion_input_ids.ndim != 2:
+                raise ValueError("emotion_input_ids and emotion_attention_mask must both be (batch, length).")
+            captioned = emotion_attention_mask.sum(dim=-1) > 0  # an all-padding row = no caption for that image
+            if captioned.any():
+                queries = self.mf2.emotion_branch.query_tokens.expand(int(captioned.sum()), -1, -1)
+                terms = self.emotion_alignment.losses(
+                    self.mf2.emotion_branch, queries, features.emotion_query_output[captioned],
+                    features.image_embeds[captioned], emotion_input_ids[captioned],
+                    emotion_attention_mask[captioned], *smoothing,
+                )  # fmt: skip
+                losses.update({f"emo_{name}": value for name, value in terms.items()})
 
         if self.au_alignment is not None and au_input_ids is not None:
             queries, query_output, regions, ids, mask = self._au_pairs(

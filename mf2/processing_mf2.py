@@ -559,7 +559,8 @@ class MF2Processor(ProcessorMixin):
 
         Args:
             images: anything `MF2ImageProcessor` takes; `kwargs` are its per-call options.
-            emotion_captions: one caption per image → `emotion_input_ids`, `emotion_attention_mask` `(N, L)`.
+            emotion_captions: one caption per image → `emotion_input_ids`, `emotion_attention_mask` `(N, L)`; an empty
+                caption (unknown emotion) gives an all-zero attention row, which `MF2ForPreTraining` skips.
             au_captions: per image, one caption per AU (a list in `au_names` order, or a dict AU name → caption);
                 `""` or `None` means no caption → `au_input_ids`, `au_attention_mask` `(N, A, L)` and
                 `au_caption_mask` `(N, A)` (0 where the caption is missing; those rows are all padding).
@@ -585,7 +586,12 @@ class MF2Processor(ProcessorMixin):
             bad = [i for i, caption in enumerate(captions) if not isinstance(caption, str)]
             if bad:
                 raise ValueError(f"emotion_captions must be strings; entries {bad} are not.")
-            ids, mask = self._tokenize(captions, self.emotion_caption_max_length)
+            present = np.asarray([bool(caption.strip()) for caption in captions], dtype=bool)
+            ids, mask = self._tokenize([c if keep else "" for c, keep in zip(captions, present)],
+                                       self.emotion_caption_max_length)  # fmt: skip
+            # An empty caption (unknown emotion) becomes an all-padding row, which the model leaves out of Emo-VL.
+            ids[~present] = self.tokenizer.pad_token_id or 0
+            mask[~present] = 0
             data["emotion_input_ids"], data["emotion_attention_mask"] = ids, mask
 
         if au_captions is not None:

@@ -194,6 +194,20 @@ def test_missing_labels_and_captions_are_masked_not_faked(config, batch):
     assert none.au_itc is None and none.au_loss is not None
 
 
+def test_images_without_emotion_caption_leave_emotion_alignment(config, batch):
+    model = _model(config).eval()
+    emotion_only = {k: v for k, v in batch.items() if not k.startswith("au_input") and k != "au_attention_mask"}
+    masked = dict(emotion_only, emotion_attention_mask=emotion_only["emotion_attention_mask"].clone())
+    masked["emotion_attention_mask"][1] = 0
+    subset = {k: v[[0, 2, 3]] for k, v in emotion_only.items()}
+    with torch.no_grad():
+        with_gap, without = model(**masked), model(**subset)
+    assert with_gap.emo_itc.item() == pytest.approx(without.emo_itc.item(), rel=1e-5)
+    assert with_gap.emo_itg.item() == pytest.approx(without.emo_itg.item(), rel=1e-5)
+    none = dict(emotion_only, emotion_attention_mask=torch.zeros_like(emotion_only["emotion_attention_mask"]))
+    assert model(**none).emo_itc is None
+
+
 @pytest.mark.parametrize(("emotion", "au"), [(False, True), (True, False)])
 def test_single_branch_ablations(emotion, au, batch):
     config = tiny_config(use_emotion_branch=emotion, use_au_branch=au)

@@ -431,6 +431,10 @@ def test_captions_are_tokenised_per_face_with_the_config_lengths():
     assert mask[1].tolist() == [1] * 12
     assert out["au_attention_mask"][0, 1].sum() == 0 and (out["au_input_ids"][0, 1] == tokenizer.pad_token_id).all()
     assert out["au_input_ids"][0, 0, 0].item() == tokenizer.cls_token_id
+    # An empty emotion caption (unknown emotion) is an all-padding row, which the model leaves out of Emo-VL.
+    gap = proc([astronaut(), astronaut()], emotion_captions=["a face", " "])
+    assert gap["emotion_attention_mask"][1].sum() == 0 and gap["emotion_attention_mask"][0].sum() == 4
+    assert (gap["emotion_input_ids"][1] == tokenizer.pad_token_id).all()
     # Captions only (no images): one row per caption.
     text_only = proc(emotion_captions=["a face", "the person is smiling"])
     assert text_only["emotion_input_ids"].shape[0] == 2 and "pixel_values" not in text_only

@@ -1,0 +1,352 @@
+"""`mf2 push` / `python -m mf2.training.hub`: publish an MF² model, its processor, a DFN adapter and a model card.
+
+```
+python -m mf2.training.hub --model_dir outputs/pretrain --adapter_dir outputs/dfn --repo_id me/mf2-ferplus-ckplus
+python -m mf2.training.hub --model_dir outputs/pretrain --repo_id me/mf2 --dry_run --output_dir outputs/hub-preview
+```
+
+Everything goes up in one commit of one repository:
+
+| path in the repo | what |
+|---|---|
+| `config.json`, `model.safetensors`, `*.py` | the model (`save_pretrained`, with its remote code) and its AU thresholds |
+| `processor_config.json`, `tokenizer*` | the `MF2Processor` |
+| `dfn/adapter_config.json`, `dfn/adapter_model.safetensors`, `dfn/thresholds.json` | the DFN adapter, if given |
+| `README.md` | the generated model card |
+
+The card's YAML front matter lists the training data with their licences (from `training_data.json`, written by
+`mf2 train` / `mf2 finetune`), the metrics of `eval_results.json` / `cv_results.json` (and any `--metrics` file), and
+`license: other`: the code is Apache-2.0, but weights trained on FER+ / CK+ inherit those data's research-only terms.
+
+The Hub endpoint and token come from the usual `HF_ENDPOINT` / `HF_TOKEN` environment variables (or `--token`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_SUBFOLDER = "dfn"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "thresholds.json")
+RESULT_FILES = ("eval_results.json", "cv_results.json", "all_results.json")
+
+DATA_LICENCES: dict[str, dict[str, str]] = {
+    "ferplus": {
+        "name": "FER+ (FER2013 images with FER+ labels)",
+        "license": "FER+ labels: MIT (Microsoft); FER2013 images: rights unresolved (web-scraped)",
+        "citation": "Barsoum et al., ICMI 2016; Goodfellow et al., ICONIP 2013",
+    },
+    "ckplus": {
+        "name": "Extended Cohn-Kanade (CK+)",
+        "license": "non-commercial research only, no redistribution",
+        "citation": "Lucey et al., CVPR Workshops 2010",
+    },
+    "affwild2": {
+        "name": "Aff-Wild2",
+        "license": "academic research only (EULA)",
+        "citation": "Kollias & Zafeiriou, BMVC 2019",
+    },
+}
+"""Licences of the datasets `mf2.data` can read, for the model card."""
+
+UNKNOWN_LICENCE = {"license": "unknown: check the data's terms before using this model"}
+
+_HEADLINE = (
+    ("emotion_accuracy", "Emotion accuracy"),
+    ("emotion_mean_class_accuracy", "Emotion mean per-class accuracy"),
+    ("emotion_macro_f1", "Emotion macro-F1"),
+    ("au_f1", "AU F1 (mean over AUs, thresholds 0.5 / config)"),
+    ("au_f1_tuned", "AU F1 (thresholds tuned on this data)"),
+    ("au_f1_train_tuned", "AU F1 (thresholds tuned on the training folds)"),
+)
+
+
+# --------------------------------------------------------------------------------------------------- model card
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect_results(folders: Sequence[Path], extra_files: Sequence[Path] = ()) -> list[tuple[str, dict[str, float]]]:
+    """`(label, flat metrics)` from the result files of the given folders (and extra JSON files)."""
+    results = []
+    for folder in folders:
+        for name in RESULT_FILES:
+            data = _read_json(folder / name)
+            if data is None:
+                continue
+            if name == "cv_results.json":
+                results.append((f"{folder.name}: {data.get('num_folds')}-fold CV, pooled", data.get("pooled", {})))
+                results.append((f"{folder.name}: {data.get('num_folds')}-fold CV, mean of folds", data.get("mean", {})))
+            elif name == "all_results.json" and (folder / "eval_results.json").is_file():
+                continue
+            else:
+                names = [part.get("name") for part in (_read_json(folder / "training_data.json") or {}).get("eval", [])]
+                results.append((f"{folder.name}: {', '.join(filter(None, names)) or name.removesuffix('.json')}", data))
+    for path in extra_files:
+        data = _read_json(Path(path))
+        if data is None:
+            raise FileNotFoundError(f"No metrics file {path}.")
+        results.append((Path(path).stem, data.get("pooled", data) if isinstance(data, dict) else {}))
+    return results
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ("eval_", "test_", "pooled_"):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def metrics_table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown tables: headline metrics per result, then F1 per AU where available."""
+    lines = ["| Evaluation | Metric | Value |", "|---|---|---|"]
+    per_au: list[tuple[str, dict[str, float]]] = []
+    for label, metrics in results:
+        flat = {_strip_prefix(key): value for key, value in metrics.items() if isinstance(value, (int, float))}
+        for key, title in _HEADLINE:
+            if key in flat:
+                count = flat.get("emotion_count" if key.startswith("emotion") else "au_count")
+                suffix = f" (n={int(count)})" if count else ""
+                lines.append(f"| {label} | {title}{suffix} | {100 * flat[key]:.2f}% |")
+        aus = {key[len("au_f1_") :]: value for key, value in flat.items()
+               if key.startswith("au_f1_AU") and not key.endswith("tuned")}  # fmt: skip
+        if aus:
+            per_au.append((label, aus))
+    if len(lines) == 2:
+        lines.append("| - | no evaluation results found | - |")
+    text = "\n".join(lines)
+    for label, aus in per_au:
+        names = list(aus)
+        text += f"\n\nF1 per AU, {label}:\n\n| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n| "
+        text += " | ".join(f"{100 * aus[name]:.1f}" for name in names) + " |"
+    return text
+
+
+def training_data_entries(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """Training data of the run(s), with licences: from the folders' `training_data.json`."""
+    entries, seen = [], set()
+    for folder in folders:
+        data = _read_json(folder / "training_data.json") or {}
+        for part in data.get("train", []):
+            key = (part.get("name"), folder.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            info = DATA_LICENCES.get(part.get("source"), UNKNOWN_LICENCE)
+            entries.append({"name": info.get("name", part.get("name")), "file": part.get("name"),
+                            "rows": part.get("rows"), "used_for": data.get("stage", folder.name),
+                            "license": info["license"], **({"citation": info["citation"]} if "citation" in info else {})})  # fmt: skip
+    return entries
+
+
+def build_model_card(
+    model_dir: str | Path,
+    repo_id: str,
+    adapter_dir: str | Path | None = None,
+    metrics_files: Sequence[str | Path] = (),
+):
+    """The model card (`huggingface_hub.ModelCard`) of a model folder (and adapter folder): YAML front matter with the
+    training data and their licences, the evaluation results, intended use and limitations."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folders = [Path(model_dir)] + ([Path(adapter_dir)] if adapter_dir else [])
+    results = collect_results(folders, [Path(p) for p in metrics_files])
+    data = training_data_entries(folders)
+    sources = sorted({entry["name"] for entry in data})
+    eval_results = []
+    for label, metrics in results:
+        flat = {_strip_prefix(key): value for key, value in metrics.items() if isinstance(value, (int, float))}
+        for key, metric_type in (("emotion_accuracy", "accuracy"), ("au_f1", "f1")):
+            if key in flat:
+                eval_results.append(EvalResult(
+                    task_type="image-classification", dataset_type=label.split(":")[0], dataset_name=label,
+                    metric_type=metric_type, metric_name=key, metric_value=round(100 * float(flat[key]), 2),
+                ))  # fmt: skip
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="other",
+        license_name="research-only-training-data",
+        tags=["mf2", "facial-action-units", "facial-expression-recognition", "emotion-recognition", "blip-2"]
+        + (["peft", "dfn"] if adapter_dir else []),
+        metrics=["accuracy", "f1"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+        training_data=data,
+        datasets=sources or None,
+    )
+    adapter_text = (
+        f"""
+The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder:
+
+```python
+from mf2.dfn import DFNModel
+adapted = DFNModel.from_pretrained(model, "{repo_id}", subfolder="{ADAPTER_SUBFOLDER}")
+```
+"""
+        if adapter_dir
+        else ""
+    )
+    licence_lines = "\n".join(f"- **{entry['name']}** ({entry['file']}, {entry['rows']} rows, {entry['used_for']}): "
+                              f"{entry['license']}." for entry in data) or "- not recorded"  # fmt: skip
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {repo_id.split("/")[-1]}
+
+MF² (multimodal face foundation model): a vision encoder read by two BLIP-2 Q-Former branches, Emo-VL over the whole
+face and AU-VL over landmark-located Action Unit regions, with an emotion recogniser (8 classes: neutral, anger,
+disgust, fear, happiness, sadness, surprise, other) and a multi-label recogniser of 12 Action Units (AU1, AU2, AU4, AU6,
+AU7, AU10, AU12, AU15, AU23, AU24, AU25, AU26). Trained with the `mf2` package.
+
+## Use
+
+```python
+import mf2  # registers the MF² classes with transformers
+from mf2 import MF2ForFacialStateRecognition
+from mf2.processing_mf2 import MF2Processor
+
+model = MF2ForFacialStateRecognition.from_pretrained("{repo_id}")
+processor = MF2Processor.from_pretrained("{repo_id}")
+inputs = processor(images=["face.jpg"], return_tensors="pt")
+outputs = model(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"])
+```
+
+Per-AU decision thresholds (`config.au_thresholds`) were tuned on validation data when the card says so.
+{adapter_text}
+## Training data and licences
+
+{licence_lines}
+
+**These weights are for research only.** They were trained on research datasets whose terms forbid commercial use
+and redistribution (CK+) or whose image rights are unresolved (FER2013). The `mf2` code is Apache-2.0; that licence does
+not extend to these weights.
+
+## Evaluation
+
+{metrics_table(results)}
+
+These are small-budget baselines (see the training data above), not the paper's figures.
+
+## Intended use
+
+Research on facial expression analysis: emotion and Action Unit recognition from face images, as a baseline or a
+starting point for fine-tuning.
+
+## Limitations
+
+- Trained on few, mostly frontal, posed or web-cropped faces (FER+: 48x48 grayscale; CK+: posed, lab-lit); expect
+  lower accuracy on other populations, poses, lighting and resolutions.
+- Facial expressions are not reliable evidence of a person's inner emotional state.
+- Not for decisions about people (hiring, policing, credit, health, education) nor for surveillance.
+- AU labels of the training data are binary presence labels; rare AUs (e.g. AU10, AU26 in CK+) have few examples.
+"""
+    return ModelCard(content)
+
+
+# --------------------------------------------------------------------------------------------------- staging and upload
+def _load_model(model_dir: Path):
+    from transformers import AutoConfig
+
+    from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
+
+    config = AutoConfig.from_pretrained(model_dir)
+    model_class = (
+        MF2ForPreTraining if "MF2ForPreTraining" in (config.architectures or []) else MF2ForFacialStateRecognition
+    )
+    return model_class.from_pretrained(model_dir)
+
+
+def stage_repository(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    repo_id: str,
+    adapter_dir: str | Path | None = None,
+    metrics_files: Sequence[str | Path] = (),
+) -> Path:
+    """Write the repository's content into `output_dir`: model, processor, adapter (in `dfn/`) and `README.md`."""
+    from ..pipeline_mf2 import FacialStatePipeline
+    from .trainer import load_saved_processor
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _load_model(model_dir)
+    model.save_pretrained(output_dir)
+    processor = load_saved_processor(str(model_dir))
+    processor.save_pretrained(output_dir)
+    # The repository then also loads as `pipeline(model=repo, trust_remote_code=True)` where mf2 is not installed.
+    FacialStatePipeline.export_code(output_dir)
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        target = output_dir / ADAPTER_SUBFOLDER
+        target.mkdir(exist_ok=True)
+        for name in ADAPTER_FILES:
+            if (adapter_dir / name).is_file():
+                shutil.copy2(adapter_dir / name, target / name)
+        missing = [name for name in ADAPTER_FILES[:2] if not (target / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{adapter_dir} is not a DFN adapter folder: {missing} missing.")
+    build_model_card(model_dir, repo_id, adapter_dir, metrics_files).save(output_dir / "README.md")
+    return output_dir
+
+
+def push_to_hub(
+    model_dir: str | Path,
+    repo_id: str,
+    adapter_dir: str | Path | None = None,
+    metrics_files: Sequence[str | Path] = (),
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload MF² model, processor, DFN adapter and model card",
+) -> str:
+    """Create `repo_id` (if needed) and upload model, processor, adapter and card in one commit; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="mf2-push-") as staging:
+        stage_repository(model_dir, staging, repo_id, adapter_dir, metrics_files)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mf2 push`: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="mf2 push", description=__doc__.split("\n")[0])
+    parser.add_argument("--model_dir", required=True, help="Folder of a saved MF² model and processor.")
+    parser.add_argument("--repo_id", required=True, help="Target repository, e.g. user/mf2-ferplus.")
+    parser.add_argument("--adapter_dir", default=None, help="Folder of a DFN adapter (mf2 finetune output).")
+    parser.add_argument("--metrics", nargs="*", default=[], help="Extra metrics JSON files for the card.")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / the saved login).")
+    parser.add_argument("--commit_message", default="Upload MF² model, processor, DFN adapter and model card")
+    parser.add_argument("--dry_run", action="store_true", help="Write the repository content to --output_dir only.")
+    parser.add_argument("--output_dir", default=None, help="With --dry_run: where to write the content.")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        if not args.output_dir:
+            parser.error("--dry_run needs --output_dir.")
+        path = stage_repository(args.model_dir, args.output_dir, args.repo_id, args.adapter_dir, args.metrics)
+        print(f"Repository content written to {path}")
+        return 0
+    url = push_to_hub(args.model_dir, args.repo_id, args.adapter_dir, args.metrics, private=args.private,
+                      token=args.token, commit_message=args.commit_message)  # fmt: skip
+    print(f"Pushed to {url}")
+    return 0
+
+
+__all__ = ["DATA_LICENCES", "build_model_card", "main", "metrics_table", "push_to_hub", "stage_repository"]
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,375 @@
+"""Training data for MF²: load MFA-schema datasets, caption them, and run the image processor once per example.
+
+Face detection, landmarks and alignment are by far the slowest part of reading a face image, and their result never
+changes between epochs. `preprocess_dataset` therefore runs `MF2ImageProcessor` once per example through
+`datasets.map` and stores the aligned crop, the AU boxes and the landmarks in an Arrow file in the cache directory,
+named by a fingerprint of the input data and of every processor option: the next run (another epoch, a resumed run,
+fine-tuning, evaluation) reads the file instead of detecting faces again.
+
+Rows without a detectable face follow `no_face`:
+
+- `"fallback"` (default): the image is treated as an already aligned face crop (template landmarks, the whole image
+  resized); the row keeps `face_found=False` so that it can be counted or filtered later.
+- `"drop"`: the row is removed.
+- `"error"`: pre-processing stops at the first such row.
+
+Data specs (`--train_data`, `--eval_data`) read `SOURCE:PATH[,key=value...]`:
+
+| source    | PATH                                                  | default landmark back-end                   |
+|-----------|-------------------------------------------------------|---------------------------------------------|
+| `mfa`     | an MFA-schema Parquet file, folder or `save_to_disk`   | `--landmark_backend`                        |
+| `ferplus` | a FER+ Parquet file (48x48 grayscale face crops)        | `template` (already cropped; dlib misses most 48-px faces) |
+| `ckplus`  | a CK+ Parquet file (128x128 grayscale face crops)       | `dlib`, with `no_face=fallback`             |
+
+Keys: `split` (for a `DatasetDict`), `max_samples` (class-stratified subset by emotion), `seed`, `landmark_backend`,
+`no_face`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Array2D, Array3D, Dataset, DatasetDict, Features, List, Value, concatenate_datasets
+from PIL import Image
+
+from ..au_regions import default_au_boxes
+from ..processing_mf2 import FALLBACK_LABEL, MF2ImageProcessor
+
+logger = logging.getLogger(__name__)
+
+PREPROCESS_VERSION = 1
+"""Bumped whenever the stored columns change, so that old cache files are never read."""
+
+SOURCES: tuple[str, ...] = ("mfa", "ferplus", "ckplus")
+DEFAULT_BACKENDS: dict[str, str | None] = {"mfa": None, "ferplus": "template", "ckplus": "dlib"}
+NO_FACE_CHOICES: tuple[str, ...] = ("fallback", "drop", "error")
+PROCESSED_COLUMNS: tuple[str, ...] = (
+    "pixel_values",
+    "au_boxes",
+    "landmarks",
+    "face_box",
+    "landmark_backend",
+    "face_found",
+)
+ID_COLUMN = "example_id"
+
+
+# --------------------------------------------------------------------------------------------------- data specs
+@dataclass
+class DataSpec:
+    """One dataset on the command line: `SOURCE:PATH[,key=value...]` (see the module docstring)."""
+
+    source: str
+    path: str
+    split: str | None = None
+    max_samples: int | None = None
+    seed: int = 0
+    landmark_backend: str | None = None
+    no_face: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DataSpec:
+        source, separator, rest = text.partition(":")
+        if not separator or source not in SOURCES or not rest:
+            raise ValueError(f"Data spec {text!r}: expected 'SOURCE:PATH[,key=value...]' with SOURCE in {SOURCES}.")
+        path, *options = rest.split(",")
+        values: dict[str, Any] = {}
+        names = {item.name for item in fields(cls)}
+        for option in options:
+            key, equals, value = option.partition("=")
+            if not equals or key not in names or key in ("source", "path"):
+                raise ValueError(f"Data spec {text!r}: bad option {option!r}; keys: split, max_samples, seed, "
+                                 "landmark_backend, no_face.")  # fmt: skip
+            values[key] = int(value) if key in ("max_samples", "seed") else value
+        spec = cls(source=source, path=path, **values)
+        if spec.no_face is not None and spec.no_face not in NO_FACE_CHOICES:
+            raise ValueError(f"Data spec {text!r}: no_face must be one of {NO_FACE_CHOICES}.")
+        return spec
+
+    def backend(self, default: str) -> str:
+        """The landmark back-end of this source."""
+        return self.landmark_backend or DEFAULT_BACKENDS[self.source] or default
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}:{Path(self.path).name}" + (f"[{self.split}]" if self.split else "")
+
+
+def load_source(spec: DataSpec, cache_dir: str | None = None) -> Dataset:
+    """The dataset a spec names, in the MFA schema (`mf2.data.MFA_FEATURES`)."""
+    from ..data import load_ckplus, load_ferplus
+    from ..data.caption_dataset import load_mfa
+
+    if spec.source == "ferplus":
+        dataset = load_ferplus(spec.path, cache_dir=cache_dir)
+    elif spec.source == "ckplus":
+        dataset = load_ckplus(spec.path, cache_dir=cache_dir)
+    else:
+        dataset = load_mfa(spec.path, cache_dir=cache_dir)
+        if isinstance(dataset, DatasetDict):
+            if spec.split is None:
+                if len(dataset) != 1:
+                    raise ValueError(f"{spec.path} holds splits {list(dataset)}; add ',split=NAME' to the spec.")
+                spec.split = next(iter(dataset))
+            dataset = dataset[spec.split]
+    if spec.max_samples is not None and spec.max_samples < len(dataset):
+        dataset = dataset.select(stratified_indices(dataset["emotion"], spec.max_samples, seed=spec.seed))
+    return dataset
+
+
+def stratified_indices(labels: Sequence[int], count: int, seed: int = 0) -> list[int]:
+    """Sorted indices of a `count`-row subset with each label's share of the whole (largest-remainder rounding)."""
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = sizes * count / len(labels)
+    take = np.floor(quotas).astype(int)
+    for index in np.argsort(-(quotas - take), kind="stable")[: count - take.sum()]:
+        take[index] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == label), size=n, replace=False) for label, n in zip(classes, take)]
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
+def fill_template_captions(dataset: Dataset, name: str = "data") -> Dataset:
+    """Caption a dataset whose caption columns are all empty with `mf2.data`'s offline `TemplateCaptioner`.
+
+    Datasets that already carry captions (for example LLM captions) are returned unchanged.
+    """
+    from ..data.caption_dataset import caption_split
+    from ..data.captions import TemplateCaptioner
+
+    if len(dataset) == 0:
+        return dataset
+    if "emotion_caption" in dataset.column_names:
+        probe = dataset.select_columns(["emotion_caption", "au_caption"])
+        if any(probe["emotion_caption"]) or any(any(row) for row in probe["au_caption"]):
+            return dataset
+    return caption_split(dataset, TemplateCaptioner(), name=name, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------- preprocessing
+def _as_image(value: Any) -> Any:
+    """A `datasets` image cell (decoded PIL, or `{"bytes", "path"}` when not decoded) as something the processor reads."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return Image.open(io.BytesIO(value["bytes"]))
+        return value["path"]
+    return value
+
+
+def processor_fingerprint(image_processor: MF2ImageProcessor) -> dict[str, Any]:
+    """The processor options that change its output (worker count does not)."""
+    options = image_processor.to_dict()
+    return {key: value for key, value in sorted(options.items()) if key not in ("num_workers",)}
+
+
+def preprocess_dataset(
+    dataset: Dataset,
+    image_processor: MF2ImageProcessor,
+    cache_dir: str | Path | None = None,
+    *,
+    no_face: str = "fallback",
+    pixel_format: str = "uint8",
+    batch_size: int = 64,
+    num_proc: int | None = None,
+    keep_image: bool = False,
+    desc: str | None = None,
+) -> Dataset:
+    """Run `image_processor` once per row and store its output as columns (cached on disk).
+
+    Added columns: `pixel_values` (`(3, S, S)`, uint8 un-normalised or float32 normalised, per `pixel_format`),
+    `au_boxes` (`(A, k, 4)` normalised xyxy in the crop), `landmarks` (`(68, 2)`, original image pixels), `face_box`,
+    `landmark_backend` (the back-end that placed the face, or `"template-fallback"`) and `face_found`.
+    The `image` column is removed unless `keep_image`.
+
+    Args:
+        dataset: rows with an `image` column (PIL images or `{"bytes", "path"}` dicts).
+        image_processor: the processor; its `size`, `landmark_backend`, normalisation and AU names are used.
+        cache_dir: folder of the cached Arrow file (`preprocess-<fingerprint>.arrow`). `None` keeps the result in
+            the `datasets` cache of the input (or in memory for an in-memory input).
+        no_face: "fallback", "drop" or "error" (module docstring).
+        pixel_format: "uint8" (4x smaller; `MF2DataCollator` normalises) or "float32" (normalised here).
+        batch_size, num_proc: of the `datasets.map` call.
+    """
+    if no_face not in NO_FACE_CHOICES:
+        raise ValueError(f"no_face must be one of {NO_FACE_CHOICES}, got {no_face!r}.")
+    if pixel_format not in ("uint8", "float32"):
+        raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}.")
+    options = image_processor._options({})
+    size, num_aus = options["size"], len(options["au_names"])
+    # Boxes per AU, for the fixed-shape column (the canonical face has the same layout as any detected one).
+    boxes_per_au = np.asarray(default_au_boxes(options["au_names"])).shape[1]
+
+    features = Features({name: feature for name, feature in dataset.features.items() if keep_image or name != "image"})
+    features["pixel_values"] = Array3D(shape=(3, size, size), dtype=pixel_format)
+    features["au_boxes"] = Array3D(shape=(num_aus, boxes_per_au, 4), dtype="float32")
+    features["landmarks"] = Array2D(shape=(68, 2), dtype="float32")
+    features["face_box"] = List(Value("float32"), length=4)
+    features["landmark_backend"] = Value("string")
+    features["face_found"] = Value("bool")
+
+    call_options = {"return_tensors": None, "do_normalize": pixel_format == "float32", "multiple_faces": "largest",
+                    "no_face": "error" if no_face == "error" else "fallback"}  # fmt: skip
+
+    def process(batch: dict[str, list]) -> dict[str, Any]:
+        images = [_as_image(value) for value in batch["image"]]
+        output = image_processor(images, **call_options)
+        if list(output["image_index"]) != list(range(len(images))):
+            raise RuntimeError("MF2ImageProcessor returned a face count different from one per image.")
+        pixels = np.asarray(output["pixel_values"], dtype=np.float32)
+        if pixel_format == "uint8":
+            pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+        labels = list(output["landmark_backend"])
+        result = {key: value for key, value in batch.items() if keep_image or key != "image"}
+        result.update(
+            pixel_values=pixels,
+            au_boxes=np.asarray(output["au_boxes"], dtype=np.float32),
+            landmarks=np.asarray(output["landmarks"], dtype=np.float32),
+            face_box=np.asarray(output["face_boxes"], dtype=np.float32),
+            landmark_backend=labels,
+            face_found=[label != FALLBACK_LABEL for label in labels],
+        )
+        return result
+
+    payload = json.dumps(
+        {"data": dataset._fingerprint, "processor": processor_fingerprint(image_processor), "version": PREPROCESS_VERSION,
+         "pixel_format": pixel_format, "no_face": call_options["no_face"], "keep_image": keep_image},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    cache_file = None
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        cache_file = str(Path(cache_dir) / f"preprocess-{fingerprint}.arrow")
+    processed = dataset.map(
+        process,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        features=features,
+        cache_file_name=cache_file,
+        new_fingerprint=fingerprint,
+        desc=desc or "detect, align, AU boxes",
+    )
+    if no_face == "drop":
+        before = len(processed)
+        processed = processed.filter(
+            lambda found: found, input_columns=["face_found"], batched=False,
+            cache_file_name=None if cache_file is None else cache_file.replace(".arrow", "-faces.arrow"),
+            new_fingerprint=f"{fingerprint}-faces",
+        )  # fmt: skip
+        logger.info("Dropped %d of %d rows without a detected face.", before - len(processed), before)
+    return processed
+
+
+def face_statistics(dataset: Dataset) -> dict[str, int]:
+    """How many rows each landmark back-end placed (e.g. `{"dlib": 600, "template-fallback": 48}`)."""
+    counts: dict[str, int] = {}
+    for label in dataset["landmark_backend"]:
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def add_example_ids(dataset: Dataset, start: int = 0) -> Dataset:
+    """Add a running `example_id` column (what distributed evaluation reports back for every scored row)."""
+    if ID_COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(ID_COLUMN)
+    return dataset.add_column(ID_COLUMN, list(range(start, start + len(dataset))))
+
+
+def prepare_data(
+    specs: Sequence[str | DataSpec],
+    image_processor: MF2ImageProcessor,
+    cache_dir: str | Path,
+    *,
+    default_backend: str = "dlib",
+    no_face: str = "fallback",
+    captioner: str = "template",
+    pixel_format: str = "uint8",
+    batch_size: int = 64,
+    num_proc: int | None = None,
+    with_ids: bool = True,
+) -> tuple[Dataset, list[dict[str, Any]]]:
+    """Load, caption and pre-process every spec, and concatenate them.
+
+    Returns:
+        The dataset (columns: the MFA labels and captions, `group`, `source`, the `PROCESSED_COLUMNS`, and
+        `example_id` when `with_ids`) and one summary dict per spec (`name`, `source`, `rows`, `landmark_backends`)
+        for logs and the model card.
+    """
+    parts, summary = [], []
+    for item in specs:
+        spec = DataSpec.parse(item) if isinstance(item, str) else item
+        dataset = load_source(spec, cache_dir=None)
+        if captioner == "template":
+            dataset = fill_template_captions(dataset, name=spec.name)
+        processor = image_processor
+        backend = spec.backend(default_backend)
+        if backend != image_processor.landmark_backend:
+            processor = MF2ImageProcessor.from_dict({**image_processor.to_dict(), "landmark_backend": backend})
+        processed = preprocess_dataset(
+            dataset, processor, Path(cache_dir) / "preprocess", no_face=spec.no_face or no_face,
+            pixel_format=pixel_format, batch_size=batch_size, num_proc=num_proc, desc=f"pre-processing {spec.name}",
+        )  # fmt: skip
+        parts.append(processed)
+        summary.append({"name": spec.name, "source": spec.source, "rows": len(processed),
+                        "landmark_backends": face_statistics(processed)})  # fmt: skip
+    if not parts:
+        raise ValueError("No data given.")
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    if with_ids:
+        dataset = add_example_ids(dataset)
+    return dataset, summary
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Hold out `fraction` of the groups (subjects, videos) as validation, balanced by emotion (`mf2.data`)."""
+    from ..data import split_by_group
+
+    train_rows, validation_rows = split_by_group(dataset["group"], dataset["emotion"], fraction, seed=seed)
+    return dataset.select(train_rows), dataset.select(validation_rows)
+
+
+def group_folds(groups: Sequence[str], num_folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of `num_folds` folds with no group (subject) in two folds; groups are shuffled, then dealt out so
+    that folds have near-equal row counts (largest groups first)."""
+    groups = np.asarray(groups)
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(names) < num_folds:
+        raise ValueError(f"{len(names)} groups cannot make {num_folds} folds.")
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    load = np.zeros(num_folds)
+    fold_of_group = np.empty(len(names), dtype=int)
+    for group in order:
+        fold = int(np.argmin(load))
+        fold_of_group[group] = fold
+        load[fold] += counts[group]
+    return [np.flatnonzero(fold_of_group[inverse] == fold) for fold in range(num_folds)]
+
+
+__all__ = [
+    "DEFAULT_BACKENDS",
+    "ID_COLUMN",
+    "PREPROCESS_VERSION",
+    "PROCESSED_COLUMNS",
+    "DataSpec",
+    "add_example_ids",
+    "face_statistics",
+    "fill_template_captions",
+    "group_folds",
+    "load_source",
+    "prepare_data",
+    "preprocess_dataset",
+    "split_validation",
+    "stratified_indices",
+]

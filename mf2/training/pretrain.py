@@ -1,0 +1,183 @@
+"""`mf2 train` / `python -m mf2.training.pretrain`: MF² pretraining (Emo-VL + AU-VL + both recognisers) with `Trainer`.
+
+```
+python -m mf2.training.pretrain --vision_encoder offline --text_encoder offline \\
+    --train_data ferplus:/data/ferplus/train.parquet ckplus:/data/ckplus/dev.parquet \\
+    --eval_data ferplus:/data/ferplus/valid.parquet --output_dir outputs/pretrain
+accelerate launch --multi_gpu --num_processes 2 -m mf2.training.pretrain --config pretrain.yaml   # data parallel
+python -m mf2.training.pretrain --config pretrain.yaml --resume                                 # after a kill
+```
+
+Steps: build or load the model (`--stage` picks the branches and targets, see `mf2.training.stages`), load and caption
+the data, pre-process every image once (cached, `mf2.training.preprocess`), train with `MF2Trainer` (Table VI defaults,
+checkpoints every `--save_steps`), save the model and processor, then evaluate on `--eval_data` and store the per-AU
+thresholds tuned there in the saved config. `training_data.json` records the data for the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from transformers import set_seed
+
+from ..configuration_mf2 import MF2Config
+from ..modeling_mf2 import MF2ForPreTraining
+from .arguments import MF2ScriptArguments, MF2TrainingArguments, parse_args
+from .collator import MF2DataCollator
+from .evaluate import predict, score
+from .preprocess import prepare_data, split_validation
+from .stages import Stage, get_stage
+from .trainer import (
+    MF2Trainer,
+    apply_mixed_precision,
+    load_processor,
+    make_compute_metrics,
+    prediction_records,
+    resolve_encoders,
+    resolve_resume_checkpoint,
+    setup_torch,
+    write_json,
+    write_jsonl,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def build_pretraining_model(script_args: MF2ScriptArguments, stage: Stage, vision: str | None, text: str | None):
+    """`MF2ForPreTraining` from a checkpoint, from pretrained encoders, or randomly initialised from a config."""
+    overrides = json.loads(script_args.config_overrides or "{}")
+    if script_args.model_name_or_path:
+        model = MF2ForPreTraining.from_pretrained(script_args.model_name_or_path, **overrides)
+        stage.check_config(model.config)
+        return model
+    overrides.update(stage.config_overrides())
+    if vision and text:
+        return MF2ForPreTraining.from_encoders(vision, text, **overrides)
+    if script_args.config_name:
+        return MF2ForPreTraining(MF2Config.from_pretrained(script_args.config_name, **overrides))
+    raise ValueError("Give --model_name_or_path, --vision_encoder/--text_encoder, or --config_name.")
+
+
+def load_splits(script_args: MF2ScriptArguments, training_args, processor):
+    """Pre-processed training and evaluation datasets (evaluation may be None) and the data summary."""
+    options = dict(
+        default_backend=script_args.landmark_backend, no_face=script_args.no_face, captioner=script_args.captioner,
+        pixel_format=script_args.pixel_format, batch_size=script_args.preprocessing_batch_size,
+        num_proc=script_args.preprocessing_num_workers,
+    )  # fmt: skip
+    cache_dir = script_args.resolved_cache_dir
+    summary: dict[str, list] = {"train": [], "eval": []}
+    # The main process fills the cache; the others then read the same files instead of detecting faces again.
+    with training_args.main_process_first(desc="pre-processing"):
+        train, summary["train"] = prepare_data(script_args.train_data, processor.image_processor, cache_dir, **options)
+        evaluation = None
+        if script_args.eval_data:
+            evaluation, summary["eval"] = prepare_data(script_args.eval_data, processor.image_processor, cache_dir,
+                                                       **options)  # fmt: skip
+    if evaluation is None and script_args.validation_fraction > 0:
+        train, evaluation = split_validation(train, script_args.validation_fraction, seed=training_args.seed)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if evaluation is not None and script_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    # numpy rows: crops arrive as arrays, not as nested Python lists.
+    train = train.with_format("numpy")
+    evaluation = None if evaluation is None else evaluation.with_format("numpy")
+    return train, evaluation, summary
+
+
+def finish_evaluation(trainer: MF2Trainer, evaluation, processor, script_args, output_dir: str) -> dict[str, float]:
+    """Final evaluation: metrics with the model's thresholds, tuned thresholds stored in the saved config (on the
+    main process), predictions written on request. Captions are not needed to predict, so they are not tokenised."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config = model.config
+    start = time.perf_counter()
+    collator = MF2DataCollator(processor, with_captions=False)
+    parts, trainer_metrics = predict(trainer, evaluation, collator=collator)
+    metrics, thresholds = score(parts, config, tune=script_args.tune_thresholds)
+    # The recognition losses of the evaluation (no captions here, so no alignment terms).
+    metrics.update({key: value for key, value in trainer_metrics.items() if key.endswith("loss")})
+    metrics["eval_samples"] = len(evaluation)
+    metrics["eval_seconds"] = time.perf_counter() - start
+    if thresholds is not None:
+        config.au_thresholds = thresholds
+        metrics["eval_au_thresholds"] = thresholds
+    if trainer.is_world_process_zero():
+        if thresholds is not None:
+            config.save_pretrained(output_dir)
+        if script_args.save_predictions:
+            write_jsonl(Path(output_dir) / "eval_predictions.jsonl", prediction_records(parts, config))
+    trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingArguments) -> dict[str, float]:
+    """Pretrain as `main` does; returns the train (and eval) metrics."""
+    setup_torch()
+    apply_mixed_precision(script_args.mixed_precision, training_args)
+    if not script_args.train_data:
+        raise ValueError("mf2 train needs --train_data.")
+    stage = get_stage(script_args.stage)
+    set_seed(training_args.seed)
+    vision, text = resolve_encoders(script_args.vision_encoder, script_args.text_encoder)
+    model = build_pretraining_model(script_args, stage, vision, text)
+    processor = load_processor(script_args, model.config, text_encoder=text)
+
+    start = time.perf_counter()
+    train, evaluation, summary = load_splits(script_args, training_args, processor)
+    preprocess_seconds = time.perf_counter() - start
+    logger.info("Stage %s (%s): %d training rows, %s evaluation rows.", stage.name, stage.description, len(train),
+                len(evaluation) if evaluation is not None else 0)  # fmt: skip
+
+    collator = MF2DataCollator(
+        processor,
+        emotion_targets=stage.emotion_targets,
+        au_targets=stage.au_targets,
+        max_au_captions=script_args.max_au_captions_per_image,
+    )
+    trainer = MF2Trainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
+        processing_class=processor, compute_metrics=make_compute_metrics(model.config),
+    )  # fmt: skip
+    checkpoint = resolve_resume_checkpoint(script_args.resume, training_args.resume_from_checkpoint,
+                                           training_args.output_dir)  # fmt: skip
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(result.metrics)
+    metrics.update(
+        train_samples=len(train), preprocess_seconds=preprocess_seconds, global_step=trainer.state.global_step
+    )
+    trainer.save_model()
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        write_json(Path(training_args.output_dir) / TRAINING_DATA_FILE,
+                   {"stage": stage.name, "stage_description": stage.description, **summary})  # fmt: skip
+    if evaluation is not None:
+        metrics.update(finish_evaluation(trainer, evaluation, processor, script_args, training_args.output_dir))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mf2 train`: see the module docstring; `--help` lists every option."""
+    script_args, training_args = parse_args(
+        (MF2ScriptArguments, MF2TrainingArguments), argv, description="MF² pretraining."
+    )
+    if training_args.output_dir is None:
+        raise SystemExit("mf2 train: --output_dir is required.")
+    run_pretraining(script_args, training_args)
+    return 0
+
+
+__all__ = ["TRAINING_DATA_FILE", "build_pretraining_model", "load_splits", "main", "run_pretraining"]
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
+    raise SystemExit(main())

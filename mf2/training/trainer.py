@@ -1,0 +1,325 @@
+"""`MF2Trainer`: `transformers.Trainer` for MF²'s multi-loss outputs, and the helpers the entry points share.
+
+`Trainer` logs only the total `loss`. MF² optimises up to eight terms (`mf2.LOSS_NAMES`: Emo-VL and AU-VL ITC / ITM /
+ITG, the AU and emotion recognisers), and a run is only readable with each of them on its own. `MF2Trainer` therefore:
+
+- adds every loss part to the training logs, averaged over the micro-batches of the logging window (and over the
+  processes in data-parallel runs), next to `loss`; a part enters the average only in the steps where it was computed
+  (`au_loss` only when the batch had a known AU label, the alignment losses only when the batch had captions);
+- adds `eval_<part>` to evaluation metrics the same way;
+- passes `example_ids` (when the collator provides them) through evaluation as a third label, so that gathered
+  predictions say which example each row is: distributed evaluation can be checked to score every example once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
+from transformers.utils import cached_file
+
+from ..configuration_mf2 import LOSS_NAMES
+from .metrics import compute_mf2_metrics, sigmoid
+
+logger = logging.getLogger(__name__)
+
+ID_KEY = "example_ids"
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+class MF2Trainer(Trainer):
+    """`Trainer` that logs each of MF²'s loss parts and carries example ids through evaluation.
+
+    Use it exactly like `Trainer` (with `MF2TrainingArguments`, whose defaults already set `label_names`,
+    `remove_unused_columns=False` and `ddp_find_unused_parameters=True`).
+    """
+
+    loss_part_names: tuple[str, ...] = LOSS_NAMES
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Row 0: sum of each part over the window; row 1: how many micro-batches computed it.
+        self._part_sums = {mode: None for mode in ("train", "eval")}
+
+    # ------------------------------------------------------------------ loss parts
+    def _accumulate_parts(self, outputs: Any, inputs: dict[str, Any], mode: str) -> None:
+        if not isinstance(outputs, dict):
+            return
+        values, counts = [], []
+        for name in self.loss_part_names:
+            value = outputs.get(name)
+            computed = value is not None
+            # The recognisers return 0 for a batch without a known label; that is "not computed", not a zero loss.
+            if computed and name == "au_loss" and inputs.get("au_labels") is not None:
+                computed = bool((inputs["au_labels"] >= 0).any())
+            if computed and name == "emotion_loss" and inputs.get("emotion_labels") is not None:
+                computed = bool((inputs["emotion_labels"] >= 0).any())
+            values.append(value.detach().float().reshape(()) if computed else None)
+            counts.append(1.0 if computed else 0.0)
+        device = next((v.device for v in values if v is not None), None)
+        if device is None:
+            return
+        sums = torch.stack([v if v is not None else torch.zeros((), device=device) for v in values])
+        step = torch.stack([sums, torch.tensor(counts, device=device)])
+        current = self._part_sums[mode]
+        self._part_sums[mode] = step if current is None else current + step.to(current.device)
+
+    def _drain_parts(self, mode: str, prefix: str = "") -> dict[str, float]:
+        """Average of each part since the last drain, over all processes; resets the window."""
+        current = self._part_sums[mode]
+        if current is None:
+            current = torch.zeros(2, len(self.loss_part_names), device=self.args.device)
+        self._part_sums[mode] = None
+        if self.accelerator.num_processes > 1:
+            # Every process logs at the same steps, so this collective is reached by all of them.
+            current = self.accelerator.reduce(current.to(self.args.device), reduction="sum")
+        sums, counts = current.detach().cpu().tolist()
+        return {
+            f"{prefix}{name}": total / count for name, total, count in zip(self.loss_part_names, sums, counts) if count
+        }
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        inputs.pop(ID_KEY, None)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        self._accumulate_parts(outputs, inputs, "train" if model.training else "eval")
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs are the ones with a "loss" entry; evaluation metrics get their parts in `evaluation_loop`.
+        if "loss" in logs and not any(key.startswith(("eval_", "test_")) for key in logs):
+            logs = {**logs, **self._drain_parts("train")}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = dict(inputs)
+        example_ids = inputs.pop(ID_KEY, None)
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if example_ids is not None and labels is not None:
+            labels = (*labels, example_ids) if isinstance(labels, tuple) else (labels, example_ids)
+        return loss, logits, labels
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
+        self._part_sums["eval"] = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output.metrics.update(self._drain_parts("eval", prefix=f"{metric_key_prefix}_"))
+        return output
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+def split_predictions(predictions: Any, label_ids: Any) -> dict[str, np.ndarray | None]:
+    """`Trainer` predictions `(au_logits, emotion_logits)` and labels `(au, emotion[, ids])` as named arrays."""
+    predictions = predictions if isinstance(predictions, (tuple, list)) else (predictions,)
+    label_ids = label_ids if isinstance(label_ids, (tuple, list)) else (label_ids,)
+    au_logits = np.asarray(predictions[0]) if len(predictions) > 0 else None
+    emotion_logits = np.asarray(predictions[1]) if len(predictions) > 1 else None
+    return {
+        "au_probs": None if au_logits is None else sigmoid(au_logits),
+        "emotion_logits": emotion_logits,
+        "au_labels": np.asarray(label_ids[0]) if len(label_ids) > 0 and label_ids[0] is not None else None,
+        "emotion_labels": np.asarray(label_ids[1]) if len(label_ids) > 1 and label_ids[1] is not None else None,
+        "example_ids": np.asarray(label_ids[2]) if len(label_ids) > 2 and label_ids[2] is not None else None,
+    }
+
+
+def make_compute_metrics(config) -> Callable:
+    """`compute_metrics` for `Trainer`: the paper's metrics with the config's AU thresholds (0.5 when unset)."""
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        parts = split_predictions(eval_prediction.predictions, eval_prediction.label_ids)
+        return compute_mf2_metrics(
+            au_probs=parts["au_probs"], au_labels=parts["au_labels"],
+            emotion_predictions=parts["emotion_logits"], emotion_labels=parts["emotion_labels"],
+            au_thresholds=getattr(config, "au_thresholds", None), au_names=config.au_names,
+            emotion_names=config.emotion_labels,
+        )  # fmt: skip
+
+    return compute_metrics
+
+
+def prediction_records(parts: dict[str, np.ndarray | None], config) -> list[dict[str, Any]]:
+    """One JSON-ready dict per evaluated example (id, labels, AU probabilities, emotion prediction and scores)."""
+    count = next(len(value) for value in parts.values() if value is not None)
+    records = []
+    for row in range(count):
+        record: dict[str, Any] = {}
+        if parts["example_ids"] is not None:
+            record["example_id"] = int(parts["example_ids"][row])
+        if parts["au_probs"] is not None:
+            record["au_probs"] = dict(zip(config.au_names, np.round(parts["au_probs"][row], 6).tolist()))
+        if parts["au_labels"] is not None:
+            record["au_labels"] = parts["au_labels"][row].astype(int).tolist()
+        if parts["emotion_logits"] is not None:
+            scores = parts["emotion_logits"][row]
+            record["emotion"] = config.emotion_labels[int(scores.argmax())]
+            record["emotion_logits"] = np.round(scores, 6).tolist()
+        if parts["emotion_labels"] is not None:
+            record["emotion_label"] = int(parts["emotion_labels"][row])
+        records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder that was written to the end, or None.
+
+    `Trainer` writes `trainer_state.json` last; a run killed while saving leaves a folder without it, which must not
+    be resumed from (`transformers.trainer_utils.get_last_checkpoint` would pick it).
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = []
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE_NAME).is_file():
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    return str(max(found)[1])
+
+
+def resolve_resume_checkpoint(resume: bool, resume_from_checkpoint: str | None, output_dir: str | None) -> str | None:
+    """The checkpoint to resume from: an explicit `--resume_from_checkpoint`, else with `--resume` the last complete
+    checkpoint of `output_dir` (None, with a log line, when there is none yet: the run then starts fresh)."""
+    if resume_from_checkpoint:
+        return resume_from_checkpoint
+    if not resume:
+        return None
+    checkpoint = last_complete_checkpoint(output_dir) if output_dir else None
+    if checkpoint is None:
+        logger.warning("--resume: no complete checkpoint in %s; starting from scratch.", output_dir)
+    else:
+        logger.info("Resuming from %s.", checkpoint)
+    return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------- misc helpers
+def setup_torch() -> None:
+    """CPU runs: flush denormals (MF²'s encoders slow down ~10x without it; ENVIRONMENT.md §2.6)."""
+    torch.set_flush_denormal(True)
+
+
+def apply_mixed_precision(mode: str, training_args) -> None:
+    """Resolve `--mixed_precision auto|no|fp16|bf16` onto `TrainingArguments.bf16` / `fp16`.
+
+    "auto" leaves explicit `--bf16` / `--fp16` and `accelerate launch --mixed_precision` alone; otherwise it picks bf16
+    on a GPU that supports it, fp16 on another GPU, and full precision on CPU.
+    """
+    if mode == "no" or training_args.bf16 or training_args.fp16:
+        return
+    if mode == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION") or not torch.cuda.is_available() or training_args.use_cpu:
+            return
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    setattr(training_args, mode, True)
+
+
+def resolve_encoders(vision: str | None, text: str | None) -> tuple[str | None, str | None]:
+    """`--vision_encoder` / `--text_encoder`, with "offline" meaning the converted encoders of `mf2 encoders`."""
+    if "offline" in (vision, text):
+        from ..encoders import fetch_encoders
+
+        vision_path, text_path = fetch_encoders()
+        vision = str(vision_path) if vision == "offline" else vision
+        text = str(text_path) if text == "offline" else text
+    return vision, text
+
+
+def load_processor(script_args, config, text_encoder: str | None = None):
+    """The `MF2Processor` of a run.
+
+    From `--model_name_or_path` when the checkpoint carries a processor, else built for `config`
+    (`MF2Processor.from_config`) with the tokenizer of `--tokenizer_name`, the text encoder or the checkpoint, the
+    `--landmark_backend` and `--image_size` (default 224, Table VI). An explicit `--image_size` also overrides a
+    loaded processor's crop size.
+    """
+    from ..processing_mf2 import MF2ImageProcessor, MF2Processor
+
+    source = script_args.model_name_or_path
+    processor = None
+    if source and script_args.tokenizer_name is None and _has_processor(source):
+        processor = load_saved_processor(source)
+    if processor is None:
+        tokenizer_source = script_args.tokenizer_name or text_encoder or source
+        if tokenizer_source is None:
+            raise ValueError("No tokenizer: pass --tokenizer_name, --text_encoder or a checkpoint with a processor.")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        processor = MF2Processor.from_config(
+            config, tokenizer, landmark_backend=script_args.landmark_backend, size=script_args.image_size or 224
+        )
+    if script_args.image_size and processor.image_processor.size != script_args.image_size:
+        processor.image_processor.size = script_args.image_size
+    if not isinstance(processor.image_processor, MF2ImageProcessor):
+        raise TypeError(f"Expected an MF2ImageProcessor, got {type(processor.image_processor).__name__}.")
+    return processor
+
+
+def _has_processor(source: str) -> bool:
+    path = Path(source)
+    return path.is_dir() and any(
+        (path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
+    )
+
+
+def load_saved_processor(source: str):
+    """`MF2Processor.from_pretrained`, or assembled from its saved parts when the Auto* classes are not registered."""
+    from ..processing_mf2 import MF2ImageProcessor, MF2Processor
+
+    try:
+        return MF2Processor.from_pretrained(source)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        logger.info("MF2Processor.from_pretrained(%s) failed (%s); assembling it from its parts.", source, error)
+    image_processor = MF2ImageProcessor.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    lengths = {}
+    # A local folder or a Hub repository alike; the caption lengths are MF2Processor's own fields.
+    config_file = cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    if config_file is not None:
+        saved = json.loads(Path(config_file).read_text())
+        lengths = {key: saved[key] for key in ("emotion_caption_max_length", "au_caption_max_length") if key in saved}
+    return MF2Processor(image_processor, tokenizer, **lengths)
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON (indented, keys sorted) to `path`, creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+__all__ = [
+    "MF2Trainer",
+    "apply_mixed_precision",
+    "last_complete_checkpoint",
+    "load_processor",
+    "load_saved_processor",
+    "make_compute_metrics",
+    "prediction_records",
+    "resolve_encoders",
+    "resolve_resume_checkpoint",
+    "setup_torch",
+    "split_predictions",
+    "write_json",
+    "write_jsonl",
+]

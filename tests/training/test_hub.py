@@ -1,0 +1,125 @@
+"""`mf2 push` against a Hub-compatible server on loopback: model, processor, DFN adapter and model card go up in one
+commit, and everything reloads through the server with identical outputs."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from loopback_hub import LoopbackHub
+from tiny import tiny_config
+from training_testing import IMAGE_SIZE, REPO_DIR, subprocess_env, write_tokenizer
+from transformers import AutoTokenizer
+
+from mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
+from mf2.processing_mf2 import MF2Processor
+
+REPO_ID = "testuser/mf2-tiny"
+
+RELOAD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, torch
+    import mf2
+    from mf2 import MF2ForFacialStateRecognition
+    from mf2.dfn import DFNModel
+    from mf2.training.evaluate import read_thresholds
+    from mf2.training.trainer import load_saved_processor
+
+    repo, model_dir, adapter_dir = sys.argv[1:4]
+    image = (np.arange(40 * 44 * 3) % 251).astype(np.uint8).reshape(40, 44, 3)
+
+    def outputs(model_source, adapter_source, subfolder=None):
+        processor = load_saved_processor(model_source)
+        inputs = processor(images=[image], return_tensors="pt")
+        model = MF2ForFacialStateRecognition.from_pretrained(model_source).eval()
+        kwargs = {"subfolder": subfolder} if subfolder else {}
+        adapted = DFNModel.from_pretrained(MF2ForFacialStateRecognition.from_pretrained(model_source), adapter_source,
+                                           **kwargs).eval()
+        with torch.no_grad():
+            base = model(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"])
+            dfn = adapted(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"])
+        return inputs["pixel_values"], base.au_logits, dfn.au_logits, dfn.emotion_logits, model.config.au_thresholds
+
+    local = outputs(model_dir, adapter_dir)
+    hub = outputs(repo, repo, subfolder="dfn")
+    print(json.dumps({
+        "pixels": float((local[0] - hub[0]).abs().max()),
+        "base": float((local[1] - hub[1]).abs().max()),
+        "dfn_au": float((local[2] - hub[2]).abs().max()),
+        "dfn_emotion": float((local[3] - hub[3]).abs().max()),
+        "adapter_changes_outputs": float((hub[2] - hub[1]).abs().max()),
+        "thresholds": hub[4],
+    }))
+    """
+)
+
+
+@pytest.fixture
+def hub():
+    with LoopbackHub() as server:
+        yield server
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A tiny saved model + processor, a DFN adapter with thresholds, and the run's result files."""
+    from mf2.dfn import DFNConfig, get_dfn_model
+
+    torch.manual_seed(0)
+    config = tiny_config(au_thresholds=[0.3] * 12)
+    model_dir, adapter_dir = tmp_path / "model", tmp_path / "adapter"
+    MF2ForPreTraining(config).save_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(write_tokenizer(tmp_path / "tokenizer"))
+    MF2Processor.from_config(config, tokenizer, landmark_backend="template", size=IMAGE_SIZE).save_pretrained(model_dir)
+    (model_dir / "training_data.json").write_text(json.dumps({
+        "stage": "both",
+        "train": [{"name": "ferplus:train.parquet", "source": "ferplus", "rows": 6000},
+                  {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": 648}],
+        "eval": [{"name": "ferplus:valid.parquet", "source": "ferplus", "rows": 3191}],
+    }))  # fmt: skip
+    (model_dir / "eval_results.json").write_text(json.dumps({"eval_emotion_accuracy": 0.5, "eval_emotion_count": 3191,
+                                                             "eval_au_f1": 0.25, "eval_au_f1_AU1": 0.4}))  # fmt: skip
+    base = MF2ForFacialStateRecognition.from_pretrained(model_dir)
+    adapter = get_dfn_model(base, DFNConfig(num_layers=2, bottleneck_size=8, init_weights=False))
+    adapter.save_pretrained(adapter_dir)
+    (adapter_dir / "thresholds.json").write_text(json.dumps({"au_thresholds": [0.4] * 12}))
+    return model_dir, adapter_dir
+
+
+def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
+    model_dir, adapter_dir = trained
+    env = subprocess_env(HF_ENDPOINT=hub.url, HF_TOKEN="hf_loopback", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+                         HF_HOME=tmp_path / "hf-home-push", HF_HUB_DISABLE_XET="1")  # fmt: skip
+    push = subprocess.run(
+        [sys.executable, "-m", "mf2.training.hub", "--model_dir", str(model_dir), "--adapter_dir", str(adapter_dir),
+         "--repo_id", REPO_ID],
+        env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert push.returncode == 0, push.stdout[-3000:] + push.stderr[-3000:]
+
+    files = hub.repos[REPO_ID]["files"]
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
+            "dfn/adapter_config.json", "dfn/adapter_model.safetensors", "dfn/thresholds.json"} <= set(files)  # fmt: skip
+    assert len(hub.repos[REPO_ID]["commits"]) == 1  # one atomic commit
+    card = files["README.md"].decode()
+    front_matter = card.split("---")[1]
+    assert "license: other" in front_matter and "training_data:" in front_matter
+    assert "non-commercial research only" in front_matter and "rights unresolved" in front_matter
+    assert "FER+ labels: MIT" in front_matter
+    assert "| 50.00% |" in card and "## Intended use" in card and "## Limitations" in card
+
+    env["HF_HOME"] = str(tmp_path / "hf-home-reload")  # nothing cached: every file comes from the server
+    script = tmp_path / "reload.py"
+    script.write_text(RELOAD)
+    reload = subprocess.run([sys.executable, str(script), REPO_ID, str(model_dir), str(adapter_dir)], env=env,
+                            cwd=REPO_DIR, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert reload.returncode == 0, reload.stdout[-3000:] + reload.stderr[-3000:]
+    result = json.loads(reload.stdout.strip().splitlines()[-1])
+    assert result["pixels"] == 0.0 and result["base"] == 0.0
+    assert result["dfn_au"] == 0.0 and result["dfn_emotion"] == 0.0
+    assert result["adapter_changes_outputs"] > 0  # the adapter really was loaded from the `dfn/` subfolder
+    assert result["thresholds"] == [0.3] * 12
+    assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.requests)

@@ -1,0 +1,157 @@
+"""MF2Trainer logs every loss part; the pretrain / finetune / evaluate entry points run end to end on a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from training_testing import pretrain_argv, read_log_history, synthetic_rows, write_setup
+
+from mf2 import LOSS_NAMES, MF2Config, MF2ForPreTraining
+from mf2.data import MFA_FEATURES
+from mf2.training import MF2DataCollator, MF2Trainer, MF2TrainingArguments
+from mf2.training.preprocess import add_example_ids, fill_template_captions, preprocess_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def train_rows(tiny_setup, tmp_path_factory):
+    dataset = fill_template_captions(Dataset.from_dict(synthetic_rows(12), features=MFA_FEATURES))
+    processed = preprocess_dataset(dataset, tiny_setup["processor"].image_processor, tmp_path_factory.mktemp("cache"))
+    return add_example_ids(processed).with_format("numpy")
+
+
+def make_trainer(tiny_setup, rows, output_dir, collator=None, **options):
+    torch.manual_seed(0)
+    model = MF2ForPreTraining(tiny_setup["config"])
+    values = dict(output_dir=str(output_dir), use_cpu=True, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                  max_steps=3, warmup_steps=0, logging_steps=1, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    values.update(options)
+    return MF2Trainer(model=model, args=MF2TrainingArguments(**values), train_dataset=rows, eval_dataset=rows,
+                      data_collator=collator or MF2DataCollator(tiny_setup["processor"]))  # fmt: skip
+
+
+def test_every_loss_part_is_logged(tiny_setup, train_rows, tmp_path):
+    trainer = make_trainer(tiny_setup, train_rows, tmp_path)
+    trainer.train()
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 3
+    for entry in steps:
+        assert set(LOSS_NAMES) <= set(entry), sorted(entry)
+        # One micro-batch per logged step, all weights 1: the total is the sum of the parts.
+        assert entry["loss"] == pytest.approx(sum(entry[name] for name in LOSS_NAMES), rel=1e-4)
+    metrics = trainer.evaluate()
+    assert {f"eval_{name}" for name in LOSS_NAMES} <= set(metrics)
+
+
+def test_parts_average_over_the_logging_window_with_accumulation_and_checkpointing(tiny_setup, train_rows, tmp_path):
+    trainer = make_trainer(tiny_setup, train_rows, tmp_path, max_steps=2, logging_steps=2, gradient_accumulation_steps=2,
+                           per_device_train_batch_size=3, activation_checkpointing=True)  # fmt: skip
+    trainer.train()
+    (entry,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert entry["step"] == 2 and set(LOSS_NAMES) <= set(entry)
+    # `loss` averages 2 steps of 2 micro-batches each (divided by the accumulation); the parts average the 4
+    # micro-batches, so their sum matches the logged loss.
+    assert entry["loss"] == pytest.approx(sum(entry[name] for name in LOSS_NAMES), rel=1e-4)
+
+
+def test_a_stage_without_emotion_targets_logs_no_emotion_part(tiny_setup, train_rows, tmp_path):
+    collator = MF2DataCollator(tiny_setup["processor"], emotion_targets=False)  # the "au_pretrain" stage
+    trainer = make_trainer(tiny_setup, train_rows, tmp_path, collator=collator, max_steps=1)
+    trainer.train()
+    (entry,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"au_itc", "au_itm", "au_itg", "au_loss"} <= set(entry)
+    assert not {"emo_itc", "emo_itm", "emo_itg", "emotion_loss"} & set(entry)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """`mf2 train` on the tiny setup, with evaluation (AU thresholds tuned and stored, predictions written)."""
+    from mf2.training import pretrain
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pretrain")
+    setup = write_setup(root)
+    output = root / "out"
+    argv = pretrain_argv(setup, output, eval_data=f"mfa:{setup['eval']}", save_predictions=True, num_train_epochs=2)
+    assert pretrain.main(argv) == 0
+    return setup, output
+
+
+def test_pretrain_entry_point(pretrained):
+    setup, output = pretrained
+    history = read_log_history(output)
+    assert [entry["step"] for entry in history if "loss" in entry] == list(range(1, 13))  # 24 rows / 4, 2 epochs
+    assert all(set(LOSS_NAMES) <= set(entry) for entry in history if "loss" in entry)
+    config = MF2Config.from_pretrained(output)
+    results = json.loads((output / "eval_results.json").read_text())
+    assert config.au_thresholds == results["eval_au_thresholds"] and len(config.au_thresholds) == 12
+    assert {"eval_au_f1", "eval_au_f1_tuned", "eval_emotion_accuracy", "eval_emotion_macro_f1"} <= set(results)
+    predictions = [json.loads(line) for line in (output / "eval_predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["example_id"] for p in predictions) == list(range(13))
+    data = json.loads((output / "training_data.json").read_text())
+    assert data["stage"] == "both" and data["train"][0]["rows"] == 24
+    assert (output / "processor_config.json").is_file() and (output / "model.safetensors").is_file()
+
+
+def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
+    from mf2.training import evaluate, finetune
+
+    setup, output = pretrained
+    common = dict(model_name_or_path=output, config_name=None, tokenizer_name=None, num_train_epochs=2)
+    dfn_dir = tmp_path / "dfn"
+    argv = pretrain_argv(setup, dfn_dir, eval_data=f"mfa:{setup['eval']}", dfn_bottleneck_size=8, evaluate_base=True,
+                         **common)  # fmt: skip
+    assert finetune.main(argv) == 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "thresholds.json"} <= {
+        p.name for p in dfn_dir.iterdir()
+    }
+    assert not (dfn_dir / "model.safetensors").exists()
+    dfn_results = json.loads((dfn_dir / "eval_results.json").read_text())
+    thresholds = json.loads((dfn_dir / "thresholds.json").read_text())["au_thresholds"]
+    assert thresholds == dfn_results["eval_au_thresholds"]
+    # Before fine-tuning, the fresh adapter reproduces the pretrained model's evaluation.
+    base = json.loads((dfn_dir / "base_eval_results.json").read_text())
+    pretrained_results = json.loads((output / "eval_results.json").read_text())
+    assert base["base_eval_emotion_accuracy"] == pytest.approx(pretrained_results["eval_emotion_accuracy"])
+    assert base["base_eval_emotion_macro_f1"] == pytest.approx(pretrained_results["eval_emotion_macro_f1"])
+    trainable = json.loads((dfn_dir / "train_results.json").read_text())
+    assert 0 < trainable["trainable_parameters"] < trainable["total_parameters"] / 2
+
+    full_dir = tmp_path / "full"
+    assert finetune.main(pretrain_argv(setup, full_dir, eval_data=f"mfa:{setup['eval']}", full=True, **common)) == 0
+    assert MF2Config.from_pretrained(full_dir).au_thresholds is not None
+
+    cv_dir = tmp_path / "cv"
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, **common)) == 0
+    report = json.loads((cv_dir / "cv_results.json").read_text())
+    assert report["num_folds"] == 3 and sum(fold["test_rows"] for fold in report["folds"]) == 24
+    tested = [set(fold["test_groups"]) for fold in report["folds"]]
+    assert all(not a & b for i, a in enumerate(tested) for b in tested[i + 1 :])  # subject-wise
+    assert "pooled_au_f1" in report["pooled"] and "test_au_f1" in report["mean"]
+
+    # Evaluating the adapter reproduces the fine-tuning's evaluation, with the thresholds tuned there (thresholds.json).
+    eval_dir = tmp_path / "eval"
+    argv = pretrain_argv(setup, eval_dir, eval_data=f"mfa:{setup['eval']}", train_data=None,
+                         adapter_name_or_path=dfn_dir, tune_thresholds=False, **common)  # fmt: skip
+    assert evaluate.main(argv) == 0
+    evaluated = json.loads((eval_dir / "eval_results.json").read_text())
+    assert evaluated["eval_au_f1"] == pytest.approx(dfn_results["eval_au_f1_tuned"], abs=1e-6)
+    assert evaluated["eval_emotion_accuracy"] == pytest.approx(dfn_results["eval_emotion_accuracy"], abs=1e-6)
+    assert np.isfinite(evaluated["eval_emotion_macro_f1"])
+
+
+@pytest.mark.parametrize(("stage", "absent"), [("no_au_vl", "au_"), ("no_emo_vl", "emo_")])
+def test_one_branch_ablation_stages(stage, absent, tmp_path):
+    from mf2.training import pretrain
+
+    setup = write_setup(tmp_path, train_size=8, eval_size=4)
+    output = tmp_path / "out"
+    assert pretrain.main(pretrain_argv(setup, output, stage=stage, max_steps=1)) == 0
+    config = MF2Config.from_pretrained(output)
+    assert (config.use_au_branch, config.use_emotion_branch) == (stage == "no_emo_vl", stage == "no_au_vl")
+    (entry,) = [entry for entry in read_log_history(output) if "loss" in entry]
+    assert {"au_loss", "emotion_loss"} <= set(entry)  # both recognisers stay, reading the remaining branch
+    assert not [name for name in entry if name.startswith(absent) and name != "au_loss"]
