@@ -151,6 +151,23 @@ def _qformer_config(config: MF2Config, with_text_ffn: bool):
     return qformer_config
 
 
+def au_caption_rows(au_input_ids, au_attention_mask, au_caption_mask, batch: int, num_aus: int):
+    """Validate per-AU captions; returns the attention mask (all ones when None) and the `(batch, num_aus)` bool of
+    (image, AU) pairs that carry a caption: an all-padding row, or `au_caption_mask` 0, means no caption."""
+    if au_input_ids.ndim != 3 or tuple(au_input_ids.shape[:2]) != (batch, num_aus):
+        raise ValueError(
+            f"au_input_ids must be (batch={batch}, num_aus={num_aus}, length), got {tuple(au_input_ids.shape)}."
+        )
+    if au_attention_mask is None:
+        au_attention_mask = torch.ones_like(au_input_ids)
+    present = au_attention_mask.sum(dim=-1) > 0
+    if au_caption_mask is not None:
+        if tuple(au_caption_mask.shape) != (batch, num_aus):
+            raise ValueError(f"au_caption_mask must be ({batch}, {num_aus}), got {tuple(au_caption_mask.shape)}.")
+        present = present & au_caption_mask.bool()
+    return au_attention_mask, present
+
+
 class MF2QFormerBranch(nn.Module):
     """Learned queries and a BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) that reads vision tokens."""
 
@@ -674,17 +691,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
     def _au_pairs(self, features: MF2ModelOutput, au_input_ids, au_attention_mask, au_caption_mask):
         """Flatten the (image, AU) pairs that carry a caption into M aligned rows."""
         batch, num_aus = features.au_embeds.shape[:2]
-        if au_input_ids.ndim != 3 or tuple(au_input_ids.shape[:2]) != (batch, num_aus):
-            raise ValueError(
-                f"au_input_ids must be (batch={batch}, num_aus={num_aus}, length), got {tuple(au_input_ids.shape)}."
-            )
-        if au_attention_mask is None:
-            au_attention_mask = torch.ones_like(au_input_ids)
-        present = au_attention_mask.sum(dim=-1) > 0
-        if au_caption_mask is not None:
-            if tuple(au_caption_mask.shape) != (batch, num_aus):
-                raise ValueError(f"au_caption_mask must be ({batch}, {num_aus}), got {tuple(au_caption_mask.shape)}.")
-            present = present & au_caption_mask.bool()
+        au_attention_mask, present = au_caption_rows(au_input_ids, au_attention_mask, au_caption_mask, batch, num_aus)
         au_indices = torch.arange(num_aus, device=present.device).expand(batch, -1)[present]
         return (
             self.mf2.au_branch.queries_for_aus(au_indices),
@@ -768,5 +775,6 @@ __all__ = [
     "MF2RecognitionHeads",
     "MF2RecognitionOutput",
     "MF2TextAlignment",
+    "au_caption_rows",
     "roi_align_tokens",
 ]

@@ -28,7 +28,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_
 from torch import nn
 
 from ..losses_mf2 import itc_loss
-from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ModelOutput, MF2RecognitionOutput
+from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ModelOutput, MF2RecognitionOutput, au_caption_rows
 from .config import DFNConfig
 from .layer import DFNSideNetwork, default_layer_indices
 
@@ -265,15 +265,7 @@ class DFNTuner(BaseTuner):
     def _au_caption_features(self, output: MF2ModelOutput, input_ids, attention_mask, caption_mask):
         model = self.model
         batch, num_aus = output.au_embeds.shape[:2]
-        if input_ids.ndim != 3 or tuple(input_ids.shape[:2]) != (batch, num_aus):
-            raise ValueError(
-                f"au_input_ids must be (batch={batch}, num_aus={num_aus}, length), got {tuple(input_ids.shape)}."
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        present = attention_mask.sum(dim=-1) > 0
-        if caption_mask is not None:
-            present = present & caption_mask.bool()
+        attention_mask, present = au_caption_rows(input_ids, attention_mask, caption_mask, batch, num_aus)
         alignment = model.au_alignment
         hidden = output.au_embeds.shape[-1]
         num_cells = len(self.active_config.layer_indices)
@@ -363,9 +355,10 @@ class DFNTuner(BaseTuner):
         if side is not None and f"{branch}_text" in side:
             text = text + side[f"{branch}_text"](features[f"{branch}_text_states"]).to(text.dtype)
         tokens = features[f"{branch}_caption_tokens"]
+        present = (tokens >= 0).any(dim=-1)  # an all-padding row (padding is -1) has no caption
         if branch == "au":
-            present = features["au_caption_present"].bool()
-            image, text, tokens = image[present], text[present], tokens[present]
+            present = present & features["au_caption_present"].bool()
+        image, text, tokens = image[present], text[present], tokens[present]
         if tokens.shape[0] == 0:
             return None
         positives = (tokens[:, None, :] == tokens[None, :, :]).all(dim=-1)

@@ -169,3 +169,15 @@ def test_merge_is_refused_and_unload_returns_the_base_model():
     with pytest.raises(ValueError, match="cannot be merged"):
         model.merge_and_unload()
     assert model.unload() is base
+
+
+def test_images_without_a_caption_are_left_out_of_dfn_itc():
+    base = build(MF2ForPreTraining)
+    model = get_dfn_model(base, dfn_config()).eval()
+    batch = caption_batch(base.config)
+    masked = dict(batch, emotion_attention_mask=batch["emotion_attention_mask"].clone())
+    masked["emotion_attention_mask"][1] = 0  # image 1 has no emotion caption
+    subset = {key: value[[0, 2, 3]] for key, value in batch.items()}
+    with torch.no_grad():
+        with_gap, without = model(**masked), model(**subset)
+    assert with_gap.emo_itc.item() == pytest.approx(without.emo_itc.item(), rel=1e-5)
