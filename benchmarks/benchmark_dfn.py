@@ -41,21 +41,11 @@ import tempfile
 import time
 
 import torch
+from count_parameters import count  # the tied-weight-aware counter beside this script
 
 MFA_TRAIN_IMAGES = 31_320
 PAPER = {"dfn_params_m": 52.88, "full_params_m": 373.4, "dfn_min_per_epoch": 12.6, "full_min_per_epoch": 62.3}
 MODES = ("full", "dfn", "dfn_cached")
-
-
-def count(parameters, trainable_only: bool = False) -> int:
-    """Parameters, each tied tensor once."""
-    seen, total = set(), 0
-    for parameter in parameters:
-        if id(parameter) in seen or (trainable_only and not parameter.requires_grad):
-            continue
-        seen.add(id(parameter))
-        total += parameter.numel()
-    return total
 
 
 def rss_mib() -> float:

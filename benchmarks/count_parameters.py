@@ -12,10 +12,12 @@ from mf2 import MF2Config, MF2ForFacialStateRecognition, MF2ForPreTraining
 PAPER = {"both branches": 373.4, "w/o Emo-VL": 186.7, "w/o AU-VL": 186.7}
 
 
-def count(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Parameters, each tied tensor once."""
+def count(parameters, trainable_only: bool = False) -> int:
+    """Number of parameters in an iterable of them (or a module's), each tied tensor once."""
+    if isinstance(parameters, torch.nn.Module):
+        parameters = parameters.parameters()
     seen, total = set(), 0
-    for parameter in module.parameters():
+    for parameter in parameters:
         if id(parameter) in seen or (trainable_only and not parameter.requires_grad):
             continue
         seen.add(id(parameter))
