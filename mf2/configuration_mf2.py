@@ -65,6 +65,21 @@ class MF2Config(PreTrainedConfig):
         Build AU-VL. Switch off for the paper's "w/o AU-VL" ablation.
     freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
         Keep the image encoder frozen (no gradient), as in BLIP-2 pretraining.
+    vision_trainable_layers (`int`, *optional*, defaults to 0):
+        With `freeze_vision_encoder`, the top this many encoder blocks (and the encoder's final norm) still train.
+        The tokens entering them never change during training, so `mf2.vision_cache.VisionTokenCache` computes them
+        once and training runs only the top blocks (`MF2Model.forward(vision_tokens=...)`). 0 caches the encoder's
+        output.
+    emotion_reads_au_features (`bool`, *optional*, defaults to `True`):
+        The emotion recogniser reads the mean AU-VL feature beside the Emo-VL feature. Off, it reads Emo-VL alone,
+        so training the AU side never moves the emotion predictions (the shipped model's recipe relies on it).
+    trained (`bool`, *optional*, defaults to `False`):
+        Whether the recognisers were trained. Set by the training scripts when they save; results report it as
+        `model_trained`. It travels with the config, so a re-saved untrained model still says it is untrained.
+    model_name (`str`, *optional*), model_version (`str`, *optional*):
+        Name and version of a published checkpoint (the shipped default model is `mf2-base`); results report both.
+    training_data (`list[str]`, *optional*):
+        The datasets the checkpoint was trained on, for model cards and results.
     loss_weights (`dict[str, float]`, *optional*):
         Weight of each loss term (keys from `LOSS_NAMES`); missing keys weigh 1.0.
     itc_label_smoothing (`float`, *optional*, defaults to 0.1):
@@ -109,6 +124,12 @@ class MF2Config(PreTrainedConfig):
     use_emotion_branch: bool = True
     use_au_branch: bool = True
     freeze_vision_encoder: bool = True
+    vision_trainable_layers: int = 0
+    emotion_reads_au_features: bool = True
+    trained: bool = False
+    model_name: str | None = None
+    model_version: str | None = None
+    training_data: list[str] | None = None
     loss_weights: dict[str, float] | None = None
     itc_label_smoothing: float = 0.1
     itg_label_smoothing: float = 0.1
@@ -163,6 +184,17 @@ class MF2Config(PreTrainedConfig):
             )
         if self.au_thresholds is not None and not all(0.0 < t < 1.0 for t in self.au_thresholds):
             raise ValueError(f"MF2Config: `au_thresholds` are probabilities in (0, 1), got {self.au_thresholds}.")
+        layers = getattr(self.vision_config, "num_hidden_layers", 0)
+        if not 0 <= self.vision_trainable_layers <= layers:
+            raise ValueError(
+                f"MF2Config: vision_trainable_layers={self.vision_trainable_layers} must lie in 0..{layers} "
+                "(the vision encoder's num_hidden_layers)."
+            )
+        if self.vision_trainable_layers and not self.freeze_vision_encoder:
+            raise ValueError(
+                "MF2Config: vision_trainable_layers only applies with freeze_vision_encoder=True (with it False, "
+                "every block trains already); set one of the two."
+            )
         unknown = set(self.loss_weights or {}) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"MF2Config: unknown `loss_weights` keys {sorted(unknown)}; valid keys: {LOSS_NAMES}.")

@@ -88,17 +88,25 @@ def multimodal_causal_mask(num_queries: int, text_attention_mask: torch.Tensor, 
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def itg_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float):
+def itg_loss(
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    label_smoothing: float,
+    lm_head=None,
+) -> torch.Tensor:
     """Next-token cross-entropy of the caption given the image queries (paper eq. 5); padding is ignored.
 
-    `logits` `(M, L, V)` are the predictions at each caption position; position t predicts token t+1.
+    Args:
+        hidden_states: `(M, L, H)` states at each caption position (position t predicts token t+1), or `(M, L, V)`
+            logits when `lm_head` is None.
+        lm_head: maps states to vocabulary logits. It runs only on the positions that predict a real token:
+            vocabulary-wide logits at padding positions (most of a padded batch) would be computed and thrown away.
     """
-    labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
-    shifted = logits[:, :-1, :]
-    return F.cross_entropy(
-        shifted.reshape(-1, shifted.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
-        label_smoothing=label_smoothing,
-    )  # fmt: skip
+    keep = attention_mask[:, 1:].bool()
+    selected = hidden_states[:, :-1][keep]
+    logits = selected if lm_head is None else lm_head(selected)
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][keep], label_smoothing=label_smoothing)
 
 
 def masked_au_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None):

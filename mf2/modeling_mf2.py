@@ -133,11 +133,16 @@ def roi_align_tokens(feature_map: torch.Tensor, boxes: torch.Tensor, output_size
     xs = x1[..., None] + (x2 - x1)[..., None] * steps  # (B, A, K, S)
     ys = y1[..., None] + (y2 - y1)[..., None] * steps
     grid = torch.stack(
-        [xs[..., None, :].expand(*xs.shape[:-1], samples, samples), ys[..., :, None].expand(*ys.shape[:-1], samples, samples)],
+        [
+            xs[..., None, :].expand(*xs.shape[:-1], samples, samples),
+            ys[..., :, None].expand(*ys.shape[:-1], samples, samples),
+        ],
         dim=-1,
     )  # (B, A, K, S, S, 2) with x varying along the last spatial axis
-    grid = (grid * 2 - 1).reshape(batch, num_aus * per_au * samples, samples, 2).to(feature_map.dtype)
-    sampled = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    grid = (grid * 2 - 1).reshape(batch, num_aus * per_au * samples, samples, 2).float()
+    # Sampled in float32: torch's CPU grid_sample returns NaNs for bfloat16 / float16 inputs that hold none.
+    sampled = F.grid_sample(feature_map.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = sampled.to(feature_map.dtype)
     sampled = sampled.view(batch, channels, num_aus * per_au, output_size, sampling_ratio, output_size, sampling_ratio)
     pooled = sampled.mean(dim=(4, 6))  # (B, D, A*K, r, r)
     pooled = pooled.view(batch, channels, num_aus, per_au * output_size * output_size)
@@ -200,7 +205,9 @@ class MF2AUBranch(MF2QFormerBranch):
         hidden = config.qformer_config.hidden_size
         self.roi_size = config.au_roi_size
         self.au_query_embeddings = nn.Parameter(torch.zeros(config.num_aus, 1, hidden))
-        self.roi_position_embeddings = nn.Parameter(torch.zeros(1, config.au_roi_size**2, config.vision_config.hidden_size))
+        self.roi_position_embeddings = nn.Parameter(
+            torch.zeros(1, config.au_roi_size**2, config.vision_config.hidden_size)
+        )
 
     def queries_for_aus(self, au_indices: torch.Tensor) -> torch.Tensor:
         """The queries of the given AUs, `(N, Q, H)` for `au_indices` `(N,)`."""
@@ -223,34 +230,48 @@ class MF2RecognitionHeads(nn.Module):
     """The AU recogniser (multi-label, one logit per AU) and the emotion recogniser.
 
     Each reads the features of every branch present: an AU reads its own local feature and the global face feature;
-    the emotion reads the global feature and the mean local feature. Without one branch they read the other alone.
+    the emotion reads the global feature and (with `config.emotion_reads_au_features`) the mean local feature. Without
+    one branch they read the other alone.
     """
 
     def __init__(self, config: MF2Config):
         super().__init__()
         hidden = config.qformer_config.hidden_size
+        self.use_emotion_branch, self.use_au_branch = config.use_emotion_branch, config.use_au_branch
+        self.reads_au_features = config.emotion_reads_au_features
         width = hidden * (int(config.use_emotion_branch) + int(config.use_au_branch))
+        emotion_width = hidden if config.use_emotion_branch and not config.emotion_reads_au_features else width
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.au_norm = nn.LayerNorm(width)
         self.au_weight = nn.Parameter(torch.zeros(config.num_aus, width))
         self.au_bias = nn.Parameter(torch.zeros(config.num_aus))
-        self.emotion_norm = nn.LayerNorm(width)
-        self.emotion_classifier = nn.Linear(width, len(config.id2label))
+        self.emotion_norm = nn.LayerNorm(emotion_width)
+        self.emotion_classifier = nn.Linear(emotion_width, len(config.id2label))
 
     def forward(self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None):
-        num_aus = self.au_weight.shape[0]
-        au_parts, emotion_parts = [], []
-        if au_embeds is not None:
-            au_parts.append(au_embeds)
+        """`(au_logits (B, A), emotion_logits (B, C))`; a recogniser whose inputs were not computed (a branch skipped
+        with `MF2Model.forward(branches=...)`) gives None."""
+        return self.au_logits(emotion_embeds, au_embeds), self.emotion_logits(emotion_embeds, au_embeds)
+
+    def au_logits(self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None) -> torch.Tensor | None:
+        if au_embeds is None and self.use_au_branch or emotion_embeds is None and self.use_emotion_branch:
+            return None
+        parts = [] if au_embeds is None else [au_embeds]
         if emotion_embeds is not None:
-            au_parts.append(emotion_embeds[:, None, :].expand(-1, num_aus, -1))
-            emotion_parts.append(emotion_embeds)
-        if au_embeds is not None:
-            emotion_parts.append(au_embeds.mean(dim=1))
-        au_input = self.dropout(self.au_norm(torch.cat(au_parts, dim=-1)))
-        au_logits = (au_input * self.au_weight).sum(dim=-1) + self.au_bias
-        emotion_logits = self.emotion_classifier(self.dropout(self.emotion_norm(torch.cat(emotion_parts, dim=-1))))
-        return au_logits, emotion_logits
+            parts.append(emotion_embeds[:, None, :].expand(-1, self.au_weight.shape[0], -1))
+        au_input = self.dropout(self.au_norm(torch.cat(parts, dim=-1)))
+        return (au_input * self.au_weight).sum(dim=-1) + self.au_bias
+
+    def emotion_logits(
+        self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        reads_au = self.use_au_branch and (self.reads_au_features or not self.use_emotion_branch)
+        if emotion_embeds is None and self.use_emotion_branch or au_embeds is None and reads_au:
+            return None
+        parts = [] if emotion_embeds is None else [emotion_embeds]
+        if reads_au:
+            parts.append(au_embeds.mean(dim=1))
+        return self.emotion_classifier(self.dropout(self.emotion_norm(torch.cat(parts, dim=-1))))
 
 
 class MF2LMHead(nn.Module):
@@ -303,9 +324,11 @@ class MF2TextAlignment(nn.Module):
             input_ids, attention_mask: `(M, L)` tokenised captions.
         """
         num_queries = queries.shape[1]
+        # Pairs were picked out of a batch padded to its longest caption: the columns padded in every pair go.
+        length = int(attention_mask.sum(dim=1).max())
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         text_embeds = self.embeddings(input_ids=input_ids)
-        text_output = branch.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask)
-        text_features = F.normalize(self.text_proj(text_output.last_hidden_state[:, 0]), dim=-1)
+        text_features = self.text_features(branch, input_ids, attention_mask)
         image_features = F.normalize(self.vision_proj(query_output), dim=-1)
         positives = caption_positive_mask(input_ids, attention_mask)
         temperature = self.temperature.clamp(0.001, 0.5)
@@ -319,9 +342,26 @@ class MF2TextAlignment(nn.Module):
             query_embeds=joint, query_length=num_queries, attention_mask=generation_mask,
             encoder_hidden_states=encoder_hidden_states,
         )  # fmt: skip
-        lm_logits = self.lm_head(generated.last_hidden_state[:, num_queries:])
-        itg = itg_loss(lm_logits, input_ids, attention_mask, itg_label_smoothing)
+        itg = itg_loss(
+            generated.last_hidden_state[:, num_queries:], input_ids, attention_mask, itg_label_smoothing, self.lm_head
+        )
         return {"itc": itc, "itm": itm, "itg": itg}
+
+    def text_features(self, branch: MF2QFormerBranch, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """`(M, E)` normalised ITC features of the captions, from the text-only pass of the Q-Former.
+
+        Template captions repeat across a batch (AU-VL's 12 captions take 24 distinct values), so the pass runs once
+        per distinct caption and the result is shared."""
+        tokens = input_ids.masked_fill(attention_mask == 0, -1)
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        first = torch.full((unique.shape[0],), tokens.shape[0], dtype=torch.long, device=tokens.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(tokens.shape[0], device=tokens.device), reduce="amin")
+        ids, mask = input_ids[first], attention_mask[first]
+        length = int(mask.sum(dim=1).max())  # drop the columns that are padding in every distinct caption
+        output = branch.qformer(
+            query_embeds=self.embeddings(input_ids=ids[:, :length]), query_length=0, attention_mask=mask[:, :length]
+        )
+        return F.normalize(self.text_proj(output.last_hidden_state[:, 0]), dim=-1)[inverse]
 
     def itm_logits(self, branch, queries, encoder_hidden_states, text_embeds, attention_mask) -> torch.Tensor:
         """Match / no-match logits `(N, 2)` for N (image, caption) pairs, queries and caption attending jointly."""
@@ -418,9 +458,13 @@ class MF2Model(MF2PreTrainedModel):
         super().__init__(config)
         check_au_names(config.au_names)
         vision_class = MODEL_MAPPING[type(config.vision_config)]
-        vision_kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(vision_class).parameters else {}
+        vision_kwargs = (
+            {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(vision_class).parameters else {}
+        )
         self.vision_model = AutoModel.from_config(config.vision_config, **vision_kwargs)
-        self._vision_takes_interpolate = "interpolate_pos_encoding" in inspect.signature(self.vision_model.forward).parameters
+        self._vision_takes_interpolate = (
+            "interpolate_pos_encoding" in inspect.signature(self.vision_model.forward).parameters
+        )
         self.emotion_branch = (
             MF2QFormerBranch(config, config.num_query_tokens, with_text_ffn) if config.use_emotion_branch else None
         )
@@ -429,8 +473,53 @@ class MF2Model(MF2PreTrainedModel):
             "default_au_boxes", torch.tensor(default_au_boxes(config.au_names), dtype=torch.float32), persistent=False
         )
         self.post_init()
-        if config.freeze_vision_encoder:
-            self.vision_model.requires_grad_(False)
+        self.apply_vision_freezing()
+
+    def apply_vision_freezing(self) -> None:
+        """Freeze the vision encoder as the config says: all of it, or all but its top `vision_trainable_layers`
+        blocks and its final norm."""
+        if not self.config.freeze_vision_encoder:
+            return
+        self.vision_model.requires_grad_(False)
+        top = self.config.vision_trainable_layers
+        if top:
+            for block in self.vision_blocks[-top:]:
+                block.requires_grad_(True)
+            self.vision_model.layernorm.requires_grad_(True)
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        """The vision encoder's transformer blocks (`layers` in ViT, `encoder.layer` in DINOv2)."""
+        blocks = getattr(self.vision_model, "layers", None)
+        return blocks if isinstance(blocks, nn.ModuleList) else self.vision_model.encoder.layer
+
+    @property
+    def vision_cache_layer(self) -> int:
+        """Index of the first trainable vision block: the tokens entering it are what a vision-token cache stores
+        (`num_hidden_layers` means the encoder's normalised output)."""
+        return self.config.vision_config.num_hidden_layers - self.config.vision_trainable_layers
+
+    def frozen_vision_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, T, D)` tokens of the frozen part of the vision encoder (embeddings and blocks below
+        `vision_cache_layer`; the normalised output when every block is frozen). Never builds a graph."""
+        self._check_pixel_values(pixel_values)
+        with torch.no_grad():
+            if self.vision_cache_layer == self.config.vision_config.num_hidden_layers:
+                return self.encode_image(pixel_values).last_hidden_state
+            kwargs = {"interpolate_pos_encoding": True} if self._vision_takes_interpolate else {}
+            hidden = self.vision_model.embeddings(pixel_values, **kwargs)
+            for block in self.vision_blocks[: self.vision_cache_layer]:
+                hidden = block(hidden)
+            return hidden
+
+    def trainable_vision_tokens(self, vision_tokens: torch.Tensor) -> torch.Tensor:
+        """The encoder's output `(B, T, D)` from `frozen_vision_tokens`' output: the top blocks and the final norm."""
+        if self.vision_cache_layer == self.config.vision_config.num_hidden_layers:
+            return vision_tokens
+        hidden = vision_tokens
+        for block in self.vision_blocks[self.vision_cache_layer :]:
+            hidden = block(hidden)
+        return self.vision_model.layernorm(hidden)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -449,13 +538,20 @@ class MF2Model(MF2PreTrainedModel):
                 f"got {tuple(pixel_values.shape)}."
             )
         if pixel_values.shape[2] < self.patch_size or pixel_values.shape[3] < self.patch_size:
-            raise ValueError(f"Images of {tuple(pixel_values.shape[2:])} px are smaller than one {self.patch_size}-px patch.")
+            raise ValueError(
+                f"Images of {tuple(pixel_values.shape[2:])} px are smaller than one {self.patch_size}-px patch."
+            )
 
     def _resolve_boxes(self, au_boxes: torch.Tensor | None, batch_size: int, device, dtype) -> torch.Tensor:
         num_aus = self.config.num_aus
         if au_boxes is None:
             return self.default_au_boxes.to(device=device, dtype=dtype).expand(batch_size, -1, -1, -1)
-        if au_boxes.ndim != 4 or au_boxes.shape[0] != batch_size or au_boxes.shape[1] != num_aus or au_boxes.shape[3] != 4:
+        if (
+            au_boxes.ndim != 4
+            or au_boxes.shape[0] != batch_size
+            or au_boxes.shape[1] != num_aus
+            or au_boxes.shape[3] != 4
+        ):
             raise ValueError(
                 f"au_boxes must be (batch={batch_size}, num_aus={num_aus}, k, 4) normalised xyxy, got {tuple(au_boxes.shape)}."
             )
@@ -470,18 +566,31 @@ class MF2Model(MF2PreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             return self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, **kwargs)
 
-    def patch_grid(self, image_embeds: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """`(B, D, H/patch, W/patch)` patch grid from the encoder's tokens (prefix tokens such as CLS dropped)."""
-        rows, cols = height // self.patch_size, width // self.patch_size
+    def patch_grid(
+        self, image_embeds: torch.Tensor, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
+        """`(B, D, H/patch, W/patch)` patch grid from the encoder's tokens (prefix tokens such as CLS dropped).
+
+        Without the image size (cached tokens) the grid is taken as square, as every MF² crop is."""
+        if height is None or width is None:
+            rows = cols = int((image_embeds.shape[1] - self.num_prefix_tokens) ** 0.5)
+        else:
+            rows, cols = height // self.patch_size, width // self.patch_size
         patches = image_embeds[:, image_embeds.shape[1] - rows * cols :]
         return patches.transpose(1, 2).reshape(image_embeds.shape[0], -1, rows, cols)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch grid (CLS, registers)."""
+        return 1 + int(getattr(self.config.vision_config, "num_register_tokens", 0) or 0)
+
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         au_boxes: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        vision_tokens: torch.FloatTensor | None = None,
+        branches: tuple[str, ...] = ("emotion", "au"),
         **kwargs,
     ) -> MF2ModelOutput:
         r"""
@@ -489,24 +598,37 @@ class MF2Model(MF2PreTrainedModel):
         au_boxes (`(batch, num_aus, k, 4)`, *optional*): AU boxes as normalised `xyxy` in the `pixel_values` frame,
             AU order of `config.au_names`. Without them, the canonical boxes of an aligned face crop are used
             (`mf2.au_regions.default_au_boxes`), which fit only crops aligned like `MF2ImageProcessor`'s.
+        vision_tokens (`(batch, tokens, vision_hidden)`, *optional*): instead of `pixel_values`, the output of
+            `frozen_vision_tokens` (read from a `VisionTokenCache`); only the trainable top blocks then run.
+        branches: which branches to run; a training stage that has no AU targets skips AU-VL's cost with
+            `("emotion",)` (its outputs are then None).
         """
         output_hidden_states = bool(output_hidden_states)
-        self._check_pixel_values(pixel_values)
-        vision = self.encode_image(pixel_values, output_hidden_states)
-        image_embeds = vision.last_hidden_state
+        if (pixel_values is None) == (vision_tokens is None):
+            raise ValueError("MF2Model needs exactly one of pixel_values and vision_tokens.")
+        if vision_tokens is not None:
+            if output_hidden_states:
+                raise ValueError("output_hidden_states is not available from cached vision_tokens.")
+            image_embeds = self.trainable_vision_tokens(vision_tokens)
+            vision_hidden_states, height, width = None, None, None
+        else:
+            self._check_pixel_values(pixel_values)
+            vision = self.encode_image(pixel_values, output_hidden_states)
+            image_embeds, vision_hidden_states = vision.last_hidden_state, vision.hidden_states
+            height, width = pixel_values.shape[2], pixel_values.shape[3]
         batch = image_embeds.shape[0]
 
         emotion_query_output = emotion_embeds = emotion_hidden = None
-        if self.emotion_branch is not None:
+        if self.emotion_branch is not None and "emotion" in branches:
             queries = self.emotion_branch.query_tokens.expand(batch, -1, -1)
             output = self.emotion_branch.encode(queries, image_embeds, output_hidden_states)
             emotion_query_output, emotion_hidden = output.last_hidden_state, output.hidden_states
             emotion_embeds = emotion_query_output.mean(dim=1)
 
         au_query_output = au_embeds = au_region_embeds = au_hidden = None
-        if self.au_branch is not None:
+        if self.au_branch is not None and "au" in branches:
             boxes = self._resolve_boxes(au_boxes, batch, image_embeds.device, image_embeds.dtype)
-            grid = self.patch_grid(image_embeds, pixel_values.shape[2], pixel_values.shape[3])
+            grid = self.patch_grid(image_embeds, height, width)
             au_region_embeds = self.au_branch.pool_regions(grid, boxes)
             au_query_output, au_hidden = self.au_branch(au_region_embeds, output_hidden_states)
             au_embeds = au_query_output.mean(dim=2)
@@ -518,7 +640,7 @@ class MF2Model(MF2PreTrainedModel):
             au_query_output=au_query_output,
             image_embeds=image_embeds,
             au_region_embeds=au_region_embeds,
-            vision_hidden_states=vision.hidden_states if output_hidden_states else None,
+            vision_hidden_states=vision_hidden_states if output_hidden_states else None,
             emotion_qformer_hidden_states=emotion_hidden,
             au_qformer_hidden_states=au_hidden,
         )
@@ -614,43 +736,55 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
             branch = getattr(model.mf2, f"{name}_branch")
             if branch is not None:
                 _copy_text_encoder_into_branch(text_state, branch, getattr(model, f"{name}_alignment", None))
-        if config.freeze_vision_encoder:
-            model.mf2.vision_model.requires_grad_(False)
+        model.mf2.apply_vision_freezing()
         model.config._name_or_path = ""
         return model
 
-    def forward_features(self, pixel_values, au_boxes=None, output_hidden_states=None) -> MF2ModelOutput:
-        return self.mf2(pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states)
+    def forward_features(
+        self,
+        pixel_values=None,
+        au_boxes=None,
+        output_hidden_states=None,
+        vision_tokens=None,
+        branches=("emotion", "au"),
+    ) -> MF2ModelOutput:
+        return self.mf2(
+            pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states,
+            vision_tokens=vision_tokens, branches=branches,
+        )  # fmt: skip
 
     def forward_head(self, features: MF2ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(features.emotion_embeds, features.au_embeds)
 
     def recognition_losses(self, au_logits, emotion_logits, au_labels, emotion_labels) -> dict[str, torch.Tensor]:
         """Recogniser losses for the labels given, each weighted as the config says."""
-        self._check_labels(au_labels, emotion_labels, au_logits.shape[0])
+        batch = (au_logits if au_logits is not None else emotion_logits).shape[0]
+        self._check_labels(au_labels, emotion_labels, batch)
         losses = {}
-        if au_labels is not None:
+        if au_labels is not None and au_logits is not None:
             losses["au_loss"] = masked_au_loss(au_logits, au_labels)
-        if emotion_labels is not None:
+        if emotion_labels is not None and emotion_logits is not None:
             losses["emotion_loss"] = masked_emotion_loss(emotion_logits, emotion_labels)
         return losses
 
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         au_boxes: torch.FloatTensor | None = None,
         au_labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        vision_tokens: torch.FloatTensor | None = None,
+        branches: tuple[str, ...] = ("emotion", "au"),
         **kwargs,
     ) -> MF2RecognitionOutput:
         r"""
         pixel_values (`(batch, 3, height, width)`), au_boxes (`(batch, num_aus, k, 4)`, *optional*): as in `MF2Model`.
         au_labels (`(batch, num_aus)`, *optional*): 1 present, 0 absent, -1 unknown.
         emotion_labels (`(batch,)`, *optional*): class index, -1 unknown.
+        vision_tokens, branches: as in `MF2Model` (cached training; skipping a branch leaves its logits None).
         """
-        features = self.forward_features(pixel_values, au_boxes, output_hidden_states)
+        features = self.forward_features(pixel_values, au_boxes, output_hidden_states, vision_tokens, branches)
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
         loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None
@@ -683,7 +817,10 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         self.au_alignment = MF2TextAlignment(config) if config.use_au_branch else None
         self._tied_weights_keys = {
             f"{name}.lm_head.decoder.weight": f"{name}.embeddings.word_embeddings.weight"
-            for name, enabled in (("emotion_alignment", config.use_emotion_branch), ("au_alignment", config.use_au_branch))
+            for name, enabled in (
+                ("emotion_alignment", config.use_emotion_branch),
+                ("au_alignment", config.use_au_branch),
+            )
             if enabled
         }
         self.post_init()
@@ -703,7 +840,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
 
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         au_boxes: torch.FloatTensor | None = None,
         emotion_input_ids: torch.LongTensor | None = None,
         emotion_attention_mask: torch.LongTensor | None = None,
@@ -712,7 +849,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         au_caption_mask: torch.LongTensor | None = None,
         au_labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
-        return_dict: bool | None = None,
+        vision_tokens: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MF2PreTrainingOutput:
         r"""
@@ -723,8 +860,10 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         au_caption_mask (`(batch, num_aus)`, *optional*): 1 where the AU has a caption; rows with an all-zero
             attention mask count as missing too.
         au_labels (`(batch, num_aus)`), emotion_labels (`(batch,)`), *optional*: as in `MF2ForFacialStateRecognition`.
+        vision_tokens (`(batch, tokens, vision_hidden)`, *optional*): cached tokens instead of `pixel_values`, as in
+            `MF2Model`.
         """
-        features = self.forward_features(pixel_values, au_boxes)
+        features = self.forward_features(pixel_values, au_boxes, vision_tokens=vision_tokens)
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
         smoothing = (self.config.itc_label_smoothing, self.config.itg_label_smoothing)
@@ -749,7 +888,9 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
                 features, au_input_ids, au_attention_mask, au_caption_mask
             )
             if ids.shape[0] > 0:
-                terms = self.au_alignment.losses(self.mf2.au_branch, queries, query_output, regions, ids, mask, *smoothing)
+                terms = self.au_alignment.losses(
+                    self.mf2.au_branch, queries, query_output, regions, ids, mask, *smoothing
+                )
                 losses.update({f"au_{name}": value for name, value in terms.items()})
 
         loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None

@@ -114,3 +114,17 @@ def test_recognition_losses_mask_unknown_labels():
     expected = F.cross_entropy(emotion_logits[[0, 2]], emotion_labels[[0, 2]])
     assert masked_emotion_loss(emotion_logits, emotion_labels).item() == pytest.approx(expected.item(), rel=1e-6)
     assert masked_emotion_loss(emotion_logits, torch.full((3,), -1)).item() == 0.0
+
+
+def test_itg_runs_the_head_only_where_a_token_is_predicted():
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 4, 5)
+    head = torch.nn.Linear(5, 6)
+    ids = torch.tensor([[1, 3, 4, 2], [1, 5, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    rows = []
+    head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    value = itg_loss(hidden, ids, attention, 0.1, lm_head=head)
+    assert rows == [4]  # 3 + 1 predicted tokens, not 2 x 3 positions
+    expected = itg_loss(head(hidden), ids, attention, 0.1)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -1,0 +1,178 @@
+"""The frozen vision encoder's tokens, computed once per image and its mirror image, for fast MF² training.
+
+In MF² pretraining and recognition training the vision encoder is frozen below `MF2Model.vision_cache_layer` (all of
+it by default, all but the top `config.vision_trainable_layers` blocks otherwise). The tokens entering the trainable
+part depend only on the image, so `VisionTokenCache` computes them once, for each image and for its horizontal flip
+(the one augmentation the cache can replay), with the shared keyed mechanism of `mf2.feature_cache`: changing the
+encoder's weights, the cache layer, the storage dtype or the data gives a new entry, never a stale one.
+
+`VisionTokenDataset` serves the cached tokens to `Trainer`: each time an example is read it takes the original or the
+flipped view at random (the flipped view with mirrored AU boxes), together with its labels and, for pretraining, its
+captions. `VisionTokenCollator` stacks them into the keyword arguments of `MF2ForPreTraining` /
+`MF2ForFacialStateRecognition` (`vision_tokens=` instead of `pixel_values=`). Cached and uncached batches give the
+same loss (`tests/test_vision_cache.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .feature_cache import CACHE_FORMAT_VERSION, CachedFeatureDataset, FeatureCache
+
+VIEW_NAMES = ("tokens", "flipped_tokens")
+"""Feature names of the two cached views of an image."""
+
+
+def flip_au_boxes(au_boxes: torch.Tensor) -> torch.Tensor:
+    """AU boxes `(..., 4)` (normalised xyxy) of the horizontally mirrored image."""
+    x1, y1, x2, y2 = au_boxes.unbind(-1)
+    return torch.stack([1 - x2, y1, 1 - x1, y2], dim=-1)
+
+
+class VisionTokenCache(FeatureCache):
+    """Cache of `model.mf2.frozen_vision_tokens` for every image and its mirror image.
+
+    Args:
+        model: an MF² model (`MF2ForPreTraining`, `MF2ForFacialStateRecognition`) or its `MF2Model`.
+        cache_dir: directory holding one sub-directory per entry.
+        dtype: storage dtype of the tokens (float16 halves the disk and memory; float32 is exact).
+        flips: also store the mirror image's tokens.
+    """
+
+    name = "VisionTokenCache"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cache_dir: str | os.PathLike,
+        dtype: torch.dtype = torch.float16,
+        flips: bool = True,
+        shard_size: int = 4096,
+    ):
+        super().__init__(cache_dir, shard_size)
+        self.mf2 = getattr(model, "mf2", model)
+        if not hasattr(self.mf2, "frozen_vision_tokens"):
+            raise TypeError(f"VisionTokenCache needs an MF² model, got {type(model).__name__}.")
+        self.dtype = dtype
+        self.flips = flips
+
+    def source_modules(self) -> list[nn.Module]:
+        """The modules the cached tokens come from: embeddings and the blocks below the cache layer (and the final
+        norm when every block is frozen); training the blocks above leaves the entry valid."""
+        vision = self.mf2.vision_model
+        layers = self.mf2.config.vision_config.num_hidden_layers
+        modules = [vision.embeddings, *self.mf2.vision_blocks[: self.mf2.vision_cache_layer]]
+        return modules + [vision.layernorm] if self.mf2.vision_cache_layer == layers else modules
+
+    def feature_spec(self) -> dict[str, Any]:
+        return {
+            "format_version": CACHE_FORMAT_VERSION,
+            "kind": "vision_tokens",
+            "vision_model": type(self.mf2.vision_model).__name__,
+            "cache_layer": self.mf2.vision_cache_layer,
+            "dtype": str(self.dtype),
+            "flips": self.flips,
+        }
+
+    def extract(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        device = next(self.mf2.vision_model.parameters()).device
+        pixels = batch["pixel_values"].to(device)
+        features = {"tokens": self.mf2.frozen_vision_tokens(pixels).to(self.dtype)}
+        if self.flips:
+            features["flipped_tokens"] = self.mf2.frozen_vision_tokens(pixels.flip(-1)).to(self.dtype)
+        return features
+
+
+class VisionTokenDataset(Dataset):
+    """Training examples from a `VisionTokenCache` entry: a random view per read, its AU boxes, labels and captions.
+
+    Args:
+        cached: the entry (`VisionTokenCache.build(..., label_names=(..., "au_boxes"))`).
+        rows: the rows the entry was built from, in the same order; their caption columns (`emotion_caption`,
+            `au_caption`) travel with the example when given (pretraining).
+        augment: draw the original or the flipped view at random (torch's global generator, which `Trainer`
+            seeds); off, always the original (evaluation).
+        dtype: dtype the tokens are handed to the model in.
+    """
+
+    def __init__(
+        self,
+        cached: CachedFeatureDataset,
+        rows: Any | None = None,
+        augment: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if rows is not None and len(rows) != len(cached):
+            raise ValueError(
+                f"{len(rows)} rows for a cache entry of {len(cached)} examples; pass the rows it was built from."
+            )
+        if augment and "flipped_tokens" not in cached.feature_names:
+            raise ValueError("augment=True needs a cache entry with flipped views (VisionTokenCache(flips=True)).")
+        self.cached, self.rows, self.augment, self.dtype = cached, rows, augment, dtype
+        self._captions = None
+        if rows is not None:
+            columns = [name for name in ("emotion_caption", "au_caption") if name in rows.column_names]
+            self._captions = rows.select_columns(columns) if columns else None
+
+    def __len__(self) -> int:
+        return len(self.cached)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.cached[index]
+        features = example.pop("cached_features")
+        flipped = self.augment and bool(torch.randint(2, ()).item())
+        example["vision_tokens"] = features["flipped_tokens" if flipped else "tokens"].to(self.dtype)
+        if flipped and "au_boxes" in example:
+            example["au_boxes"] = flip_au_boxes(example["au_boxes"])
+        if self._captions is not None:
+            example.update(self._captions[int(index)])
+        return example
+
+
+@dataclass
+class VisionTokenCollator:
+    """Stack `VisionTokenDataset` examples into model keyword arguments.
+
+    Args:
+        processor: an `MF2Processor`, needed only to tokenise captions (`with_captions`).
+        with_captions: tokenise the examples' captions (pretraining), as `MF2DataCollator` does.
+        branches: passed to the model (`("emotion",)` skips AU-VL when a stage has no AU targets).
+        max_au_captions: as in `MF2DataCollator`.
+    """
+
+    processor: Any = None
+    with_captions: bool = False
+    branches: tuple[str, ...] | None = None
+    max_au_captions: int | None = None
+
+    def __post_init__(self):
+        self._captioner = None
+        if self.with_captions:
+            if self.processor is None:
+                raise ValueError("VisionTokenCollator(with_captions=True) needs the MF2Processor that tokenises them.")
+            from .training.collator import MF2DataCollator
+
+            self._captioner = MF2DataCollator(self.processor, max_au_captions=self.max_au_captions)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not examples:
+            raise ValueError("VisionTokenCollator got an empty batch.")
+        tensors = [name for name, value in examples[0].items() if isinstance(value, torch.Tensor)]
+        batch: dict[str, Any] = {name: torch.stack([example[name] for example in examples]) for name in tensors}
+        if "example_id" in batch:
+            batch["example_ids"] = batch.pop("example_id")
+        if self._captioner is not None:
+            batch.update(self._captioner.captions(examples))
+        if self.branches is not None:
+            batch["branches"] = tuple(self.branches)
+        return batch
+
+
+__all__ = ["VIEW_NAMES", "VisionTokenCache", "VisionTokenCollator", "VisionTokenDataset", "flip_au_boxes"]
