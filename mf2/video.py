@@ -48,6 +48,23 @@ class VideoFrame:
     image: np.ndarray
 
 
+class VideoDecodeError(ValueError):
+    """A video that stops decoding before its end: FFmpeg fails mid-stream, or the stream ends before the length
+    its container declares (a cut or partly copied file). The frames before it were yielded.
+
+    Attributes:
+        path: the video file.
+        frame: index of the first frame that could not be decoded (= the number of frames decoded).
+        time: seconds into the video where decoding stopped (`None` if unknown).
+        reason: what went wrong.
+    """
+
+    def __init__(self, path: str, frame: int, time: float | None, reason: str):
+        where = f"frame {frame}" + (f" (t={time:.3f} s)" if time is not None else "")
+        super().__init__(f"Could not decode video '{path}' past {where}: {reason}")
+        self.path, self.frame, self.time, self.reason = path, frame, time, reason
+
+
 def is_video(path: Any) -> bool:
     """Whether `path` is a path (str / PathLike, not a URL) whose extension is a known video container."""
     if not isinstance(path, (str, os.PathLike)):
@@ -134,6 +151,8 @@ def read_frames(
         max_frames: stop after yielding this many frames.
 
     Raises:
+        VideoDecodeError: decoding fails, or the stream ends before the length its container declares, after the
+            frames decoded up to there were yielded.
         ValueError: the file is missing or not a readable video, or the sampling options are invalid.
         ImportError: PyAV is not installed.
     """
@@ -147,16 +166,16 @@ def read_frames(
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else None
         next_time = float(start)
-        yielded = 0
+        yielded, decoded, time = 0, 0, None
         try:
-            frames = container.decode(stream)
-            for index, frame in enumerate(frames):
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
                 if frame.time is not None:
                     time = float(frame.time)
                 else:  # no timestamps in the container: assume a constant rate
                     time = index / rate if rate else float(index)
                 if end is not None and time >= end:
-                    break
+                    return
                 if time < start:
                     continue
                 if every is not None and index % every:
@@ -171,11 +190,47 @@ def read_frames(
                 yield VideoFrame(index=index, time=time, image=frame.to_ndarray(format="rgb24"))
                 yielded += 1
                 if max_frames is not None and yielded >= max_frames:
-                    break
+                    return
         except _av().FFmpegError as error:
-            raise ValueError(f"Could not decode video '{os.fspath(path)}': {error}") from error
+            raise VideoDecodeError(os.fspath(path), decoded, _next_time(time, rate), str(error)) from error
+        # FFmpeg ends a cut file quietly at its last whole packet; only the declared length tells it was cut.
+        missing = _missing_end(container, stream, decoded, time, rate)
+        if missing:
+            raise VideoDecodeError(os.fspath(path), decoded, _next_time(time, rate), missing)
     finally:
         container.close()
+
+
+def _next_time(time: float | None, rate: float | None) -> float | None:
+    """Where the frame after one at `time` starts (the first moment not decoded)."""
+    if time is None:
+        return 0.0
+    return time + 1.0 / rate if rate else time
+
+
+def _missing_end(container, stream, decoded: int, time: float | None, rate: float | None) -> str | None:
+    """Why a stream that decoded `decoded` frames (the last at `time`) stopped short of its declared end, or `None`.
+
+    MP4 declares its frame count; Matroska and others only a duration, the container's of which may include a
+    longer audio track, hence the wider margin there.
+    """
+    declared = int(stream.frames or 0)
+    if declared:
+        # A couple of frames of slack: edit lists and decoder delay may drop frames the index still counts.
+        if decoded < declared - 2:
+            return f"the stream ends after {decoded} of the {declared} frames its container declares (cut short?)"
+        return None
+    if stream.duration is not None and stream.time_base is not None:
+        duration, margin = float(stream.duration * stream.time_base), 0.05
+    elif container.duration is not None:
+        duration, margin = container.duration / 1_000_000, 0.05 if len(container.streams) == 1 else 1.0
+    else:
+        return None  # nothing declared to compare with
+    interval = 1.0 / rate if rate else 0.0
+    reached = _next_time(time, rate) if decoded else 0.0
+    if reached < duration - 2 * interval - margin:
+        return f"the stream ends at {reached:.3f} s of the {duration:.3f} s its container declares (cut short?)"
+    return None
 
 
 def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str = "mpeg4") -> None:
@@ -203,4 +258,4 @@ def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str =
         container.close()
 
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoFrame", "is_video", "read_frames", "video_info", "write_video"]
+__all__ = ["VIDEO_EXTENSIONS", "VideoDecodeError", "VideoFrame", "is_video", "read_frames", "video_info", "write_video"]

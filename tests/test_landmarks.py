@@ -74,13 +74,22 @@ def test_dlib_finds_the_astronaut():
     assert eyes_y < face.points[30, 1] < face.points[51, 1] < face.points[8, 1]
     assert face.points[36, 0] < face.points[39, 0] < face.points[42, 0] < face.points[45, 0]
     assert 40 < np.linalg.norm(face.points[36] - face.points[45]) < 80
-    # all_faces searches harder (dlib upsamples once): the largest face stays first.
-    everything = backend.detect(astronaut(), all_faces=True)
-    np.testing.assert_allclose(everything[0].box, face.box, atol=12)
-    assert [f.area for f in everything] == sorted((f.area for f in everything), reverse=True)
+    assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
     assert backend.detect(no_face()) == []
     with pytest.raises(ValueError, match="uint8 RGB"):
         backend.detect(astronaut()[..., 0])
+
+
+@needs_dlib
+def test_dlib_searches_once_at_one_setting():
+    """No quick pass that stops at its first hit: a caller keeping the largest face sees every face there is."""
+    backend = lm.DlibBackend()
+    runs = []
+    run = backend.detector._run
+    backend.detector._run = lambda gray, upsample: runs.append(upsample) or run(gray, upsample)
+    backend.detect(astronaut())
+    backend.detect(no_face())
+    assert runs == [lm.DEFAULT_UPSAMPLE, lm.DEFAULT_UPSAMPLE] and lm.DEFAULT_UPSAMPLE == 1
 
 
 @pytest.mark.parametrize(

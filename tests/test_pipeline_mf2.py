@@ -193,8 +193,11 @@ def test_no_face_options(pipe):
 
 def test_bad_inputs_and_options_raise_clear_errors(pipe, tmp_path):
     missing = tmp_path / "missing.png"
-    with pytest.raises(ValueError, match=r"Could not read input 1 \('.*missing.png'\): no such file"):
+    with pytest.raises(ValueError, match=r"Could not read input 1 \('.*missing.png'\): no such file") as raised:
         pipe([astronaut(), str(missing)])
+    assert (raised.value.index, raised.value.path, raised.value.reason) == (1, str(missing), "no such file.")
+    with pytest.raises(InputError, match=r"Could not read input 0 \('.*'\): it is a folder, not an image file"):
+        pipe(str(tmp_path))  # an existing folder is not "no such file"
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     with pytest.raises(ValueError, match=r"input 0 \('.*notes.png'\).*not an image"):

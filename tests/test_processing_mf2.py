@@ -12,13 +12,14 @@ from face_images import MIRROR_68, afw_rows, astronaut, data_dir, no_face, on_ca
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, BertTokenizer
 
-from mf2 import AU_NAMES, MF2Config
+from mf2 import AU_NAMES, MF2Config, processing_mf2
 from mf2.au_regions import AU_REGION_RECIPES, default_au_boxes
-from mf2.landmarks import dlib_predictor_path
+from mf2.landmarks import FaceLandmarks, dlib_predictor_path
 from mf2.processing_mf2 import (
     MF2ImageProcessor,
     MF2Processor,
     apply_affine,
+    implausible_landmarks,
     invert_affine,
     similarity_transform,
     visualize,
@@ -273,6 +274,63 @@ def test_several_faces_largest_or_all():
     np.testing.assert_allclose(every["au_boxes"][0], every["au_boxes"][1], atol=0.04)
 
 
+ASTRONAUT_FACE_BOX = [179, 83, 267, 171]  # dlib's box on her face; the mission badge on the suit is at ~[123, 330]
+
+
+@needs_dlib
+@pytest.mark.parametrize("quality", [92, 85, 60])
+def test_largest_face_of_a_reencoded_photo_is_the_face_not_the_badge(quality):
+    """Re-encoded as JPEG, the badge gets a box larger than the face from dlib's quick (not upsampled) pass, which
+    "largest" used to stop at; "largest" is now the largest of what "all" finds."""
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut()).save(buffer, format="JPEG", quality=quality)
+    photo = np.asarray(Image.open(buffer).convert("RGB"))
+    largest = processor()(photo, return_tensors="np")["face_boxes"]
+    every = processor()(photo, multiple_faces="all", return_tensors="np")["face_boxes"]
+    np.testing.assert_allclose(largest[0], ASTRONAUT_FACE_BOX, atol=10)
+    np.testing.assert_array_equal(largest[0], every[0])
+
+
+def face_points() -> np.ndarray:
+    return astronaut_features()["landmarks"][0].astype(np.float64)
+
+
+def test_implausible_landmarks_names_what_is_not_a_face():
+    points = face_points()
+    assert implausible_landmarks(points) is None
+    assert "shape" in implausible_landmarks(points * [-1, 1])  # mirrored but not re-indexed: no similarity fits
+    assert "shape" in implausible_landmarks(points[np.random.default_rng(0).permutation(68)])
+    # Wrong in one place only, close enough to a face's shape overall: the order checks catch them.
+    swapped_eyes = points.copy()
+    swapped_eyes[36:42], swapped_eyes[42:48] = points[42:48], points[36:42]
+    assert "mirrored" in implausible_landmarks(swapped_eyes)
+    nose_up = points.copy()
+    nose_up[30] = points[19] - [0, 10]  # the nose tip above the brows
+    assert "order" in implausible_landmarks(nose_up)
+    assert "one point" in implausible_landmarks(np.ones((68, 2)))
+    assert "finite" in implausible_landmarks(np.where(np.arange(68)[:, None] == 3, np.nan, points))
+
+
+@needs_dlib
+@pytest.mark.parametrize("multiple_faces", ["largest", "all"])
+def test_a_detection_whose_landmarks_are_not_a_face_is_not_a_face(monkeypatch, multiple_faces):
+    """A back-end boxes something large whose 68 points are scrambled: it is dropped in both modes."""
+    points = face_points()
+    real = FaceLandmarks(box=np.array(ASTRONAUT_FACE_BOX, np.float64), points=points, score=1.0)
+    scrambled = points[np.random.default_rng(0).permutation(68)] * 2.0
+    bogus = FaceLandmarks(box=np.array([0.0, 0.0, 500.0, 500.0]), points=scrambled, score=2.0)
+
+    class Stub:
+        name = "dlib"
+
+        def detect(self, image):
+            return [bogus, real]
+
+    monkeypatch.setattr(processing_mf2, "get_landmark_backend", lambda name, **kwargs: Stub())
+    features = MF2ImageProcessor(landmark_backend="dlib", size=64)(astronaut(), multiple_faces=multiple_faces)
+    np.testing.assert_allclose(features["face_boxes"].numpy(), [ASTRONAUT_FACE_BOX])
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.png"
     buffer = io.BytesIO()
@@ -293,6 +351,17 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     for images, message in cases:
         with pytest.raises(ValueError, match=message):
             template(images)
+
+
+def test_a_folder_is_named_as_a_folder_and_an_animated_image_warns(tmp_path):
+    template = MF2ImageProcessor(landmark_backend="template")
+    with pytest.raises(ValueError, match=r"image 0 \('.*'\): it is a folder, not an image file"):
+        template(str(tmp_path))
+    frames = [Image.fromarray(np.full((40, 40, 3), value, np.uint8)) for value in (0, 120, 240)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.warns(processing_mf2.AnimatedImageWarning, match="animated image of 3 frames; only its first"):
+        image = processing_mf2.load_image(str(tmp_path / "moving.gif"))
+    assert image.info["n_frames"] == 3 and np.asarray(image).max() == 0  # the first frame
 
 
 def test_options_are_validated():
