@@ -30,7 +30,8 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
 from .facs import explain as explain_emotion
-from .video import is_video, read_frames, video_info
+from .processing_mf2 import ImageInputError
+from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"
 """Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
@@ -52,11 +53,30 @@ class InputError(ValueError):
 
     Attributes:
         index: the input's position in the pipeline's input (list, generator or video's sampled frames).
+        path: the input's file or URL, when it was given as one (else `None`).
+        reason: what is wrong, without the input's name. The processor's error (`ImageInputError`, `NoFaceError`,
+            with its own fields) is the `__cause__`.
     """
 
-    def __init__(self, message: str, index: int):
+    def __init__(self, message: str, index: int, path: str | None = None, reason: str | None = None):
         super().__init__(message)
-        self.index = index
+        self.index, self.path, self.reason = index, path, reason if reason is not None else message
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's output for some faces is NaN or infinite: an error, never a result.
+
+    Attributes:
+        faces: the rows (faces of the input) whose logits are not finite.
+        dtype: the model's dtype (half precision is the usual cause).
+    """
+
+    def __init__(self, faces: list[int], dtype: str):
+        self.faces, self.dtype = faces, dtype
+        super().__init__(
+            f"the model's output is not finite (NaN or infinite) for face(s) {faces} with the model in {dtype}; "
+            "run it in float32 (dtype=torch.float32, `mf2 analyze --dtype float32`)"
+        )
 
 
 class FacialStatePipeline(Pipeline):
@@ -209,6 +229,11 @@ class FacialStatePipeline(Pipeline):
         au_names = list(config.au_names)
         labels = [config.id2label[index] for index in range(len(config.id2label))]
         thresholds = self._thresholds(None) if threshold is None else threshold
+        finite = torch.isfinite(model_outputs["au_logits"]).all(-1) & torch.isfinite(
+            model_outputs["emotion_logits"]
+        ).all(-1)
+        if not finite.all():
+            raise NonFiniteOutputError(torch.nonzero(~finite).flatten().tolist(), str(self.model.dtype))
         au_probs = torch.sigmoid(model_outputs["au_logits"].float()).numpy()
         emotion_probs = torch.softmax(model_outputs["emotion_logits"].float(), dim=-1).numpy()
         boxes = _numpy(model_outputs["face_boxes"])
@@ -306,6 +331,10 @@ class FacialStatePipeline(Pipeline):
         Yields:
             `{"frame": index in the video, "time": seconds, "faces": [face dicts as for images, each also carrying
             "frame" and "time"]}`.
+
+        Raises:
+            VideoDecodeError: after the results of every frame decoded before it, when the video cannot be decoded to
+                its end (its `frame` and `time` say where it stopped).
         """
         kwargs.setdefault("no_face", "skip")
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
@@ -320,18 +349,24 @@ class FacialStatePipeline(Pipeline):
 
     def _video_results(self, frames, batch_size, num_workers, return_frames, *stages):
         images: deque[np.ndarray] = deque()  # frames in flight, only when the caller wants them back
+        failures: list[VideoDecodeError] = []
 
         def items():
-            for frame in frames:
-                if return_frames:
-                    images.append(frame.image)
-                yield frame.image, {"frame": frame.index, "time": frame.time}
+            try:
+                for frame in frames:
+                    if return_frames:
+                        images.append(frame.image)
+                    yield frame.image, {"frame": frame.index, "time": frame.time}
+            except VideoDecodeError as error:
+                failures.append(error)  # end the input here, so the frames decoded so far still get their results
 
         for extra, faces in self._stream(items(), batch_size, num_workers, *stages):
             result = {**extra, "faces": faces}
             if return_frames:
                 result["image"] = images.popleft()  # results come out in input order
             yield result
+        if failures:
+            raise failures[0]
 
     # ------------------------------------------------------------------ streaming engine
 
@@ -390,7 +425,7 @@ class FacialStatePipeline(Pipeline):
         try:
             return extra, future.result()
         except ValueError as error:
-            raise InputError(_name_input(str(error), index, item, extra), extra.get("image_index", index)) from error
+            raise _input_error(error, index, item, extra) from error
 
     def _run_batch(self, pending, forward_params: dict, postprocess_params: dict):
         counts = [len(model_inputs["pixel_values"]) for _, model_inputs in pending]
@@ -405,7 +440,10 @@ class FacialStatePipeline(Pipeline):
             per_input["au_logits"] = outputs["au_logits"][start : start + count]
             per_input["emotion_logits"] = outputs["emotion_logits"][start : start + count]
             start += count
-            faces = self.postprocess(per_input, **postprocess_params)
+            try:
+                faces = self.postprocess(per_input, **postprocess_params)
+            except NonFiniteOutputError as error:
+                raise _input_error(error, extra.get("image_index", 0), None, extra) from error
             yield extra, [{**extra, **face} for face in faces]
 
     # ------------------------------------------------------------------ saving
@@ -485,18 +523,19 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _name_input(message: str, index: int, item: Any, extra: dict[str, Any]) -> str:
-    """The error message of a failed input, naming it by its position in the pipeline's input (or video frame)."""
+def _input_error(error: ValueError, index: int, item: Any, extra: dict[str, Any]) -> InputError:
+    """The pipeline's error for a failed input, naming it by its position in the pipeline's input (or video frame):
+    the processor saw it alone, as its "image 0"."""
     if "frame" in extra:
         where = f"frame {extra['frame']} (t={extra['time']:.3f} s)"
     else:
         where = f"input {extra.get('image_index', index)}"
-    path = f" ('{os.fspath(item)}')" if isinstance(item, (str, os.PathLike)) else ""
-    # The processor saw this input alone, so it calls it "image 0"; put the pipeline's own name for it instead.
-    for prefix in ("Could not read image 0", "No face found in image 0"):
-        if message.startswith(prefix + path):
-            return prefix.replace("image 0", where) + path + message[len(prefix + path) :]
-    return f"{where}{path}: {message}"
+    position = extra.get("image_index", index)
+    if isinstance(error, ImageInputError):
+        return InputError(error.describe(where), position, error.path, error.reason)
+    path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+    named = f" ('{path}')" if path is not None else ""
+    return InputError(f"{where}{named}: {error}", position, path, str(error))
 
 
-__all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "explanation"]
+__all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "NonFiniteOutputError", "explanation"]
