@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mf2.analyze import is_untrained, load_pipeline, untrained_model_dir
+from mf2.analyze import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "images" / "astronaut.png"
@@ -49,7 +49,7 @@ def synchronize(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="checkpoint folder (default: the untrained offline-encoder model)")
+    parser.add_argument("--model", default="mf2-base", help="checkpoint folder (default: the shipped mf2-base)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
@@ -63,15 +63,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = args.model
-    if model is None:
-        model = untrained_model_dir()
-        if not is_untrained(model):
-            from mf2.analyze import build_untrained_model
-
-            print(f"building the offline-encoder model in {model} ...")
-            build_untrained_model(model)
-    pipe = load_pipeline(model, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     if args.size:
         pipe.image_processor.size = args.size  # the ViT interpolates its position embeddings to the new grid
     device = pipe.device

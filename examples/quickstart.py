@@ -1,11 +1,9 @@
 """Quickstart: faces in photos → Action Units, emotion and an explanation, with `pipeline("facial-state")`.
 
-    python examples/quickstart.py                          # the example photos, the untrained offline model
+    python examples/quickstart.py                          # the example photos, the shipped model
     python examples/quickstart.py --model path/or/hub-id photo.jpg group.png
 
-Without `--model` it uses MF² built from the offline encoders with untrained heads (built once into
-`$MF2_HOME/models/untrained-offline`, as `mf2 analyze` does): faces, landmarks and AU regions are real, the
-probabilities are not predictions until a trained checkpoint is given.
+Without `--model` it uses the trained MF² shipped with the package (`mf2-base`), offline.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from pathlib import Path
 from transformers import pipeline
 
 import mf2  # noqa: F401  (registers the "facial-state" task and the MF² classes with transformers)
-from mf2.analyze import build_untrained_model, is_untrained, untrained_model_dir
 
 EXAMPLE_IMAGES = sorted((Path(__file__).resolve().parent / "images").glob("*.png"))
 
@@ -24,19 +21,11 @@ EXAMPLE_IMAGES = sorted((Path(__file__).resolve().parent / "images").glob("*.png
 def main(argv: list[str] | None = None) -> list[list[dict]]:
     parser = argparse.ArgumentParser(description="Analyse faces with the facial-state pipeline.")
     parser.add_argument("images", nargs="*", default=[str(path) for path in EXAMPLE_IMAGES])
-    parser.add_argument("--model", help="trained MF² checkpoint (folder or Hub id)")
+    parser.add_argument("--model", help="MF² checkpoint (folder or Hub id; default: the shipped mf2-base)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the first accelerator, else cpu)")
     args = parser.parse_args(argv)
 
-    model = args.model
-    if model is None:
-        model = untrained_model_dir()
-        if not is_untrained(model):
-            build_untrained_model(model)
-    if is_untrained(model):
-        print("NOTE: this model's AU and emotion heads are untrained; the numbers below are not predictions.\n")
-
-    pipe = pipeline("facial-state", model=str(model), device=args.device)
+    pipe = pipeline("facial-state", model=args.model, device=args.device)  # no model: the shipped mf2-base
     # A list is batched (faces of several photos share a forward pass); `multiple_faces="all"` keeps every face.
     results = pipe(args.images, batch_size=8, multiple_faces="all", explain=True)
     for path, faces in zip(args.images, results):

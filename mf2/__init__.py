@@ -3,7 +3,8 @@
 Importing `mf2` registers the MF² classes with transformers' Auto* factories, so `AutoConfig`, `AutoModel`,
 `AutoModelForPreTraining` and `AutoModelForImageClassification` load MF² checkpoints without `trust_remote_code`.
 Saved checkpoints also carry the modeling code (`auto_map`), so they load with `trust_remote_code=True` where this
-package is not installed.
+package is not installed. It also registers the `facial-state` pipeline, whose default model is the trained `mf2-base`
+shipped inside the package (`mf2.default_model`), and makes the short name `mf2-base` loadable offline.
 """
 
 from transformers import (
@@ -18,6 +19,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
 from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
+from .default_model import DEFAULT_MODEL_NAME, default_model_path, register_in_hub_cache
 from .modeling_mf2 import (
     MF2ForFacialStateRecognition,
     MF2ForPreTraining,
@@ -45,8 +47,10 @@ AutoImageProcessor.register(
 AutoProcessor.register(MF2Config, MF2Processor, exist_ok=True)
 
 PIPELINE_REGISTRY.register_pipeline(
-    "facial-state", pipeline_class=FacialStatePipeline, pt_model=AutoModelForImageClassification, type="image"
-)
+    "facial-state", pipeline_class=FacialStatePipeline, pt_model=AutoModelForImageClassification, type="image",
+    default={"model": (str(default_model_path()), None)},
+)  # fmt: skip
+register_in_hub_cache()
 
 MF2Config.register_for_auto_class()
 MF2Model.register_for_auto_class("AutoModel")
@@ -56,6 +60,7 @@ MF2ImageProcessor.register_for_auto_class("AutoImageProcessor")
 MF2Processor.register_for_auto_class()
 
 __all__ = [
+    "DEFAULT_MODEL_NAME",
     "FacialStatePipeline",
     "AU_NAMES",
     "EMOTION_LABELS",
@@ -73,5 +78,6 @@ __all__ = [
     "au_boxes_from_landmarks",
     "canonical_landmarks",
     "default_au_boxes",
+    "default_model_path",
     "visualize",
 ]

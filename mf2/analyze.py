@@ -11,126 +11,83 @@ One record per face (an image without a face gives one record with `"face": null
 box, landmarks and AU boxes (drawn by `MF2ImageProcessor.visualize`) and a panel with the emotion and one probability
 bar per AU.
 
-Without `--model`, the command builds MF² from the offline encoders (DINOv2-small + MiniLM-initialised Q-Formers,
-`mf2 encoders`), caches it in `$MF2_HOME/models/untrained-offline` and says loudly that its AU and emotion heads are
-untrained: every record then carries `"model_trained": false`.
+Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`, `mf2.default_model`).
+Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
+`model_trained`), read from the model's config.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
+import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .default_model import DEFAULT_MODEL_NAME, DefaultModelMissingError, model_identity
+from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError
-from .video import VIDEO_EXTENSIONS, is_video, video_info
+from .processing_mf2 import AnimatedImageWarning, NoFaceError
+from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_video, video_info
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-UNTRAINED_MARKER = "mf2_untrained.json"
-"""File in a model folder that marks its AU and emotion heads as untrained (`"model_trained": false` in results)."""
-UNTRAINED_MODEL_NAME = "untrained-offline"
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_CROP_SIZE = 224
-
-UNTRAINED_WARNING = (
-    "WARNING: no --model given, so this run uses MF² built from the offline pretrained encoders (DINOv2-small vision "
-    "encoder, MiniLM-initialised Q-Formers) whose AU and emotion heads are UNTRAINED: faces, landmarks and AU regions "
-    'are real, but the probabilities are not predictions. Records say "model_trained": false. Pass --model with a '
-    "trained MF² checkpoint for real results."
-)
-
 
 # --------------------------------------------------------------------------------------------------- the model
 
 
-def models_dir() -> Path:
-    """`$MF2_HOME/models` (default `~/.cache/mf2/models`)."""
-    return Path(os.environ.get("MF2_HOME", Path.home() / ".cache" / "mf2")) / "models"
-
-
-def untrained_model_dir() -> Path:
-    return models_dir() / UNTRAINED_MODEL_NAME
-
-
-def is_untrained(model: str | os.PathLike) -> bool:
-    """Whether `model` is a local folder marked as untrained (see `build_untrained_model`)."""
-    return (Path(model) / UNTRAINED_MARKER).is_file()
-
-
-def build_untrained_model(target: str | os.PathLike | None = None, crop_size: int = DEFAULT_CROP_SIZE) -> Path:
-    """Build MF² from the offline encoders with untrained heads, save it with its processor, mark it untrained.
-
-    The folder is written under a temporary name and moved into place at the end, so an interrupted build is never
-    mistaken for a finished one. Returns the folder (`$MF2_HOME/models/untrained-offline` by default).
-    """
-    from transformers import AutoTokenizer
-
-    from .encoders import fetch_encoders
-    from .modeling_mf2 import MF2ForFacialStateRecognition
-    from .processing_mf2 import MF2Processor
-
-    target = Path(target) if target is not None else untrained_model_dir()
-    vision, text = fetch_encoders()
-    model = MF2ForFacialStateRecognition.from_encoders(str(vision), str(text))
-    # DINOv2's config says 518 px (its pre-training size); faces are analysed at `crop_size` with interpolated
-    # position embeddings, which is ~5x cheaper and what the benchmarks measure.
-    processor = MF2Processor.from_config(model.config, AutoTokenizer.from_pretrained(str(text)), size=crop_size)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        marker = {
-            "model_trained": False,
-            "why": "AU and emotion heads are randomly initialised; built by `mf2 analyze` from the offline encoders.",
-            "vision_encoder": vision.name,
-            "text_encoder": text.name,
-        }
-        (staging / UNTRAINED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
                   trust_remote_code: bool = False, **options):  # fmt: skip
-    """`pipeline("facial-state", model=model, ...)` (importing `mf2` registered the task)."""
+    """`pipeline("facial-state", model=model, ...)` (importing `mf2` registered the task); `model` may be the short
+    name of the shipped model (`mf2.default_model.resolve_model`)."""
     import torch
     from transformers import pipeline
+
+    from .default_model import resolve_model
 
     kwargs: dict[str, Any] = {"device": device} if device else {}
     if dtype and dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
-    return pipeline("facial-state", model=str(model), trust_remote_code=trust_remote_code, **kwargs, **options)
+    return pipeline(
+        "facial-state", model=resolve_model(model), trust_remote_code=trust_remote_code, **kwargs, **options
+    )
 
 
 # --------------------------------------------------------------------------------------------------- inputs
 
 
-def expand_paths(paths: list[str], recursive: bool = True) -> list[Path]:
-    """Files to analyse, in a stable order: files as given; folders' images and videos, sorted.
+InputPath = Path | str
+"""A local file (`Path`) or a URL (`str`, kept as given: `Path` would fold `http://` into `http:/`)."""
+
+
+def is_url(name: str) -> bool:
+    return name.startswith(("http://", "https://"))
+
+
+def expand_paths(paths: list[str], recursive: bool = True) -> list[InputPath]:
+    """Files to analyse, in a stable order: files and URLs as given; folders' images and videos, sorted.
 
     Raises:
         ValueError: a path does not exist, or a folder holds no image or video.
     """
     known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    files: list[Path] = []
+    files: list[InputPath] = []
     for name in paths:
+        if is_url(name):
+            files.append(name)
+            continue
         path = Path(name)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
@@ -145,15 +102,30 @@ def expand_paths(paths: list[str], recursive: bool = True) -> list[Path]:
     return files
 
 
-def _images(paths: list[Path], skipped: list[tuple[Path, str]]) -> Iterator[tuple[Path, Image.Image]]:
-    """Read each image here, so an unreadable file becomes an error record rather than stopping the run."""
-    from .processing_mf2 import load_image
+@dataclass
+class _Input:
+    """One image of the stream: read (`image`, kept only for annotation), or not (`error`, never fed to the model)."""
 
-    for path in paths:
-        try:
-            yield path, load_image(str(path))
-        except ValueError as error:
-            skipped.append((path, str(error)))
+    index: int
+    path: InputPath
+    image: Image.Image | None = None
+    error: str | None = None
+    warning: str | None = None
+
+
+def _read(index: int, path: InputPath, keep_image: bool) -> tuple[_Input, Image.Image | None]:
+    """Read one image here, so an unreadable file becomes an error record in its place rather than ending the run."""
+    from .processing_mf2 import ImageInputError, load_image
+
+    try:
+        image = load_image(str(path), index)  # `main` silences its AnimatedImageWarning: the record says it
+    except ImageInputError as error:
+        return _Input(index, path, error=error.describe(f"input {index}")), None
+    frames = image.info.get("n_frames", 1)
+    warning = None
+    if frames > 1:
+        warning = f"animated image of {frames} frames: only the first frame was analysed (convert it to a video)"
+    return _Input(index, path, image if keep_image else None, warning=warning), image
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -182,9 +154,9 @@ class RecordWriter:
 
     def columns(self) -> list[str]:
         return [
-            "path", "frame", "time", "face", "error", "x1", "y1", "x2", "y2", "emotion", "emotion_score",
+            "path", "frame", "time", "face", "error", "warning", "x1", "y1", "x2", "y2", "emotion", "emotion_score",
             *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
-            "landmark_backend", "explanation", "model", "model_trained",
+            "landmark_backend", "explanation", "model", "model_version", "model_trained",
         ]  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
@@ -194,8 +166,8 @@ class RecordWriter:
         if self._csv is None:
             self._csv = csv.DictWriter(self.stream, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
-        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "error", "landmark_backend",
-                                                "explanation", "model", "model_trained")}  # fmt: skip
+        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "error", "warning",
+                                                "landmark_backend", "explanation", "model", "model_version", "model_trained")}  # fmt: skip
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
         if record.get("emotion"):
@@ -265,10 +237,11 @@ def annotate(
 
 
 def _face_panel(face: dict, number: int, height: int, thresholds: np.ndarray | None) -> Image.Image:
-    """Text and bars for one face, sized to the image height (at least readable on small images)."""
+    """Text and bars for one face, sized to the image height: as tall as the image on large ones (a fixed size was
+    unreadable beside a 4000-px photo), at least readable on small ones."""
     aus = list(face["action_units"].items())
     rows = len(aus) + len(face["emotions"]) + 3
-    line = max(14, min(28, height // rows))
+    line = max(14, height // rows)
     font = _font(int(line * 0.7))
     width = 16 * line
     panel = Image.new("RGB", (width, max(height, rows * line + line)), (255, 255, 255))
@@ -297,8 +270,12 @@ def _face_panel(face: dict, number: int, height: int, thresholds: np.ndarray | N
     return panel
 
 
-def _annotation_name(path: Path, frame: int | None, used: set[str]) -> str:
-    stem = path.stem if frame is None else f"{path.stem}_frame{frame:06d}"
+def _annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:
+    from urllib.parse import urlparse
+
+    stem = Path(urlparse(path).path).stem if isinstance(path, str) else path.stem
+    stem = stem or "image"
+    stem = stem if frame is None else f"{stem}_frame{frame:06d}"
     name, k = f"{stem}.png", 1
     while name in used:  # two inputs with the same stem (different folders) must not overwrite each other
         name, k = f"{stem}-{k}.png", k + 1
@@ -309,41 +286,163 @@ def _annotation_name(path: Path, frame: int | None, used: set[str]) -> str:
 # --------------------------------------------------------------------------------------------------- command
 
 
+class UsageError(Exception):
+    """A command line that cannot run as given: one line on stderr, exit status 2."""
+
+
+class AnalyzeError(Exception):
+    """A failure that ends the run with a message (no traceback): exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse prints the whole usage and exits; one line saying what is wrong and where to look instead.
+        raise UsageError(f"{message} (see `mf2 analyze --help`)")
+
+
+def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
+    """An argparse `type` that converts a flag's value and refuses it, in one line, unless `accept` holds."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):  # nan fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _checked(int, lambda value: value >= 1, "a whole number >= 1")
+_positive_float = _checked(float, lambda value: math.isfinite(value) and value > 0, "a number > 0")
+_probability = _checked(float, lambda value: 0.0 <= value <= 1.0, "a probability from 0 to 1")
+
+
+def _backend_name(text: str) -> str:
+    from .landmarks import resolve_backend_name
+
+    try:
+        return resolve_backend_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mf2 analyze",
         description="Analyse faces in images, folders and videos: AU probabilities, emotion, optional explanation.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (searched recursively) or videos")
-    parser.add_argument("--model", help="MF² checkpoint folder or Hub id (default: the untrained offline model)")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos "
+                        "or image URLs")  # fmt: skip
+    parser.add_argument("--model", help=f"MF² checkpoint folder or Hub id (default: {DEFAULT_MODEL_NAME}, the trained "
+                        "model shipped with mf2)")  # fmt: skip
     parser.add_argument("--output", "-o", default="-", help="output file (default: standard output)")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's "
                         "extension, else jsonl)")  # fmt: skip
-    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into DIR")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
+    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into the folder DIR")
+    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="model weights dtype")  # fmt: skip
     sampling = parser.add_mutually_exclusive_group()
-    sampling.add_argument("--video-fps", type=float, help="sample this many frames per second of video")
-    sampling.add_argument("--every-n-frames", type=int, help="sample every N-th video frame")
-    parser.add_argument("--threshold", type=float, help="one AU threshold for all AUs (default: the model's)")
-    parser.add_argument("--top-k", type=int, default=3, help="emotions listed per face (default 3)")
+    sampling.add_argument("--video-fps", type=_positive_float, help="sample this many frames per second of video")
+    sampling.add_argument("--every-n-frames", type=_positive_int, help="sample every N-th video frame")
+    parser.add_argument("--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 "
+                        "(default: the model's)")  # fmt: skip
+    parser.add_argument("--top-k", type=_positive_int, default=3, help="emotions listed per face (default 3)")
     parser.add_argument("--landmarks", action="store_true", help="include the 68 landmarks")
     parser.add_argument("--explain", action="store_true", help="include a sentence naming the deciding AUs")
     parser.add_argument("--all-faces", action="store_true", help="every face of an image, not only the largest")
     parser.add_argument("--no-face", choices=("skip", "fallback", "error"), default="skip",
                         help="image without a face: a face-less record (skip, default), analyse the whole image "
                         "(fallback), or stop (error)")  # fmt: skip
-    parser.add_argument("--landmark-backend", help="dlib (default), face_alignment, mediapipe or template")
+    parser.add_argument("--landmark-backend", type=_backend_name, help="dlib (default), face_alignment, mediapipe "
+                        "or template")  # fmt: skip
     parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
 
 
-class AnalyzeError(Exception):
-    """A failure that ends the run with a message (no traceback)."""
+def check_device(name: str | None) -> None:
+    """Raise `UsageError` unless `name` is a torch device this machine has."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else with a separator or a leading `.`, `/`, `~` is a path."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_model(name: str) -> None:
+    """Raise `UsageError` for a `--model` that names a missing folder, a file, or a folder that is not a model."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(
+                f"--model {name}: the folder holds no config.json, so it is not a saved model; pass a folder written "
+                f"by save_pretrained, or a Hub id"
+            )
+    elif path.exists():
+        raise UsageError(f"--model {name} is a file; pass the model's folder (with config.json), or a Hub id")
+    elif _looks_like_path(name):
+        raise UsageError(f"--model {name}: no such folder; pass a saved model's folder, or a Hub id")
+
+
+def check_annotate(name: str | None) -> None:
+    if name is not None and Path(name).exists() and not Path(name).is_dir():
+        raise UsageError(f"--annotate {name} is an existing file; --annotate takes a folder (new or existing)")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _load(model: str | os.PathLike, args: argparse.Namespace):
+    """`load_pipeline`, with a failure (missing download, unreadable checkpoint) as one `AnalyzeError` line."""
+    try:
+        return load_pipeline(model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    except DefaultModelMissingError as error:
+        raise AnalyzeError(str(error)) from error
+    except (OSError, ValueError) as error:
+        hint = "pass a saved model's folder or a Hub id"
+        if _offline() and not Path(model).exists():
+            hint = "it is not a local folder and HF_HUB_OFFLINE=1 forbids the download: download it once online"
+        raise AnalyzeError(f"could not load the model {model}: {_first_line(error)} ({hint})") from error
+
+
+def open_output(name: str) -> TextIO:
+    if name == "-":
+        return sys.stdout
+    try:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        return open(name, "w", newline="", encoding="utf-8")
+    except OSError as error:
+        raise AnalyzeError(
+            f"cannot write the output file {name} ({error.strerror or error}); give -o a file in a writable folder"
+        ) from error
 
 
 class _Run:
@@ -363,12 +462,18 @@ class _Run:
         if writer.fmt == "csv":
             self.call["top_k"] = len(pipe.model.config.id2label)  # every emotion's probability gets a column
         if self.annotate_dir is not None:
-            self.annotate_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.annotate_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise AnalyzeError(
+                    f"cannot create the --annotate folder {self.annotate_dir} ({error.strerror or error}); give "
+                    f"--annotate a writable place"
+                ) from error
             self.call["return_features"] = True
         self.thresholds = pipe._thresholds(args.threshold)
         self.progress_off = True if args.no_progress else None  # None: tqdm is off when stderr is not a terminal
         self.used_names: set[str] = set()
-        self.counts = {"records": 0, "faces": 0, "errors": 0}
+        self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
 
     def emit(self, records: list[dict[str, Any]]) -> None:
         for record in records:
@@ -376,50 +481,77 @@ class _Run:
             self.counts["records"] += 1
             self.counts["faces"] += record.get("face") is not None
             self.counts["errors"] += "error" in record
+            self.counts["warnings"] += "warning" in record
 
-    def save_annotation(self, image: Image.Image, faces: list[dict], path: Path, frame: int | None = None) -> None:
+    def error_record(self, path: InputPath, message: str, **where: Any) -> None:
+        self.emit([{"path": str(path), **where, "face": None, "error": message, **self.common}])
+
+    def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
         name = _annotation_name(path, frame, self.used_names)
         annotate(image, faces, self.pipe.image_processor, self.thresholds).save(self.annotate_dir / name)
 
-    def images(self, paths: list[Path]) -> None:
-        """All images in one stream: detection runs ahead in threads, faces are batched across images."""
+    def run(self, files: list[InputPath]) -> None:
+        """Every input in the order given: each stretch of images streams through the pipeline together, each video
+        on its own, so records come out in input order."""
+        for video, group in groupby(enumerate(files), key=lambda entry: is_video(entry[1])):
+            if video:
+                for index, path in group:
+                    self.video(index, path)
+            else:
+                self.images(list(group))
+
+    def images(self, inputs: list[tuple[int, InputPath]]) -> None:
+        """Images in one stream: detection runs ahead in threads, faces are batched across images. An unreadable
+        file is never fed to the pipeline; its error record is written in its place among the results."""
         from tqdm.auto import tqdm
 
-        skipped: list[tuple[Path, str]] = []
-        in_flight: deque[tuple[Path, Image.Image | None]] = deque()  # fed but not yet answered, in order
+        in_flight: deque[_Input] = deque()  # read but not yet written, in input order
+        keep_images = self.annotate_dir is not None
+
+        fed: list[_Input] = []  # by position in the pipeline's input, which leaves unreadable files out
 
         def feed():
-            for path, image in _images(paths, skipped):
-                in_flight.append((path, image if self.annotate_dir is not None else None))
-                yield image
+            for index, path in inputs:
+                entry, image = _read(index, path, keep_images)
+                in_flight.append(entry)
+                if image is not None:
+                    fed.append(entry)
+                    yield image
 
-        bar = tqdm(total=len(paths), desc="images", unit="img", disable=self.progress_off, file=sys.stderr)
-        done = 0
+        def write_failed_reads():
+            while in_flight and in_flight[0].error is not None:
+                entry = in_flight.popleft()
+                self.error_record(entry.path, entry.error)
+                bar.update(1)
+
+        bar = tqdm(total=len(inputs), desc="images", unit="img", disable=self.progress_off, file=sys.stderr)
         try:
             for faces in self.pipe(feed(), batch_size=self.args.batch_size, **self.call):
-                path, image = in_flight.popleft()  # results come out in input order
-                done += 1
-                self.emit(face_records(faces, {"path": str(path)}, self.common))
-                if self.annotate_dir is not None:
-                    self.save_annotation(image, faces, path)
+                write_failed_reads()
+                entry = in_flight.popleft()  # results come out in input order
+                records = face_records(faces, {"path": str(entry.path)}, self.common)
+                if entry.warning:
+                    records = [{**record, "warning": entry.warning} for record in records]
+                self.emit(records)
+                if keep_images:
+                    self.save_annotation(entry.image, faces, entry.path)
                 bar.update(1)
+            write_failed_reads()
         except InputError as error:  # `--no-face error`: the first input without a face ends the run
-            raise AnalyzeError(f"{in_flight[error.index - done][0]}: {error}") from error
+            raise AnalyzeError(_cli_input_error(error, fed[error.index].path)) from error
         finally:
-            bar.update(len(skipped))  # unreadable files were never fed to the pipeline
             bar.close()
-        for path, message in skipped:
-            self.emit([{"path": str(path), "face": None, "error": message, **self.common}])
 
-    def video(self, path: Path) -> None:
-        """Stream one video through the pipeline, writing records (and annotated frames) as frames come out."""
+    def video(self, index: int, path: Path) -> None:
+        """Stream one video through the pipeline, writing records (and annotated frames) as frames come out. A video
+        that cannot be decoded to its end gives an error record after the frames that were read."""
         from tqdm.auto import tqdm
 
         args = self.args
         try:
             info = video_info(path)
         except ValueError as error:
-            self.emit([{"path": str(path), "face": None, "error": str(error), **self.common}])
+            self.error_record(path, f"input {index}: {error}")
             return
         total = None
         if args.video_fps and info["duration"]:
@@ -434,55 +566,96 @@ class _Run:
             return_frames=self.annotate_dir is not None, **call,
         )  # fmt: skip
         bar = tqdm(total=total, desc=path.name, unit="frame", disable=self.progress_off, file=sys.stderr)
-        for result in frames:
-            source = {"path": str(path), "frame": result["frame"], "time": result["time"]}
-            faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
-            self.emit(face_records(faces, source, self.common))
-            if self.annotate_dir is not None:
-                self.save_annotation(Image.fromarray(result["image"]), result["faces"], path, result["frame"])
-            bar.update(1)
-        bar.close()
+        try:
+            for result in frames:
+                source = {"path": str(path), "frame": result["frame"], "time": result["time"]}
+                faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
+                self.emit(face_records(faces, source, self.common))
+                if self.annotate_dir is not None:
+                    self.save_annotation(Image.fromarray(result["image"]), result["faces"], path, result["frame"])
+                bar.update(1)
+        except VideoDecodeError as error:
+            self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
+        finally:
+            bar.close()
+
+
+def _cli_input_error(error: InputError, path: InputPath) -> str:
+    """The pipeline's error in the command line's terms (its flags, not the Python options)."""
+    cause = error.__cause__
+    if isinstance(cause, NoFaceError):
+        return (
+            f"{path}: no face found by the '{cause.backend}' landmark back-end; pass --no-face skip (a record "
+            f"without a face) or --no-face fallback (analyse the whole image), or --landmark-backend template for "
+            f"images that are already aligned face crops"
+        )
+    return f"{path}: {error.reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.top_k < 1:
-        print("mf2 analyze: --batch-size and --top-k must be >= 1", file=sys.stderr)
-        return 2
+    """Exit status 0: every input analysed; 1: some input gave an error record, or the run failed; 2: a bad command
+    line. Failures are one line on stderr, never a traceback."""
     try:
-        files = expand_paths(args.paths, recursive=not args.no_recursive)
-    except ValueError as error:
+        with contextlib.ExitStack() as cleanup:
+            return _main(argv, cleanup)
+    except UsageError as error:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 2
-    fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
-
-    model = args.model
-    if model is None:
-        model = untrained_model_dir()
-        if not is_untrained(model):
-            print(f"mf2 analyze: building the untrained offline model in {model} (once) ...", file=sys.stderr)
-            build_untrained_model(model)
-    trained = not is_untrained(model)
-    if not trained:
-        print(f"mf2 analyze: {UNTRAINED_WARNING}", file=sys.stderr)
-    pipe = load_pipeline(model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    common = {"model": str(args.model or UNTRAINED_MODEL_NAME), "model_trained": trained}
-
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    output = sys.stdout if args.output == "-" else open(args.output, "w", newline="", encoding="utf-8")
-    try:
-        writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
-        run = _Run(args, pipe, writer, common)
-        images = [path for path in files if not is_video(path)]
-        if images:
-            run.images(images)
-        for path in files:
-            if is_video(path):
-                run.video(path)
     except AnalyzeError as error:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 1
+
+
+def _silence_loading_bars() -> Callable[[], None]:
+    """`--no-progress` also covers the weight-loading and download bars of transformers and huggingface_hub. Returns
+    what puts them back (the switches are process-wide; `main` may be called from Python)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers_on = transformers.utils.logging.is_progress_bar_enabled()
+    hub_on = not huggingface_hub.utils.are_progress_bars_disabled()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+    def restore() -> None:
+        if transformers_on:
+            transformers.utils.logging.enable_progress_bar()
+        if hub_on:
+            huggingface_hub.utils.enable_progress_bars()
+
+    return restore
+
+
+def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
+    args = build_parser().parse_args(argv)
+    # Everything the command line alone can tell is checked before the (slow) model loading.
+    check_device(args.device)
+    if args.model is not None:
+        check_model(args.model)
+    check_annotate(args.annotate)
+    try:
+        files = expand_paths(args.paths, recursive=not args.no_recursive)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
+    if args.no_progress:
+        cleanup.callback(_silence_loading_bars())
+
+    pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
+    common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
+    if not common["model_trained"]:
+        print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
+              'the probabilities are not predictions; records say "model_trained": false.', file=sys.stderr)  # fmt: skip
+
+    output = open_output(args.output)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnimatedImageWarning)  # records of animated images carry a "warning"
+            writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
+            run = _Run(args, pipe, writer, common)
+            run.run(files)
+    except (MissingBackendError, MissingModelFileError) as error:  # raised by the first image a back-end sees
+        raise AnalyzeError(str(error)) from error
     finally:
         if output is sys.stdout:
             output.flush()
@@ -492,15 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = (
         f"{len(files)} file(s), {counts['faces']} face(s), {counts['errors']} error(s), {counts['records']} record(s)"
     )
+    if counts["warnings"]:
+        summary += f", {counts['warnings']} with a warning"
     if args.output != "-":
         summary += f" in {args.output}"
     if run.annotate_dir is not None:
         summary += f"; annotated PNGs in {run.annotate_dir}"
     print(f"mf2 analyze: {summary}", file=sys.stderr)
-    if not trained:
-        print(
-            'mf2 analyze: reminder: the model is UNTRAINED ("model_trained": false in every record).', file=sys.stderr
-        )
     return 1 if counts["errors"] else 0
 
 
@@ -509,13 +680,11 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "UNTRAINED_MARKER",
+    "AnalyzeError",
+    "UsageError",
     "annotate",
-    "build_untrained_model",
     "expand_paths",
     "face_records",
-    "is_untrained",
     "load_pipeline",
     "main",
-    "untrained_model_dir",
 ]

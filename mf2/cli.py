@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("mf2.training.evaluate", "main", "score a checkpoint (+ DFN adapter) on a labelled dataset"),
     "finetune": ("mf2.training.finetune", "main", "DFN fine-tuning of a frozen MF² (or full fine-tuning with --full)"),
     "push": ("mf2.training.hub", "main", "publish model, processor, DFN adapter and model card to the Hub"),
+    "recipe": ("mf2.training.recipe", "main", "reproduce the shipped mf2-base model from the development data"),
     "train": ("mf2.training.pretrain", "main", "pre-train MF² (Emo-VL + AU-VL + recognisers) with Trainer"),
 }
 
@@ -21,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [f"  {name:<{width}}  {help_text}" for name, (_, _, help_text) in sorted(COMMANDS.items())]
-    return "usage: mf2 <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n\n`mf2 <command> --help` for options."
+    return (
+        "usage: mf2 <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n\n`mf2 <command> --help` for options."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`mf2 analyze`: images, folders and videos to JSON lines / CSV, annotated PNGs, errors, the untrained default model."""
+"""`mf2 analyze`: images, folders and videos to JSON lines / CSV, annotated PNGs, errors, the model's identity."""
 
 import csv
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from face_images import ASTRONAUT_FACE_CROP, astronaut
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
@@ -36,7 +37,8 @@ def test_example_images_to_jsonl_with_annotations(checkpoint, tmp_path, capsys):
         ("astronaut.png", 0), ("two_faces.png", 0), ("two_faces.png", 1)
     ]  # fmt: skip
     for record in records:
-        assert record["model_trained"] is True and record["model"] == str(checkpoint)
+        # A random tiny model: its config says untrained, and it has no published name.
+        assert record["model_trained"] is False and record["model"] == str(checkpoint)
         assert len(record["action_units"]) == 12 and len(record["landmarks"]) == 68
         assert record["explanation"].startswith("The person") and "features" not in record
     assert "3 face(s), 0 error(s)" in capsys.readouterr().err
@@ -84,8 +86,165 @@ def test_missing_paths_and_bad_options_fail_clearly(checkpoint, tmp_path, capsys
     assert cli_main(["analyze", str(tmp_path / "nowhere.png"), "--model", str(checkpoint)]) == 2
     assert "No such file or folder" in capsys.readouterr().err
     assert cli_main(["analyze", str(EXAMPLES), "--model", str(checkpoint), "--batch-size", "0"]) == 2
-    with pytest.raises(SystemExit):
-        cli_main(["analyze", str(EXAMPLES), "--video-fps", "2", "--every-n-frames", "3"])
+    assert cli_main(["analyze", str(EXAMPLES), "--video-fps", "2", "--every-n-frames", "3"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def _bad_flag_cases():
+    """(extra argv, exit status, words the one-line message must hold); `{tmp}` is the test's folder, `{model}` the
+    checkpoint. Exit 2: the command line cannot run as given; 1: the run failed (model download, output file)."""
+    cases = [
+        (["--device", "banana"], 2, "not a device"),
+        (["--threshold", "2"], 2, "probability from 0 to 1"),
+        (["--threshold", "-0.5"], 2, "probability from 0 to 1"),
+        (["--threshold", "nan"], 2, "probability from 0 to 1"),
+        (["--video-fps", "0"], 2, "--video-fps: must be a number > 0"),
+        (["--every-n-frames", "0"], 2, "--every-n-frames: must be a whole number >= 1"),
+        (["--landmark-backend", "opencv"], 2, "Unknown landmark_backend"),
+        (["--model", "{tmp}/no/such/model"], 2, "no such folder"),
+        (["--model", "{tmp}/not-a-model"], 2, "holds no config.json"),
+        (["--model", "nobody-here/not-a-cached-model"], 1, "HF_HUB_OFFLINE=1"),
+        (["-o", "{tmp}/a-file.txt/out.jsonl"], 1, "cannot write the output file"),
+        (["--annotate", "{tmp}/a-file.txt"], 2, "--annotate takes a folder"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], 2, "no CUDA GPU"))
+    return cases
+
+
+@pytest.mark.parametrize(("extra", "status", "words"), _bad_flag_cases())
+def test_bad_flags_end_in_one_clear_line(checkpoint, tmp_path, capsys, monkeypatch, extra, status, words):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "weights.txt").write_text("no config.json here")
+    (tmp_path / "a-file.txt").write_text("a file, not a folder")
+    extra = [item.format(tmp=tmp_path, model=checkpoint) for item in extra]
+    model = [] if "--model" in extra else ["--model", str(checkpoint)]
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), *model, "--no-progress", *extra]) == status
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mf2 analyze: ") and words in lines[0], lines
+
+
+def test_urls_are_kept_as_given(checkpoint, tmp_path):
+    url = "http://127.0.0.1:9/photos/face.png"  # port 9: refused at once
+    assert analyze.expand_paths([url, str(EXAMPLES / "astronaut.png")])[0] == url
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", url, "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 1
+    (record,) = read_jsonl(output)
+    assert record["path"] == url and f"'{url}'" in record["error"]
+
+
+def test_records_keep_input_order_and_name_each_input(checkpoint, tmp_path):
+    """Unreadable files get their error record in their place, named by their own position, not "image 0"."""
+    from mf2.video import write_video
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    (folder / "b_broken.jpg").write_bytes(b"not a jpeg")
+    write_video(folder / "c_clip.mp4", _face_frames(2), fps=10)
+    shutil.copy(EXAMPLES / "two_faces.png", folder / "d.png")
+    (folder / "e_broken.png").write_bytes(b"not a png")
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 1
+    records = read_jsonl(output)
+    assert [Path(r["path"]).name for r in records] == ["a.png", "b_broken.jpg", "c_clip.mp4", "c_clip.mp4", "d.png",
+                                                       "e_broken.png"]  # fmt: skip
+    assert "input 1 (" in records[1]["error"] and "input 4 (" in records[5]["error"]
+    assert "image 0" not in records[1]["error"] + records[5]["error"]
+
+
+def _face_frames(count: int) -> list[np.ndarray]:
+    face = np.asarray(Image.fromarray(astronaut()).crop(ASTRONAUT_FACE_CROP).resize((208, 224)))
+    shifts = [2 * (k % 40) for k in range(count)]  # drifting right, back every 40 frames
+    return [np.pad(face, ((16, 16), (8 + dx, 88 - dx), (0, 0)), constant_values=100) for dx in shifts]
+
+
+def _h264(path: Path, count: int, **options) -> Path:
+    """An H.264 video of the astronaut's face (the codec whose cut files fail mid-stream rather than end early)."""
+    import av
+
+    with av.open(str(path), mode="w", options=options) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = 256, 304
+        stream.pix_fmt = "yuv420p"
+        for array in _face_frames(count):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    cut = path.with_name(f"{path.stem}_cut{round(fraction * 100)}{path.suffix}")
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+def test_videos_that_cannot_be_fully_decoded_are_error_records_and_the_run_goes_on(checkpoint, tmp_path, capsys):
+    pytest.importorskip("av")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    source = _h264(tmp_path / "clip.mp4", 60, movflags="faststart")
+    shutil.move(_cut(source, 0.5), folder / "b_half.mp4")
+    shutil.move(_cut(source, 0.9), folder / "c_most.mp4")
+    shutil.move(_cut(_h264(tmp_path / "clip.mkv", 60), 0.5), folder / "d_half.mkv")
+    shutil.copy(source, folder / "e_good.mp4")
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--every-n-frames", "30",
+            "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 1
+    records = read_jsonl(output)
+    by_file: dict[str, list[dict]] = {}
+    for record in records:
+        by_file.setdefault(Path(record["path"]).name, []).append(record)
+    assert list(by_file) == ["a.png", "b_half.mp4", "c_most.mp4", "d_half.mkv", "e_good.mp4"]
+    for name in ("b_half.mp4", "c_most.mp4", "d_half.mkv"):
+        *frames, failure = by_file[name]
+        assert "error" not in str(frames) and "Could not decode video" in failure["error"], name
+        assert failure["frame"] >= max([f["frame"] for f in frames], default=-1) and failure["frame"] < 60, name
+    assert [r["frame"] for r in by_file["e_good.mp4"]] == [0, 30] and "error" not in str(by_file["e_good.mp4"])
+    assert "3 error(s)" in capsys.readouterr().err
+
+
+def test_an_animated_gif_says_only_its_first_frame_is_analysed(checkpoint, tmp_path):
+    frames = [Image.fromarray(frame) for frame in _face_frames(3)]
+    gif = tmp_path / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(gif), str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output)]
+    assert cli_main(argv) == 0
+    animated, still = read_jsonl(output)
+    assert animated["face"] == 0 and "animated image of 3 frames: only the first frame" in animated["warning"]
+    assert "warning" not in still
+
+
+def test_annotation_panel_scales_with_a_large_image(checkpoint):
+    from transformers import pipeline
+
+    pipe = pipeline("facial-state", model=str(checkpoint), device="cpu")
+    big = Image.fromarray(astronaut()).resize((2048, 2048))
+    faces = pipe(big, return_features=True)
+    sheet = analyze.annotate(big, faces, pipe.image_processor)
+    assert sheet.width - big.width > big.height // 2  # the panel grows with the image (it was 448 px at most)
+
+
+def test_no_progress_silences_the_weight_loading_bar(checkpoint, tmp_path, capsys):
+    import transformers.utils.logging as hf_logging
+
+    argv = ["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(tmp_path / "out.jsonl")]
+    try:
+        assert cli_main(argv) == 0
+        assert "Loading weights" in capsys.readouterr().err  # the bar this test is about
+        assert cli_main([*argv, "--no-progress"]) == 0
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def test_no_face_error_stops_with_the_file_named(checkpoint, tmp_path, capsys):
@@ -94,7 +253,8 @@ def test_no_face_error_stops_with_the_file_named(checkpoint, tmp_path, capsys):
     argv = ["analyze", str(EXAMPLES / "astronaut.png"), str(blank), "--model", str(checkpoint), "--no-face", "error",
             "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
     assert cli_main(argv) == 1
-    assert f"{blank}: No face found" in capsys.readouterr().err
+    message = capsys.readouterr().err
+    assert f"{blank}: no face found" in message and "--no-face skip" in message and "no_face=" not in message
 
 
 def test_video_records_per_sampled_frame_and_annotated_frames(checkpoint, tmp_path):
@@ -115,42 +275,52 @@ def test_video_records_per_sampled_frame_and_annotated_frames(checkpoint, tmp_pa
     assert sorted(p.name for p in annotated.iterdir()) == ["clip_frame000000.png", "clip_frame000005.png"]
 
 
-def test_untrained_model_is_flagged_in_every_record(checkpoint, tmp_path, capsys):
-    marked = tmp_path / "untrained"
-    shutil.copytree(checkpoint, marked)
-    (marked / analyze.UNTRAINED_MARKER).write_text('{"model_trained": false}')
+def test_trained_flag_name_and_version_travel_with_the_config(checkpoint, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
-    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(marked), "-o", str(output)]) == 0
-    assert all(record["model_trained"] is False for record in read_jsonl(output))
-    assert "UNTRAINED" in capsys.readouterr().err
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output)]) == 0
+    assert read_jsonl(output)[0]["model_trained"] is False
+    assert "is not a trained model" in capsys.readouterr().err
+    # Re-saving an untrained model (here through the pipeline) keeps it untrained: the flag is in config.json.
+    resaved = tmp_path / "resaved"
+    analyze.load_pipeline(checkpoint, device="cpu").save_pretrained(resaved)
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(resaved), "-o", str(output)]) == 0
+    assert read_jsonl(output)[0]["model_trained"] is False
+    config = json.loads((resaved / "config.json").read_text())
+    config.update(trained=True, model_name="tiny-mf2", model_version="0.3")
+    (resaved / "config.json").write_text(json.dumps(config))
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(resaved), "-o", str(output)]) == 0
+    record = read_jsonl(output)[0]
+    assert (record["model"], record["model_version"], record["model_trained"]) == ("tiny-mf2", "0.3", True)
+    assert "is not a trained model" not in capsys.readouterr().err
 
 
-def test_default_model_is_built_once_and_cached(checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MF2_HOME", str(tmp_path / "home"))
-    builds = []
-
-    def fake_build(target):  # the real build (offline encoders, ~200 MB) is covered by the slow test below
-        builds.append(target)
-        shutil.copytree(checkpoint, target)
-        (Path(target) / analyze.UNTRAINED_MARKER).write_text('{"model_trained": false}')
-        return Path(target)
-
-    monkeypatch.setattr(analyze, "build_untrained_model", fake_build)
-    for _ in range(2):
-        output = tmp_path / "out.jsonl"
-        assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "-o", str(output)]) == 0
-        record = read_jsonl(output)[0]
-        assert record["model"] == "untrained-offline" and record["model_trained"] is False
-    assert builds == [tmp_path / "home" / "models" / "untrained-offline"]
-    assert "heads are UNTRAINED" in capsys.readouterr().err
+def test_without_model_the_shipped_model_analyses_the_photo(tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "-o", str(output), "--explain"]) == 0
+    record = read_jsonl(output)[0]
+    assert (record["model"], record["model_trained"]) == ("mf2-base", True) and record["model_version"]
+    assert record["emotion"]["label"] == "happiness" and "AU12" in record["active_action_units"]
+    assert "not a trained model" not in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_real_untrained_offline_model(offline_encoders, tmp_path):
-    folder = analyze.build_untrained_model(tmp_path / "untrained-offline")
-    assert analyze.is_untrained(folder)
-    pipe = analyze.load_pipeline(folder, device="cpu")
-    assert pipe.image_processor.size == analyze.DEFAULT_CROP_SIZE
-    assert pipe.model.config.vision_config.hidden_size == 384
-    faces = pipe(str(EXAMPLES / "astronaut.png"), explain=True)
-    assert len(faces) == 1 and len(faces[0]["action_units"]) == 12
+def test_a_non_finite_model_output_is_an_error_record(checkpoint, tmp_path, monkeypatch, capsys):
+    load = analyze.load_pipeline
+
+    def poisoned_pipeline(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        forward = pipe.model.forward
+
+        def nan_forward(*inputs, **options):
+            output = forward(*inputs, **options)
+            output.emotion_logits = torch.full_like(output.emotion_logits, float("nan"))
+            return output
+
+        pipe.model.forward = nan_forward
+        return pipe
+
+    monkeypatch.setattr(analyze, "load_pipeline", poisoned_pipeline)
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output)]) == 1
+    record = read_jsonl(output)[0]
+    assert record["face"] is None and "not finite" in record["error"] and "action_units" not in record
+    assert "1 error(s)" in capsys.readouterr().err

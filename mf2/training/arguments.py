@@ -55,7 +55,10 @@ class MF2ScriptArguments:
     # ---- model
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "An MF² checkpoint (folder or Hub id): the model to continue from, fine-tune or evaluate."},
+        metadata={
+            "help": "An MF² checkpoint (folder or Hub id; `mf2-base` = the shipped model): the model to continue "
+            "from, fine-tune or evaluate."
+        },
     )
     config_name: str | None = field(
         default=None,
@@ -189,6 +192,10 @@ class MF2ScriptArguments:
     )
 
     def __post_init__(self):
+        if self.model_name_or_path is not None:
+            from ..default_model import resolve_model
+
+            self.model_name_or_path = resolve_model(self.model_name_or_path)  # the short name → the shipped folder
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
         if self.image_size is not None and self.image_size < 8:

@@ -249,6 +249,9 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(result.metrics)
     metrics.update(train_samples=len(train), preprocess_seconds=preprocess_seconds, feature_cache_seconds=cache_seconds,
                    trainable_parameters=trainable, total_parameters=total, global_step=trainer.state.global_step)  # fmt: skip
+    config_of_trained = getattr(trainer.model, "config", None)  # a DFN model saves its adapter; full, the model
+    if config_of_trained is not None:
+        config_of_trained.trained = True  # travels with the checkpoint: results then say "model_trained": true
     trainer.save_model()
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

@@ -153,9 +153,13 @@ def build_model_card(
     repo_id: str,
     adapter_dir: str | Path | None = None,
     metrics_files: Sequence[str | Path] = (),
+    extra_sections: str = "",
+    limitations: Sequence[str] = (),
 ):
     """The model card (`huggingface_hub.ModelCard`) of a model folder (and adapter folder): YAML front matter with the
-    training data and their licences, the evaluation results, intended use and limitations."""
+    training data and their licences, the evaluation results, intended use and limitations.
+
+    `extra_sections` (Markdown) goes after the usage section; `limitations` are listed before the general ones."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folders = [Path(model_dir)] + ([Path(adapter_dir)] if adapter_dir else [])
@@ -223,7 +227,7 @@ outputs = model(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"]
 ```
 
 Per-AU decision thresholds (`config.au_thresholds`) were tuned on validation data when the card says so.
-{adapter_text}
+{adapter_text}{extra_sections}
 ## Training data and licences
 
 {licence_lines}
@@ -245,7 +249,7 @@ starting point for fine-tuning.
 
 ## Limitations
 
-- Trained on few, mostly frontal, posed or web-cropped faces (FER+: 48x48 grayscale; CK+: posed, lab-lit); expect
+{"".join(f"- {line}" + chr(10) for line in limitations)}- Trained on few, mostly frontal, posed or web-cropped faces (FER+: 48x48 grayscale; CK+: posed, lab-lit); expect
   lower accuracy on other populations, poses, lighting and resolutions.
 - Facial expressions are not reliable evidence of a person's inner emotional state.
 - Not for decisions about people (hiring, policing, credit, health, education) nor for surveillance.

@@ -153,6 +153,7 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
     metrics.update(
         train_samples=len(train), preprocess_seconds=preprocess_seconds, global_step=trainer.state.global_step
     )
+    trainer.model.config.trained = True  # travels with the checkpoint: results then say "model_trained": true
     trainer.save_model()
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

@@ -1,0 +1,61 @@
+"""`mf2 recipe` end to end on a few development images (the smoke preset): every stage, resume, the exported model."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mf2 import MF2ForFacialStateRecognition
+from mf2.training.recipe import PRESETS, STAGES, Recipe, RecipeSettings, main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir) -> tuple[Path, Recipe]:
+    output = tmp_path_factory.mktemp("recipe")
+    settings = replace(RecipeSettings(), **PRESETS["smoke"])
+    recipe = Recipe(data_dir, output, output / "mf2-base", settings, "cpu")
+    recipe.run()
+    return output, recipe
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
+    output, _ = smoke_run
+    for stage in STAGES:
+        assert (output / stage / "done.json").is_file(), stage
+    export = output / "mf2-base"
+    for name in ("config.json", "model.safetensors", "processor_config.json", "README.md", "eval_results.json",
+                 "cv_results.json", "training_data.json"):  # fmt: skip
+        assert (export / name).is_file(), name
+    config = json.loads((export / "config.json").read_text())
+    assert config["trained"] is True and config["model_name"] == "mf2-base" and len(config["au_thresholds"]) == 12
+    assert config["dtype"] == "float32" and config["emotion_reads_au_features"] is False
+    model = MF2ForFacialStateRecognition.from_pretrained(str(export))
+    assert model.dtype == torch.float32 and not any("alignment" in name for name, _ in model.named_parameters())
+    card = (export / "README.md").read_text()
+    assert "research only" in card and "CK+" in card and "mf2 recipe" in card
+    cv = json.loads((export / "cv_results.json").read_text())
+    assert cv["num_folds"] == 2 and 0.0 <= cv["mean"]["au_f1_train_tuned"] <= 1.0
+    timings = json.loads((output / "timings.json").read_text())
+    assert set(timings) == set(STAGES)
+
+
+@pytest.mark.slow
+def test_a_second_run_resumes_without_redoing_finished_stages(smoke_run, capsys):
+    output, recipe = smoke_run
+    marks = {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in STAGES}
+    recipe.run()
+    assert {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in STAGES} == marks
+    # An interrupted stage (no done.json) runs again, from its last checkpoint where it has one.
+    (output / "export" / "done.json").unlink()
+    recipe.run(("export",))
+    assert (output / "export" / "done.json").is_file() and (output / "mf2-base" / "config.json").is_file()
+
+
+def test_command_line_refuses_a_folder_without_the_data(tmp_path, capsys):
+    assert main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "lacks ferplus/train.parquet" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown setting"):
+        main(["--data", str(tmp_path), "--set", "colour=blue"])
