@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .default_model import DEFAULT_MODEL_NAME, DefaultModelMissingError, model_identity
 from .landmarks import MissingBackendError, MissingModelFileError
-from .pipeline_mf2 import InputError
+from .pipeline_mf2 import InputError, NonFiniteOutputError
 from .processing_mf2 import AnimatedImageWarning, NoFaceError
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_video, video_info
 
@@ -537,10 +537,21 @@ class _Run:
                     self.save_annotation(entry.image, faces, entry.path)
                 bar.update(1)
             write_failed_reads()
-        except InputError as error:  # `--no-face error`: the first input without a face ends the run
-            raise AnalyzeError(_cli_input_error(error, fed[error.index].path)) from error
+        except InputError as error:
+            if not isinstance(error.__cause__, NonFiniteOutputError):  # `--no-face error`: the first faceless input
+                raise AnalyzeError(_cli_input_error(error, fed[error.index].path)) from error  # ends the run
+            failed = fed[error.index]
+            while in_flight and in_flight[0] is not failed:  # only failed reads can stand before it
+                entry = in_flight.popleft()
+                self.error_record(entry.path, entry.error or f"input {entry.index}: not analysed")
+            self.error_record(failed.path, f"input {failed.index}: {error.reason}")
+            rest = [(index, path) for index, path in inputs if index > failed.index]
+        else:
+            rest = []
         finally:
             bar.close()
+        if rest:  # a non-finite output is that input's error record; the stream goes on after it
+            self.images(rest)
 
     def video(self, index: int, path: Path) -> None:
         """Stream one video through the pipeline, writing records (and annotated frames) as frames come out. A video
@@ -643,9 +654,6 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
-    if not common["model_trained"]:
-        print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
-              'the probabilities are not predictions; records say "model_trained": false.', file=sys.stderr)  # fmt: skip
 
     output = open_output(args.output)
     try:
@@ -672,6 +680,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if run.annotate_dir is not None:
         summary += f"; annotated PNGs in {run.annotate_dir}"
     print(f"mf2 analyze: {summary}", file=sys.stderr)
+    if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
+        print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
+              'the probabilities are not predictions; records say "model_trained": false.', file=sys.stderr)  # fmt: skip
     return 1 if counts["errors"] else 0
 
 

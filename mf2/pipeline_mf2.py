@@ -466,7 +466,9 @@ class FacialStatePipeline(Pipeline):
             info for info in getattr(type(self), "_registered_impl", {}).values() if info["impl"] is type(self)
         ]
         if registered:
-            self._registered_impl = {REMOTE_TASK: registered[0]}
+            # Without "default": the registered default model is the shipped folder's path on this machine.
+            entry = {key: value for key, value in registered[0].items() if key != "default"}
+            self._registered_impl = {REMOTE_TASK: entry}
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:

@@ -285,6 +285,7 @@ def test_trained_flag_name_and_version_travel_with_the_config(checkpoint, tmp_pa
     analyze.load_pipeline(checkpoint, device="cpu").save_pretrained(resaved)
     assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(resaved), "-o", str(output)]) == 0
     assert read_jsonl(output)[0]["model_trained"] is False
+    assert "is not a trained model" in capsys.readouterr().err
     config = json.loads((resaved / "config.json").read_text())
     config.update(trained=True, model_name="tiny-mf2", model_version="0.3")
     (resaved / "config.json").write_text(json.dumps(config))
