@@ -41,7 +41,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,6 @@ class RecipeSettings:
     max_ferplus_valid: int | None = None
     max_ckplus: int | None = None
     cache_batch_size: int = 64
-    notes: list[str] = field(default_factory=list)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -297,7 +296,7 @@ class Recipe:
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
 
-    def predict(self, model, cached, au_boxes_from_cache: bool = True) -> dict[str, np.ndarray]:
+    def predict(self, model, cached) -> dict[str, np.ndarray]:
         """AU probabilities and emotion logits of every cached example (original view), with its labels."""
         model.eval().to(self.device)
         loader = DataLoader(VisionTokenDataset(cached, augment=False), batch_size=64, collate_fn=VisionTokenCollator())
