@@ -112,6 +112,9 @@ DDP_SCRIPT = textwrap.dedent(
     os.makedirs({output_dir!r}, exist_ok=True)
     with open(os.path.join({output_dir!r}, f"result-{{state.process_index}}.txt"), "w") as stream:
         stream.write(record)
+    # Tear the gloo group down before exit: left to the interpreter, its thread can abort the process (SIGABRT).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     """
 )
 
