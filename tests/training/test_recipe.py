@@ -31,8 +31,10 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
         assert (export / name).is_file(), name
     config = json.loads((export / "config.json").read_text())
     assert config["trained"] is True and config["model_name"] == "mf2-base" and len(config["au_thresholds"]) == 12
-    assert config["dtype"] == "float32" and config["emotion_reads_au_features"] is False
+    assert config["dtype"] == "float32" and config["emotion_reads_au_features"] is True
     model = MF2ForFacialStateRecognition.from_pretrained(str(export))
+    hidden = model.config.qformer_config.hidden_size
+    assert model.heads.emotion_norm.normalized_shape == (2 * hidden,)  # Emo-VL and AU-VL, refit in emotion_head
     assert model.dtype == torch.float32 and not any("alignment" in name for name, _ in model.named_parameters())
     card = (export / "README.md").read_text()
     assert "research only" in card and "CK+" in card and "mf2 recipe" in card

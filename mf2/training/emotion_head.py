@@ -1,0 +1,99 @@
+"""The emotion recogniser refit on frozen MF² features (the recipe's `emotion_head` stage).
+
+The emotion recogniser reads the Emo-VL feature and the mean AU-VL feature (`config.emotion_reads_au_features`, as in
+`MF2RecognitionHeads.emotion_logits`). Emotions in CK+ are posed as FACS prototypes, so the AU-VL feature carries most
+of what tells them apart; the Emo-VL feature, trained on FER+'s 48-px crops, carries FER+. The features are computed
+once per trained model and the recogniser (a LayerNorm and a linear layer) is fitted on them full-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2RecognitionHeads
+from ..vision_cache import flip_au_boxes
+
+VIEWS = {"tokens": False, "flipped_tokens": True}  # cache view -> mirrored AU boxes
+
+
+def emotion_head_inputs(
+    model: MF2ForFacialStateRecognition,
+    cached,
+    views: tuple[str, ...] = ("tokens",),
+    device: str = "cpu",
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The emotion recogniser's input `(N, 2H)` (Emo-VL feature, then the mean AU-VL feature) of every cached example
+    in each of `views`, keyed by view, and `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
+    model = model.eval().to(device)
+    features: dict[str, np.ndarray] = {}
+    for view in views:
+        parts, labels = [], []
+        loader = DataLoader(cached, batch_size=batch_size, collate_fn=lambda rows: rows)
+        with torch.no_grad():
+            for rows in loader:
+                tokens = torch.stack([row["cached_features"][view] for row in rows]).float().to(device)
+                boxes = torch.stack([row["au_boxes"] for row in rows]).float()
+                boxes = flip_au_boxes(boxes) if VIEWS[view] else boxes
+                output = model.mf2(vision_tokens=tokens, au_boxes=boxes.to(device))
+                joined = torch.cat([output.emotion_embeds, output.au_embeds.mean(dim=1)], dim=-1)
+                parts.append(joined.float().cpu().numpy())
+                labels.append(np.asarray([int(row["emotion_labels"]) for row in rows]))
+                if progress is not None:
+                    progress(sum(len(part) for part in labels), len(cached))
+        features[view] = np.concatenate(parts)
+        features["labels"] = np.concatenate(labels)
+    return features
+
+
+def fit_emotion_head(
+    sets: list[tuple[np.ndarray, np.ndarray, float]],
+    num_classes: int,
+    steps: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> torch.nn.Sequential:
+    """A LayerNorm + linear recogniser fitted full-batch on `(features, labels, weight)` sets: the loss is the weighted
+    sum of each set's mean cross-entropy, so a small set (CK+) is not drowned by a large one (FER+)."""
+    if not any(len(labels) for _, labels, _ in sets):
+        raise ValueError("fit_emotion_head needs at least one labelled row.")
+    torch.manual_seed(seed)
+    width = sets[0][0].shape[1]
+    head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, num_classes))
+    tensors = [(torch.from_numpy(x).float(), torch.from_numpy(y).long(), w) for x, y, w in sets if len(y)]
+    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(steps):
+        loss = sum(w * torch.nn.functional.cross_entropy(head(x), y) for x, y, w in tensors)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return head.eval()
+
+
+def head_logits(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return head(torch.from_numpy(features).float()).numpy()
+
+
+def install_emotion_head(model: MF2ForFacialStateRecognition, head: torch.nn.Sequential) -> None:
+    """Give `model` an emotion recogniser that reads Emo-VL and AU-VL, with `head`'s weights; the AU recogniser's
+    weights are kept."""
+    model.config.emotion_reads_au_features = True
+    heads = MF2RecognitionHeads(model.config)
+    state: Mapping[str, torch.Tensor] = {
+        **{k: v for k, v in model.heads.state_dict().items() if k.startswith("au_")},
+        **{f"emotion_norm.{k}": v for k, v in head[0].state_dict().items()},
+        **{f"emotion_classifier.{k}": v for k, v in head[1].state_dict().items()},
+    }
+    heads.load_state_dict(state)
+    model.heads = heads.to(next(model.parameters()).dtype).train(model.training)  # a new module starts in train()
+
+
+__all__ = ["emotion_head_inputs", "fit_emotion_head", "head_logits", "install_emotion_head"]

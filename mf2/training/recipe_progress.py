@@ -1,0 +1,41 @@
+"""What keeps a long recipe run observable and safe to kill: progress lines with an ETA, and files that appear whole
+or not at all."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("mf2.recipe")
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """`np.savez` written aside and renamed: a kill never leaves half a file where a finished one is expected."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    with open(partial, "wb") as stream:
+        np.savez(stream, **arrays)
+    os.replace(partial, path)
+
+
+class Progress:
+    """Prints `stage: done/total, elapsed, ETA` lines (at most every `every` seconds)."""
+
+    def __init__(self, stage: str, every: float = 30.0):
+        self.stage, self.every, self.start, self.last = stage, every, time.perf_counter(), 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / max(done, 1) * (total - done)
+        logger.info("%s: %d/%d, %.0f s elapsed, ETA %.0f s", self.stage, done, total, elapsed, eta)
+
+
+__all__ = ["Progress", "save_npz"]
