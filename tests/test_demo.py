@@ -139,11 +139,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_serving(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
+def _wait_until_serving(url: str, server: subprocess.Popen, log: Path, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"mf2 demo exited with {server.returncode}:\n{server.stdout.read()}")
+            pytest.fail(f"mf2 demo exited with {server.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -196,17 +196,20 @@ def _snapshot(browser, expected: str, timeout: float = 30) -> None:
 
 @pytest.fixture
 def server(tmp_path):
-    """`python -m mf2.demo` on a free loopback port, its temporary folders under `tmp_path/temp`."""
+    """`python -m mf2.demo` on a free loopback port, its temporary folders under `tmp_path/temp`, its output in a
+    file."""
     temp = tmp_path / "temp"
     temp.mkdir()
     port = _free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
     process = subprocess.Popen([sys.executable, "-m", "mf2.demo", "--port", str(port)], env=env, cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    yield process, f"http://127.0.0.1:{port}/", temp
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    yield process, f"http://127.0.0.1:{port}/", temp, Path(log.name)
     if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
+    log.close()
 
 
 def test_the_page_in_a_real_browser(server, not_an_image):
@@ -214,10 +217,10 @@ def test_the_page_in_a_real_browser(server, not_an_image):
     from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, driver = _browser()
-    process, url, temp = server
+    process, url, temp, log = server
     browser = _chrome(chromium, driver)  # starts while the server loads its model
     try:
-        _wait_until_serving(url, process)
+        _wait_until_serving(url, process, log)
         status = _upload(browser, url, ASTRONAUT, "Found 1 face")
         assert "happiness" in status
         # the face's tab renders after the status: wait for its 12 AU bars and the emotion bars
