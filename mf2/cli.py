@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("mf2.analyze", "main", "faces in images, folders, videos → AUs and emotions as JSONL / CSV"),
     "caption": ("mf2.data.caption_dataset", "main", "fill the MFA caption columns of a dataset (template or LLM)"),
+    "demo": ("mf2.demo", "main", "the web demo (Gradio): photos, webcam, videos in a browser; needs mf2[demo]"),
     "encoders": ("mf2.encoders", "main", "fetch and convert the offline pretrained encoders into the cache"),
     "evaluate": ("mf2.training.evaluate", "main", "score a checkpoint (+ DFN adapter) on a labelled dataset"),
     "finetune": ("mf2.training.finetune", "main", "DFN fine-tuning of a frozen MF² (or full fine-tuning with --full)"),
