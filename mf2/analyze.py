@@ -33,14 +33,15 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from .default_model import DEFAULT_MODEL_NAME, DefaultModelMissingError, model_identity
+from .image_loading import AnimatedImageWarning
+from .image_processing_mf2 import NoFaceError
 from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError, NonFiniteOutputError
-from .processing_mf2 import AnimatedImageWarning, NoFaceError
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_video, video_info
+from .visualization import annotate
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 DEFAULT_BATCH_SIZE = 16
@@ -115,7 +116,7 @@ class _Input:
 
 def _read(index: int, path: InputPath, keep_image: bool) -> tuple[_Input, Image.Image | None]:
     """Read one image here, so an unreadable file becomes an error record in its place rather than ending the run."""
-    from .processing_mf2 import ImageInputError, load_image
+    from .image_loading import ImageInputError, load_image
 
     try:
         image = load_image(str(path), index)  # `main` silences its AnimatedImageWarning: the record says it
@@ -193,81 +194,6 @@ def _rounded(value: Any, digits: int = 6) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- drawing
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def annotate(
-    image: Image.Image, faces: list[dict], image_processor, thresholds: np.ndarray | None = None
-) -> Image.Image:
-    """The image with each face's box, landmarks and AU boxes (`image_processor.visualize`), its number and emotion
-    under the box, and a side panel per face: the top emotions and one probability bar per AU (threshold ticked,
-    active AUs filled).
-
-    `faces` are pipeline results computed with `return_features=True`.
-    """
-    canvas = image.convert("RGB")
-    for face in faces:
-        canvas = image_processor.visualize(canvas, face["features"], index=0)
-    draw = ImageDraw.Draw(canvas)
-    scale = max(canvas.height / 512, 0.6)
-    label_font = _font(max(10, int(14 * scale)))
-    for number, face in enumerate(faces):
-        x1, _, _, y2 = face["box"]
-        text = f"#{number} {face['emotion']['label']} {face['emotion']['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y2 + 3), text, font=label_font)
-        draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
-        draw.text((x1, y2 + 3), text, fill=(255, 255, 0), font=label_font)
-    if not faces:
-        return canvas
-    panels = [_face_panel(face, number, canvas.height, thresholds) for number, face in enumerate(faces)]
-    width = canvas.width + sum(panel.width for panel in panels)
-    sheet = Image.new("RGB", (width, max(canvas.height, max(panel.height for panel in panels))), (255, 255, 255))
-    sheet.paste(canvas, (0, 0))
-    x = canvas.width
-    for panel in panels:
-        sheet.paste(panel, (x, 0))
-        x += panel.width
-    return sheet
-
-
-def _face_panel(face: dict, number: int, height: int, thresholds: np.ndarray | None) -> Image.Image:
-    """Text and bars for one face, sized to the image height: as tall as the image on large ones (a fixed size was
-    unreadable beside a 4000-px photo), at least readable on small ones."""
-    aus = list(face["action_units"].items())
-    rows = len(aus) + len(face["emotions"]) + 3
-    line = max(14, height // rows)
-    font = _font(int(line * 0.7))
-    width = 16 * line
-    panel = Image.new("RGB", (width, max(height, rows * line + line)), (255, 255, 255))
-    draw = ImageDraw.Draw(panel)
-    y = line // 2
-    draw.text((line // 2, y), f"face #{number}", fill=(0, 0, 0), font=font)
-    y += line
-    for item in face["emotions"]:
-        draw.text((line // 2, y), f"{item['label']}: {item['score']:.2f}", fill=(0, 0, 160), font=font)
-        y += line
-    y += line // 2
-    bar_left, bar_right = 4 * line, width - 3 * line
-    active = set(face["active_action_units"])
-    for k, (name, probability) in enumerate(aus):
-        draw.text((line // 2, y), name, fill=(0, 0, 0), font=font)
-        top, bottom = y + line // 6, y + line - line // 6
-        draw.rectangle([bar_left, top, bar_right, bottom], outline=(120, 120, 120))
-        filled = bar_left + (bar_right - bar_left) * float(probability)
-        colour = (220, 60, 40) if name in active else (150, 170, 200)
-        draw.rectangle([bar_left, top, filled, bottom], fill=colour)
-        if thresholds is not None and k < len(thresholds):
-            tick = bar_left + (bar_right - bar_left) * float(thresholds[k])
-            draw.line([tick, top - 2, tick, bottom + 2], fill=(0, 0, 0), width=2)
-        draw.text((bar_right + line // 4, y), f"{probability:.2f}", fill=(0, 0, 0), font=font)
-        y += line
-    return panel
 
 
 def _annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:

@@ -30,7 +30,7 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
 from .facs import explain as explain_emotion
-from .processing_mf2 import ImageInputError
+from .image_loading import ImageInputError
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"

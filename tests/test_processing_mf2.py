@@ -12,7 +12,7 @@ from face_images import MIRROR_68, afw_rows, astronaut, data_dir, no_face, on_ca
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, BertTokenizer
 
-from mf2 import AU_NAMES, MF2Config, processing_mf2
+from mf2 import AU_NAMES, MF2Config, image_processing_mf2, processing_mf2
 from mf2.au_regions import AU_REGION_RECIPES, default_au_boxes
 from mf2.landmarks import FaceLandmarks, dlib_predictor_path
 from mf2.processing_mf2 import (
@@ -326,7 +326,7 @@ def test_a_detection_whose_landmarks_are_not_a_face_is_not_a_face(monkeypatch, m
         def detect(self, image):
             return [bogus, real]
 
-    monkeypatch.setattr(processing_mf2, "get_landmark_backend", lambda name, **kwargs: Stub())
+    monkeypatch.setattr(image_processing_mf2, "get_landmark_backend", lambda name, **kwargs: Stub())
     features = MF2ImageProcessor(landmark_backend="dlib", size=64)(astronaut(), multiple_faces=multiple_faces)
     np.testing.assert_allclose(features["face_boxes"].numpy(), [ASTRONAUT_FACE_BOX])
 
