@@ -396,7 +396,7 @@ class _Run:
                     f"--annotate a writable place"
                 ) from error
             self.call["return_features"] = True
-        self.thresholds = pipe._thresholds(args.threshold)
+        self.thresholds = pipe.thresholds(args.threshold)
         self.progress_off = True if args.no_progress else None  # None: tqdm is off when stderr is not a terminal
         self.used_names: set[str] = set()
         self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
