@@ -138,7 +138,8 @@ class MF2ImageProcessor(BaseImageProcessor):
             pixel values are in `[0, 1]`).
         no_face (`str`, *optional*, defaults to `"error"`): when an image has no face, `"error"` raises a
             `ValueError` naming it, `"fallback"` treats the whole image as an aligned crop (`landmark_backend` entry
-            `"template-fallback"`), `"skip"` leaves the image out (see `image_index`).
+            `"template-fallback"`), `"skip"` leaves the image out (see `image_index`; `"drop"`, its old spelling,
+            works with a `FutureWarning`).
         multiple_faces (`str`, *optional*, defaults to `"largest"`): keep the `"largest"` face of each image, or
             `"all"` (one output row per face, `image_index` says which image it came from). Both run the same
             detection; detections whose landmarks fail `implausible_landmarks` are not faces.

@@ -214,7 +214,10 @@ def load_processor(
     if processor is None:
         tokenizer_source = tokenizer_name or text_encoder or source
         if tokenizer_source is None:
-            raise ValueError("No tokenizer: pass --tokenizer_name, --text_encoder or a checkpoint with a processor.")
+            raise ValueError(
+                "No tokenizer: pass tokenizer_name or text_encoder (--tokenizer_name, --text_encoder in the training "
+                "scripts), or a checkpoint `source` that carries a processor."
+            )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         processor = MF2Processor.from_config(
             config, tokenizer, landmark_backend=landmark_backend, size=image_size or 224
