@@ -14,6 +14,10 @@ bar per AU.
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`, `mf2.default_model`).
 Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
 `model_trained`), read from the model's config.
+
+This module is the command: its parser, its checks and its run loop. The rest lives where it serves more than the
+command: the inputs and their one read in `mf2.inputs`, the records and writers in `mf2.records`, the drawing in
+`mf2.visualization`, the pipeline factory in `mf2.default_model`.
 """
 
 from __future__ import annotations
