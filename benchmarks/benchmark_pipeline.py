@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mf2.analyze import load_pipeline
+from mf2.default_model import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "images" / "astronaut.png"

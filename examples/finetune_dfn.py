@@ -23,9 +23,9 @@ from pathlib import Path
 from transformers import pipeline
 
 import mf2  # noqa: F401  (registers the "facial-state" task and the MF² classes with transformers)
+from mf2.processing_mf2 import load_saved_processor
 from mf2.training import finetune
 from mf2.training.evaluate import load_recognition_model
-from mf2.training.trainer import load_saved_processor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_mfa_dataset import build_mfa_dataset, make_demo_folder  # noqa: E402

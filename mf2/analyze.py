@@ -8,282 +8,51 @@ mf2 analyze photos/ --model path/or/hub-id --batch-size 16 --device cuda --expla
 
 One record per face (an image without a face gives one record with `"face": null`, an unreadable file one with
 `"error"`, and the run goes on). `--annotate DIR` writes a PNG per image (per sampled frame for videos) with the face
-box, landmarks and AU boxes (drawn by `MF2ImageProcessor.visualize`) and a panel with the emotion and one probability
+box, landmarks and AU boxes (`mf2.visualization.annotate`) and a panel with the emotion and one probability
 bar per AU.
 
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`, `mf2.default_model`).
 Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
 `model_trained`), read from the model's config.
+
+This module is the command: its parser, its checks and its run loop. The rest lives where it serves more than the
+command: the inputs and their one read in `mf2.inputs`, the records and writers in `mf2.records`, the drawing in
+`mf2.visualization`, the pipeline factory in `mf2.default_model`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import math
 import os
 import sys
 import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from .default_model import DEFAULT_MODEL_NAME, DefaultModelMissingError, model_identity
+from .default_model import (
+    DEFAULT_MODEL_NAME,
+    DefaultModelMissingError,
+    load_pipeline,
+    model_identity,
+    silence_loading_bars,
+)
+from .image_loading import AnimatedImageWarning
+from .image_processing_mf2 import NoFaceError
+from .inputs import InputPath, ReadImage, expand_paths, read_image
 from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError, NonFiniteOutputError
-from .processing_mf2 import AnimatedImageWarning, NoFaceError
-from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_video, video_info
+from .records import RecordWriter, annotation_name, face_records
+from .video import VideoDecodeError, is_video, video_info
+from .visualization import annotate
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 DEFAULT_BATCH_SIZE = 16
-
-# --------------------------------------------------------------------------------------------------- the model
-
-
-def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-                  trust_remote_code: bool = False, **options):  # fmt: skip
-    """`pipeline("facial-state", model=model, ...)` (importing `mf2` registered the task); `model` may be the short
-    name of the shipped model (`mf2.default_model.resolve_model`)."""
-    import torch
-    from transformers import pipeline
-
-    from .default_model import resolve_model
-
-    kwargs: dict[str, Any] = {"device": device} if device else {}
-    if dtype and dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
-    return pipeline(
-        "facial-state", model=resolve_model(model), trust_remote_code=trust_remote_code, **kwargs, **options
-    )
-
-
-# --------------------------------------------------------------------------------------------------- inputs
-
-
-InputPath = Path | str
-"""A local file (`Path`) or a URL (`str`, kept as given: `Path` would fold `http://` into `http:/`)."""
-
-
-def is_url(name: str) -> bool:
-    return name.startswith(("http://", "https://"))
-
-
-def expand_paths(paths: list[str], recursive: bool = True) -> list[InputPath]:
-    """Files to analyse, in a stable order: files and URLs as given; folders' images and videos, sorted.
-
-    Raises:
-        ValueError: a path does not exist, or a folder holds no image or video.
-    """
-    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    files: list[InputPath] = []
-    for name in paths:
-        if is_url(name):
-            files.append(name)
-            continue
-        path = Path(name)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in known)
-            if not found:
-                raise ValueError(f"Folder '{path}' holds no image or video ({', '.join(sorted(known))}).")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"No such file or folder: '{path}'.")
-    return files
-
-
-@dataclass
-class _Input:
-    """One image of the stream: read (`image`, kept only for annotation), or not (`error`, never fed to the model)."""
-
-    index: int
-    path: InputPath
-    image: Image.Image | None = None
-    error: str | None = None
-    warning: str | None = None
-
-
-def _read(index: int, path: InputPath, keep_image: bool) -> tuple[_Input, Image.Image | None]:
-    """Read one image here, so an unreadable file becomes an error record in its place rather than ending the run."""
-    from .processing_mf2 import ImageInputError, load_image
-
-    try:
-        image = load_image(str(path), index)  # `main` silences its AnimatedImageWarning: the record says it
-    except ImageInputError as error:
-        return _Input(index, path, error=error.describe(f"input {index}")), None
-    frames = image.info.get("n_frames", 1)
-    warning = None
-    if frames > 1:
-        warning = f"animated image of {frames} frames: only the first frame was analysed (convert it to a video)"
-    return _Input(index, path, image if keep_image else None, warning=warning), image
-
-
-# --------------------------------------------------------------------------------------------------- records
-
-
-def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JSON record per face (`face` numbers them within the image or frame); one `"face": null` record if none."""
-    if not faces:
-        return [{**source, "face": None, **common}]
-    records = []
-    for number, face in enumerate(faces):
-        record = {**source, "face": number}
-        record.update({key: value for key, value in face.items() if key not in ("features", "image_index")})
-        record.update(common)
-        records.append(record)
-    return records
-
-
-class RecordWriter:
-    """Writes records as JSON lines, or as CSV rows with a fixed column set (one column per AU and per emotion)."""
-
-    def __init__(self, stream: TextIO, fmt: str, au_names: list[str], emotion_labels: list[str]):
-        self.stream, self.fmt = stream, fmt
-        self.au_names, self.emotion_labels = au_names, emotion_labels
-        self._csv = None
-
-    def columns(self) -> list[str]:
-        return [
-            "path", "frame", "time", "face", "error", "warning", "x1", "y1", "x2", "y2", "emotion", "emotion_score",
-            *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
-            "landmark_backend", "explanation", "model", "model_version", "model_trained",
-        ]  # fmt: skip
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(_rounded(record), ensure_ascii=False) + "\n")
-            return
-        if self._csv is None:
-            self._csv = csv.DictWriter(self.stream, fieldnames=self.columns(), extrasaction="ignore")
-            self._csv.writeheader()
-        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "error", "warning",
-                                                "landmark_backend", "explanation", "model", "model_version", "model_trained")}  # fmt: skip
-        if record.get("box"):
-            row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
-        if record.get("emotion"):
-            row["emotion"], row["emotion_score"] = record["emotion"]["label"], round(record["emotion"]["score"], 6)
-            for item in record.get("emotions", []):
-                row[f"emotion_{item['label']}"] = round(item["score"], 6)
-        for name, probability in (record.get("action_units") or {}).items():
-            row[name] = round(probability, 6)
-        if "active_action_units" in record:
-            row["active_action_units"] = ";".join(record["active_action_units"])
-        self._csv.writerow(row)
-
-
-def _rounded(value: Any, digits: int = 6) -> Any:
-    """Floats rounded for readable JSON (probabilities to 1e-6, pixel coordinates to 1e-2 is plenty)."""
-    if isinstance(value, float):
-        return round(value, digits) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _rounded(item, 2 if key in ("box", "landmarks") else digits) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_rounded(item, digits) for item in value]
-    return value
-
-
-# --------------------------------------------------------------------------------------------------- drawing
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def annotate(
-    image: Image.Image, faces: list[dict], image_processor, thresholds: np.ndarray | None = None
-) -> Image.Image:
-    """The image with each face's box, landmarks and AU boxes (`image_processor.visualize`), its number and emotion
-    under the box, and a side panel per face: the top emotions and one probability bar per AU (threshold ticked,
-    active AUs filled).
-
-    `faces` are pipeline results computed with `return_features=True`.
-    """
-    canvas = image.convert("RGB")
-    for face in faces:
-        canvas = image_processor.visualize(canvas, face["features"], index=0)
-    draw = ImageDraw.Draw(canvas)
-    scale = max(canvas.height / 512, 0.6)
-    label_font = _font(max(10, int(14 * scale)))
-    for number, face in enumerate(faces):
-        x1, _, _, y2 = face["box"]
-        text = f"#{number} {face['emotion']['label']} {face['emotion']['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y2 + 3), text, font=label_font)
-        draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
-        draw.text((x1, y2 + 3), text, fill=(255, 255, 0), font=label_font)
-    if not faces:
-        return canvas
-    panels = [_face_panel(face, number, canvas.height, thresholds) for number, face in enumerate(faces)]
-    width = canvas.width + sum(panel.width for panel in panels)
-    sheet = Image.new("RGB", (width, max(canvas.height, max(panel.height for panel in panels))), (255, 255, 255))
-    sheet.paste(canvas, (0, 0))
-    x = canvas.width
-    for panel in panels:
-        sheet.paste(panel, (x, 0))
-        x += panel.width
-    return sheet
-
-
-def _face_panel(face: dict, number: int, height: int, thresholds: np.ndarray | None) -> Image.Image:
-    """Text and bars for one face, sized to the image height: as tall as the image on large ones (a fixed size was
-    unreadable beside a 4000-px photo), at least readable on small ones."""
-    aus = list(face["action_units"].items())
-    rows = len(aus) + len(face["emotions"]) + 3
-    line = max(14, height // rows)
-    font = _font(int(line * 0.7))
-    width = 16 * line
-    panel = Image.new("RGB", (width, max(height, rows * line + line)), (255, 255, 255))
-    draw = ImageDraw.Draw(panel)
-    y = line // 2
-    draw.text((line // 2, y), f"face #{number}", fill=(0, 0, 0), font=font)
-    y += line
-    for item in face["emotions"]:
-        draw.text((line // 2, y), f"{item['label']}: {item['score']:.2f}", fill=(0, 0, 160), font=font)
-        y += line
-    y += line // 2
-    bar_left, bar_right = 4 * line, width - 3 * line
-    active = set(face["active_action_units"])
-    for k, (name, probability) in enumerate(aus):
-        draw.text((line // 2, y), name, fill=(0, 0, 0), font=font)
-        top, bottom = y + line // 6, y + line - line // 6
-        draw.rectangle([bar_left, top, bar_right, bottom], outline=(120, 120, 120))
-        filled = bar_left + (bar_right - bar_left) * float(probability)
-        colour = (220, 60, 40) if name in active else (150, 170, 200)
-        draw.rectangle([bar_left, top, filled, bottom], fill=colour)
-        if thresholds is not None and k < len(thresholds):
-            tick = bar_left + (bar_right - bar_left) * float(thresholds[k])
-            draw.line([tick, top - 2, tick, bottom + 2], fill=(0, 0, 0), width=2)
-        draw.text((bar_right + line // 4, y), f"{probability:.2f}", fill=(0, 0, 0), font=font)
-        y += line
-    return panel
-
-
-def _annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:
-    from urllib.parse import urlparse
-
-    stem = Path(urlparse(path).path).stem if isinstance(path, str) else path.stem
-    stem = stem or "image"
-    stem = stem if frame is None else f"{stem}_frame{frame:06d}"
-    name, k = f"{stem}.png", 1
-    while name in used:  # two inputs with the same stem (different folders) must not overwrite each other
-        name, k = f"{stem}-{k}.png", k + 1
-    used.add(name)
-    return name
-
-
-# --------------------------------------------------------------------------------------------------- command
 
 
 class UsageError(Exception):
@@ -470,7 +239,7 @@ class _Run:
                     f"--annotate a writable place"
                 ) from error
             self.call["return_features"] = True
-        self.thresholds = pipe._thresholds(args.threshold)
+        self.thresholds = pipe.thresholds(args.threshold)
         self.progress_off = True if args.no_progress else None  # None: tqdm is off when stderr is not a terminal
         self.used_names: set[str] = set()
         self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
@@ -487,7 +256,7 @@ class _Run:
         self.emit([{"path": str(path), **where, "face": None, "error": message, **self.common}])
 
     def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
-        name = _annotation_name(path, frame, self.used_names)
+        name = annotation_name(path, frame, self.used_names)
         annotate(image, faces, self.pipe.image_processor, self.thresholds).save(self.annotate_dir / name)
 
     def run(self, files: list[InputPath]) -> None:
@@ -505,14 +274,14 @@ class _Run:
         file is never fed to the pipeline; its error record is written in its place among the results."""
         from tqdm.auto import tqdm
 
-        in_flight: deque[_Input] = deque()  # read but not yet written, in input order
+        in_flight: deque[ReadImage] = deque()  # read but not yet written, in input order
         keep_images = self.annotate_dir is not None
 
-        fed: list[_Input] = []  # by position in the pipeline's input, which leaves unreadable files out
+        fed: list[ReadImage] = []  # by position in the pipeline's input, which leaves unreadable files out
 
         def feed():
             for index, path in inputs:
-                entry, image = _read(index, path, keep_images)
+                entry, image = read_image(index, path, keep_images)
                 in_flight.append(entry)
                 if image is not None:
                     fed.append(entry)
@@ -617,26 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _silence_loading_bars() -> Callable[[], None]:
-    """`--no-progress` also covers the weight-loading and download bars of transformers and huggingface_hub. Returns
-    what puts them back (the switches are process-wide; `main` may be called from Python)."""
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    transformers_on = transformers.utils.logging.is_progress_bar_enabled()
-    hub_on = not huggingface_hub.utils.are_progress_bars_disabled()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-    def restore() -> None:
-        if transformers_on:
-            transformers.utils.logging.enable_progress_bar()
-        if hub_on:
-            huggingface_hub.utils.enable_progress_bars()
-
-    return restore
-
-
 def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
     # Everything the command line alone can tell is checked before the (slow) model loading.
@@ -650,7 +399,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         raise UsageError(str(error)) from error
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     if args.no_progress:
-        cleanup.callback(_silence_loading_bars())
+        cleanup.callback(silence_loading_bars())
 
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
@@ -690,12 +439,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = [
-    "AnalyzeError",
-    "UsageError",
-    "annotate",
-    "expand_paths",
-    "face_records",
-    "load_pipeline",
-    "main",
-]
+__all__ = ["AnalyzeError", "UsageError", "build_parser", "main"]

@@ -21,6 +21,9 @@ LOSS_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 """Every loss term of `MF2ForPreTraining`; `MF2Config.loss_weights` is keyed by these names."""
 
+DEFAULT_AU_THRESHOLD = 0.5
+"""Decision threshold of an AU probability when the config stores no tuned `au_thresholds`."""
+
 # Vision encoders from transformers whose output is `[prefix tokens; patch grid]`, which the AU pooling needs.
 SUPPORTED_VISION_MODEL_TYPES: tuple[str, ...] = ("vit", "dinov2", "dinov2_with_registers", "deit")
 
@@ -157,6 +160,16 @@ class MF2Config(PreTrainedConfig):
         return len(self.au_names)
 
     @property
+    def au_decision_thresholds(self) -> list[float]:
+        """The per-AU thresholds in use, one per AU: the tuned `au_thresholds`, else `DEFAULT_AU_THRESHOLD` each.
+
+        The one place that decides it: the pipeline, `mf2 analyze` and the training metrics all read it here.
+        """
+        if self.au_thresholds:
+            return [float(value) for value in self.au_thresholds]
+        return [DEFAULT_AU_THRESHOLD] * self.num_aus
+
+    @property
     def emotion_labels(self) -> list[str]:
         return [self.id2label[index] for index in range(len(self.id2label))]
 
@@ -211,4 +224,4 @@ class MF2Config(PreTrainedConfig):
             )
 
 
-__all__ = ["AU_NAMES", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config"]
+__all__ = ["AU_NAMES", "DEFAULT_AU_THRESHOLD", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config"]

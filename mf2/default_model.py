@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,42 @@ def model_identity(config: Any, name_or_path: str | os.PathLike | None = None) -
     }
 
 
+def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
+                  trust_remote_code: bool = False, **options):  # fmt: skip
+    """The facial-state pipeline of `model`: `pipeline("facial-state", model=model, ...)` (importing `mf2` registered
+    the task), where `model` may be the short name of the shipped model (`resolve_model`) and `dtype` a name
+    ("float16"; "auto" or `None` keeps the checkpoint's)."""
+    import torch
+    from transformers import pipeline
+
+    kwargs: dict[str, Any] = {"device": device} if device else {}
+    if dtype and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    return pipeline(
+        "facial-state", model=resolve_model(model), trust_remote_code=trust_remote_code, **kwargs, **options
+    )
+
+
+def silence_loading_bars() -> Callable[[], None]:
+    """Switch off the weight-loading and download bars of transformers and huggingface_hub (`mf2 analyze
+    --no-progress`). Returns what puts them back (the switches are process-wide; the CLI may be called from Python)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers_on = transformers.utils.logging.is_progress_bar_enabled()
+    hub_on = not huggingface_hub.utils.are_progress_bars_disabled()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+    def restore() -> None:
+        if transformers_on:
+            transformers.utils.logging.enable_progress_bar()
+        if hub_on:
+            huggingface_hub.utils.enable_progress_bars()
+
+    return restore
+
+
 def _snapshot_revision(folder: Path) -> str:
     """A 40-hex "commit" naming this exact copy of the shipped files (their names, sizes and modification times)."""
     digest = hashlib.sha1()
@@ -117,7 +154,9 @@ __all__ = [
     "DefaultModelMissingError",
     "check_default_model",
     "default_model_path",
+    "load_pipeline",
     "model_identity",
     "register_in_hub_cache",
     "resolve_model",
+    "silence_loading_bars",
 ]

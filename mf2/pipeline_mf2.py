@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,13 @@ import torch
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
+from .face_stream import FaceStream, InputError
 from .facs import explain as explain_emotion
-from .processing_mf2 import ImageInputError
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"
 """Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
 DEFAULT_TOP_K = 3
-DEFAULT_THRESHOLD = 0.5
 
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
 PREPROCESS_OPTIONS = ("no_face", "multiple_faces", "landmark_backend", "max_detection_size", "backend_kwargs")
@@ -46,21 +44,6 @@ VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "s
                  "max_frames": "max_frames"}  # fmt: skip
 # Image processor outputs the pipeline carries from `preprocess` to `postprocess` beside the model inputs.
 _FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend")
-
-
-class InputError(ValueError):
-    """An input the pipeline cannot analyse (unreadable, or without a face under `no_face="error"`).
-
-    Attributes:
-        index: the input's position in the pipeline's input (list, generator or video's sampled frames).
-        path: the input's file or URL, when it was given as one (else `None`).
-        reason: what is wrong, without the input's name. The processor's error (`ImageInputError`, `NoFaceError`,
-            with its own fields) is the `__cause__`.
-    """
-
-    def __init__(self, message: str, index: int, path: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.index, self.path, self.reason = index, path, reason if reason is not None else message
 
 
 class NonFiniteOutputError(ValueError):
@@ -169,19 +152,24 @@ class FacialStatePipeline(Pipeline):
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
         if "threshold" in postprocess:
-            postprocess["threshold"] = self._thresholds(postprocess["threshold"])
+            postprocess["threshold"] = self.thresholds(postprocess["threshold"])
         return preprocess, {}, postprocess
 
-    def _thresholds(self, threshold: float | dict | Sequence[float] | None) -> np.ndarray:
-        """Per-AU thresholds: the argument, else `config.au_thresholds`, else 0.5 for every AU."""
+    def thresholds(self, threshold: float | dict | Sequence[float] | None = None) -> np.ndarray:
+        """The per-AU thresholds a call uses: `threshold` (one value, a dict AU name → value, or one per AU), else
+        the model's own (`config.au_decision_thresholds`: the tuned `au_thresholds`, 0.5 where unset).
+
+        Raises:
+            ValueError: unknown AU names, a wrong count, or values outside [0, 1].
+        """
         names = list(self.model.config.au_names)
+        defaults = self.model.config.au_decision_thresholds
         if threshold is None:
-            threshold = getattr(self.model.config, "au_thresholds", None) or DEFAULT_THRESHOLD
+            threshold = defaults
         if isinstance(threshold, dict):
             unknown = set(threshold) - set(names)
             if unknown:
                 raise ValueError(f"`threshold` names unknown AUs {sorted(unknown)}; the model's AUs are {names}.")
-            defaults = self._thresholds(None)
             values = np.array([threshold.get(name, default) for name, default in zip(names, defaults)], np.float64)
         elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
             values = np.full(len(names), float(threshold))
@@ -228,7 +216,7 @@ class FacialStatePipeline(Pipeline):
         config = self.model.config
         au_names = list(config.au_names)
         labels = [config.id2label[index] for index in range(len(config.id2label))]
-        thresholds = self._thresholds(None) if threshold is None else threshold
+        thresholds = self.thresholds() if threshold is None else threshold
         finite = torch.isfinite(model_outputs["au_logits"]).all(-1) & torch.isfinite(
             model_outputs["emotion_logits"]
         ).all(-1)
@@ -286,9 +274,8 @@ class FacialStatePipeline(Pipeline):
 
     def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
         # Same code path as lists, so a single image and a batch give the same results by construction.
-        items = [(inputs, {})]
-        stream = self._stream(items, 1, 0, preprocess_params, forward_params, postprocess_params)
-        return next(stream)[1]
+        stream = FaceStream(self, 1, 0, preprocess_params, forward_params, postprocess_params)
+        return next(stream([(inputs, {})]))[1]
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         """Results of a list, dataset or generator in input order, streamed.
@@ -297,8 +284,8 @@ class FacialStatePipeline(Pipeline):
         one or several faces, so inputs are batched by faces and the outputs regrouped per input.
         """
         items = ((item, {"image_index": index}) for index, item in enumerate(inputs))
-        stream = self._stream(items, batch_size, num_workers, preprocess_params, forward_params, postprocess_params)
-        return (faces for _, faces in stream)
+        stream = FaceStream(self, batch_size, num_workers, preprocess_params, forward_params, postprocess_params)
+        return (faces for _, faces in stream(items))
 
     def video(
         self,
@@ -344,10 +331,11 @@ class FacialStatePipeline(Pipeline):
         frames = read_frames(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)
         batch_size = batch_size or self._batch_size or 1
         num_workers = num_workers if num_workers is not None else self._num_workers
-        stages = (preprocess_params, forward_params, postprocess_params)
-        return self._video_results(frames, batch_size, num_workers, return_frames, *stages)
+        stream = FaceStream(self, batch_size, num_workers, preprocess_params, forward_params, postprocess_params)
+        return self._video_results(frames, stream, return_frames)
 
-    def _video_results(self, frames, batch_size, num_workers, return_frames, *stages):
+    @staticmethod
+    def _video_results(frames, stream: FaceStream, return_frames: bool) -> Iterator[dict[str, Any]]:
         images: deque[np.ndarray] = deque()  # frames in flight, only when the caller wants them back
         failures: list[VideoDecodeError] = []
 
@@ -360,91 +348,13 @@ class FacialStatePipeline(Pipeline):
             except VideoDecodeError as error:
                 failures.append(error)  # end the input here, so the frames decoded so far still get their results
 
-        for extra, faces in self._stream(items(), batch_size, num_workers, *stages):
+        for extra, faces in stream(items()):
             result = {**extra, "faces": faces}
             if return_frames:
                 result["image"] = images.popleft()  # results come out in input order
             yield result
         if failures:
             raise failures[0]
-
-    # ------------------------------------------------------------------ streaming engine
-
-    def _stream(
-        self,
-        items: Iterable[tuple[Any, dict[str, Any]]],
-        batch_size: int,
-        num_workers: int | None,
-        preprocess_params: dict,
-        forward_params: dict,
-        postprocess_params: dict,
-    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """`(extra, faces)` per `(input, extra)` item, in order; `extra`'s fields are copied into every face.
-
-        Inputs are preprocessed in worker threads up to `batch_size + 2 * workers` items ahead; faces are gathered
-        until `batch_size` of them fill a forward pass; each input's faces then go through `postprocess` together.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        workers = num_workers if num_workers else (self.image_processor.num_workers or min(os.cpu_count() or 1, 4))
-        pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        num_faces = 0
-        for extra, model_inputs in self._prepared(items, preprocess_params, int(workers), batch_size):
-            count = len(model_inputs["pixel_values"])
-            if pending and num_faces + count > batch_size:
-                yield from self._run_batch(pending, forward_params, postprocess_params)
-                pending, num_faces = [], 0
-            pending.append((extra, model_inputs))
-            num_faces += count
-            if num_faces >= batch_size:
-                yield from self._run_batch(pending, forward_params, postprocess_params)
-                pending, num_faces = [], 0
-        if pending:
-            yield from self._run_batch(pending, forward_params, postprocess_params)
-
-    def _prepared(self, items, preprocess_params: dict, workers: int, batch_size: int):
-        """`(extra, model_inputs)` in input order; preprocessing runs ahead in a bounded pool of threads."""
-        lookahead = batch_size + 2 * workers
-        queue: deque[tuple[int, Any, dict[str, Any], Future]] = deque()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mf2-pipeline") as executor:
-            try:
-                for index, (item, extra) in enumerate(items):
-                    future = executor.submit(self.preprocess, item, **preprocess_params)
-                    queue.append((index, item, extra, future))
-                    if len(queue) >= lookahead:
-                        yield self._collect(queue.popleft())
-                while queue:
-                    yield self._collect(queue.popleft())
-            finally:
-                for *_, future in queue:  # stopped early (error or the caller stopped iterating)
-                    future.cancel()
-
-    @staticmethod
-    def _collect(entry) -> tuple[dict[str, Any], dict[str, Any]]:
-        index, item, extra, future = entry
-        try:
-            return extra, future.result()
-        except ValueError as error:
-            raise _input_error(error, index, item, extra) from error
-
-    def _run_batch(self, pending, forward_params: dict, postprocess_params: dict):
-        counts = [len(model_inputs["pixel_values"]) for _, model_inputs in pending]
-        batch = {
-            "pixel_values": torch.cat([model_inputs["pixel_values"] for _, model_inputs in pending]),
-            "au_boxes": torch.cat([model_inputs["au_boxes"] for _, model_inputs in pending]),
-        }
-        outputs = self.forward(batch, **forward_params)
-        start = 0
-        for (extra, model_inputs), count in zip(pending, counts):
-            per_input = dict(model_inputs)
-            per_input["au_logits"] = outputs["au_logits"][start : start + count]
-            per_input["emotion_logits"] = outputs["emotion_logits"][start : start + count]
-            start += count
-            try:
-                faces = self.postprocess(per_input, **postprocess_params)
-            except NonFiniteOutputError as error:
-                raise _input_error(error, extra.get("image_index", 0), None, extra) from error
-            yield extra, [{**extra, **face} for face in faces]
 
     # ------------------------------------------------------------------ saving
 
@@ -523,21 +433,6 @@ def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().float().numpy()
     return np.asarray(value)
-
-
-def _input_error(error: ValueError, index: int, item: Any, extra: dict[str, Any]) -> InputError:
-    """The pipeline's error for a failed input, naming it by its position in the pipeline's input (or video frame):
-    the processor saw it alone, as its "image 0"."""
-    if "frame" in extra:
-        where = f"frame {extra['frame']} (t={extra['time']:.3f} s)"
-    else:
-        where = f"input {extra.get('image_index', index)}"
-    position = extra.get("image_index", index)
-    if isinstance(error, ImageInputError):
-        return InputError(error.describe(where), position, error.path, error.reason)
-    path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
-    named = f" ('{path}')" if path is not None else ""
-    return InputError(f"{where}{named}: {error}", position, path, str(error))
 
 
 __all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "NonFiniteOutputError", "explanation"]

@@ -14,6 +14,7 @@ from test_pipeline_mf2 import save_tiny_checkpoint
 
 from mf2 import AU_NAMES, analyze
 from mf2.cli import main as cli_main
+from mf2.inputs import expand_paths
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
@@ -129,7 +130,7 @@ def test_bad_flags_end_in_one_clear_line(checkpoint, tmp_path, capsys, monkeypat
 
 def test_urls_are_kept_as_given(checkpoint, tmp_path):
     url = "http://127.0.0.1:9/photos/face.png"  # port 9: refused at once
-    assert analyze.expand_paths([url, str(EXAMPLES / "astronaut.png")])[0] == url
+    assert expand_paths([url, str(EXAMPLES / "astronaut.png")])[0] == url
     output = tmp_path / "out.jsonl"
     assert cli_main(["analyze", url, "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 1
     (record,) = read_jsonl(output)
@@ -222,16 +223,6 @@ def test_an_animated_gif_says_only_its_first_frame_is_analysed(checkpoint, tmp_p
     animated, still = read_jsonl(output)
     assert animated["face"] == 0 and "animated image of 3 frames: only the first frame" in animated["warning"]
     assert "warning" not in still
-
-
-def test_annotation_panel_scales_with_a_large_image(checkpoint):
-    from transformers import pipeline
-
-    pipe = pipeline("facial-state", model=str(checkpoint), device="cpu")
-    big = Image.fromarray(astronaut()).resize((2048, 2048))
-    faces = pipe(big, return_features=True)
-    sheet = analyze.annotate(big, faces, pipe.image_processor)
-    assert sheet.width - big.width > big.height // 2  # the panel grows with the image (it was 448 px at most)
 
 
 def test_no_progress_silences_the_weight_loading_bar(checkpoint, tmp_path, capsys):

@@ -2,6 +2,7 @@ import pytest
 from transformers import AutoConfig, Blip2QFormerConfig, Dinov2Config, ViTConfig
 
 from mf2 import AU_NAMES, EMOTION_LABELS, MF2Config
+from mf2.configuration_mf2 import DEFAULT_AU_THRESHOLD
 
 
 def test_default_config_is_paper_size():
@@ -55,3 +56,10 @@ def test_sub_configs_accept_dicts_and_round_trip(tmp_path):
 def test_invalid_combinations_raise_clear_errors(overrides, message):
     with pytest.raises(Exception, match=message):
         MF2Config(**overrides)
+
+
+def test_au_decision_thresholds_are_the_tuned_ones_else_the_default():
+    config = MF2Config()
+    assert config.au_decision_thresholds == [DEFAULT_AU_THRESHOLD] * len(AU_NAMES)
+    tuned = [round(0.1 + 0.05 * k, 2) for k in range(len(AU_NAMES))]
+    assert MF2Config(au_thresholds=tuned).au_decision_thresholds == tuned

@@ -8,6 +8,7 @@ import pytest
 from face_images import astronaut, no_face
 
 from mf2 import landmarks as lm
+from mf2 import landmarks_fan
 from mf2.au_regions import canonical_landmarks
 
 ASTRONAUT_DLIB_BOX = np.array([179, 83, 267, 171])  # dlib's box on the astronaut, x1 y1 x2 y2
@@ -120,7 +121,8 @@ def test_fan_failed_download_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("MF2_OFFLINE", raising=False)
-    monkeypatch.setattr(lm, "FAN_WEIGHTS_URL", "http://127.0.0.1:9/2DFAN4-11f355bf06.pth.tar")  # refused at once
+    refused = "http://127.0.0.1:9/2DFAN4-11f355bf06.pth.tar"  # a closed port: refused at once
+    monkeypatch.setattr(landmarks_fan, "FAN_WEIGHTS_URL", refused)
     with pytest.raises(lm.MissingModelFileError, match="download from http://127.0.0.1:9/.* failed"):
         lm.FaceAlignmentBackend()
     assert not any((tmp_path / "hub" / "checkpoints").iterdir())  # no partial file left as if it were the weights

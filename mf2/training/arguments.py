@@ -38,12 +38,12 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..image_processing_mf2 import DEPRECATED_NO_FACE, NO_FACE_CHOICES
 from .stages import STAGES, TASKS
 
 LABEL_NAMES: list[str] = ["au_labels", "emotion_labels"]
 """Batch keys holding the labels, in the order `Trainer` hands them to `compute_metrics`."""
 
-NO_FACE_CHOICES = ("fallback", "drop", "error")
 PIXEL_FORMATS = ("uint8", "float32")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 
@@ -135,8 +135,8 @@ class MF2ScriptArguments:
         default="fallback",
         metadata={
             "help": "Rows where no face is found: 'fallback' treats the image as an aligned crop (template "
-            "landmarks), 'drop' removes the row, 'error' stops.",
-            "choices": list(NO_FACE_CHOICES),
+            "landmarks), 'skip' removes the row ('drop' is its deprecated spelling), 'error' stops.",
+            "choices": [*NO_FACE_CHOICES, *DEPRECATED_NO_FACE],
         },
     )
     pixel_format: str = field(

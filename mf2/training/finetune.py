@@ -166,7 +166,7 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
         results.append({"fold": fold, "test_groups": groups, "train_rows": len(train_rows), "test_rows": len(test_rows),
                         "train_seconds": train_seconds, "au_thresholds": thresholds, **metrics})  # fmt: skip
         test_parts["fold"] = np.full(len(test_rows), fold)
-        test_parts["thresholds"] = np.tile(np.asarray(thresholds if thresholds else [0.5] * config.num_aus),
+        test_parts["thresholds"] = np.tile(np.asarray(thresholds or config.au_decision_thresholds),
                                            (len(test_rows), 1))  # fmt: skip
         pooled.append(test_parts)
         logger.info(

@@ -280,7 +280,7 @@ def stage_repository(
 ) -> Path:
     """Write the repository's content into `output_dir`: model, processor, adapter (in `dfn/`) and `README.md`."""
     from ..pipeline_mf2 import FacialStatePipeline
-    from .trainer import load_saved_processor
+    from ..processing_mf2 import load_saved_processor
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..configuration_mf2 import AU_NAMES, EMOTION_LABELS
+from ..configuration_mf2 import AU_NAMES, DEFAULT_AU_THRESHOLD, EMOTION_LABELS
 
 UNKNOWN = -1
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = DEFAULT_AU_THRESHOLD  # the config decides it: `MF2Config.au_decision_thresholds`
 # Candidate thresholds of `tune_au_thresholds`: strictly inside (0, 1), as `MF2Config.validate_mf2` requires.
 THRESHOLD_GRID: np.ndarray = np.round(np.arange(0.02, 0.99, 0.01), 2)
 

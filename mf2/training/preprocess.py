@@ -10,7 +10,7 @@ Rows without a detectable face follow `no_face`:
 
 - `"fallback"` (default): the image is treated as an already aligned face crop (template landmarks, the whole image
   resized); the row keeps `face_found=False` so that it can be counted or filtered later.
-- `"drop"`: the row is removed.
+- `"skip"`: the row is removed (`"drop"`, the old spelling, still works with a `FutureWarning`).
 - `"error"`: pre-processing stops at the first such row.
 
 Data specs (`--train_data`, `--eval_data`) read `SOURCE:PATH[,key=value...]`:
@@ -41,7 +41,13 @@ from datasets import Array2D, Array3D, Dataset, DatasetDict, Features, List, Val
 from PIL import Image
 
 from ..au_regions import default_au_boxes
-from ..processing_mf2 import FALLBACK_LABEL, MF2ImageProcessor
+from ..image_processing_mf2 import (
+    DEPRECATED_NO_FACE,
+    FALLBACK_LABEL,
+    NO_FACE_CHOICES,
+    MF2ImageProcessor,
+    resolve_no_face,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,6 @@ PREPROCESS_VERSION = 1
 
 SOURCES: tuple[str, ...] = ("mfa", "ferplus", "ckplus")
 DEFAULT_BACKENDS: dict[str, str | None] = {"mfa": None, "ferplus": "template", "ckplus": "dlib"}
-NO_FACE_CHOICES: tuple[str, ...] = ("fallback", "drop", "error")
 PROCESSED_COLUMNS: tuple[str, ...] = (
     "pixel_values",
     "au_boxes",
@@ -90,7 +95,7 @@ class DataSpec:
                                  "landmark_backend, no_face.")  # fmt: skip
             values[key] = int(value) if key in ("max_samples", "seed") else value
         spec = cls(source=source, path=path, **values)
-        if spec.no_face is not None and spec.no_face not in NO_FACE_CHOICES:
+        if spec.no_face is not None and spec.no_face not in (*NO_FACE_CHOICES, *DEPRECATED_NO_FACE):
             raise ValueError(f"Data spec {text!r}: no_face must be one of {NO_FACE_CHOICES}.")
         return spec
 
@@ -195,15 +200,14 @@ def preprocess_dataset(
         image_processor: the processor; its `size`, `landmark_backend`, normalisation and AU names are used.
         cache_dir: folder of the cached Arrow file (`preprocess-<fingerprint>.arrow`). `None` keeps the result in
             the `datasets` cache of the input (or in memory for an in-memory input).
-        no_face: "fallback", "drop" or "error" (module docstring).
+        no_face: "fallback", "skip" or "error" (module docstring; "drop" is the deprecated spelling of "skip").
         pixel_format: "uint8" (4x smaller; `MF2DataCollator` normalises) or "float32" (normalised here).
         batch_size, num_proc: of the `datasets.map` call.
     """
-    if no_face not in NO_FACE_CHOICES:
-        raise ValueError(f"no_face must be one of {NO_FACE_CHOICES}, got {no_face!r}.")
+    no_face = resolve_no_face(no_face)
     if pixel_format not in ("uint8", "float32"):
         raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}.")
-    options = image_processor._options({})
+    options = image_processor.resolve_options()
     size, num_aus = options["size"], len(options["au_names"])
     # Boxes per AU, for the fixed-shape column (the canonical face has the same layout as any detected one).
     boxes_per_au = np.asarray(default_au_boxes(options["au_names"])).shape[1]
@@ -260,7 +264,7 @@ def preprocess_dataset(
         new_fingerprint=fingerprint,
         desc=desc or "detect, align, AU boxes",
     )
-    if no_face == "drop":
+    if no_face == "skip":
         before = len(processed)
         processed = processed.filter(
             lambda found: found, input_columns=["face_found"], batched=False,

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, Trainer
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
-from transformers.utils import cached_file
 
 from ..configuration_mf2 import LOSS_NAMES
+from ..processing_mf2 import load_processor as _load_processor
+from ..processing_mf2 import load_saved_processor  # re-exported: it lived here before the processing layer had it
 from .metrics import compute_mf2_metrics, sigmoid
 
 logger = logging.getLogger(__name__)
@@ -239,58 +240,12 @@ def resolve_encoders(vision: str | None, text: str | None) -> tuple[str | None, 
 
 
 def load_processor(script_args, config, text_encoder: str | None = None):
-    """The `MF2Processor` of a run.
-
-    From `--model_name_or_path` when the checkpoint carries a processor, else built for `config`
-    (`MF2Processor.from_config`) with the tokenizer of `--tokenizer_name`, the text encoder or the checkpoint, the
-    `--landmark_backend` and `--image_size` (default 224, Table VI). An explicit `--image_size` also overrides a
-    loaded processor's crop size.
-    """
-    from ..processing_mf2 import MF2ImageProcessor, MF2Processor
-
-    source = script_args.model_name_or_path
-    processor = None
-    if source and script_args.tokenizer_name is None and _has_processor(source):
-        processor = load_saved_processor(source)
-    if processor is None:
-        tokenizer_source = script_args.tokenizer_name or text_encoder or source
-        if tokenizer_source is None:
-            raise ValueError("No tokenizer: pass --tokenizer_name, --text_encoder or a checkpoint with a processor.")
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        processor = MF2Processor.from_config(
-            config, tokenizer, landmark_backend=script_args.landmark_backend, size=script_args.image_size or 224
-        )
-    if script_args.image_size and processor.image_processor.size != script_args.image_size:
-        processor.image_processor.size = script_args.image_size
-    if not isinstance(processor.image_processor, MF2ImageProcessor):
-        raise TypeError(f"Expected an MF2ImageProcessor, got {type(processor.image_processor).__name__}.")
-    return processor
-
-
-def _has_processor(source: str) -> bool:
-    path = Path(source)
-    return path.is_dir() and any(
-        (path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
-    )
-
-
-def load_saved_processor(source: str):
-    """`MF2Processor.from_pretrained`, or assembled from its saved parts when the Auto* classes are not registered."""
-    from ..processing_mf2 import MF2ImageProcessor, MF2Processor
-
-    try:
-        return MF2Processor.from_pretrained(source)
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        logger.info("MF2Processor.from_pretrained(%s) failed (%s); assembling it from its parts.", source, error)
-    image_processor = MF2ImageProcessor.from_pretrained(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    lengths = {}
-    # A local folder or a Hub repository alike; the caption lengths are MF2Processor's own fields.
-    config_file = cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False)
-    if config_file is not None:
-        saved = json.loads(Path(config_file).read_text())
-        lengths = {key: saved[key] for key in ("emotion_caption_max_length", "au_caption_max_length") if key in saved}
-    return MF2Processor(image_processor, tokenizer, **lengths)
+    """The `MF2Processor` of a run (`mf2.processing_mf2.load_processor`) from its `--model_name_or_path`,
+    `--tokenizer_name`, `--landmark_backend` and `--image_size`."""
+    return _load_processor(
+        config, script_args.model_name_or_path, tokenizer_name=script_args.tokenizer_name, text_encoder=text_encoder,
+        landmark_backend=script_args.landmark_backend, image_size=script_args.image_size,
+    )  # fmt: skip
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:

@@ -26,7 +26,7 @@ RELOAD = textwrap.dedent(
     from mf2 import MF2ForFacialStateRecognition
     from mf2.dfn import DFNModel
     from mf2.training.evaluate import read_thresholds
-    from mf2.training.trainer import load_saved_processor
+    from mf2.processing_mf2 import load_saved_processor
 
     repo, model_dir, adapter_dir = sys.argv[1:4]
     image = (np.arange(40 * 44 * 3) % 251).astype(np.uint8).reshape(40, 44, 3)

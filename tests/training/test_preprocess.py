@@ -57,7 +57,9 @@ def test_rows_without_a_face(dataset, tmp_path):
     fallback = preprocess_dataset(dataset, processor, tmp_path)
     assert len(fallback) == 10 and not any(fallback["face_found"])
     assert set(fallback["landmark_backend"]) == {"template-fallback"}
-    assert len(preprocess_dataset(dataset, processor, tmp_path, no_face="drop")) == 0
+    assert len(preprocess_dataset(dataset, processor, tmp_path, no_face="skip")) == 0
+    with pytest.warns(FutureWarning, match="no_face='drop' is deprecated.*use no_face='skip'"):  # the old spelling
+        assert len(preprocess_dataset(dataset, processor, tmp_path, no_face="drop")) == 0
     with pytest.raises(ValueError, match="No face"):
         preprocess_dataset(dataset, processor, None, no_face="error")
 

@@ -1,0 +1,379 @@
+"""`MF2ImageProcessor`: find the faces of photos, place 68 landmarks, align each face, and place the per-AU boxes.
+
+It turns photos into what `MF2Model` reads: aligned, normalised face crops (`pixel_values`) and the per-AU boxes
+(`au_boxes`, normalised `xyxy` in the crop) computed from 68 landmarks with `mf2.au_regions`.
+
+Coordinates: `landmarks`, `face_boxes` and `alignment` use the original image's pixel frame, with pixel `(i, j)`
+centred at `x = j, y = i` (numpy / dlib / OpenCV). `alignment` maps those coordinates to the same kind of pixel
+coordinates of the `size x size` crop; `au_boxes * size` are positions in the crop where 0 and `size` are its edges.
+
+This file uses only relative imports of flat sibling modules, so it travels with remote code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.processing_utils import ImagesKwargs
+
+from .alignment import (
+    ALIGNMENT_POINTS,
+    alignment_target,
+    apply_affine,
+    implausible_landmarks,
+    similarity_transform,
+    stretch_matrix,
+    warp,
+)
+from .au_regions import au_boxes_from_landmarks, check_au_names
+from .configuration_mf2 import AU_NAMES
+from .image_loading import ImageInputError, as_image_list, load_image, path_of
+from .landmarks import FaceLandmarks, get_landmark_backend, resolve_backend_name, template_face
+from .visualization import visualize
+
+NO_FACE_CHOICES = ("error", "fallback", "skip")
+# Old spellings of `no_face` values (the training scripts said "drop"), accepted with a FutureWarning.
+DEPRECATED_NO_FACE = {"drop": "skip"}
+MULTIPLE_FACES_CHOICES = ("largest", "all")
+FALLBACK_LABEL = "template-fallback"
+
+# Fields of the image processor's output, in order.
+IMAGE_FEATURES = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend")
+
+
+class MF2ImagesKwargs(ImagesKwargs, total=False):
+    """MF²'s own options beside `ImagesKwargs`' (`size`, `image_mean`, `image_std`, `do_normalize` are used too).
+
+    Declared once, here: `MF2ImageProcessor` takes them at construction and per call, and `from_pretrained(...,
+    landmark_backend=...)` overrides the saved ones (transformers reads `valid_kwargs`).
+    """
+
+    landmark_backend: str
+    no_face: str
+    multiple_faces: str
+    au_names: list[str]
+    max_detection_size: int
+    num_workers: int
+    backend_kwargs: dict
+
+
+# Every option: the four of `ImagesKwargs` the processor honours, then MF²'s own (`ImagesKwargs` declares many more).
+OPTION_NAMES: tuple[str, ...] = (
+    "size", "image_mean", "image_std", "do_normalize",
+    *(name for name in MF2ImagesKwargs.__annotations__ if name not in ImagesKwargs.__annotations__),
+)  # fmt: skip
+
+
+def resolve_no_face(value: str) -> str:
+    """`value` in the one `no_face` vocabulary (`NO_FACE_CHOICES`); an old spelling is translated with a warning."""
+    if value in DEPRECATED_NO_FACE:
+        new = DEPRECATED_NO_FACE[value]
+        warnings.warn(
+            f"no_face={value!r} is deprecated and will be removed; use no_face={new!r} (the same: faceless images "
+            "or rows are left out).",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return new
+    if value not in NO_FACE_CHOICES:
+        raise ValueError(f"`no_face` must be one of {NO_FACE_CHOICES}, got {value!r}.")
+    return value
+
+
+class NoFaceError(ImageInputError):
+    """An image without a face under `no_face="error"`; `backend` is the landmark back-end that found none."""
+
+    HINT = (
+        "Pass no_face='fallback' to treat such images as aligned face crops, no_face='skip' to leave them out, or "
+        "landmark_backend='template' for inputs that are already aligned crops."
+    )
+
+    def __init__(self, index: int, path: str | None, backend: str):
+        self.backend = backend
+        super().__init__(index, path, f"no face found by the '{backend}' landmark back-end. {self.HINT}")
+
+    def describe(self, where: str) -> str:
+        path = f" ('{self.path}')" if self.path is not None else ""
+        return f"No face found in {where}{path} by the '{self.backend}' landmark back-end. {self.HINT}"
+
+
+_executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads shared by every processor of this process (dlib and PIL release the GIL)."""
+    # Keyed by process: a forked worker (e.g. `datasets.map(num_proc=...)`) inherits the dict but not the threads.
+    key = (os.getpid(), workers)
+    with _executors_lock:
+        if key not in _executors:
+            _executors[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mf2-image")
+        return _executors[key]
+
+
+class MF2ImageProcessor(BaseImageProcessor):
+    r"""
+    Finds faces, puts 68 landmarks on them, aligns each face (eyes level, canonical scale: the similarity transform
+    that maps its nose and eye landmarks onto `mf2.au_regions.canonical_landmarks()`), crops it to `size x size`,
+    normalises it for the vision encoder, and places the per-AU boxes from the aligned landmarks.
+
+    Args:
+        landmark_backend (`str`, *optional*, defaults to `"dlib"`):
+            `"dlib"`, `"face_alignment"` (FAN, as in the paper), `"mediapipe"` or `"template"` (inputs are already
+            aligned face crops: no detection, the canonical shape over the whole image). See `mf2.landmarks`.
+        size (`int`, *optional*, defaults to 224): side of the square face crop.
+        image_mean, image_std (`list[float]`, *optional*): normalisation, ImageNet's by default.
+        do_normalize (`bool`, *optional*, defaults to `True`): normalise with `image_mean` / `image_std` (else
+            pixel values are in `[0, 1]`).
+        no_face (`str`, *optional*, defaults to `"error"`): when an image has no face, `"error"` raises a
+            `ValueError` naming it, `"fallback"` treats the whole image as an aligned crop (`landmark_backend` entry
+            `"template-fallback"`), `"skip"` leaves the image out (see `image_index`; `"drop"`, its old spelling,
+            works with a `FutureWarning`).
+        multiple_faces (`str`, *optional*, defaults to `"largest"`): keep the `"largest"` face of each image, or
+            `"all"` (one output row per face, `image_index` says which image it came from). Both run the same
+            detection; detections whose landmarks fail `implausible_landmarks` are not faces.
+        au_names (`list[str]`, *optional*): AUs to place boxes for, in output order; MF²'s 12 by default.
+        max_detection_size (`int`, *optional*, defaults to 1024): images whose longest side is larger are detected
+            on a downscaled copy (coordinates are mapped back); the crop is always taken from the full image.
+        num_workers (`int`, *optional*): threads for a batch (dlib and PIL release the GIL); defaults to the CPU count
+            (at most 4).
+        backend_kwargs (`dict`, *optional*): arguments of the landmark back-end, e.g. `{"upsample": 1}` (dlib),
+            `{"device": "cuda"}` (face_alignment), `{"model_path": ...}` (mediapipe).
+
+    Returns (from `__call__`) a `BatchFeature` with, for N faces:
+        - `pixel_values` `(N, 3, size, size)` float
+        - `au_boxes` `(N, len(au_names), 2, 4)` float: normalised `xyxy` in the `pixel_values` frame, image-left
+          box first, clipped to `[0, 1]`
+        - `landmarks` `(N, 68, 2)` float: original image pixels
+        - `face_boxes` `(N, 4)` float: `xyxy`, original image pixels
+        - `image_index` `(N,)` long: input image of each face
+        - `alignment` `(N, 2, 3)` float: affine map from original image pixels to crop pixels
+        - `landmark_backend` `list[str]` of length N: the back-end that placed each face's landmarks
+
+    Example:
+
+    ```python
+    >>> from mf2 import MF2ImageProcessor
+    >>> processor = MF2ImageProcessor(landmark_backend="dlib")
+    >>> features = processor(["photo.jpg"], return_tensors="pt")
+    >>> features["pixel_values"].shape, features["au_boxes"].shape
+    (torch.Size([1, 3, 224, 224]), torch.Size([1, 12, 2, 4]))
+    ```
+    """
+
+    valid_kwargs = MF2ImagesKwargs
+    model_input_names = ["pixel_values", "au_boxes"]
+
+    # The defaults of `OPTION_NAMES`, as transformers' image processors declare theirs: class attributes.
+    landmark_backend: str = "dlib"
+    size: int | dict = 224
+    image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD
+    do_normalize: bool = True
+    no_face: str = "error"
+    multiple_faces: str = "largest"
+    au_names: Sequence[str] = AU_NAMES
+    max_detection_size: int = 1024
+    num_workers: int | None = None
+    backend_kwargs: dict | None = None
+
+    def __init__(self, **kwargs):
+        kwargs.pop("image_processor_type", None)
+        options = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+        super().__init__(**kwargs)
+        for name in OPTION_NAMES:
+            value = options.get(name)
+            setattr(self, name, deepcopy(getattr(type(self), name)) if value is None else value)
+        # Plain JSON-able values, so that `to_dict` and `save_pretrained` write what was given.
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+        self.au_names = list(self.au_names)
+        self.backend_kwargs = dict(self.backend_kwargs or {})
+        self.no_face = resolve_no_face(self.no_face)
+        self.resolve_options()  # validate now rather than at the first call
+
+    def resolve_options(self, **overrides) -> dict[str, Any]:
+        """The options of a call, validated and normalised: this processor's settings, with `overrides` (any of
+        `OPTION_NAMES`) replacing them. `size` becomes an int, `image_mean` / `image_std` 3-value arrays, the
+        back-end name canonical, `num_workers` a count.
+
+        Raises:
+            TypeError: an override that is not an option. ValueError: a value outside what the option takes.
+        """
+        unknown = set(overrides) - set(OPTION_NAMES)
+        if unknown:
+            raise TypeError(
+                f"MF2ImageProcessor got unknown option(s) {sorted(unknown)}; valid options: {list(OPTION_NAMES)}."
+            )
+        options = {name: overrides.get(name, getattr(self, name)) for name in OPTION_NAMES}
+        options["size"] = _square_size(options["size"])
+        options["landmark_backend"] = resolve_backend_name(options["landmark_backend"])
+        options["no_face"] = resolve_no_face(options["no_face"])
+        if options["multiple_faces"] not in MULTIPLE_FACES_CHOICES:
+            raise ValueError(
+                f"`multiple_faces` must be one of {MULTIPLE_FACES_CHOICES}, got {options['multiple_faces']!r}."
+            )
+        check_au_names(options["au_names"])
+        for key in ("image_mean", "image_std"):
+            values = np.asarray(options[key], dtype=np.float32).reshape(-1)
+            if values.size not in (1, 3):
+                raise ValueError(f"`{key}` needs 1 or 3 values, got {options[key]!r}.")
+            options[key] = np.broadcast_to(values, (3,)).copy()
+        if np.any(options["image_std"] == 0):
+            raise ValueError("`image_std` must not contain zeros.")
+        if int(options["max_detection_size"]) < 64:
+            raise ValueError(f"`max_detection_size` must be >= 64, got {options['max_detection_size']}.")
+        workers = options["num_workers"]
+        options["num_workers"] = int(workers) if workers is not None else max(1, min(os.cpu_count() or 1, 4))
+        return options
+
+    def get_backend(self, **overrides):
+        """The landmark back-end these options select (built once per process and reused)."""
+        options = self.resolve_options(**overrides)
+        return get_landmark_backend(options["landmark_backend"], **options["backend_kwargs"])
+
+    # ------------------------------------------------------------------ call
+
+    def __call__(self, images, return_tensors: str | None = "pt", **overrides) -> BatchFeature:
+        return self.preprocess(images, return_tensors=return_tensors, **overrides)
+
+    def preprocess(self, images, return_tensors: str | None = "pt", **overrides) -> BatchFeature:
+        """Detect, align and crop every image; see the class docstring for the outputs and options."""
+        options = self.resolve_options(**overrides)
+        items = as_image_list(images)
+        if not items:
+            raise ValueError("MF2ImageProcessor got no images.")
+        backend = None
+        if options["landmark_backend"] != "template":
+            backend = get_landmark_backend(options["landmark_backend"], **options["backend_kwargs"])
+
+        def run(index: int) -> list[dict]:
+            return self._process_one(items[index], index, backend, options)
+
+        workers = min(options["num_workers"], len(items))
+        if workers > 1:
+            per_image = list(_executor(workers).map(run, range(len(items))))
+        else:
+            per_image = [run(index) for index in range(len(items))]
+        faces = [face for image_faces in per_image for face in image_faces]
+        return self._collate(faces, options, return_tensors)
+
+    def _process_one(self, item: Any, index: int, backend, options: dict) -> list[dict]:
+        image = load_image(item, index)
+        width, height = image.size
+        if backend is None:
+            found = [(template_face(width, height), "template")]
+        else:
+            found = self._detect(image, backend, options)
+            if not found:
+                if options["no_face"] == "error":
+                    raise NoFaceError(index, path_of(item), backend.name)
+                if options["no_face"] == "skip":
+                    return []
+                found = [(template_face(width, height), FALLBACK_LABEL)]
+        return [self._align(image, face, label, index, options) for face, label in found]
+
+    def _detect(self, image: Image.Image, backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
+        width, height = image.size
+        limit = int(options["max_detection_size"])
+        detection_image = image
+        if max(width, height) > limit:
+            ratio = limit / max(width, height)
+            target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+            detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        # One search for both modes: "largest" keeps the largest of the faces "all" returns.
+        faces = [
+            face for face in backend.detect(np.asarray(detection_image)) if implausible_landmarks(face.points) is None
+        ]
+        if detection_image is not image:
+            sx, sy = width / detection_image.width, height / detection_image.height
+            faces = [face.scaled(sx, sy) for face in faces]
+        faces = sorted(faces, key=lambda face: face.area, reverse=True)
+        if options["multiple_faces"] == "largest":
+            faces = faces[:1]
+        return [(face, backend.name) for face in faces]
+
+    def _align(self, image: Image.Image, face: FaceLandmarks, label: str, index: int, options: dict) -> dict:
+        size = options["size"]
+        width, height = image.size
+        points = np.asarray(face.points, dtype=np.float64)
+        if label.startswith("template"):
+            matrix = stretch_matrix(width, height, size)
+            crop = image.resize((size, size), Image.Resampling.BILINEAR)
+        else:
+            target = alignment_target(size)
+            matrix = similarity_transform(points[list(ALIGNMENT_POINTS)], target[list(ALIGNMENT_POINTS)])
+            crop = warp(image, matrix, size)
+        aligned = apply_affine(matrix, points)
+        boxes = au_boxes_from_landmarks(aligned + 0.5, options["au_names"]) / size
+        pixels = np.asarray(crop, dtype=np.float32) * np.float32(1 / 255)
+        if options["do_normalize"]:
+            pixels = (pixels - options["image_mean"]) / options["image_std"]
+        return {
+            "pixel_values": np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32),
+            "au_boxes": np.clip(boxes, 0.0, 1.0).astype(np.float32),
+            "landmarks": points.astype(np.float32),
+            "face_boxes": np.asarray(face.box, dtype=np.float32),
+            "image_index": index,
+            "alignment": matrix.astype(np.float32),
+            "landmark_backend": label,
+        }
+
+    @staticmethod
+    def _collate(faces: list[dict], options: dict, return_tensors) -> BatchFeature:
+        size, num_aus = options["size"], len(options["au_names"])
+        empty = {
+            "pixel_values": (3, size, size), "au_boxes": (num_aus, 2, 4), "landmarks": (68, 2), "face_boxes": (4,),
+            "alignment": (2, 3),
+        }  # fmt: skip
+        data = {}
+        for key, shape in empty.items():
+            data[key] = np.stack([face[key] for face in faces]) if faces else np.zeros((0, *shape), np.float32)
+        data["image_index"] = np.array([face["image_index"] for face in faces], dtype=np.int64)
+        data["landmark_backend"] = [face["landmark_backend"] for face in faces]
+        data = {key: data[key] for key in IMAGE_FEATURES}
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["landmark_backend"])
+
+    def visualize(self, image, features, index: int = 0) -> Image.Image:
+        """`visualize` with this processor's AU names."""
+        return visualize(image, features, index=index, au_names=self.au_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = {key: value for key, value in super().to_dict().items() if not key.startswith("_")}
+        output["image_processor_type"] = type(self).__name__
+        return output
+
+
+def _square_size(size: int | dict) -> int:
+    """The side of the square crop from `size` (an int, or transformers' `{"height", "width"}` / `shortest_edge`)."""
+    if isinstance(size, dict):
+        sides = {size.get(key) for key in ("height", "width", "shortest_edge") if size.get(key) is not None}
+        if len(sides) != 1:
+            raise ValueError(f"MF2ImageProcessor makes square crops; got size={size}.")
+        size = sides.pop()
+    if not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"`size` must be an integer >= 8 (side of the square face crop), got {size!r}.")
+    return int(size)
+
+
+__all__ = [
+    "FALLBACK_LABEL",
+    "IMAGE_FEATURES",
+    "MULTIPLE_FACES_CHOICES",
+    "NO_FACE_CHOICES",
+    "OPTION_NAMES",
+    "MF2ImageProcessor",
+    "MF2ImagesKwargs",
+    "NoFaceError",
+    "resolve_no_face",
+]
