@@ -52,8 +52,9 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..encoders import text_encoder_path, vision_encoder_path
+from ..image_processing_mf2 import MF2ImageProcessor
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
-from ..processing_mf2 import MF2ImageProcessor, MF2Processor
+from ..processing_mf2 import MF2Processor
 from ..vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 from .collator import MF2DataCollator
 from .metrics import emotion_scores, sigmoid
