@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..home import mf2_home
 from .stages import STAGES, TASKS
 
 LABEL_NAMES: list[str] = ["au_labels", "emotion_labels"]
@@ -208,7 +209,7 @@ class MF2ScriptArguments:
         """`--cache_dir`, else `$MF2_HOME/cache` (default `~/.cache/mf2/cache`), beside the encoder cache."""
         if self.cache_dir:
             return Path(self.cache_dir)
-        return Path(os.environ.get("MF2_HOME", Path.home() / ".cache" / "mf2")) / "cache"
+        return mf2_home() / "cache"
 
 
 @dataclass
