@@ -5,79 +5,62 @@ Importing `mf2` registers the MF² classes with transformers' Auto* factories, s
 Saved checkpoints also carry the modeling code (`auto_map`), so they load with `trust_remote_code=True` where this
 package is not installed. It also registers the `facial-state` pipeline, whose default model is the trained `mf2-base`
 shipped inside the package (`mf2.default_model`), and makes the short name `mf2-base` loadable offline.
+
+The package is lazy (`mf2.lazy_module`): a public name imports its module when first used, and each registration
+runs when transformers' module it extends is imported (`mf2.registration`), so `import mf2` and `mf2 --help` import
+neither torch nor transformers.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-    AutoProcessor,
-)
-from transformers.pipelines import PIPELINE_REGISTRY
-
-from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
-from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
-from .default_model import DEFAULT_MODEL_NAME, default_model_path, register_in_hub_cache
-from .modeling_mf2 import (
-    MF2ForFacialStateRecognition,
-    MF2ForPreTraining,
-    MF2Model,
-    MF2ModelOutput,
-    MF2PreTrainedModel,
-    MF2PreTrainingOutput,
-    MF2RecognitionOutput,
-)
-from .pipeline_mf2 import FacialStatePipeline
-from .processing_mf2 import MF2ImageProcessor, MF2Processor, visualize
+import sys
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-AutoConfig.register(MF2Config.model_type, MF2Config, exist_ok=True)
-AutoModel.register(MF2Config, MF2Model, exist_ok=True)
-AutoModelForPreTraining.register(MF2Config, MF2ForPreTraining, exist_ok=True)
-# The recogniser is an image classifier with a second (multi-label AU) head; this mapping lets pipelines load it.
-AutoModelForImageClassification.register(MF2Config, MF2ForFacialStateRecognition, exist_ok=True)
+# The one map of public names to the modules that define them (submodules relative to this package). A name added
+# here is importable as `from mf2 import NAME` and listed in `mf2.__all__`; `mf2.registration` finds classes here.
+_import_structure: dict[str, list[str]] = {
+    "default_model": ["DEFAULT_MODEL_NAME", "default_model_path"],
+    "pipeline_mf2": ["FacialStatePipeline"],
+    "configuration_mf2": ["AU_NAMES", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config"],
+    "modeling_mf2": [
+        "MF2ForFacialStateRecognition",
+        "MF2ForPreTraining",
+        "MF2Model",
+        "MF2ModelOutput",
+        "MF2PreTrainedModel",
+        "MF2PreTrainingOutput",
+        "MF2RecognitionOutput",
+    ],
+    "image_processing_mf2": ["MF2ImageProcessor"],
+    "processing_mf2": ["MF2Processor"],
+    "visualization": ["visualize"],
+    "au_regions": ["au_boxes_from_landmarks", "canonical_landmarks", "default_au_boxes"],
+}
 
-# One class for both backends: the processor does its own PIL/numpy work, torchvision or not.
-AutoImageProcessor.register(
-    MF2Config, image_processor_classes={"pil": MF2ImageProcessor, "torchvision": MF2ImageProcessor}, exist_ok=True
-)
-AutoProcessor.register(MF2Config, MF2Processor, exist_ok=True)
+if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
+    # ruff: noqa: F401
+    from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
+    from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
+    from .default_model import DEFAULT_MODEL_NAME, default_model_path
+    from .image_processing_mf2 import MF2ImageProcessor
+    from .modeling_mf2 import (
+        MF2ForFacialStateRecognition,
+        MF2ForPreTraining,
+        MF2Model,
+        MF2ModelOutput,
+        MF2PreTrainedModel,
+        MF2PreTrainingOutput,
+        MF2RecognitionOutput,
+    )
+    from .pipeline_mf2 import FacialStatePipeline
+    from .processing_mf2 import MF2Processor
+    from .visualization import visualize
+else:
+    from .lazy_module import LazyModule
 
-PIPELINE_REGISTRY.register_pipeline(
-    "facial-state", pipeline_class=FacialStatePipeline, pt_model=AutoModelForImageClassification, type="image",
-    default={"model": (str(default_model_path()), None)},
-)  # fmt: skip
-register_in_hub_cache()
+    sys.modules[__name__] = LazyModule(
+        __name__, __file__, _import_structure, module_spec=__spec__, extra_objects={"__version__": __version__}
+    )
+    from . import registration
 
-MF2Config.register_for_auto_class()
-MF2Model.register_for_auto_class("AutoModel")
-MF2ForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-MF2ForFacialStateRecognition.register_for_auto_class("AutoModelForImageClassification")
-MF2ImageProcessor.register_for_auto_class("AutoImageProcessor")
-MF2Processor.register_for_auto_class()
-
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "FacialStatePipeline",
-    "AU_NAMES",
-    "EMOTION_LABELS",
-    "LOSS_NAMES",
-    "MF2Config",
-    "MF2ForFacialStateRecognition",
-    "MF2ForPreTraining",
-    "MF2ImageProcessor",
-    "MF2Processor",
-    "MF2Model",
-    "MF2ModelOutput",
-    "MF2PreTrainedModel",
-    "MF2PreTrainingOutput",
-    "MF2RecognitionOutput",
-    "au_boxes_from_landmarks",
-    "canonical_landmarks",
-    "default_au_boxes",
-    "default_model_path",
-    "visualize",
-]
+    registration.install()

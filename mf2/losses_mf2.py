@@ -3,8 +3,26 @@
 Pure functions on tensors, so each one can be checked on its own against a hand computation.
 """
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
+
+TEMPERATURE_RANGE = (0.001, 0.5)
+"""Bounds of the learnable ITC temperature: below, the softmax saturates in half precision; above, ITC cannot sharpen."""
+
+
+def clamp_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """The learnable ITC temperature as every ITC term uses it, clamped to `TEMPERATURE_RANGE`."""
+    return temperature.clamp(*TEMPERATURE_RANGE)
+
+
+def weighted_loss(losses: Mapping[str, torch.Tensor], config) -> torch.Tensor | None:
+    """`sum(config.loss_weight(name) * term)` over the loss terms present, None when there are none: the one place
+    where MF²'s and DFN's totals are formed (weights from `MF2Config.loss_weights`)."""
+    if not losses:
+        return None
+    return sum(config.loss_weight(name) * value for name, value in losses.items())
 
 
 def caption_positive_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,20 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .au_regions import check_au_names, default_au_boxes
 from .configuration_mf2 import MF2Config
 from .losses_mf2 import (
     caption_positive_mask,
+    clamp_temperature,
     itc_loss,
     itg_loss,
     masked_au_loss,
     masked_emotion_loss,
     multimodal_causal_mask,
     sample_hard_negatives,
+    weighted_loss,
 )
 
 logger = logging.get_logger(__name__)
@@ -303,6 +305,11 @@ class MF2TextAlignment(nn.Module):
         self.lm_head = MF2LMHead(config)
         self.temperature = nn.Parameter(torch.tensor(config.temperature))
 
+    @property
+    def clamped_temperature(self) -> torch.Tensor:
+        """The ITC temperature as used (MF²'s ITC and DFN's): clamped to `losses_mf2.TEMPERATURE_RANGE`."""
+        return clamp_temperature(self.temperature)
+
     def losses(
         self,
         branch: MF2QFormerBranch,
@@ -331,8 +338,9 @@ class MF2TextAlignment(nn.Module):
         text_features = self.text_features(branch, input_ids, attention_mask)
         image_features = F.normalize(self.vision_proj(query_output), dim=-1)
         positives = caption_positive_mask(input_ids, attention_mask)
-        temperature = self.temperature.clamp(0.001, 0.5)
-        itc, similarity = itc_loss(image_features, text_features, temperature, positives, itc_label_smoothing)
+        itc, similarity = itc_loss(
+            image_features, text_features, self.clamped_temperature, positives, itc_label_smoothing
+        )
 
         itm = self.itm_loss(branch, queries, encoder_hidden_states, text_embeds, attention_mask, similarity, positives)
 
@@ -584,6 +592,7 @@ class MF2Model(MF2PreTrainedModel):
         """Tokens before the patch grid (CLS, registers)."""
         return 1 + int(getattr(self.config.vision_config, "num_register_tokens", 0) or 0)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -592,7 +601,7 @@ class MF2Model(MF2PreTrainedModel):
         vision_tokens: torch.FloatTensor | None = None,
         branches: tuple[str, ...] = ("emotion", "au"),
         **kwargs,
-    ) -> MF2ModelOutput:
+    ) -> MF2ModelOutput | tuple[torch.Tensor, ...]:
         r"""
         pixel_values (`(batch, 3, height, width)`): face crops, normalised for the vision encoder.
         au_boxes (`(batch, num_aus, k, 4)`, *optional*): AU boxes as normalised `xyxy` in the `pixel_values` frame,
@@ -602,6 +611,8 @@ class MF2Model(MF2PreTrainedModel):
             `frozen_vision_tokens` (read from a `VisionTokenCache`); only the trainable top blocks then run.
         branches: which branches to run; a training stage that has no AU targets skips AU-VL's cost with
             `("emotion",)` (its outputs are then None).
+        return_dict (`bool`, *optional*): `False` returns the output's `to_tuple()` (the fields that are not None),
+            as transformers models do; defaults to `config.return_dict`. Likewise for every MF² model.
         """
         output_hidden_states = bool(output_hidden_states)
         if (pixel_values is None) == (vision_tokens is None):
@@ -750,7 +761,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
     ) -> MF2ModelOutput:
         return self.mf2(
             pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states,
-            vision_tokens=vision_tokens, branches=branches,
+            vision_tokens=vision_tokens, branches=branches, return_dict=True,
         )  # fmt: skip
 
     def forward_head(self, features: MF2ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -767,6 +778,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
             losses["emotion_loss"] = masked_emotion_loss(emotion_logits, emotion_labels)
         return losses
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -777,7 +789,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         vision_tokens: torch.FloatTensor | None = None,
         branches: tuple[str, ...] = ("emotion", "au"),
         **kwargs,
-    ) -> MF2RecognitionOutput:
+    ) -> MF2RecognitionOutput | tuple[torch.Tensor, ...]:
         r"""
         pixel_values (`(batch, 3, height, width)`), au_boxes (`(batch, num_aus, k, 4)`, *optional*): as in `MF2Model`.
         au_labels (`(batch, num_aus)`, *optional*): 1 present, 0 absent, -1 unknown.
@@ -787,7 +799,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         features = self.forward_features(pixel_values, au_boxes, output_hidden_states, vision_tokens, branches)
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
-        loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None
+        loss = weighted_loss(losses, self.config)
         return MF2RecognitionOutput(
             loss=loss,
             au_loss=losses.get("au_loss"),
@@ -838,6 +850,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
             au_attention_mask[present],
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -851,7 +864,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         emotion_labels: torch.LongTensor | None = None,
         vision_tokens: torch.FloatTensor | None = None,
         **kwargs,
-    ) -> MF2PreTrainingOutput:
+    ) -> MF2PreTrainingOutput | tuple[torch.Tensor, ...]:
         r"""
         pixel_values, au_boxes: as in `MF2Model`.
         emotion_input_ids, emotion_attention_mask (`(batch, length)`, *optional*): tokenised emotion captions; a row
@@ -893,7 +906,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
                 )
                 losses.update({f"au_{name}": value for name, value in terms.items()})
 
-        loss = sum(self.config.loss_weight(name) * value for name, value in losses.items()) if losses else None
+        loss = weighted_loss(losses, self.config)
         return MF2PreTrainingOutput(
             loss=loss,
             **losses,

@@ -1,9 +1,9 @@
 """On-disk cache of the frozen backbone's features, so that DFN epochs after the first skip the backbone entirely.
 
 Under DFN the backbone is frozen and gets no gradient, so for an un-augmented dataset its outputs are the same in every
-epoch. `DFNFeatureCache.build` runs it once over the dataset and stores, per example, what `DFNTuner.extract_features`
-returns (pooled Q-Former states of the read layers, the base task representations, and with text cells the caption
-features) together with the labels, in safetensors shards. Training then reads those features and runs only the side
+epoch. `DFNFeatureCache.build` runs it once over the dataset and stores, per example, the `DFNFeatures` that
+`DFNTuner.extract_features` returns (pooled Q-Former states of the read layers, the base task representations, and
+with text cells the caption features; one safetensors key per field) together with the labels, in safetensors shards. Training then reads those features and runs only the side
 networks, the heads and the losses: `DFNModel(cached_features=...)` gives the same loss as the uncached path.
 
 An entry is keyed by a hash of (a) every parameter and buffer of the backbone modules the features come from, (b) the

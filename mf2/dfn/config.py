@@ -9,6 +9,10 @@ from peft.config import PeftConfig
 DFN_PEFT_TYPE = "DFN"
 """The `peft_type` string DFN registers in PEFT's mapping dicts and writes to `adapter_config.json`."""
 
+DFN_PREFIX = "dfn_"
+"""PEFT's per-method prefix (`DFNTuner.prefix`, registered with PEFT): it appears in every DFN adapter key
+(`base_model.dfn_side....`) and in no MF² key."""
+
 BRANCHES: tuple[str, ...] = ("emotion", "au")
 """MF²'s two Q-Former branches: Emo-VL (`"emotion"`, whole face) and AU-VL (`"au"`, Action Unit regions)."""
 
@@ -137,4 +141,4 @@ class DFNConfig(PeftConfig):
             raise ValueError(f"DFNConfig: `gate_scaling` must be >= 0, got {self.gate_scaling}.")
 
 
-__all__ = ["BRANCHES", "DFN_PEFT_TYPE", "MODALITIES", "DFNConfig"]
+__all__ = ["BRANCHES", "DFN_PEFT_TYPE", "DFN_PREFIX", "MODALITIES", "DFNConfig"]

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..home import mf2_home
 from ..image_processing_mf2 import DEPRECATED_NO_FACE, NO_FACE_CHOICES
 from .stages import STAGES, TASKS
 
@@ -208,7 +209,7 @@ class MF2ScriptArguments:
         """`--cache_dir`, else `$MF2_HOME/cache` (default `~/.cache/mf2/cache`), beside the encoder cache."""
         if self.cache_dir:
             return Path(self.cache_dir)
-        return Path(os.environ.get("MF2_HOME", Path.home() / ".cache" / "mf2")) / "cache"
+        return mf2_home() / "cache"
 
 
 @dataclass

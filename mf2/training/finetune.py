@@ -30,6 +30,8 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,105 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: None if parts[0][key] is None else np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
+def _cached_collator():
+    from ..dfn import collate_cached_features
+
+    return collate_cached_features
+
+
+@dataclass
+class FitResult:
+    """What `fit_and_score` gives back: the trainer, `Trainer.train`'s output and time, and, when a set was scored, its
+    predictions (`split_predictions` parts), metrics, tuned AU thresholds (None when not tuned), the losses `Trainer`
+    computed on it, and the prediction + scoring time."""
+
+    trainer: MF2Trainer
+    train_output: Any
+    train_seconds: float
+    parts: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: list[float] | None = None
+    trainer_metrics: dict[str, Any] = field(default_factory=dict)
+    score_seconds: float = 0.0
+
+
+def fit_and_score(
+    trainer: MF2Trainer,
+    config,
+    score_set=None,
+    *,
+    prefix: str = "eval",
+    tune: bool = False,
+    tune_set=None,
+    resume: str | bool | None = None,
+    after_training: Callable[[FitResult], None] | None = None,
+    predictions_file: Path | None = None,
+) -> FitResult:
+    """The one fine-tuning sequence, for `mf2 finetune` and each cross-validation fold: train → predict `score_set` →
+    score → tune AU thresholds → write predictions.
+
+    Args:
+        trainer, config: the trainer to run and the base model's config (AU names, emotion labels, thresholds).
+        score_set: the set to predict and score after training (None: train only).
+        prefix: metric-name prefix.
+        tune: tune the AU thresholds on `score_set`'s own predictions (`--tune_thresholds`).
+        tune_set: tune them instead on this set's predictions (cross-validation: the training folds, never the test
+            fold); `score_set` is then also scored with them, as `{prefix}_au_f1*_train_tuned`.
+        resume: `Trainer.train`'s `resume_from_checkpoint`.
+        after_training: called with the result so far between training and prediction (saving the model).
+        predictions_file: where to write one JSON line per scored example (main process only).
+    """
+    start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    result = FitResult(trainer, train_output, time.perf_counter() - start)
+    if after_training is not None:
+        after_training(result)
+    if score_set is None:
+        return result
+    start = time.perf_counter()
+    if tune_set is not None:
+        tune_parts, _ = predict(trainer, tune_set)
+        labels = tune_parts["au_labels"]
+        if labels is not None and tune_parts["au_probs"] is not None and (labels == 1).any():
+            result.thresholds = tune_au_thresholds(tune_parts["au_probs"], labels)
+    result.parts, result.trainer_metrics = predict(trainer, score_set)
+    result.metrics, tuned = score(result.parts, config, tune=tune and tune_set is None, prefix=prefix)
+    if tune_set is None:
+        result.thresholds = tuned
+    elif result.thresholds is not None:
+        parts = result.parts
+        tuned_metrics = compute_mf2_metrics(au_probs=parts["au_probs"], au_labels=parts["au_labels"],
+                                            au_thresholds=result.thresholds, au_names=config.au_names)  # fmt: skip
+        result.metrics.update(
+            {f"{prefix}_{key}_train_tuned": value for key, value in tuned_metrics.items() if key.startswith("au_f1")}
+        )
+    result.score_seconds = time.perf_counter() - start
+    if predictions_file is not None and trainer.is_world_process_zero():
+        write_jsonl(predictions_file, prediction_records(result.parts, config))
+    return result
+
+
+def _fold_sets(full_features, dataset, train_rows, test_rows, collator):
+    """A fold's training and test sets, and their collator: rows of the feature cache, or of the dataset."""
+    if full_features is not None:
+        return Subset(full_features, train_rows.tolist()), Subset(full_features, test_rows.tolist()), _cached_collator()
+    return dataset.select(train_rows), dataset.select(test_rows), collator
+
+
+def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], config) -> tuple[dict, dict]:
+    """The cross-validation report (per-fold metrics, their mean, pooled metrics) and the pooled predictions."""
+    merged = _merge(pooled)
+    pooled_metrics, _ = score(merged, config, prefix="pooled")
+    tuned = compute_mf2_metrics(au_probs=merged["au_probs"] >= merged["thresholds"], au_labels=merged["au_labels"],
+                                au_names=config.au_names)  # fmt: skip
+    pooled_metrics.update(
+        {f"pooled_{key}_train_tuned": value for key, value in tuned.items() if key.startswith("au_f1")}
+    )
+    numeric = [key for key in results[0] if isinstance(results[0][key], float) and all(key in r for r in results)]
+    mean = {key: float(np.mean([r[key] for r in results])) for key in numeric}
+    return {"num_folds": len(results), "folds": results, "mean": mean, "pooled": pooled_metrics}, merged
+
+
 def cross_validate(base, dataset, collator, processor, script_args, finetune_args, training_args) -> dict[str, Any]:
     """K-fold cross-validation over the dataset's groups (subjects): for every fold, a fresh adapter (or a fresh copy
     of the model with `--full`) is fine-tuned on the other folds and tested on this one. AU thresholds are tuned on the
@@ -133,38 +234,18 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
         train_rows = np.sort(np.concatenate([rows for other, rows in enumerate(folds) if other != fold]))
         set_seed(training_args.seed + fold)
         model = make_finetune_model(copy.deepcopy(base), finetune_args)
-        if full_features is not None:
-            train_part, test_part = (
-                Subset(full_features, train_rows.tolist()),
-                Subset(full_features, test_rows.tolist()),
-            )
-            data_collator = _cached_collator()
-        else:
-            train_part, test_part = dataset.select(train_rows), dataset.select(test_rows)
-            data_collator = collator
+        train_part, test_part, data_collator = _fold_sets(full_features, dataset, train_rows, test_rows, collator)
         fold_args = dataclasses.replace(
             training_args, output_dir=str(output_dir / f"fold-{fold}"), save_strategy="no", eval_strategy="no"
         )
         trainer = MF2Trainer(model=model, args=fold_args, train_dataset=train_part, data_collator=data_collator,
                              compute_metrics=make_compute_metrics(config))  # fmt: skip
-        start = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - start
-        train_parts, _ = predict(trainer, train_part)
-        test_parts, _ = predict(trainer, test_part)
-        thresholds = None
-        if train_parts["au_labels"] is not None and (train_parts["au_labels"] == 1).any():
-            thresholds = tune_au_thresholds(train_parts["au_probs"], train_parts["au_labels"])
-        metrics, _ = score(test_parts, config, prefix="test")
-        if thresholds is not None:
-            tuned = compute_mf2_metrics(au_probs=test_parts["au_probs"], au_labels=test_parts["au_labels"],
-                                        au_thresholds=thresholds, au_names=config.au_names)  # fmt: skip
-            metrics.update(
-                {f"test_{key}_train_tuned": value for key, value in tuned.items() if key.startswith("au_f1")}
-            )
+        fit = fit_and_score(trainer, config, test_part, prefix="test", tune_set=train_part)
+        thresholds, metrics = fit.thresholds, fit.metrics
         groups = sorted(set(np.asarray(dataset.select(test_rows)["group"]).tolist()))
         results.append({"fold": fold, "test_groups": groups, "train_rows": len(train_rows), "test_rows": len(test_rows),
-                        "train_seconds": train_seconds, "au_thresholds": thresholds, **metrics})  # fmt: skip
+                        "train_seconds": fit.train_seconds, "au_thresholds": thresholds, **metrics})  # fmt: skip
+        test_parts = fit.parts
         test_parts["fold"] = np.full(len(test_rows), fold)
         test_parts["thresholds"] = np.tile(np.asarray(thresholds or config.au_decision_thresholds),
                                            (len(test_rows), 1))  # fmt: skip
@@ -172,16 +253,7 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
         logger.info(
             "Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k.endswith(("au_f1", "accuracy"))}
         )
-    merged = _merge(pooled)
-    pooled_metrics, _ = score(merged, config, prefix="pooled")
-    tuned = compute_mf2_metrics(au_probs=merged["au_probs"] >= merged["thresholds"], au_labels=merged["au_labels"],
-                                au_names=config.au_names)  # fmt: skip
-    pooled_metrics.update(
-        {f"pooled_{key}_train_tuned": value for key, value in tuned.items() if key.startswith("au_f1")}
-    )
-    numeric = [key for key in results[0] if isinstance(results[0][key], float) and all(key in r for r in results)]
-    mean = {key: float(np.mean([r[key] for r in results])) for key in numeric}
-    report = {"num_folds": len(folds), "folds": results, "mean": mean, "pooled": pooled_metrics}
+    report, merged = _pooled_report(results, pooled, config)
     if trainer.is_world_process_zero():
         write_json(output_dir / "cv_results.json", report)
         records = prediction_records(merged, config)
@@ -191,10 +263,72 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
     return report
 
 
-def _cached_collator():
-    from ..dfn import collate_cached_features
+def _evaluate_base(trainer: MF2Trainer, eval_set, config) -> dict[str, Any]:
+    """Metrics before any update: a fresh DFN adapter (zero up-projections, head copies) gives the base model's
+    outputs. Logged and saved as `base_eval_results.json`."""
+    start = time.perf_counter()
+    parts, _ = predict(trainer, eval_set, prefix="base_eval")
+    metrics, _ = score(parts, config, prefix="base_eval")
+    metrics["base_eval_seconds"] = time.perf_counter() - start
+    trainer.log_metrics("base_eval", metrics)
+    trainer.save_metrics("base_eval", metrics)
+    return metrics
 
-    return collate_cached_features
+
+def _finetune_sets(model, train, evaluation, collator, script_args, finetune_args, training_args):
+    """Training and evaluation sets and their collator: backbone features from the cache under DFN, else the data."""
+    if not uses_feature_cache(finetune_args):
+        return train, evaluation, collator
+    cache_dir, batch = script_args.resolved_cache_dir, training_args.per_device_eval_batch_size
+    train_set = cached_features(model, train, collator, cache_dir, batch, training_args)
+    eval_set = None if evaluation is None else cached_features(model, evaluation, collator, cache_dir, batch,
+                                                               training_args)  # fmt: skip
+    return train_set, eval_set, _cached_collator()
+
+
+def _save_training(fit: FitResult, facts: dict[str, Any], summary: dict, finetune_args) -> dict[str, Any]:
+    """After training: the model saved (DFN: its adapter; full: the model) and marked trained, the train metrics
+    (`Trainer`'s plus `facts`) logged and saved, the trainer state and the data summary written. Returns the metrics."""
+    trainer = fit.trainer
+    metrics: dict[str, Any] = dict(fit.train_output.metrics)
+    metrics.update(facts, global_step=trainer.state.global_step)
+    config_of_trained = getattr(trainer.model, "config", None)  # a DFN model saves its adapter; full, the model
+    if config_of_trained is not None:
+        config_of_trained.trained = True  # travels with the checkpoint: results then say "model_trained": true
+    trainer.save_model()
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        write_json(Path(trainer.args.output_dir) / TRAINING_DATA_FILE,
+                   {"stage": f"finetune-{'full' if finetune_args.full else 'dfn'}", "task": finetune_args.task,
+                    **summary})  # fmt: skip
+    return metrics
+
+
+def _eval_metrics(fit: FitResult, eval_set, config, script_args, finetune_args) -> dict[str, Any]:
+    """The evaluation's metrics (plus `Trainer`'s losses, size, time and tuned thresholds), logged and saved; the tuned
+    thresholds kept with the model."""
+    trainer = fit.trainer
+    metrics = dict(fit.metrics)
+    metrics.update({key: value for key, value in fit.trainer_metrics.items() if key.endswith("loss")})
+    metrics.update(eval_samples=len(eval_set), eval_seconds=fit.score_seconds)
+    if fit.thresholds is not None:
+        metrics["eval_au_thresholds"] = fit.thresholds
+        if trainer.is_world_process_zero():
+            _store_tuned_thresholds(fit.thresholds, config, script_args, finetune_args, Path(trainer.args.output_dir))
+    trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+def _store_tuned_thresholds(thresholds, config, script_args, finetune_args, output_dir: Path) -> None:
+    """Keep the thresholds tuned on the evaluation set: in the model's config (full) or beside the adapter (DFN)."""
+    config.au_thresholds = thresholds
+    if finetune_args.full:
+        config.save_pretrained(output_dir)
+    else:
+        store_thresholds(thresholds, script_args.model_name_or_path, adapter_dir=output_dir)
 
 
 def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
@@ -216,70 +350,34 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     if finetune_args.cv_folds:
         return cross_validate(base, train, collator, processor, script_args, finetune_args, training_args)
 
-    config = base.config
+    config, output_dir = base.config, Path(training_args.output_dir)
     model = make_finetune_model(base, finetune_args)
     trainable, total = _trainable_parameters(model)
     logger.info("%s: %d of %d parameters train (%.2f%%).", "Full fine-tuning" if finetune_args.full else "DFN",
                 trainable, total, 100 * trainable / total)  # fmt: skip
-    train_set, eval_set, data_collator = train, evaluation, collator
     start = time.perf_counter()
-    if uses_feature_cache(finetune_args):
-        cache_dir, batch = script_args.resolved_cache_dir, training_args.per_device_eval_batch_size
-        train_set = cached_features(model, train, collator, cache_dir, batch, training_args)
-        eval_set = None if evaluation is None else cached_features(model, evaluation, collator, cache_dir, batch,
-                                                                   training_args)  # fmt: skip
-        data_collator = _cached_collator()
+    train_set, eval_set, data_collator = _finetune_sets(model, train, evaluation, collator, script_args,
+                                                        finetune_args, training_args)  # fmt: skip
     cache_seconds = time.perf_counter() - start
     trainer = MF2Trainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, data_collator=data_collator,
         processing_class=processor, compute_metrics=make_compute_metrics(config),
     )  # fmt: skip
-    base_metrics: dict[str, Any] = {}
-    if finetune_args.evaluate_base and eval_set is not None:
-        # Before any update: a fresh DFN adapter (zero up-projections, head copies) gives the base model's outputs.
-        start = time.perf_counter()
-        parts, _ = predict(trainer, eval_set, prefix="base_eval")
-        base_metrics, _ = score(parts, config, prefix="base_eval")
-        base_metrics["base_eval_seconds"] = time.perf_counter() - start
-        trainer.log_metrics("base_eval", base_metrics)
-        trainer.save_metrics("base_eval", base_metrics)
+    base_metrics = (
+        _evaluate_base(trainer, eval_set, config) if finetune_args.evaluate_base and eval_set is not None else {}
+    )
+    facts = dict(train_samples=len(train), preprocess_seconds=preprocess_seconds, feature_cache_seconds=cache_seconds,
+                 trainable_parameters=trainable, total_parameters=total)  # fmt: skip
+    metrics: dict[str, Any] = {}
     checkpoint = resolve_resume_checkpoint(script_args.resume, training_args.resume_from_checkpoint,
                                            training_args.output_dir)  # fmt: skip
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics: dict[str, Any] = dict(result.metrics)
-    metrics.update(train_samples=len(train), preprocess_seconds=preprocess_seconds, feature_cache_seconds=cache_seconds,
-                   trainable_parameters=trainable, total_parameters=total, global_step=trainer.state.global_step)  # fmt: skip
-    config_of_trained = getattr(trainer.model, "config", None)  # a DFN model saves its adapter; full, the model
-    if config_of_trained is not None:
-        config_of_trained.trained = True  # travels with the checkpoint: results then say "model_trained": true
-    trainer.save_model()
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    output_dir = Path(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        write_json(output_dir / TRAINING_DATA_FILE, {"stage": f"finetune-{'full' if finetune_args.full else 'dfn'}",
-                                                     "task": finetune_args.task, **summary})  # fmt: skip
+    fit = fit_and_score(
+        trainer, config, eval_set, tune=script_args.tune_thresholds, resume=checkpoint,
+        after_training=lambda fit: metrics.update(_save_training(fit, facts, summary, finetune_args)),
+        predictions_file=output_dir / "eval_predictions.jsonl" if script_args.save_predictions else None,
+    )  # fmt: skip
     if eval_set is not None:
-        start = time.perf_counter()
-        parts, trainer_metrics = predict(trainer, eval_set)
-        eval_metrics, thresholds = score(parts, config, tune=script_args.tune_thresholds)
-        eval_metrics.update({key: value for key, value in trainer_metrics.items() if key.endswith("loss")})
-        eval_metrics.update(eval_samples=len(eval_set), eval_seconds=time.perf_counter() - start)
-        if thresholds is not None:
-            eval_metrics["eval_au_thresholds"] = thresholds
-        if trainer.is_world_process_zero():
-            if thresholds is not None:
-                config.au_thresholds = thresholds
-                if finetune_args.full:
-                    config.save_pretrained(output_dir)
-                else:
-                    store_thresholds(thresholds, script_args.model_name_or_path, adapter_dir=output_dir)
-            if script_args.save_predictions:
-                write_jsonl(output_dir / "eval_predictions.jsonl", prediction_records(parts, config))
-        trainer.log_metrics("eval", {k: v for k, v in eval_metrics.items() if not isinstance(v, list)})
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
+        metrics.update(_eval_metrics(fit, eval_set, config, script_args, finetune_args))
     return {**base_metrics, **metrics}
 
 
@@ -295,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["cross_validate", "main", "make_finetune_model", "run_finetuning"]
+__all__ = ["FitResult", "cross_validate", "fit_and_score", "main", "make_finetune_model", "run_finetuning"]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
