@@ -31,7 +31,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult, ModelCardData
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +109,17 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics dict, keyed without their `eval_` / `test_` / `pooled_` prefix."""
+    return {_strip_prefix(key): value for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
 def metrics_table(results: list[tuple[str, dict[str, Any]]]) -> str:
     """Markdown tables: headline metrics per result, then F1 per AU where available."""
     lines = ["| Evaluation | Metric | Value |", "|---|---|---|"]
     per_au: list[tuple[str, dict[str, float]]] = []
     for label, metrics in results:
-        flat = {_strip_prefix(key): value for key, value in metrics.items() if isinstance(value, (int, float))}
+        flat = _flat_metrics(metrics)
         for key, title in _HEADLINE:
             if key in flat:
                 count = flat.get("emotion_count" if key.startswith("emotion") else "au_count")
@@ -148,48 +156,47 @@ def training_data_entries(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return entries
 
 
-def build_model_card(
-    model_dir: str | Path,
-    repo_id: str,
-    adapter_dir: str | Path | None = None,
-    metrics_files: Sequence[str | Path] = (),
-    extra_sections: str = "",
-    limitations: Sequence[str] = (),
-):
-    """The model card (`huggingface_hub.ModelCard`) of a model folder (and adapter folder): YAML front matter with the
-    training data and their licences, the evaluation results, intended use and limitations.
+def _eval_results(results: list[tuple[str, dict[str, Any]]]) -> list[EvalResult]:
+    """The headline metrics (emotion accuracy, AU F1) as `huggingface_hub.EvalResult`s, for the card's model-index."""
+    from huggingface_hub import EvalResult
 
-    `extra_sections` (Markdown) goes after the usage section; `limitations` are listed before the general ones."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    folders = [Path(model_dir)] + ([Path(adapter_dir)] if adapter_dir else [])
-    results = collect_results(folders, [Path(p) for p in metrics_files])
-    data = training_data_entries(folders)
-    sources = sorted({entry["name"] for entry in data})
     eval_results = []
     for label, metrics in results:
-        flat = {_strip_prefix(key): value for key, value in metrics.items() if isinstance(value, (int, float))}
+        flat = _flat_metrics(metrics)
         for key, metric_type in (("emotion_accuracy", "accuracy"), ("au_f1", "f1")):
             if key in flat:
                 eval_results.append(EvalResult(
                     task_type="image-classification", dataset_type=label.split(":")[0], dataset_name=label,
                     metric_type=metric_type, metric_name=key, metric_value=round(100 * float(flat[key]), 2),
                 ))  # fmt: skip
-    card_data = ModelCardData(
+    return eval_results
+
+
+def _card_data(
+    repo_id: str, with_adapter: bool, eval_results: list[EvalResult], training_data: list[dict[str, Any]]
+) -> ModelCardData:
+    """The card's YAML front matter (`huggingface_hub.ModelCardData`); `license: other`, as the data's terms bind."""
+    from huggingface_hub import ModelCardData
+
+    sources = sorted({entry["name"] for entry in training_data})
+    return ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
         license="other",
         license_name="research-only-training-data",
         tags=["mf2", "facial-action-units", "facial-expression-recognition", "emotion-recognition", "blip-2"]
-        + (["peft", "dfn"] if adapter_dir else []),
+        + (["peft", "dfn"] if with_adapter else []),
         metrics=["accuracy", "f1"],
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
-        training_data=data,
+        training_data=training_data,
         datasets=sources or None,
     )
-    adapter_text = (
-        f"""
+
+
+def _adapter_usage(repo_id: str) -> str:
+    """The card's paragraph on loading the DFN adapter from its subfolder."""
+    return f"""
 The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder:
 
 ```python
@@ -197,13 +204,23 @@ from mf2.dfn import DFNModel
 adapted = DFNModel.from_pretrained(model, "{repo_id}", subfolder="{ADAPTER_SUBFOLDER}")
 ```
 """
-        if adapter_dir
-        else ""
-    )
-    licence_lines = "\n".join(f"- **{entry['name']}** ({entry['file']}, {entry['rows']} rows, {entry['used_for']}): "
-                              f"{entry['license']}." for entry in data) or "- not recorded"  # fmt: skip
-    content = f"""---
-{card_data.to_yaml()}
+
+
+def _licence_lines(training_data: list[dict[str, Any]]) -> str:
+    """One Markdown bullet per training dataset with its licence (or `- not recorded`)."""
+    return "\n".join(f"- **{entry['name']}** ({entry['file']}, {entry['rows']} rows, {entry['used_for']}): "
+                     f"{entry['license']}." for entry in training_data) or "- not recorded"  # fmt: skip
+
+
+def _card_markdown(
+    front_matter: str, repo_id: str, usage_extra: str, licence_lines: str, metrics: str, limitations: Sequence[str]
+) -> str:
+    """The card's text: front matter, then description, use, training data, evaluation, intended use, limitations.
+
+    `usage_extra` (adapter usage and extra sections) goes after the use section; `limitations` precede the general
+    ones."""
+    return f"""---
+{front_matter}
 ---
 
 # {repo_id.split("/")[-1]}
@@ -227,7 +244,7 @@ outputs = model(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"]
 ```
 
 Per-AU decision thresholds (`config.au_thresholds`) were tuned on validation data when the card says so.
-{adapter_text}{extra_sections}
+{usage_extra}
 ## Training data and licences
 
 {licence_lines}
@@ -238,7 +255,7 @@ not extend to these weights.
 
 ## Evaluation
 
-{metrics_table(results)}
+{metrics}
 
 These are small-budget baselines (see the training data above), not the paper's figures.
 
@@ -255,6 +272,35 @@ starting point for fine-tuning.
 - Not for decisions about people (hiring, policing, credit, health, education) nor for surveillance.
 - AU labels of the training data are binary presence labels; rare AUs (e.g. AU10, AU26 in CK+) have few examples.
 """
+
+
+def build_model_card(
+    model_dir: str | Path,
+    repo_id: str,
+    adapter_dir: str | Path | None = None,
+    metrics_files: Sequence[str | Path] = (),
+    extra_sections: str = "",
+    limitations: Sequence[str] = (),
+):
+    """The model card (`huggingface_hub.ModelCard`) of a model folder (and adapter folder): YAML front matter with the
+    training data and their licences, the evaluation results, intended use and limitations.
+
+    `extra_sections` (Markdown) goes after the usage section; `limitations` are listed before the general ones."""
+    from huggingface_hub import ModelCard
+
+    folders = [Path(model_dir)] + ([Path(adapter_dir)] if adapter_dir else [])
+    results = collect_results(folders, [Path(p) for p in metrics_files])
+    data = training_data_entries(folders)
+    card_data = _card_data(repo_id, bool(adapter_dir), _eval_results(results), data)
+    adapter_text = _adapter_usage(repo_id) if adapter_dir else ""
+    content = _card_markdown(
+        front_matter=card_data.to_yaml(),
+        repo_id=repo_id,
+        usage_extra=adapter_text + extra_sections,
+        licence_lines=_licence_lines(data),
+        metrics=metrics_table(results),
+        limitations=limitations,
+    )
     return ModelCard(content)
 
 

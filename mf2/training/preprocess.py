@@ -31,7 +31,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,83 @@ def processor_fingerprint(image_processor: MF2ImageProcessor) -> dict[str, Any]:
     return {key: value for key, value in sorted(options.items()) if key not in ("num_workers",)}
 
 
+def _processed_features(dataset: Dataset, options: dict[str, Any], pixel_format: str, keep_image: bool) -> Features:
+    """The output schema: the input columns (less `image` unless kept) plus fixed-shape `PROCESSED_COLUMNS`."""
+    size, num_aus = options["size"], len(options["au_names"])
+    # Boxes per AU, for the fixed-shape column (the canonical face has the same layout as any detected one).
+    boxes_per_au = np.asarray(default_au_boxes(options["au_names"])).shape[1]
+    features = Features({name: feature for name, feature in dataset.features.items() if keep_image or name != "image"})
+    features["pixel_values"] = Array3D(shape=(3, size, size), dtype=pixel_format)
+    features["au_boxes"] = Array3D(shape=(num_aus, boxes_per_au, 4), dtype="float32")
+    features["landmarks"] = Array2D(shape=(68, 2), dtype="float32")
+    features["face_box"] = List(Value("float32"), length=4)
+    features["landmark_backend"] = Value("string")
+    features["face_found"] = Value("bool")
+    return features
+
+
+def _batch_processor(
+    image_processor: MF2ImageProcessor, call_options: dict[str, Any], pixel_format: str, keep_image: bool
+) -> Callable[[dict[str, list]], dict[str, Any]]:
+    """The `datasets.map` function: one processor call per batch, one face per image, outputs as column arrays."""
+
+    def process(batch: dict[str, list]) -> dict[str, Any]:
+        images = [_as_image(value) for value in batch["image"]]
+        output = image_processor(images, **call_options)
+        if list(output["image_index"]) != list(range(len(images))):
+            raise RuntimeError("MF2ImageProcessor returned a face count different from one per image.")
+        pixels = np.asarray(output["pixel_values"], dtype=np.float32)
+        if pixel_format == "uint8":
+            pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+        labels = list(output["landmark_backend"])
+        result = {key: value for key, value in batch.items() if keep_image or key != "image"}
+        result.update(
+            pixel_values=pixels,
+            au_boxes=np.asarray(output["au_boxes"], dtype=np.float32),
+            landmarks=np.asarray(output["landmarks"], dtype=np.float32),
+            face_box=np.asarray(output["face_boxes"], dtype=np.float32),
+            landmark_backend=labels,
+            face_found=[label != FALLBACK_LABEL for label in labels],
+        )
+        return result
+
+    return process
+
+
+def _preprocess_fingerprint(
+    dataset: Dataset, image_processor: MF2ImageProcessor, pixel_format: str, no_face: str, keep_image: bool
+) -> str:
+    """The cache key: a hash of the input data, every output-changing option and `PREPROCESS_VERSION`.
+
+    `no_face` is the processor's own setting ("fallback" or "error"): "skip" filters afterwards, from the same file."""
+    payload = json.dumps(
+        {"data": dataset._fingerprint, "processor": processor_fingerprint(image_processor), "version": PREPROCESS_VERSION,
+         "pixel_format": pixel_format, "no_face": no_face, "keep_image": keep_image},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _cache_file(cache_dir: str | Path | None, fingerprint: str) -> str | None:
+    """`<cache_dir>/preprocess-<fingerprint>.arrow` (the folder created), or `None` for the `datasets` default."""
+    if cache_dir is None:
+        return None
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return str(Path(cache_dir) / f"preprocess-{fingerprint}.arrow")
+
+
+def _drop_faceless(processed: Dataset, cache_file: str | None, fingerprint: str) -> Dataset:
+    """`no_face="skip"`: the rows with a detected face (cached next to the pre-processed file)."""
+    before = len(processed)
+    processed = processed.filter(
+        lambda found: found, input_columns=["face_found"], batched=False,
+        cache_file_name=None if cache_file is None else cache_file.replace(".arrow", "-faces.arrow"),
+        new_fingerprint=f"{fingerprint}-faces",
+    )  # fmt: skip
+    logger.info("Dropped %d of %d rows without a detected face.", before - len(processed), before)
+    return processed
+
+
 def preprocess_dataset(
     dataset: Dataset,
     image_processor: MF2ImageProcessor,
@@ -207,54 +284,13 @@ def preprocess_dataset(
     no_face = resolve_no_face(no_face)
     if pixel_format not in ("uint8", "float32"):
         raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}.")
-    options = image_processor.resolve_options()
-    size, num_aus = options["size"], len(options["au_names"])
-    # Boxes per AU, for the fixed-shape column (the canonical face has the same layout as any detected one).
-    boxes_per_au = np.asarray(default_au_boxes(options["au_names"])).shape[1]
-
-    features = Features({name: feature for name, feature in dataset.features.items() if keep_image or name != "image"})
-    features["pixel_values"] = Array3D(shape=(3, size, size), dtype=pixel_format)
-    features["au_boxes"] = Array3D(shape=(num_aus, boxes_per_au, 4), dtype="float32")
-    features["landmarks"] = Array2D(shape=(68, 2), dtype="float32")
-    features["face_box"] = List(Value("float32"), length=4)
-    features["landmark_backend"] = Value("string")
-    features["face_found"] = Value("bool")
-
+    features = _processed_features(dataset, image_processor.resolve_options(), pixel_format, keep_image)
     call_options = {"return_tensors": None, "do_normalize": pixel_format == "float32", "multiple_faces": "largest",
                     "no_face": "error" if no_face == "error" else "fallback"}  # fmt: skip
-
-    def process(batch: dict[str, list]) -> dict[str, Any]:
-        images = [_as_image(value) for value in batch["image"]]
-        output = image_processor(images, **call_options)
-        if list(output["image_index"]) != list(range(len(images))):
-            raise RuntimeError("MF2ImageProcessor returned a face count different from one per image.")
-        pixels = np.asarray(output["pixel_values"], dtype=np.float32)
-        if pixel_format == "uint8":
-            pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
-        labels = list(output["landmark_backend"])
-        result = {key: value for key, value in batch.items() if keep_image or key != "image"}
-        result.update(
-            pixel_values=pixels,
-            au_boxes=np.asarray(output["au_boxes"], dtype=np.float32),
-            landmarks=np.asarray(output["landmarks"], dtype=np.float32),
-            face_box=np.asarray(output["face_boxes"], dtype=np.float32),
-            landmark_backend=labels,
-            face_found=[label != FALLBACK_LABEL for label in labels],
-        )
-        return result
-
-    payload = json.dumps(
-        {"data": dataset._fingerprint, "processor": processor_fingerprint(image_processor), "version": PREPROCESS_VERSION,
-         "pixel_format": pixel_format, "no_face": call_options["no_face"], "keep_image": keep_image},
-        sort_keys=True, default=str,
-    )  # fmt: skip
-    fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:32]
-    cache_file = None
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        cache_file = str(Path(cache_dir) / f"preprocess-{fingerprint}.arrow")
+    fingerprint = _preprocess_fingerprint(dataset, image_processor, pixel_format, call_options["no_face"], keep_image)
+    cache_file = _cache_file(cache_dir, fingerprint)
     processed = dataset.map(
-        process,
+        _batch_processor(image_processor, call_options, pixel_format, keep_image),
         batched=True,
         batch_size=batch_size,
         num_proc=num_proc,
@@ -265,13 +301,7 @@ def preprocess_dataset(
         desc=desc or "detect, align, AU boxes",
     )
     if no_face == "skip":
-        before = len(processed)
-        processed = processed.filter(
-            lambda found: found, input_columns=["face_found"], batched=False,
-            cache_file_name=None if cache_file is None else cache_file.replace(".arrow", "-faces.arrow"),
-            new_fingerprint=f"{fingerprint}-faces",
-        )  # fmt: skip
-        logger.info("Dropped %d of %d rows without a detected face.", before - len(processed), before)
+        processed = _drop_faceless(processed, cache_file, fingerprint)
     return processed
 
 
