@@ -181,8 +181,6 @@ class Recipe(CKPlusStages):
             shutil.rmtree(staging, ignore_errors=True)
             model.save_pretrained(staging)
             self.processor.save_pretrained(staging)
-        for code in staging.glob("*.py"):
-            code.unlink()
             os.replace(staging, base)
         model = MF2ForPreTraining.from_pretrained(str(base))
         summary = {}
