@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import os
 import sys
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="model weights dtype")  # fmt: skip
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="what runs the network: "
+                        "PyTorch (default) or onnxruntime on the model's float32 ONNX export (needs mf2[onnx]; "
+                        "exported into $MF2_HOME/onnx/ on first use)")  # fmt: skip
+    parser.add_argument("--onnx-model", metavar="FILE", help="with --runtime onnx: this `mf2 export` file instead")
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--video-fps", type=_positive_float, help="sample this many frames per second of video")
     sampling.add_argument("--every-n-frames", type=_positive_int, help="sample every N-th video frame")
@@ -175,6 +180,20 @@ def check_model(name: str) -> None:
         raise UsageError(f"--model {name}: no such folder; pass a saved model's folder, or a Hub id")
 
 
+def check_runtime(args: argparse.Namespace) -> None:
+    """`--runtime onnx` runs a float32 graph; `--onnx-model` needs it and an existing file."""
+    if args.runtime != "onnx":
+        if args.onnx_model is not None:
+            raise UsageError("--onnx-model needs --runtime onnx")
+        return
+    if args.dtype not in ("auto", "float32"):
+        raise UsageError(f"--runtime onnx runs the model in float32; drop --dtype {args.dtype}")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise AnalyzeError("--runtime onnx needs onnxruntime: pip install 'mf2[onnx]'")
+    if args.onnx_model is not None and not Path(args.onnx_model).is_file():
+        raise UsageError(f"--onnx-model {args.onnx_model}: no such file (write it with `mf2 export --output FILE`)")
+
+
 def check_annotate(name: str | None) -> None:
     if name is not None and Path(name).exists() and not Path(name).is_dir():
         raise UsageError(f"--annotate {name} is an existing file; --annotate takes a folder (new or existing)")
@@ -192,9 +211,12 @@ def _offline() -> bool:
 def _load(model: str | os.PathLike, args: argparse.Namespace):
     """`load_pipeline`, with a failure (missing download, unreadable checkpoint) as one `AnalyzeError` line."""
     try:
-        return load_pipeline(model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    except DefaultModelMissingError as error:
-        raise AnalyzeError(str(error)) from error
+        runtime = {"runtime": "onnx", "onnx_path": args.onnx_model} if args.runtime == "onnx" else {}
+        return load_pipeline(
+            model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, **runtime
+        )
+    except (DefaultModelMissingError, ImportError) as error:  # ImportError: --runtime onnx without onnxruntime
+        raise AnalyzeError(_first_line(error)) from error
     except (OSError, ValueError) as error:
         hint = "pass a saved model's folder or a Hub id"
         if _offline() and not Path(model).exists():
@@ -393,6 +415,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if args.model is not None:
         check_model(args.model)
     check_annotate(args.annotate)
+    check_runtime(args)
     try:
         files = expand_paths(args.paths, recursive=not args.no_recursive)
     except ValueError as error:

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "caption": ("mf2.data.caption_dataset", "main", "fill the MFA caption columns of a dataset (template or LLM)"),
     "demo": ("mf2.demo", "main", "the web demo (Gradio): photos, webcam, videos in a browser; needs mf2[demo]"),
     "encoders": ("mf2.encoders", "main", "fetch and convert the offline pretrained encoders into the cache"),
+    "export": ("mf2.onnx_export", "main", "write the recognition model as ONNX (opset 17, dynamic batch); mf2[onnx]"),
     "evaluate": ("mf2.training.evaluate", "main", "score a checkpoint (+ DFN adapter) on a labelled dataset"),
     "finetune": ("mf2.training.finetune", "main", "DFN fine-tuning of a frozen MF² (or full fine-tuning with --full)"),
     "push": ("mf2.training.hub", "main", "publish model, processor, DFN adapter and model card to the Hub"),

@@ -35,6 +35,8 @@ from .video import VideoDecodeError, is_video, read_frames, video_info
 REMOTE_TASK = "mf2-facial-state"
 """Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
 DEFAULT_TOP_K = 3
+RUNTIMES = ("torch", "onnx")
+"""What runs the network: PyTorch, or onnxruntime on the model's ONNX export (`mf2.onnx_export`)."""
 
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
 PREPROCESS_OPTIONS = ("no_face", "multiple_faces", "landmark_backend", "max_detection_size", "backend_kwargs")
@@ -99,6 +101,10 @@ class FacialStatePipeline(Pipeline):
         multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, backend_kwargs: passed to the
             image processor.
 
+    Construction options: `runtime="onnx"` runs the network through onnxruntime (needs `mf2[onnx]`) on `onnx_path`,
+    or on an export of the model's weights cached under `$MF2_HOME/onnx/` (written on first use); detection,
+    alignment and postprocessing are the same as with `runtime="torch"`, the default.
+
     Detection runs in worker threads ahead of the model, so the detector and the network overlap; memory is bounded
     by `batch_size` plus a few inputs in flight, whatever the number of inputs.
     """
@@ -109,7 +115,9 @@ class FacialStatePipeline(Pipeline):
     _load_tokenizer = False
     _load_video_processor = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, runtime: str = "torch", onnx_path: str | os.PathLike | None = None, **kwargs):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, got {runtime!r}.")
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         super().__init__(*args, **kwargs)
         if self.image_processor is None and self.processor is not None:
@@ -134,6 +142,16 @@ class FacialStatePipeline(Pipeline):
         if isinstance(dtype, torch.dtype) and self.model.dtype != dtype:
             self.model.to(dtype)  # a model instance was given: `pipeline()` only applies `dtype` when it loads one
         self.model.eval()  # inference: no dropout, so results do not depend on the batch
+        self.runtime = runtime
+        self.onnx_model = self._onnx_runner(onnx_path) if runtime == "onnx" else None
+
+    def _onnx_runner(self, onnx_path: str | os.PathLike | None):
+        """The onnxruntime runner of this model: `onnx_path`, else the weights-keyed cache (exported on first use)."""
+        from .onnx_export import ONNXRecognitionModel, ensure_onnx, providers_for, require_onnxruntime
+
+        require_onnxruntime()  # before a (slow) export that could not run
+        path = ensure_onnx(self.model, int(self.image_processor.size), onnx_path)
+        return ONNXRecognitionModel(path, providers=providers_for(self.device))
 
     # ------------------------------------------------------------------ parameters
 
@@ -199,8 +217,11 @@ class FacialStatePipeline(Pipeline):
             outputs["au_logits"] = torch.zeros(0, len(config.au_names))
             outputs["emotion_logits"] = torch.zeros(0, len(config.id2label))
             return outputs
-        dtype = self.model.dtype
-        result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
+        if self.onnx_model is not None:  # float32 graph, results on the CPU
+            result = self.onnx_model(pixel_values=pixel_values, au_boxes=model_inputs["au_boxes"])
+        else:
+            dtype = self.model.dtype
+            result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
         outputs["au_logits"], outputs["emotion_logits"] = result.au_logits, result.emotion_logits
         return outputs
 

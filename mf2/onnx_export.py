@@ -1,0 +1,253 @@
+"""`mf2 export`: the recognition model (`MF2ForFacialStateRecognition`) as ONNX, and its onnxruntime runner.
+
+```bash
+mf2 export --output mf2-base.onnx            # the shipped model; --model for another checkpoint
+mf2 analyze photos/ --runtime onnx           # the pipeline with the network run by onnxruntime
+```
+
+The graph maps `pixel_values` `(batch, 3, size, size)` float32 and `au_boxes` `(batch, num_aus, k, 4)` float32 to
+`au_logits` `(batch, num_aus)` and `emotion_logits` `(batch, num_emotions)`. The batch axis is dynamic; the crop size
+and the boxes per AU are those of the image processor the model was exported for. Opset `OPSET` (17), exported with
+torch's TorchScript-based exporter (`dynamo=False`: it needs no onnxscript). `ONNXRecognitionModel` runs the file and
+answers like the torch model (`.au_logits`, `.emotion_logits` as torch tensors), so the pipeline swaps it in for the
+network alone (`pipeline("facial-state", runtime="onnx")`); detection, alignment and postprocessing are unchanged.
+
+This module imports only `.home` among mf2's modules, so the pipeline exported as remote code can carry it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import importlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .home import mf2_home
+
+OPSET = 17
+"""ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
+INPUT_NAMES = ("pixel_values", "au_boxes")
+OUTPUT_NAMES = ("au_logits", "emotion_logits")
+INSTALL_HINT = "pip install 'mf2[onnx]'"
+
+
+class MissingONNXRuntimeError(ImportError):
+    """onnxruntime is not installed; the message says how to install it (one line)."""
+
+
+def require_onnxruntime():
+    """The `onnxruntime` module, or `MissingONNXRuntimeError` with the install command."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise MissingONNXRuntimeError(f"the ONNX runtime needs onnxruntime: {INSTALL_HINT}") from error
+    return onnxruntime
+
+
+class _RecognitionGraph(nn.Module):
+    """The traced function: `(pixel_values, au_boxes)` → `(au_logits, emotion_logits)`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, au_boxes: torch.Tensor):
+        output = self.model(pixel_values=pixel_values, au_boxes=au_boxes, return_dict=True)
+        return output.au_logits, output.emotion_logits
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes, values): the export cache key."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _float32_cpu(model: nn.Module) -> nn.Module:
+    """The model itself when it is float32 on the CPU, else a float32 CPU copy (the graph is float32)."""
+    parameter = next(model.parameters())
+    if parameter.dtype == torch.float32 and parameter.device.type == "cpu":
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+
+
+def _example_inputs(model: nn.Module, image_size: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trace inputs: mid-grey crops and the canonical AU boxes of an aligned face (`default_au_boxes`)."""
+    channels = model.config.vision_config.num_channels
+    pixel_values = torch.zeros(batch, channels, image_size, image_size)
+    boxes = model.mf2.default_au_boxes.detach().to(device="cpu", dtype=torch.float32)
+    return pixel_values, boxes.expand(batch, -1, -1, -1).contiguous()
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opset: int = OPSET) -> Path:
+    """Write `model` (an `MF2ForFacialStateRecognition`) to `path` as a float32 ONNX graph with a dynamic batch.
+
+    Args:
+        model: the recognition model; a half-precision or GPU model is exported from a float32 CPU copy.
+        path: the `.onnx` file to write (its folder is created; the file is replaced atomically).
+        image_size: the side of the image processor's crops (`MF2ImageProcessor.size`).
+        opset: ONNX opset, `OPSET` by default (16 at least: GridSample).
+
+    Returns:
+        The path written.
+    """
+    if getattr(model.mf2, "emotion_branch", None) is None or getattr(model.mf2, "au_branch", None) is None:
+        raise ValueError("ONNX export needs a model with both the emotion and the AU branch.")
+    if opset < 16:
+        raise ValueError(f"opset {opset} has no GridSample (the AU boxes' RoIAlign); use 16 or later.")
+    source = _float32_cpu(model)
+    was_training = source.training
+    graph = _RecognitionGraph(source).eval()  # the exporter restores the wrapper's mode: it must be eval
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    dynamic = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                graph, _example_inputs(source, image_size), str(partial), dynamo=False, opset_version=opset,
+                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )  # fmt: skip
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        source.train(was_training)
+    return path
+
+
+def cached_onnx_path(model: nn.Module, image_size: int, opset: int = OPSET) -> Path:
+    """Where `ensure_onnx` keeps the export of `model`: `$MF2_HOME/onnx/<weights sha256[:16]>-opset<N>-<size>px.onnx`."""
+    return mf2_home() / "onnx" / f"{weights_fingerprint(model)[:16]}-opset{opset}-{image_size}px.onnx"
+
+
+def ensure_onnx(model: nn.Module, image_size: int, path: str | os.PathLike | None = None) -> Path:
+    """An ONNX file of `model`: `path` when it exists (exported there when not), else the cache's, exported once."""
+    target = Path(path) if path is not None else cached_onnx_path(model, image_size)
+    if not target.is_file():
+        export_onnx(model, target, image_size)
+    return target
+
+
+@dataclass
+class ONNXRecognitionOutput:
+    """What `ONNXRecognitionModel` returns: the logits of `MF2RecognitionOutput`, as float32 torch tensors."""
+
+    au_logits: torch.Tensor
+    emotion_logits: torch.Tensor
+
+
+class ONNXRecognitionModel:
+    """An exported MF² recognition graph run by onnxruntime, called like the torch model.
+
+    `runner(pixel_values=..., au_boxes=...)` takes torch tensors or numpy arrays (any float dtype; run in float32)
+    and returns `.au_logits` and `.emotion_logits` as torch tensors on the CPU.
+
+    Args:
+        path: the `.onnx` file (`export_onnx`).
+        providers: onnxruntime execution providers, e.g. `["CUDAExecutionProvider", "CPUExecutionProvider"]`;
+            default `["CPUExecutionProvider"]`.
+        session_options: an `onnxruntime.SessionOptions` (threads, graph optimisation).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, session_options: Any = None):
+        ort = require_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {self.path} (write one with `mf2 export --output PATH`)")
+        self.session = ort.InferenceSession(
+            str(self.path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+        )
+        self.input_shapes = {item.name: item.shape for item in self.session.get_inputs()}
+        missing = set(INPUT_NAMES) - set(self.input_shapes)
+        if missing:
+            raise ValueError(f"{self.path} is not an MF² export: it has no input(s) {sorted(missing)}.")
+
+    def _array(self, name: str, value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().to(device="cpu", dtype=torch.float32).numpy()
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        fixed = self.input_shapes[name][1:]
+        if array.ndim != len(fixed) + 1 or any(isinstance(s, int) and s != a for s, a in zip(fixed, array.shape[1:])):
+            raise ValueError(f"{name} must be (batch, {', '.join(map(str, fixed))}) for {self.path.name}, "
+                             f"got {tuple(array.shape)}.")  # fmt: skip
+        return array
+
+    def __call__(self, pixel_values: Any = None, au_boxes: Any = None, **kwargs: Any) -> ONNXRecognitionOutput:
+        if pixel_values is None or au_boxes is None:
+            raise ValueError("The ONNX runner needs both pixel_values and au_boxes.")
+        feeds = {"pixel_values": self._array("pixel_values", pixel_values),
+                 "au_boxes": self._array("au_boxes", au_boxes)}  # fmt: skip
+        if len(feeds["pixel_values"]) != len(feeds["au_boxes"]):
+            raise ValueError("pixel_values and au_boxes must have the same batch size.")
+        au_logits, emotion_logits = self.session.run(list(OUTPUT_NAMES), feeds)
+        return ONNXRecognitionOutput(torch.from_numpy(au_logits), torch.from_numpy(emotion_logits))
+
+
+def providers_for(device: Any) -> list[str]:
+    """onnxruntime providers for a torch device: CUDA first when the device is CUDA and the provider is installed."""
+    ort = require_onnxruntime()
+    if torch.device(device or "cpu").type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mf2 export", description="Write the MF² recognition model as ONNX "
+                                     f"(opset {OPSET}, float32, dynamic batch) for onnxruntime.")  # fmt: skip
+    parser.add_argument("--model", help="MF² checkpoint folder or Hub id (default: the shipped mf2-base)")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    parser.add_argument("--output", "-o", help="the .onnx file (default: the cache `mf2 analyze --runtime onnx` "
+                        "reads, $MF2_HOME/onnx/)")  # fmt: skip
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; 16 at least)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0: written; 1: the model could not be loaded or exported; 2: a bad command line."""
+    args = build_parser().parse_args(argv)
+    # Not a relative import: the pipeline's remote-code export copies this file, and must not pull in the CLI's.
+    default_model = importlib.import_module("mf2.default_model")
+
+    try:
+        require_onnxruntime()
+        pipe = default_model.load_pipeline(
+            args.model or default_model.DEFAULT_MODEL_NAME, device="cpu", trust_remote_code=args.trust_remote_code
+        )
+        size = int(pipe.image_processor.size)
+        output = Path(args.output) if args.output else cached_onnx_path(pipe.model, size, args.opset)
+        export_onnx(pipe.model, output, size, opset=args.opset)
+    except (ImportError, OSError, ValueError, RuntimeError) as error:
+        print(f"mf2 export: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}", file=sys.stderr)
+        return 1
+    print(f"mf2 export: wrote {output} (opset {args.opset}, float32, dynamic batch, {size}x{size} px crops)",
+          file=sys.stderr)  # fmt: skip
+    print(output)
+    return 0
+
+
+__all__ = [
+    "INPUT_NAMES", "OPSET", "OUTPUT_NAMES", "MissingONNXRuntimeError", "ONNXRecognitionModel", "ONNXRecognitionOutput",
+    "build_parser", "cached_onnx_path", "ensure_onnx", "export_onnx", "main", "providers_for", "require_onnxruntime",
+    "weights_fingerprint",
+]  # fmt: skip

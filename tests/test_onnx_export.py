@@ -1,0 +1,183 @@
+"""ONNX export of the shipped mf2-base and its onnxruntime runner: parity with PyTorch on real faces, dynamic batch,
+the pipeline's and `mf2 analyze`'s `runtime="onnx"`, and the one-line errors without onnxruntime."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+import mf2  # noqa: F401  (registers the facial-state task)
+from mf2 import onnx_export
+from mf2.cli import main as cli_main
+from mf2.default_model import resolve_model
+from mf2.modeling_mf2 import roi_align_tokens
+
+pytest.importorskip("onnxruntime")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+IMAGES = [EXAMPLES / "astronaut.png", EXAMPLES / "two_faces.png"]
+TOLERANCE = 1e-4  # max |Δ probability|, float32
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """`$MF2_HOME` in a temporary folder for the whole module (the export cache lives below it)."""
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("mf2-home")
+    patch.setenv("MF2_HOME", str(folder))
+    yield folder
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def torch_pipe():
+    return pipeline("facial-state", model=resolve_model("mf2-base"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported(home, torch_pipe) -> Path:
+    """mf2-base exported on first use into the cache (`ensure_onnx`), as `runtime="onnx"` does."""
+    model = torch_pipe.model
+    path = onnx_export.ensure_onnx(model, int(torch_pipe.image_processor.size))
+    assert path == onnx_export.cached_onnx_path(model, int(torch_pipe.image_processor.size))
+    assert path.is_file() and path.parent == home / "onnx"
+    assert not model.training  # the exporter's mode restore leaves the model in eval
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces(torch_pipe):
+    """The 3 faces of the two example photos through the processor: `(pixel_values, au_boxes)`."""
+    images = [Image.open(path).convert("RGB") for path in IMAGES]
+    features = torch_pipe.image_processor(images, return_tensors="pt", multiple_faces="all")
+    assert len(features["pixel_values"]) == 3
+    return features["pixel_values"], features["au_boxes"]
+
+
+def probabilities(au_logits, emotion_logits) -> tuple[np.ndarray, np.ndarray]:
+    return torch.sigmoid(au_logits).numpy(), torch.softmax(emotion_logits, dim=-1).numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_probabilities_match_pytorch_on_real_faces(exported, faces, torch_pipe, batch):
+    pixel_values, au_boxes = faces[0][:batch], faces[1][:batch]
+    with torch.no_grad():
+        reference = torch_pipe.model(pixel_values=pixel_values, au_boxes=au_boxes)
+    output = onnx_export.ONNXRecognitionModel(exported)(pixel_values=pixel_values, au_boxes=au_boxes)
+    assert output.au_logits.shape == reference.au_logits.shape and output.au_logits.dtype == torch.float32
+    for ours, theirs in zip(probabilities(output.au_logits, output.emotion_logits),
+                            probabilities(reference.au_logits, reference.emotion_logits)):  # fmt: skip
+        assert np.abs(ours - theirs).max() <= TOLERANCE
+
+
+def test_graph_has_a_dynamic_batch_and_the_documented_opset(exported):
+    import onnx
+
+    graph = onnx.load(str(exported), load_external_data=False)
+    assert {entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")} == {onnx_export.OPSET}
+    assert [item.name for item in graph.graph.input] == list(onnx_export.INPUT_NAMES)
+    assert [item.name for item in graph.graph.output] == list(onnx_export.OUTPUT_NAMES)
+    for item in (*graph.graph.input, *graph.graph.output):
+        assert item.type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert item.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_runner_rejects_wrong_shapes(exported, faces):
+    runner = onnx_export.ONNXRecognitionModel(exported)
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        runner(pixel_values=faces[0][:, :, :64, :64], au_boxes=faces[1])
+    with pytest.raises(ValueError, match="same batch size"):
+        runner(pixel_values=faces[0][:2], au_boxes=faces[1])
+
+
+def _assert_same_records(ours, theirs, path="records"):
+    if isinstance(theirs, float):
+        assert abs(ours - theirs) <= TOLERANCE, path
+    elif isinstance(theirs, dict):
+        assert ours.keys() == theirs.keys(), path
+        for key in theirs:
+            _assert_same_records(ours[key], theirs[key], f"{path}.{key}")
+    elif isinstance(theirs, list):
+        assert len(ours) == len(theirs), path
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            _assert_same_records(a, b, f"{path}[{index}]")
+    else:
+        assert ours == theirs, path
+
+
+def test_pipeline_runtime_onnx_gives_the_torch_records(exported, torch_pipe):
+    onnx_pipe = pipeline("facial-state", model=resolve_model("mf2-base"), device="cpu", runtime="onnx")
+    assert onnx_pipe.onnx_model.path == exported  # found in the cache, not exported again
+    inputs = [str(path) for path in IMAGES]
+    options = {"multiple_faces": "all", "explain": True, "batch_size": 2}
+    _assert_same_records(onnx_pipe(inputs, **options), torch_pipe(inputs, **options))
+    with pytest.raises(ValueError, match="runtime"):
+        pipeline("facial-state", model=resolve_model("mf2-base"), runtime="tensorrt")
+
+
+def test_mf2_analyze_runtime_onnx(exported, tmp_path, capsys):
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        output = tmp_path / f"{runtime}.jsonl"
+        argv = ["analyze", *map(str, IMAGES), "-o", str(output), "--all-faces", "--no-progress", "--device", "cpu"]
+        if runtime == "onnx":
+            argv += ["--runtime", "onnx", "--onnx-model", str(exported)]
+        assert cli_main(argv) == 0
+        outputs[runtime] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(outputs["onnx"]) == 3
+    _assert_same_records(outputs["onnx"], outputs["torch"])
+    assert cli_main(["analyze", str(IMAGES[0]), "--onnx-model", str(exported)]) == 2
+    assert cli_main(["analyze", str(IMAGES[0]), "--runtime", "onnx", "--dtype", "float16"]) == 2
+    assert "float32" in capsys.readouterr().err
+
+
+def test_mf2_export_writes_a_file_the_runner_reads(home, tmp_path, faces, torch_pipe, capsys):
+    target = tmp_path / "mf2-base.onnx"
+    assert cli_main(["export", "--output", str(target)]) == 0
+    assert f"opset {onnx_export.OPSET}" in capsys.readouterr().err
+    output = onnx_export.ONNXRecognitionModel(target)(pixel_values=faces[0], au_boxes=faces[1])
+    with torch.no_grad():
+        reference = torch_pipe.model(pixel_values=faces[0], au_boxes=faces[1])
+    assert torch.allclose(output.emotion_logits, reference.emotion_logits, atol=1e-3)
+
+
+def test_without_onnxruntime_the_error_is_one_line_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as when it is not installed
+    with pytest.raises(onnx_export.MissingONNXRuntimeError, match=r"pip install 'mf2\[onnx\]'"):
+        onnx_export.require_onnxruntime()
+    assert cli_main(["export", "--output", "unused.onnx"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "pip install 'mf2[onnx]'" in error and "\n" not in error
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "onnxruntime" else find_spec(name, *args)
+    )
+    assert cli_main(["analyze", str(IMAGES[0]), "--runtime", "onnx"]) == 1
+    assert "pip install 'mf2[onnx]'" in capsys.readouterr().err
+
+
+def test_roi_align_tokens_exports_exactly(tmp_path):
+    """The AU boxes' RoIAlign (grid_sample) through ONNX GridSample equals PyTorch's, boxes past the border included."""
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.randn(2, 8, 8, 8, generator=generator)
+    corner = torch.rand(2, 12, 2, 2, generator=generator) * 1.2 - 0.1
+    boxes = torch.cat([corner, corner + torch.rand(2, 12, 2, 2, generator=generator) * 0.5], dim=-1)
+
+    class RoI(torch.nn.Module):
+        def forward(self, feature_map, au_boxes):
+            return roi_align_tokens(feature_map, au_boxes, 3)
+
+    path = tmp_path / "roi.onnx"
+    with torch.no_grad():
+        torch.onnx.export(RoI(), (grid[:1], boxes[:1]), str(path), dynamo=False, opset_version=onnx_export.OPSET,
+                          input_names=["f", "b"], dynamic_axes={"f": {0: "n"}, "b": {0: "n"}})  # fmt: skip
+    session = onnx_export.require_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result = session.run(None, {"f": grid.numpy(), "b": boxes.numpy()})[0]
+    assert np.abs(result - RoI()(grid, boxes).numpy()).max() <= 1e-6
