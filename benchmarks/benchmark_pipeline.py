@@ -1,9 +1,9 @@
 """End-to-end faces per second of `pipeline("facial-state")`: detection, landmarks, alignment and the model.
 
-The model is the offline-encoder configuration (DINOv2-small vision encoder, two MiniLM-initialised 6-layer
-Q-Formers; heads untrained, which does not change the cost), read from `$MF2_HOME/models/untrained-offline` (built
-once, like `mf2 analyze` does). Inputs are copies of the 512x512 single-face example photo (`examples/images/
-astronaut.png`, public domain). For each batch size it reports:
+The model is the shipped `mf2-base` (or `--model`), run by PyTorch and, with `--runtimes torch onnx`, by
+onnxruntime on its float32 ONNX export (`mf2[onnx]`; exported into `$MF2_HOME/onnx/` on first use). Inputs are copies
+of the 512x512 single-face example photo (`examples/images/astronaut.png`, public domain). For each runtime and
+batch size it reports:
 
 - end to end: `pipe(images, batch_size=b)` on a list (detection in worker threads overlaps the model);
 - detection only: `MF2ImageProcessor` on the same images (dlib HOG + 68 landmarks + alignment);
@@ -11,6 +11,7 @@ astronaut.png`, public domain). For each batch size it reports:
 
 Usage:
     python benchmarks/benchmark_pipeline.py                       # CPU, float32, batch 1 and 16
+    python benchmarks/benchmark_pipeline.py --runtimes torch onnx # PyTorch and onnxruntime
     python benchmarks/benchmark_pipeline.py --dtype bfloat16      # bfloat16 weights (AMX / AVX-512-BF16 CPUs)
     python benchmarks/benchmark_pipeline.py --device cuda --batch-sizes 1 16 64
 """
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnx"), default=["torch"])
     parser.add_argument("--images", type=int, default=32, help="photos per measurement (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept (default 2)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -63,7 +65,14 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    for runtime in args.runtimes:
+        options = {"runtime": runtime} if runtime != "torch" else {}
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, **options)
+        measure(pipe, args, runtime)
+
+
+def measure(pipe, args: argparse.Namespace, runtime: str) -> None:
+    """Print one table (end to end, detection, model) of `pipe` for every batch size."""
     if args.size:
         pipe.image_processor.size = args.size  # the ViT interpolates its position embeddings to the new grid
     device = pipe.device
@@ -73,7 +82,7 @@ def main() -> None:
     images = [photo.copy() for _ in range(args.images)]
     parameters = sum(p.numel() for p in pipe.model.parameters()) / 1e6
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()}), "
+        f"runtime {runtime}; device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()}), "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
         f"dtype {args.dtype}; load average {os.getloadavg()[0]:.1f} (other processes share these CPUs)"
     )
@@ -115,10 +124,12 @@ def model_only_rate(pipe, features, batch_size: int, steps: int, repeats: int) -
     pixel_values = features["pixel_values"].repeat(batch_size, 1, 1, 1).to(device, dtype)
     au_boxes = features["au_boxes"].repeat(batch_size, 1, 1, 1).to(device, dtype)
 
+    network = pipe.onnx_model if pipe.onnx_model is not None else pipe.model  # the runtime the pipeline runs
+
     def forward():
         with torch.no_grad():
             for _ in range(steps):
-                pipe.model(pixel_values=pixel_values, au_boxes=au_boxes)
+                network(pixel_values=pixel_values, au_boxes=au_boxes)
         synchronize(device)
 
     forward()  # warm-up at this batch size

@@ -7,7 +7,7 @@ follow EMFACS (Friesen & Ekman, 1983), restricted to the 12 AUs MF² recognises.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .configuration_mf2 import AU_NAMES, EMOTION_LABELS
@@ -245,6 +245,14 @@ def explain(emotion: str | int | None, active_aus: Iterable[str]) -> str:
     return f"{opening} No prototype AU is active for this emotion; typically, {EMOTION_APPEARANCE[name]}."
 
 
+def explanation(emotion: str, active_action_units: Sequence[str]) -> str:
+    """The pipeline's `explanation`: the key-AU sentence of `emotion` given the active AUs ("" for an unknown label)."""
+    try:
+        return explain(emotion, active_action_units)
+    except (KeyError, ValueError):  # a fine-tuned label set outside MF²'s eight emotions has no FACS prototype
+        return ""
+
+
 __all__ = [
     "ACTION_UNITS",
     "EMOTION_APPEARANCE",
@@ -254,6 +262,7 @@ __all__ = [
     "ActionUnit",
     "emotion_name",
     "explain",
+    "explanation",
     "find_au_codes",
     "join_clauses",
     "join_words",

@@ -246,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def onnx_runner(model: nn.Module, image_size: int, device: Any, path: str | os.PathLike | None = None):
+    """The onnxruntime runner of `model`: the graph at `path`, else the weights-keyed cache (exported on first use)."""
+    require_onnxruntime()  # before a (slow) export that could not run
+    return ONNXRecognitionModel(ensure_onnx(model, image_size, path), providers=providers_for(device))
+
+
 __all__ = [
     "INPUT_NAMES", "OPSET", "OUTPUT_NAMES", "MissingONNXRuntimeError", "ONNXRecognitionModel", "ONNXRecognitionOutput",
-    "build_parser", "cached_onnx_path", "ensure_onnx", "export_onnx", "main", "providers_for", "require_onnxruntime",
-    "weights_fingerprint",
+    "build_parser", "cached_onnx_path", "ensure_onnx", "export_onnx", "main", "onnx_runner", "providers_for",
+    "require_onnxruntime", "weights_fingerprint",
 ]  # fmt: skip

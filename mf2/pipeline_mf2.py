@@ -29,14 +29,13 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
 from .face_stream import FaceStream, InputError
-from .facs import explain as explain_emotion
+from .facs import explanation
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"
 """Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
 DEFAULT_TOP_K = 3
-RUNTIMES = ("torch", "onnx")
-"""What runs the network: PyTorch, or onnxruntime on the model's ONNX export (`mf2.onnx_export`)."""
+RUNTIMES = ("torch", "onnx")  # what runs the network: PyTorch, or onnxruntime on its export (`mf2.onnx_export`)
 
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
 PREPROCESS_OPTIONS = ("no_face", "multiple_faces", "landmark_backend", "max_detection_size", "backend_kwargs")
@@ -101,9 +100,8 @@ class FacialStatePipeline(Pipeline):
         multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, backend_kwargs: passed to the
             image processor.
 
-    Construction options: `runtime="onnx"` runs the network through onnxruntime (needs `mf2[onnx]`) on `onnx_path`,
-    or on an export of the model's weights cached under `$MF2_HOME/onnx/` (written on first use); detection,
-    alignment and postprocessing are the same as with `runtime="torch"`, the default.
+    Construction: `runtime="onnx"` runs the network in onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed
+    export under `$MF2_HOME/onnx/`, written on first use; everything else is as with `runtime="torch"`, the default.
 
     Detection runs in worker threads ahead of the model, so the detector and the network overlap; memory is bounded
     by `batch_size` plus a few inputs in flight, whatever the number of inputs.
@@ -142,16 +140,11 @@ class FacialStatePipeline(Pipeline):
         if isinstance(dtype, torch.dtype) and self.model.dtype != dtype:
             self.model.to(dtype)  # a model instance was given: `pipeline()` only applies `dtype` when it loads one
         self.model.eval()  # inference: no dropout, so results do not depend on the batch
-        self.runtime = runtime
-        self.onnx_model = self._onnx_runner(onnx_path) if runtime == "onnx" else None
+        self.runtime, self.onnx_model = runtime, None
+        if runtime == "onnx":
+            from .onnx_export import onnx_runner
 
-    def _onnx_runner(self, onnx_path: str | os.PathLike | None):
-        """The onnxruntime runner of this model: `onnx_path`, else the weights-keyed cache (exported on first use)."""
-        from .onnx_export import ONNXRecognitionModel, ensure_onnx, providers_for, require_onnxruntime
-
-        require_onnxruntime()  # before a (slow) export that could not run
-        path = ensure_onnx(self.model, int(self.image_processor.size), onnx_path)
-        return ONNXRecognitionModel(path, providers=providers_for(self.device))
+            self.onnx_model = onnx_runner(self.model, int(self.image_processor.size), self.device, onnx_path)
 
     # ------------------------------------------------------------------ parameters
 
@@ -427,14 +420,6 @@ class FacialStatePipeline(Pipeline):
         }  # fmt: skip
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return copied
-
-
-def explanation(emotion: str, active_action_units: Sequence[str]) -> str:
-    """The pipeline's `explanation`: the key-AU sentence of `emotion` given the active AUs ("" for an unknown label)."""
-    try:
-        return explain_emotion(emotion, active_action_units)
-    except (KeyError, ValueError):  # a fine-tuned label set outside MF²'s eight emotions has no FACS prototype
-        return ""
 
 
 def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
