@@ -17,7 +17,8 @@ Every record carries the model's name, version and whether it is trained (`model
 
 This module is the command: its parser, its checks and its run loop. The rest lives where it serves more than the
 command: the inputs and their one read in `mf2.inputs`, the records and writers in `mf2.records`, the drawing in
-`mf2.visualization`, the pipeline factory in `mf2.default_model`.
+`mf2.visualization`, the pipeline factory in `mf2.default_model`; runs over several processes (`accelerate launch`) and
+`--resume` in `mf2.analyze_shards`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, TextIO
 
 from PIL import Image
 
+from .analyze_shards import device_for, launched, run_sharded
 from .default_model import (
     DEFAULT_MODEL_NAME,
     DefaultModelMissingError,
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or template")  # fmt: skip
     parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
 
@@ -224,12 +227,12 @@ def _load(model: str | os.PathLike, args: argparse.Namespace):
         raise AnalyzeError(f"could not load the model {model}: {_first_line(error)} ({hint})") from error
 
 
-def open_output(name: str) -> TextIO:
+def open_output(name: str, buffering: int = -1) -> TextIO:
     if name == "-":
         return sys.stdout
     try:
         Path(name).parent.mkdir(parents=True, exist_ok=True)
-        return open(name, "w", newline="", encoding="utf-8")
+        return open(name, "w", buffering, newline="", encoding="utf-8")
     except OSError as error:
         raise AnalyzeError(
             f"cannot write the output file {name} ({error.strerror or error}); give -o a file in a writable folder"
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 2
-    except AnalyzeError as error:
+    except (AnalyzeError, MissingBackendError, MissingModelFileError) as error:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 1
 
@@ -424,38 +427,42 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if args.no_progress:
         cleanup.callback(silence_loading_bars())
 
+    processes = launched()
+    if (processes.distributed or args.resume) and args.output == "-":
+        raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
+    args.device = device_for(processes, args.device)
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
-
-    output = open_output(args.output)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AnimatedImageWarning)  # records of animated images carry a "warning"
-            writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
-            run = _Run(args, pipe, writer, common)
-            run.run(files)
-    except (MissingBackendError, MissingModelFileError) as error:  # raised by the first image a back-end sees
-        raise AnalyzeError(str(error)) from error
-    finally:
-        if output is sys.stdout:
-            output.flush()
-        else:
-            output.close()
-    counts = run.counts
-    summary = (
-        f"{len(files)} file(s), {counts['faces']} face(s), {counts['errors']} error(s), {counts['records']} record(s)"
-    )
+    if processes.distributed or args.resume:  # each process's share into its part, merged by process 0
+        done, counts = run_sharded(processes, Path(args.output), fmt, files, args.resume,
+                                   lambda output, share: _analyse(args, pipe, output, fmt, common, share))  # fmt: skip
+        if done is None:  # not process 0, which reports for all
+            return 1 if counts["errors"] else 0
+    else:
+        output = open_output(args.output)
+        cleanup.callback(output.flush if output is sys.stdout else output.close)
+        counts, done = _analyse(args, pipe, output, fmt, common, files), f"{len(files)} file(s)"
+    summary = f"{done}, {counts['faces']} face(s), {counts['errors']} error(s), {counts['records']} record(s)"
     if counts["warnings"]:
         summary += f", {counts['warnings']} with a warning"
     if args.output != "-":
         summary += f" in {args.output}"
-    if run.annotate_dir is not None:
-        summary += f"; annotated PNGs in {run.annotate_dir}"
+    if args.annotate:
+        summary += f"; annotated PNGs in {args.annotate}"
     print(f"mf2 analyze: {summary}", file=sys.stderr)
     if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
         print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
               'the probabilities are not predictions; records say "model_trained": false.', file=sys.stderr)  # fmt: skip
     return 1 if counts["errors"] else 0
+
+
+def _analyse(args, pipe, output: TextIO, fmt: str, common: dict[str, Any], files: list[InputPath]) -> dict[str, int]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnimatedImageWarning)  # records of animated images carry a "warning"
+        writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
+        run = _Run(args, pipe, writer, common)
+        run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
+    return run.counts
 
 
 if __name__ == "__main__":

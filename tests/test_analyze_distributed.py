@@ -1,0 +1,157 @@
+"""`mf2 analyze` over 2 CPU processes (`accelerate launch`) and `--resume`: the records of one process, in order."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_pipeline_mf2 import save_tiny_checkpoint
+
+from mf2.analyze_shards import Processes, read_lines, shard, without_last_input
+from mf2.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "images"
+NEW = ("d_small.png", "f_blank.png")  # the 2 images a resumed run adds to the first 4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mf2"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """6 small images: the 2 examples, a mirror, a shrunk copy, a crop and a face-less grey image."""
+    folder = tmp_path_factory.mktemp("images")
+    for name in ("astronaut.png", "two_faces.png"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    photo = Image.open(EXAMPLES / "astronaut.png").convert("RGB")
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "c_mirror.png")
+    photo.resize((300, 300)).save(folder / "d_small.png")
+    photo.crop((60, 0, 460, 440)).save(folder / "e_crop.png")
+    Image.new("RGB", (100, 80), (128, 128, 128)).save(folder / "f_blank.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint, images, tmp_path_factory) -> dict[str, Path]:
+    """One process, no resume, over the 6 images: the JSONL and CSV every other run must reproduce."""
+    folder = tmp_path_factory.mktemp("reference")
+    outputs = {fmt: folder / f"fresh.{fmt}" for fmt in ("jsonl", "csv")}
+    for output in outputs.values():
+        assert cli_main(["analyze", str(images), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 0
+    return outputs
+
+
+def first_four(images: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for image in sorted(images.iterdir()):
+        if image.name not in NEW:
+            shutil.copy(image, folder / image.name)
+    return folder
+
+
+def same_records(output: Path, reference: Path) -> None:
+    """Equal files; records compared with the folder and any timing fields left out (the paths differ by folder)."""
+
+    def records(path: Path) -> list[dict]:
+        found = [json.loads(line) for line in path.read_text().splitlines()]
+        timing = ("time", "seconds", "elapsed")
+        return [{**{k: v for k, v in r.items() if k not in timing}, "path": Path(r["path"]).name} for r in found]
+
+    assert records(output) == records(reference)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two(argv: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `mf2 analyze` on 2 CPU processes (torchrun under `--multi_gpu`: accelerate's `--cpu`
+    launches a single process on one machine)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "mf2", "analyze", *argv, "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_two_processes_write_the_records_of_one(checkpoint, images, reference, tmp_path):
+    output, annotated = tmp_path / "two.jsonl", tmp_path / "annotated"
+    done = launch_two([str(images), "--model", str(checkpoint), "-o", str(output), "--annotate", str(annotated)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert output.read_text() == reference["jsonl"].read_text()  # same paths: the same bytes
+    assert "6 file(s) analysed by 2 process(es)" in done.stderr
+    assert sorted(path.name for path in annotated.iterdir()) == sorted(path.name for path in images.iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["annotated", "two.jsonl"]  # no part left
+
+
+def test_two_processes_resume_a_run_of_four(checkpoint, images, reference, tmp_path):
+    four = first_four(images, tmp_path / "images")
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", str(four), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 0
+    for name in NEW:
+        shutil.copy(images / name, four / name)
+    done = launch_two([str(four), "--model", str(checkpoint), "-o", str(output), "--resume"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 file(s) analysed by 2 process(es), 4 already in" in done.stderr
+    same_records(output, reference["jsonl"])
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_analyses_only_the_new_inputs(checkpoint, images, reference, tmp_path, capsys, fmt):
+    four = first_four(images, tmp_path / "images")
+    output = tmp_path / f"out.{fmt}"
+    argv = ["analyze", str(four), "--model", str(checkpoint), "-o", str(output), "--no-progress", "--resume"]
+    assert cli_main(argv) == 0
+    for name in NEW:
+        shutil.copy(images / name, four / name)
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert "2 file(s) analysed by 1 process(es), 4 already in" in capsys.readouterr().err
+    expected = reference[fmt].read_text().replace(str(images), str(four))
+    assert output.read_text() == expected
+    assert cli_main(argv) == 0  # nothing left to do: the file stays as it is
+    assert "0 file(s) analysed" in capsys.readouterr().err and output.read_text() == expected
+
+
+def test_resume_after_a_killed_run_redoes_the_unfinished_inputs(checkpoint, images, reference, tmp_path, capsys):
+    lines = reference["jsonl"].read_text().splitlines(keepends=True)
+    output = tmp_path / "out.jsonl"
+    output.write_text("".join(lines[:2]))
+    # A killed process's part: 2 whole records (the last input's may be incomplete) and a half-written line.
+    (tmp_path / "out.jsonl.rank1.part").write_text("".join(lines[3:5]) + lines[5][:40])
+    argv = ["analyze", str(images), "--model", str(checkpoint), "-o", str(output), "--no-progress", "--resume"]
+    assert cli_main(argv) == 0
+    assert "3 file(s) analysed by 1 process(es), 3 already in" in capsys.readouterr().err
+    assert output.read_text() == reference["jsonl"].read_text()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_resume_and_overwrite_without_resume(checkpoint, images, reference, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"path": "elsewhere.png", "face": null}\n')
+    assert cli_main(["analyze", str(images), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 0
+    assert output.read_text() == reference["jsonl"].read_text()  # without --resume the output is overwritten
+    assert cli_main(["analyze", str(images), "--model", str(checkpoint), "--resume"]) == 2
+    assert capsys.readouterr().err.strip().endswith("need --output FILE (not standard output)")
+
+
+def test_shards_and_truncated_lines(tmp_path):
+    files = [Path(f"{name}.png") for name in "abcdefg"]
+    todo, share = shard(files + [Path("a.png")], {"b.png"}, Processes(rank=1, world_size=2))
+    assert [p.stem for p in todo] == list("acdefg") and [p.stem for p in share] == list("ceg")
+    part = tmp_path / "x.jsonl"
+    part.write_text('{"path": "a", "face": 0}\n{"path": "b", "face": 0}\n{"path": "b", "face": 1}\n{"path": "c", "fa')
+    header, lines = read_lines(part, "jsonl")
+    assert header is None and [path for path, _ in lines] == ["a", "b", "b"]
+    assert [path for path, _ in without_last_input(lines)] == ["a"]
