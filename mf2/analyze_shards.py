@@ -62,24 +62,40 @@ def start(processes: Processes) -> None:
         dist.init_process_group("gloo", init_method="env://", timeout=timedelta(hours=24))
 
 
-def barrier(processes: Processes) -> None:
-    if processes.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
+COUNTS = ("records", "faces", "errors", "warnings")
+"""The counters of a run (`mf2.analyze`'s summary), added up over the processes."""
 
 
-def summed(processes: Processes, counts: dict[str, int]) -> dict[str, int]:
-    """`counts` added up over the processes (every process gets the totals)."""
+def summed(processes: Processes, counts: dict[str, int], failed: bool = False) -> dict[str, int]:
+    """`counts` (the `COUNTS`, and `failed`: how many processes failed) added up over the processes; a barrier too.
+    Every process gets there, the failed ones included, so that none waits for a process that is gone."""
+    local = {**{key: int(counts.get(key, 0)) for key in COUNTS}, "failed": int(failed)}
     if not processes.distributed:
-        return dict(counts)
+        return local
     import torch
     import torch.distributed as dist
 
-    keys = sorted(counts)
-    total = torch.tensor([counts[key] for key in keys], dtype=torch.int64)
-    dist.all_reduce(total)
-    return dict(zip(keys, (int(value) for value in total)))
+    total = torch.tensor(list(local.values()), dtype=torch.int64)
+    try:
+        dist.all_reduce(total)
+    except RuntimeError as error:  # a process was killed: its message (if any) is above
+        raise RuntimeError(f"process {processes.rank}: another process stopped ({str(error)[:200]})") from error
+    return dict(zip(local, (int(value) for value in total)))
+
+
+def _share_failure(processes: Processes, run: Callable[[], dict[str, int]]) -> dict[str, int]:
+    """`run()` in every process, then the counters summed: a failure (one process's, or a killed peer's) is raised
+    in every process, once all have got this far."""
+    try:
+        counts, failure = run(), None
+    except Exception as error:  # re-raised below, after the others learnt of it
+        counts, failure = {}, error
+    total = summed(processes, counts, failure is not None)
+    if failure is not None:
+        raise failure
+    if total["failed"]:
+        raise RuntimeError("another process failed (its message is above); rerun with --resume to go on")
+    return total
 
 
 def finish(processes: Processes) -> None:
@@ -227,11 +243,11 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
 
     `analyse(stream, share)` writes the records of `share` into `stream` and returns its counters. Returns the
     counters summed over the processes and, in process 0 (else `None`), what was analysed, for the summary.
-    Raises `AnalyzeError` (one line) when the output or a part cannot be read, written or merged."""
+    Raises `AnalyzeError` (one line) when the output or a part cannot be read, written or merged, or when another
+    process failed; a failure in `analyse` is raised as it is."""
     from .analyze import AnalyzeError  # here: `mf2.analyze` imports this module
 
-    start(processes)
-    try:
+    def prepare() -> dict[str, int]:
         if processes.rank == 0:
             output.parent.mkdir(parents=True, exist_ok=True)
             if resume:
@@ -239,14 +255,22 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
             else:
                 for stale in [output, *part_paths(output)]:
                     stale.unlink(missing_ok=True)
-        barrier(processes)  # every process reads the same output: the same inputs to do, the same split
-        todo, share = shard(files, done_paths(output, fmt) if resume else set(), processes)
+        return {}
+
+    def analyse_share() -> dict[str, int]:
         with open(part_path(output, processes.rank), "w", 1, newline="", encoding="utf-8") as stream:
-            counts = analyse(stream, share)  # line-buffered: each record reaches the file whole
-        counts = summed(processes, counts)
+            return analyse(stream, share)  # line-buffered: each record reaches the file whole
+
+    start(processes)
+    try:
+        _share_failure(processes, prepare)  # then every process reads the same output: the same inputs to do
+        todo, share = shard(files, done_paths(output, fmt) if resume else set(), processes)
+        counts = _share_failure(processes, analyse_share)
         if processes.rank != 0:
             return None, counts
         merge(output, fmt, files, interrupted=False)  # summing waited for every process: the parts are whole
+    except RuntimeError as error:  # another process failed, or the process group broke
+        raise AnalyzeError(str(error).strip().splitlines()[0]) from error
     except (OSError, ValueError) as error:
         raise AnalyzeError(f"--output {output}: {str(error).strip().splitlines()[0]}") from error
     finally:

@@ -1,6 +1,5 @@
 """`mf2 analyze` over 2 CPU processes (`accelerate launch`) and `--resume`: the records of one process, in order."""
 
-import json
 import os
 import shutil
 import socket
@@ -57,17 +56,6 @@ def first_four(images: Path, folder: Path) -> Path:
     return folder
 
 
-def same_records(output: Path, reference: Path) -> None:
-    """Equal files; records compared with the folder and any timing fields left out (the paths differ by folder)."""
-
-    def records(path: Path) -> list[dict]:
-        found = [json.loads(line) for line in path.read_text().splitlines()]
-        timing = ("time", "seconds", "elapsed")
-        return [{**{k: v for k, v in r.items() if k not in timing}, "path": Path(r["path"]).name} for r in found]
-
-    assert records(output) == records(reference)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,22 +77,26 @@ def test_two_processes_write_the_records_of_one(checkpoint, images, reference, t
     output, annotated = tmp_path / "two.jsonl", tmp_path / "annotated"
     done = launch_two([str(images), "--model", str(checkpoint), "-o", str(output), "--annotate", str(annotated)])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert output.read_text() == reference["jsonl"].read_text()  # same paths: the same bytes
+    assert output.read_text() == reference["jsonl"].read_text()  # the same records, bytes and order (no timings)
     assert "6 file(s) analysed by 2 process(es)" in done.stderr
     assert sorted(path.name for path in annotated.iterdir()) == sorted(path.name for path in images.iterdir())
     assert sorted(path.name for path in tmp_path.iterdir()) == ["annotated", "two.jsonl"]  # no part left
 
 
-def test_two_processes_resume_a_run_of_four(checkpoint, images, reference, tmp_path):
-    four = first_four(images, tmp_path / "images")
+def test_a_failed_process_stops_both_in_one_line_each_and_resume_finishes(checkpoint, images, reference, tmp_path):
     output = tmp_path / "out.jsonl"
-    assert cli_main(["analyze", str(four), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 0
-    for name in NEW:
-        shutil.copy(images / name, four / name)
-    done = launch_two([str(four), "--model", str(checkpoint), "-o", str(output), "--resume"])
+    argv = [str(images), "--model", str(checkpoint), "-o", str(output)]
+    failed = launch_two([*argv, "--no-face", "error"])  # the face-less image (input 4, process 0's) ends the run
+    assert failed.returncode != 0
+    messages = [line for line in failed.stderr.splitlines() if line.startswith("mf2 analyze:")]
+    assert "f_blank.png: no face found" in messages[0] or "f_blank.png: no face found" in messages[1]
+    assert any("another process failed" in line for line in messages) and "[rank" not in failed.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl.rank0.part", "out.jsonl.rank1.part"]
+    done = launch_two([*argv, "--resume"])  # the parts are kept, less each one's last input
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "2 file(s) analysed by 2 process(es), 4 already in" in done.stderr
-    same_records(output, reference["jsonl"])
+    assert "analysed by 2 process(es)" in done.stderr and "0 already in" not in done.stderr
+    assert output.read_text() == reference["jsonl"].read_text()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
