@@ -15,17 +15,16 @@ Without `--model`, the command uses the trained MF² shipped inside the package 
 Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
 `model_trained`), read from the model's config.
 
-This module is the command: its parser, its checks and its run loop. The rest lives where it serves more than the
-command: the inputs and their one read in `mf2.inputs`, the records and writers in `mf2.records`, the drawing in
-`mf2.visualization`, the pipeline factory in `mf2.default_model`; runs over several processes (`accelerate launch`) and
-`--resume` in `mf2.analyze_shards`.
+This module is the command: its parser and its run loop. The rest lives beside it: the command line's checks in
+`mf2.analyze_checks`, runs over several processes (`accelerate launch`) and `--resume` in `mf2.analyze_shards`, the
+inputs and their one read in `mf2.inputs`, the records and writers in `mf2.records`, the drawing in
+`mf2.visualization`, the pipeline factory in `mf2.default_model`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import math
 import os
 import sys
@@ -38,6 +37,7 @@ from typing import Any, TextIO
 
 from PIL import Image
 
+from .analyze_checks import AnalyzeError, UsageError, check_annotate, check_device, check_model, check_runtime
 from .analyze_shards import device_for, launched, run_sharded
 from .default_model import (
     DEFAULT_MODEL_NAME,
@@ -56,14 +56,6 @@ from .video import VideoDecodeError, is_video, video_info
 from .visualization import annotate
 
 DEFAULT_BATCH_SIZE = 16
-
-
-class UsageError(Exception):
-    """A command line that cannot run as given: one line on stderr, exit status 2."""
-
-
-class AnalyzeError(Exception):
-    """A failure that ends the run with a message (no traceback): exit status 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,65 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
-
-
-def check_device(name: str | None) -> None:
-    """Raise `UsageError` unless `name` is a torch device this machine has."""
-    if name is None:
-        return
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu")
-
-
-def _looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else with a separator or a leading `.`, `/`, `~` is a path."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
-def check_model(name: str) -> None:
-    """Raise `UsageError` for a `--model` that names a missing folder, a file, or a folder that is not a model."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UsageError(
-                f"--model {name}: the folder holds no config.json, so it is not a saved model; pass a folder written "
-                f"by save_pretrained, or a Hub id"
-            )
-    elif path.exists():
-        raise UsageError(f"--model {name} is a file; pass the model's folder (with config.json), or a Hub id")
-    elif _looks_like_path(name):
-        raise UsageError(f"--model {name}: no such folder; pass a saved model's folder, or a Hub id")
-
-
-def check_runtime(args: argparse.Namespace) -> None:
-    """`--runtime onnx` runs a float32 graph; `--onnx-model` needs it and an existing file."""
-    if args.runtime != "onnx":
-        if args.onnx_model is not None:
-            raise UsageError("--onnx-model needs --runtime onnx")
-        return
-    if args.dtype not in ("auto", "float32"):
-        raise UsageError(f"--runtime onnx runs the model in float32; drop --dtype {args.dtype}")
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise AnalyzeError("--runtime onnx needs onnxruntime: pip install 'mf2[onnx]'")
-    if args.onnx_model is not None and not Path(args.onnx_model).is_file():
-        raise UsageError(f"--onnx-model {args.onnx_model}: no such file (write it with `mf2 export --output FILE`)")
-
-
-def check_annotate(name: str | None) -> None:
-    if name is not None and Path(name).exists() and not Path(name).is_dir():
-        raise UsageError(f"--annotate {name} is an existing file; --annotate takes a folder (new or existing)")
 
 
 def _first_line(error: BaseException) -> str:

@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
+from .analyze_checks import AnalyzeError
 from .inputs import InputPath
 
 Line = tuple[str, str]
@@ -245,7 +246,6 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
     counters summed over the processes and, in process 0 (else `None`), what was analysed, for the summary.
     Raises `AnalyzeError` (one line) when the output or a part cannot be read, written or merged, or when another
     process failed; a failure in `analyse` is raised as it is."""
-    from .analyze import AnalyzeError  # here: `mf2.analyze` imports this module
 
     def prepare() -> dict[str, int]:
         if processes.rank == 0:
