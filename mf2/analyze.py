@@ -38,7 +38,7 @@ from typing import Any, TextIO
 from PIL import Image
 
 from .analyze_checks import AnalyzeError, UsageError, check_annotate, check_device, check_model, check_runtime
-from .analyze_shards import device_for, launched, run_sharded
+from .analyze_shards import annotation_names, device_for, launched, run_sharded
 from .default_model import (
     DEFAULT_MODEL_NAME,
     DefaultModelMissingError,
@@ -200,6 +200,7 @@ class _Run:
         self.thresholds = pipe.thresholds(args.threshold)
         self.progress_off = True if args.no_progress else None  # None: tqdm is off when stderr is not a terminal
         self.used_names: set[str] = set()
+        self.names: dict[str, str] = {}  # images' PNG names fixed in advance (runs in parts: `annotation_names`)
         self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
 
     def emit(self, records: list[dict[str, Any]]) -> None:
@@ -214,7 +215,8 @@ class _Run:
         self.emit([{"path": str(path), **where, "face": None, "error": message, **self.common}])
 
     def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
-        name = annotation_name(path, frame, self.used_names)
+        name = self.names.get(str(path)) if frame is None else None
+        name = name or annotation_name(path, frame, self.used_names)
         annotate(image, faces, self.pipe.image_processor, self.thresholds).save(self.annotate_dir / name)
 
     def run(self, files: list[InputPath]) -> None:
@@ -367,8 +369,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
     if processes.distributed or args.resume:  # each process's share into its part, merged by process 0
+        names = annotation_names(files)  # the same PNG names in every process, and in every resumed run
         done, counts = run_sharded(processes, Path(args.output), fmt, files, args.resume,
-                                   lambda output, share: _analyse(args, pipe, output, fmt, common, share))  # fmt: skip
+                                   lambda output, share: _analyse(args, pipe, output, fmt, common, share, names))  # fmt: skip
         if done is None:  # not process 0, which reports for all
             return 1 if counts["errors"] else 0
     else:
@@ -389,11 +392,13 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     return 1 if counts["errors"] else 0
 
 
-def _analyse(args, pipe, output: TextIO, fmt: str, common: dict[str, Any], files: list[InputPath]) -> dict[str, int]:
+def _analyse(args, pipe, output: TextIO, fmt: str, common: dict[str, Any], files: list[InputPath],
+             names: dict[str, str] | None = None) -> dict[str, int]:  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnimatedImageWarning)  # records of animated images carry a "warning"
         writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
         run = _Run(args, pipe, writer, common)
+        run.names = names or {}
         run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
     return run.counts
 

@@ -23,6 +23,8 @@ from typing import TextIO
 
 from .analyze_checks import AnalyzeError
 from .inputs import InputPath
+from .records import annotation_name
+from .video import is_video
 
 Line = tuple[str, str]
 """One record of an output file: its input's path and its text (a JSON line, or a CSV row with its line end)."""
@@ -116,6 +118,13 @@ def device_for(processes: Processes, device: str | None) -> str | None:
     if not torch.cuda.is_available():
         return device
     return f"cuda:{processes.local_rank % torch.cuda.device_count()}"
+
+
+def annotation_names(files: list[InputPath]) -> dict[str, str]:
+    """The `--annotate` PNG name of every image among `files`, given in input order as one process gives them, so
+    that processes (and resumed runs) that each see only some inputs never write two images to one name."""
+    used: set[str] = set()
+    return {str(path): annotation_name(path, None, used) for path in dict.fromkeys(files) if not is_video(path)}
 
 
 def part_path(output: Path, rank: int) -> Path:
@@ -279,4 +288,4 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
     return f"{len(todo)} file(s) analysed by {processes.world_size} process(es), {skipped} already in {output}", counts
 
 
-__all__ = ["Processes", "device_for", "finish", "launched", "merge", "read_lines", "run_sharded", "start"]
+__all__ = ["Processes", "annotation_names", "device_for", "launched", "merge", "read_lines", "run_sharded"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
-from mf2.analyze_shards import Processes, read_lines, shard, without_last_input
+from mf2.analyze_shards import Processes, annotation_names, read_lines, shard, without_last_input
 from mf2.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,3 +147,19 @@ def test_shards_and_truncated_lines(tmp_path):
     header, lines = read_lines(part, "jsonl")
     assert header is None and [path for path, _ in lines] == ["a", "b", "b"]
     assert [path for path, _ in without_last_input(lines)] == ["a"]
+
+
+def test_annotation_names_are_fixed_over_the_whole_input_list():
+    files = [Path("a/x.png"), Path("clip.mp4"), Path("b/x.png"), Path("a/x.png"), "https://host/p/y.jpg"]
+    assert annotation_names(files) == {"a/x.png": "x.png", "b/x.png": "x-1.png", "https://host/p/y.jpg": "y.png"}
+
+
+def test_resumed_annotations_keep_distinct_names(checkpoint, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(EXAMPLES / "astronaut.png", tmp_path / folder / "x.png")
+    output, annotated = tmp_path / "out.jsonl", tmp_path / "annotated"
+    argv = ["analyze", "--model", str(checkpoint), "-o", str(output), "--annotate", str(annotated), "--resume"]
+    assert cli_main([*argv[:1], str(tmp_path / "a"), *argv[1:], "--no-progress"]) == 0
+    assert cli_main([*argv[:1], str(tmp_path / "a"), str(tmp_path / "b"), *argv[1:], "--no-progress"]) == 0
+    assert sorted(path.name for path in annotated.iterdir()) == ["x-1.png", "x.png"]  # b/x.png did not overwrite a's
