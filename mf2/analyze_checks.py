@@ -56,10 +56,11 @@ def check_model(name: str) -> None:
 
 
 def check_runtime(args: argparse.Namespace) -> None:
-    """`--runtime onnx` runs a float32 graph; `--onnx-model` needs it and an existing file."""
+    """`--runtime onnx` runs a float32 graph; `--onnx-model` (an existing file) and `--quantize` need it."""
     if args.runtime != "onnx":
-        if args.onnx_model is not None:
-            raise UsageError("--onnx-model needs --runtime onnx")
+        for flag, value in (("--onnx-model", args.onnx_model), ("--quantize", args.quantize)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --runtime onnx")
         return
     if args.dtype not in ("auto", "float32"):
         raise UsageError(f"--runtime onnx runs the model in float32; drop --dtype {args.dtype}")

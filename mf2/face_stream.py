@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -64,6 +64,8 @@ class FaceStream:
         batch_size: faces per forward pass (the faces of one input are never split).
         workers: preprocessing threads; `None` or 0 picks the image processor's `num_workers` (else up to 4).
         preprocess_params, forward_params, postprocess_params: the stages' keyword arguments.
+        preprocess: what prepares each input in place of `pipeline.preprocess`, one input after another, in order,
+            on one thread: a `FaceTracker`, which carries the faces of a video from one frame to the next.
 
     Raises (while iterating):
         InputError: a stage failed on an input with a `ValueError` (its `__cause__`); inputs before it have their
@@ -71,11 +73,17 @@ class FaceStream:
     """
 
     def __init__(self, pipeline, batch_size: int, workers: int | None, preprocess_params: dict, forward_params: dict,
-                 postprocess_params: dict):  # fmt: skip
+                 postprocess_params: dict, preprocess: Callable[..., dict] | None = None):  # fmt: skip
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         self.pipeline, self.batch_size = pipeline, batch_size
-        self.workers = int(workers or pipeline.image_processor.num_workers or min(os.cpu_count() or 1, 4))
+        self.preprocess = preprocess if preprocess is not None else pipeline.preprocess
+        # One thread runs its tasks in the order they were submitted: the frames reach a tracker in order.
+        self.workers = (
+            1
+            if preprocess is not None
+            else int(workers or pipeline.image_processor.num_workers or min(os.cpu_count() or 1, 4))
+        )
         self.preprocess_params, self.forward_params = preprocess_params, forward_params
         self.postprocess_params = postprocess_params
 
@@ -102,7 +110,7 @@ class FaceStream:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mf2-pipeline") as executor:
             try:
                 for index, (item, extra) in enumerate(items):
-                    future = executor.submit(self.pipeline.preprocess, item, **self.preprocess_params)
+                    future = executor.submit(self.preprocess, item, **self.preprocess_params)
                     queue.append((index, item, extra, future))
                     if len(queue) >= lookahead:
                         yield _collect(*queue.popleft())

@@ -39,7 +39,7 @@ from .alignment import (
 from .au_regions import au_boxes_from_landmarks, check_au_names
 from .configuration_mf2 import AU_NAMES
 from .image_loading import ImageInputError, as_image_list, load_image, path_of
-from .landmarks import FaceLandmarks, get_landmark_backend, resolve_backend_name, template_face
+from .landmarks import FaceLandmarks, UnsupportedFitError, get_landmark_backend, resolve_backend_name, template_face
 from .visualization import visualize
 
 NO_FACE_CHOICES = ("error", "fallback", "skip")
@@ -141,8 +141,10 @@ class MF2ImageProcessor(BaseImageProcessor):
             `"template-fallback"`), `"skip"` leaves the image out (see `image_index`; `"drop"`, its old spelling,
             works with a `FutureWarning`).
         multiple_faces (`str`, *optional*, defaults to `"largest"`): keep the `"largest"` face of each image, or
-            `"all"` (one output row per face, `image_index` says which image it came from). Both run the same
-            detection; detections whose landmarks fail `implausible_landmarks` are not faces.
+            `"all"` (one output row per face, `image_index` says which image it came from). "all" runs the back-end's
+            whole search; "largest" first its cheaper one (`LandmarkBackend.detect_coarse`: dlib without upsampling,
+            faces from ~80 px) and the whole search only when that finds no face. Detections whose landmarks fail
+            `implausible_landmarks` are not faces.
         au_names (`list[str]`, *optional*): AUs to place boxes for, in output order; MF²'s 12 by default.
         max_detection_size (`int`, *optional*, defaults to 1024): images whose longest side is larger are detected
             on a downscaled copy (coordinates are mapped back); the crop is always taken from the full image.
@@ -247,8 +249,15 @@ class MF2ImageProcessor(BaseImageProcessor):
     def __call__(self, images, return_tensors: str | None = "pt", **overrides) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
-    def preprocess(self, images, return_tensors: str | None = "pt", **overrides) -> BatchFeature:
-        """Detect, align and crop every image; see the class docstring for the outputs and options."""
+    def preprocess(self, images, return_tensors: str | None = "pt", face_boxes=None, **overrides) -> BatchFeature:
+        """Detect, align and crop every image; see the class docstring for the outputs and options.
+
+        Args:
+            face_boxes: instead of searching, the faces of each image: one `(N_i, 4)` array-like of `xyxy` boxes in
+                its pixels per image (what a detector of your own found, or what video tracking expects). The
+                landmark back-end places 68 landmarks inside each box ('dlib' and 'face_alignment' can); the rest is
+                as after a search (implausible landmarks are not a face, `multiple_faces`, `no_face`).
+        """
         options = self.resolve_options(**overrides)
         items = as_image_list(images)
         if not items:
@@ -256,9 +265,10 @@ class MF2ImageProcessor(BaseImageProcessor):
         backend = None
         if options["landmark_backend"] != "template":
             backend = get_landmark_backend(options["landmark_backend"], **options["backend_kwargs"])
+        boxes = _per_image_boxes(face_boxes, len(items), backend)
 
         def run(index: int) -> list[dict]:
-            return self._process_one(items[index], index, backend, options)
+            return self._process_one(items[index], index, backend, options, None if boxes is None else boxes[index])
 
         workers = min(options["num_workers"], len(items))
         if workers > 1:
@@ -268,13 +278,15 @@ class MF2ImageProcessor(BaseImageProcessor):
         faces = [face for image_faces in per_image for face in image_faces]
         return self._collate(faces, options, return_tensors)
 
-    def _process_one(self, item: Any, index: int, backend, options: dict) -> list[dict]:
+    def _process_one(self, item: Any, index: int, backend, options: dict, boxes: np.ndarray | None) -> list[dict]:
         image = load_image(item, index)
         width, height = image.size
         if backend is None:
             found = [(template_face(width, height), "template")]
         else:
-            found = self._detect(image, backend, options)
+            found = (
+                self._detect(image, backend, options) if boxes is None else self._fit(image, boxes, backend, options)
+            )
             if not found:
                 if options["no_face"] == "error":
                     raise NoFaceError(index, path_of(item), backend.name)
@@ -291,13 +303,25 @@ class MF2ImageProcessor(BaseImageProcessor):
             ratio = limit / max(width, height)
             target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
             detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        # One search for both modes: "largest" keeps the largest of the faces "all" returns.
-        faces = [
-            face for face in backend.detect(np.asarray(detection_image)) if implausible_landmarks(face.points) is None
-        ]
+        pixels = np.asarray(detection_image)
+        faces = []
+        if options["multiple_faces"] == "largest":
+            # The cheaper search first: when it finds a face, those it leaves out are smaller (see `detect_coarse`).
+            faces = _plausible(backend.detect_coarse(pixels) or [])
+        if not faces:
+            faces = _plausible(backend.detect(pixels))
         if detection_image is not image:
             sx, sy = width / detection_image.width, height / detection_image.height
             faces = [face.scaled(sx, sy) for face in faces]
+        return self._keep(faces, backend, options)
+
+    def _fit(self, image: Image.Image, boxes: np.ndarray, backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
+        faces = _plausible(backend.fit(np.asarray(image), boxes)) if len(boxes) else []
+        return self._keep(faces, backend, options)
+
+    @staticmethod
+    def _keep(faces: list[FaceLandmarks], backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
+        """The faces an image gives, largest first: all of them, or the largest (`multiple_faces`)."""
         faces = sorted(faces, key=lambda face: face.area, reverse=True)
         if options["multiple_faces"] == "largest":
             faces = faces[:1]
@@ -352,6 +376,28 @@ class MF2ImageProcessor(BaseImageProcessor):
         output = {key: value for key, value in super().to_dict().items() if not key.startswith("_")}
         output["image_processor_type"] = type(self).__name__
         return output
+
+
+def _plausible(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:
+    """The faces whose landmarks pass `implausible_landmarks` (a box on a badge or a pattern is not a face)."""
+    return [face for face in faces if implausible_landmarks(face.points) is None]
+
+
+def _per_image_boxes(face_boxes, count: int, backend) -> list[np.ndarray] | None:
+    """`face_boxes` as one `(N_i, 4)` float array per image, checked against the images and the back-end."""
+    if face_boxes is None:
+        return None
+    if backend is None or not backend.fits_boxes:
+        raise UnsupportedFitError(backend.name if backend is not None else "template")
+    if len(face_boxes) != count:
+        raise ValueError(f"`face_boxes` has {len(face_boxes)} entries for {count} images; give one list per image.")
+    boxes = []
+    for index, image_boxes in enumerate(face_boxes):
+        array = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4) if len(image_boxes) else np.zeros((0, 4))
+        if not np.isfinite(array).all() or np.any(array[:, 2:] <= array[:, :2]):
+            raise ValueError(f"`face_boxes` of image {index} must be finite x1, y1, x2, y2 with x2 > x1 and y2 > y1.")
+        boxes.append(array)
+    return boxes
 
 
 def _square_size(size: int | dict) -> int:

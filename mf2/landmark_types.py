@@ -49,10 +49,28 @@ class FaceLandmarks:
         return FaceLandmarks(box=box, points=points, score=self.score)
 
 
+class UnsupportedFitError(ValueError):
+    """A landmark back-end asked to place landmarks inside given face boxes, which it cannot (MediaPipe's graph
+    places them only on its own detections; the template back-end has no landmark model).
+
+    Attributes:
+        backend: the back-end's name.
+    """
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        super().__init__(
+            f"the '{backend}' landmark back-end cannot place landmarks inside given face boxes; use 'dlib' or "
+            "'face_alignment' (FAN) for face_boxes= or video tracking"
+        )
+
+
 class LandmarkBackend:
-    """Base class: subclasses set `name` and implement `detect`."""
+    """Base class: subclasses set `name` and implement `detect`; those that can place landmarks inside given boxes
+    (`fits_boxes`) implement `fit` and `sees_faces`, and those with a cheaper search implement `detect_coarse`."""
 
     name: str = ""
+    fits_boxes: bool = False
 
     def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         """Every face in `image` (`(H, W, 3)` RGB uint8), largest first.
@@ -60,6 +78,30 @@ class LandmarkBackend:
         There is one search whatever the caller keeps, so "the largest face" is the largest of all faces found.
         """
         raise NotImplementedError
+
+    def fit(self, image: np.ndarray, boxes: np.ndarray) -> list[FaceLandmarks]:
+        """68 landmarks inside each of `boxes` (`(N, 4)` `xyxy` pixels of `image`), in their order, without a search:
+        what video tracking and caller-supplied face boxes use.
+
+        Raises:
+            UnsupportedFitError: the back-end places landmarks only on its own detections (`fits_boxes` is False).
+        """
+        raise UnsupportedFitError(self.name)
+
+    def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
+        """Whether the face detector still finds a face at each of `boxes` (a quick search near each): how video
+        tracking tells a face that is still there from one that left (`fit` places landmarks in any box).
+
+        Raises:
+            UnsupportedFitError: as `fit`.
+        """
+        raise UnsupportedFitError(self.name)
+
+    def detect_coarse(self, image: np.ndarray) -> list[FaceLandmarks] | None:
+        """A cheaper search than `detect` that leaves out `detect`'s finest scale (the smallest faces), or `None` when
+        the back-end has no cheaper search. Looking for the largest face, a caller tries it first and runs `detect`
+        only when it finds none: the faces it leaves out are smaller than the ones it finds."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -71,6 +113,16 @@ def check_image(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"Landmark back-ends take (H, W, 3) uint8 RGB arrays, got {image.shape} {image.dtype}.")
     return np.ascontiguousarray(image)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two `xyxy` boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 def largest_first(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:
@@ -120,6 +172,8 @@ __all__ = [
     "LandmarkBackend",
     "MissingBackendError",
     "MissingModelFileError",
+    "UnsupportedFitError",
+    "box_iou",
     "check_image",
     "largest_first",
     "package_dir",

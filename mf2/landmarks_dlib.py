@@ -11,10 +11,12 @@ import queue
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .landmark_types import (
     FaceLandmarks,
     LandmarkBackend,
+    box_iou,
     check_image,
     largest_first,
     packaged_file,
@@ -29,6 +31,20 @@ _MISSING_PREDICTOR = (
 )
 DEFAULT_UPSAMPLE = 1
 """Times dlib's HOG detector upsamples the image (each finds faces half as large, at 4x the cost)."""
+COARSE_MIN_SCORE = 0.5
+"""Detector score from which a detection of the coarse search is trusted. Its weak ones include things the whole
+search does not box at all: the mission badge on the astronaut's suit (score 0.1-0.2, as large as her face, with
+68 landmarks that pass for a face)."""
+FIT_MARGIN = 1.0
+"""Box sides of image around a given box that `DlibBackend.fit` hands the shape predictor (it reads pixels up to a
+fraction of the box outside it; with this margin the landmarks are those of the whole image, to the bit)."""
+NEAR_FACE_SIZE = 100
+"""Side (px) a face is scaled to for `DlibFaceDetector.finds_face_near`: the detector's 80 px window with room for
+the face to have grown or shrunk by a fifth since its box was placed."""
+NEAR_FACE_MARGIN = 0.5
+"""Box sides of image around the box that `DlibFaceDetector.finds_face_near` searches (the face may have moved)."""
+NEAR_FACE_OVERLAP = 0.3
+"""Intersection over union with the expected box from which a detection near it counts as the same face."""
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -61,11 +77,48 @@ class DlibFaceDetector:
             for r, s in zip(rects, scores)
         ]
 
+    @property
+    def passes(self) -> int:
+        """Times the image is upsampled for `__call__` (`upsample`, or `DEFAULT_UPSAMPLE` when unset)."""
+        return DEFAULT_UPSAMPLE if self.upsample is None else int(self.upsample)
+
     def __call__(self, gray: np.ndarray) -> list[tuple[np.ndarray, float, object]]:
-        # One pass at one setting, whatever the caller keeps: a quick pass that stopped at its first hit found
-        # the badge on the astronaut's suit (larger box, score ~0) and not her face, which only the upsampled pass
-        # boxes consistently. Upsampling once finds faces down to ~40 px.
-        return self._run(gray, DEFAULT_UPSAMPLE if self.upsample is None else int(self.upsample))
+        # Upsampling once finds faces down to ~40 px. The whole pass runs whatever the caller keeps; the quicker
+        # one is `coarse`.
+        return self._run(gray, self.passes)
+
+    def coarse(self, gray: np.ndarray) -> list[tuple[np.ndarray, float, object]] | None:
+        """The confident detections (score >= `COARSE_MIN_SCORE`) of the search with one upsampling fewer (a quarter
+        of the cost; faces down to ~80 px instead of ~40 px), or `None` when `__call__` does not upsample."""
+        if self.passes == 0:
+            return None
+        return [found for found in self._run(gray, self.passes - 1) if found[1] >= COARSE_MIN_SCORE]
+
+    def finds_face_near(self, image: np.ndarray, box: np.ndarray) -> bool:
+        """Whether the detector still finds a face where `box` (`xyxy`) says one is in `image` (RGB): a search of the
+        window around it (`NEAR_FACE_MARGIN`), scaled so that the face is about `NEAR_FACE_SIZE` px, at no upsampling."""
+        box = np.asarray(box, dtype=np.float64)
+        left, top, right, bottom = around(box, image.shape, margin=NEAR_FACE_MARGIN)
+        if right - left < 8 or bottom - top < 8:
+            return False
+        factor = NEAR_FACE_SIZE / max(box[2] - box[0], box[3] - box[1])
+        size = (max(1, round((right - left) * factor)), max(1, round((bottom - top) * factor)))
+        window = Image.fromarray(image[top:bottom, left:right]).resize(size, Image.Resampling.BILINEAR)
+        scale = np.array([(right - left) / size[0], (bottom - top) / size[1]] * 2)
+        for found, _, _ in self._run(to_gray(np.asarray(window)), 0):
+            if box_iou(found * scale + np.array([left, top, left, top]), box) >= NEAR_FACE_OVERLAP:
+                return True
+        return False
+
+
+def around(box: np.ndarray, shape: tuple[int, ...], margin: float) -> tuple[int, int, int, int]:
+    """The whole-pixel region `left, top, right, bottom` of an image of `shape` within `margin` box sides of `box`."""
+    side = max(box[2] - box[0], box[3] - box[1])
+    height, width = shape[:2]
+    left, top = int(max(0, np.floor(box[0] - margin * side))), int(max(0, np.floor(box[1] - margin * side)))
+    right = int(min(width, np.ceil(box[2] + margin * side)))
+    bottom = int(min(height, np.ceil(box[3] + margin * side)))
+    return left, top, right, bottom
 
 
 def dlib_predictor_path() -> Path:
@@ -94,14 +147,43 @@ class DlibBackend(LandmarkBackend):
         self.detector = DlibFaceDetector(upsample=upsample, threshold=threshold)
         self.predictor = dlib.shape_predictor(str(path))  # read-only after loading: shared across threads
 
+    fits_boxes = True
+
     def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         gray = to_gray(check_image(image))
+        return self._landmarks(gray, self.detector(gray))
+
+    def detect_coarse(self, image: np.ndarray) -> list[FaceLandmarks] | None:
+        gray = to_gray(check_image(image))
+        found = self.detector.coarse(gray)
+        return None if found is None else self._landmarks(gray, found)
+
+    def fit(self, image: np.ndarray, boxes: np.ndarray) -> list[FaceLandmarks]:
+        image = check_image(image)
+        dlib = self.detector.dlib
         faces = []
-        for box, score, rect in self.detector(gray):
+        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            # Only the region around the box becomes grey: the shape predictor reads pixels within a fraction of
+            # the box around it, and the whole frame would cost as much as the prediction.
+            left, top, right, bottom = around(box, image.shape, margin=FIT_MARGIN)
+            x1, y1, x2, y2 = (int(round(value)) for value in box - np.array([left, top, left, top]))
+            # dlib's rectangles are inclusive pixel indices (see `DlibFaceDetector._run`).
+            rect = dlib.rectangle(x1, y1, max(x2 - 1, x1), max(y2 - 1, y1))
+            face = self._landmarks(to_gray(image[top:bottom, left:right]), [(box, 0.0, rect)])[0]
+            faces.append(FaceLandmarks(box=box, points=face.points + np.array([left, top]), score=0.0))
+        return faces
+
+    def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
+        image = check_image(image)
+        return [self.detector.finds_face_near(image, box) for box in np.asarray(boxes, np.float64).reshape(-1, 4)]
+
+    def _landmarks(self, gray: np.ndarray, found, order: bool = True) -> list[FaceLandmarks]:
+        faces = []
+        for box, score, rect in found:
             shape = self.predictor(gray, rect)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             faces.append(FaceLandmarks(box=box, points=points, score=score))
-        return largest_first(faces)
+        return largest_first(faces) if order else faces
 
     def __repr__(self) -> str:
         return f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample})"

@@ -119,15 +119,31 @@ class FaceAlignmentBackend(LandmarkBackend):
             f"(`pip install 'mf2[mediapipe]'`)."
         )
 
+    fits_boxes = True
+
     def detect(self, image: np.ndarray) -> list[FaceLandmarks]:
         image = check_image(image)
-        found = self.detector(to_gray(image))
+        return largest_first(self._landmarks(image, self.detector(to_gray(image))))
+
+    def detect_coarse(self, image: np.ndarray) -> list[FaceLandmarks] | None:
+        image = check_image(image)
+        found = self.detector.coarse(to_gray(image))
+        return None if found is None else largest_first(self._landmarks(image, found))
+
+    def fit(self, image: np.ndarray, boxes: np.ndarray) -> list[FaceLandmarks]:
+        found = [(box, 0.0, None) for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)]
+        return self._landmarks(check_image(image), found)
+
+    def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
+        image = check_image(image)
+        return [self.detector.finds_face_near(image, box) for box in np.asarray(boxes, np.float64).reshape(-1, 4)]
+
+    def _landmarks(self, image: np.ndarray, found) -> list[FaceLandmarks]:
         if not found:
             return []
         with self._lock:  # FAN uses torch's own threads; one call at a time
             points = self._fan(image, [box for box, _, _ in found])
-        faces = [FaceLandmarks(box=box, points=p, score=score) for (box, score, _), p in zip(found, points)]
-        return largest_first(faces)
+        return [FaceLandmarks(box=box, points=p, score=score) for (box, score, _), p in zip(found, points)]
 
     def _fan(self, image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
         """FAN on each face box: face-alignment's `get_landmarks_from_image` (crop, network, flip averaging), with

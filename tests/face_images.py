@@ -79,3 +79,26 @@ def afw_rows(limit: int) -> list[dict]:
 
     table = pq.read_table(data_dir() / "300w" / "afw.parquet", columns=["image", "landmarks", "file_name"])
     return table.slice(0, limit).to_pylist()
+
+
+def moving_face_frames(photo: np.ndarray, count: int, size: tuple[int, int] = (640, 480), scale: float = 1.0):
+    """`count` frames of `photo` moving about a `size = (width, height)` grey canvas as a head does in a video:
+    sliding up to 90 px sideways and 30 px up and down, growing and shrinking by 10 % and rolling by up to 5
+    degrees, at most ~10 px from one frame to the next (at 25 fps, a brisk but ordinary head movement).
+
+    `photo` is centred at `scale` times its size; the frames are `(height, width, 3)` uint8 RGB arrays, generated
+    one at a time.
+    """
+    source = Image.fromarray(photo)
+    width, height = size
+    for t in range(count):
+        zoom = scale * (1.0 + 0.1 * np.sin(2 * np.pi * t / 50))
+        angle = np.deg2rad(5.0 * np.sin(2 * np.pi * t / 70))
+        centre = np.array([width / 2 + 90 * np.sin(2 * np.pi * t / 60), height / 2 + 30 * np.sin(2 * np.pi * t / 45)])
+        # PIL's affine transform maps output pixels to input pixels: the inverse of photo → frame.
+        cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+        inverse = np.array([[cos, sin], [-sin, cos]])
+        offset = np.array([source.width / 2, source.height / 2]) - inverse @ centre
+        data = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
+        frame = source.transform(size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR, fillcolor=(128,) * 3)
+        yield np.asarray(frame)

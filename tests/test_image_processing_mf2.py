@@ -16,6 +16,7 @@ from mf2 import AU_NAMES, MF2Config, image_processing_mf2
 from mf2.alignment import apply_affine, invert_affine
 from mf2.au_regions import AU_REGION_RECIPES, default_au_boxes
 from mf2.image_processing_mf2 import MF2ImageProcessor
+from mf2.landmark_types import LandmarkBackend, box_iou
 from mf2.landmarks import FaceLandmarks, dlib_predictor_path
 from mf2.processing_mf2 import MF2Processor
 
@@ -253,15 +254,16 @@ ASTRONAUT_FACE_BOX = [179, 83, 267, 171]  # dlib's box on her face; the mission 
 @needs_dlib
 @pytest.mark.parametrize("quality", [92, 85, 60])
 def test_largest_face_of_a_reencoded_photo_is_the_face_not_the_badge(quality):
-    """Re-encoded as JPEG, the badge gets a box larger than the face from dlib's quick (not upsampled) pass, which
-    "largest" used to stop at; "largest" is now the largest of what "all" finds."""
+    """Re-encoded as JPEG, the badge gets a box as large as the face from dlib's coarse (not upsampled) pass, with a
+    weak score: "largest" trusts only the coarse pass's confident detections, and keeps the face "all" finds first
+    (its box from the coarse pass, a few pixels off the whole search's)."""
     buffer = io.BytesIO()
     Image.fromarray(astronaut()).save(buffer, format="JPEG", quality=quality)
     photo = np.asarray(Image.open(buffer).convert("RGB"))
     largest = processor()(photo, return_tensors="np")["face_boxes"]
     every = processor()(photo, multiple_faces="all", return_tensors="np")["face_boxes"]
     np.testing.assert_allclose(largest[0], ASTRONAUT_FACE_BOX, atol=10)
-    np.testing.assert_array_equal(largest[0], every[0])
+    assert box_iou(largest[0], every[0]) >= 0.8
 
 
 def face_points() -> np.ndarray:
@@ -277,10 +279,13 @@ def test_a_detection_whose_landmarks_are_not_a_face_is_not_a_face(monkeypatch, m
     scrambled = points[np.random.default_rng(0).permutation(68)] * 2.0
     bogus = FaceLandmarks(box=np.array([0.0, 0.0, 500.0, 500.0]), points=scrambled, score=2.0)
 
-    class Stub:
+    class Stub(LandmarkBackend):
         name = "dlib"
 
         def detect(self, image):
+            return [bogus, real]
+
+        def detect_coarse(self, image):  # what "largest" searches first
             return [bogus, real]
 
     monkeypatch.setattr(image_processing_mf2, "get_landmark_backend", lambda name, **kwargs: Stub())

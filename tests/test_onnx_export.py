@@ -181,3 +181,69 @@ def test_roi_align_tokens_exports_exactly(tmp_path):
     session = onnx_export.require_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     result = session.run(None, {"f": grid.numpy(), "b": boxes.numpy()})[0]
     assert np.abs(result - RoI()(grid, boxes).numpy()).max() <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def int8_graph(exported, torch_pipe) -> Path:
+    """The int8 version of mf2-base's graph, written on first use next to the float32 one."""
+    size = int(torch_pipe.image_processor.size)
+    path = onnx_export.ensure_onnx(torch_pipe.model, size, quantize="int8")
+    assert path == onnx_export.cached_onnx_path(torch_pipe.model, size, quantize="int8") != exported
+    assert path.name.endswith("-int8.onnx")
+    return path
+
+
+def test_int8_graph_quantizes_the_matmuls_and_keeps_the_answers(int8_graph, faces, torch_pipe):
+    import onnx
+
+    operators = {node.op_type for node in onnx.load(str(int8_graph)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= operators
+    output = onnx_export.ONNXRecognitionModel(int8_graph)(pixel_values=faces[0], au_boxes=faces[1])
+    with torch.no_grad():
+        reference = torch_pipe.model(pixel_values=faces[0], au_boxes=faces[1])
+    (au, emotion), (au_ref, emotion_ref) = (probabilities(output.au_logits, output.emotion_logits),
+                                            probabilities(reference.au_logits, reference.emotion_logits))  # fmt: skip
+    assert (emotion.argmax(-1) == emotion_ref.argmax(-1)).all()
+    assert np.abs(emotion - emotion_ref).max() <= 0.02
+    assert np.abs(au - au_ref).mean() <= 0.02 and np.abs(au - au_ref).max() <= 0.15
+    thresholds = np.asarray(torch_pipe.model.config.au_decision_thresholds)
+    assert ((au >= thresholds) == (au_ref >= thresholds)).mean() >= 0.9
+
+
+def test_int8_pipeline_and_cli_need_the_onnx_runtime(int8_graph, capsys):
+    onnx_pipe = pipeline("facial-state", model=resolve_model("mf2-base"), runtime="onnx", quantize="int8")
+    assert onnx_pipe.onnx_model.path == int8_graph  # found in the cache
+    assert onnx_pipe(str(IMAGES[0]))[0]["emotion"]["label"] == "happiness"
+    with pytest.raises(ValueError, match="runtime='onnx'"):
+        pipeline("facial-state", model=resolve_model("mf2-base"), quantize="int8")
+    with pytest.raises(ValueError, match="quantize"):
+        pipeline("facial-state", model=resolve_model("mf2-base"), runtime="onnx", quantize="int4")
+    assert cli_main(["analyze", str(IMAGES[0]), "--quantize", "int8"]) == 2
+    assert "--quantize needs --runtime onnx" in capsys.readouterr().err
+
+
+def test_int8_keeps_the_emotion_accuracy_on_ferplus_valid(int8_graph, torch_pipe, data_dir):
+    """The first 800 FER+ valid faces (development data): int8 within 1 point of float32, 95% the same answer."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from mf2.data.schema import map_emotion
+
+    path = data_dir / "ferplus" / "valid.parquet"
+    if not path.is_file():
+        pytest.skip(f"needs the development data ({path})")
+    rows = pq.read_table(path, columns=["image", "emotion"]).slice(0, 800).to_pylist()
+    images = [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in rows]
+    labels = np.array([map_emotion(row["emotion"]) for row in rows])
+    runner = onnx_export.ONNXRecognitionModel(int8_graph)
+    predictions = {"float32": [], "int8": []}
+    for start in range(0, len(images), 100):
+        features = torch_pipe.image_processor(images[start : start + 100], landmark_backend="template")
+        inputs = {"pixel_values": features["pixel_values"], "au_boxes": features["au_boxes"]}
+        with torch.no_grad():
+            predictions["float32"].append(torch_pipe.model(**inputs).emotion_logits.argmax(-1).numpy())
+        predictions["int8"].append(runner(**inputs).emotion_logits.argmax(-1).numpy())
+    float32, int8 = (np.concatenate(predictions[key]) for key in ("float32", "int8"))
+    assert abs((int8 == labels).mean() - (float32 == labels).mean()) <= 0.01
+    assert (int8 == float32).mean() >= 0.95
