@@ -7,11 +7,17 @@ batch size it reports:
 
 - end to end: `pipe(images, batch_size=b)` on a list (detection in worker threads overlaps the model);
 - detection only: `MF2ImageProcessor` on the same images (dlib HOG + 68 landmarks + alignment);
-- model only: forward passes on ready `pixel_values` / `au_boxes` batches.
+- model only: forward passes on ready `pixel_values` / `au_boxes` batches;
+- video: frames/s of `pipe.video(clip, batch_size=16)` on a 640x480 clip of the same photo moving as a head does
+  (`tests/face_images.moving_face_frames`), decoding included, searching for the face every frame and every
+  `DEFAULT_DETECT_EVERY` frames (tracking in between), and how far the tracked AU probabilities are from those of
+  the search on every frame.
+
+Runtimes: `torch`, `onnx` (onnxruntime, float32 graph) and `onnx-int8` (its int8 version, `quantize="int8"`).
 
 Usage:
     python benchmarks/benchmark_pipeline.py                       # CPU, float32, batch 1 and 16
-    python benchmarks/benchmark_pipeline.py --runtimes torch onnx # PyTorch and onnxruntime
+    python benchmarks/benchmark_pipeline.py --runtimes torch onnx onnx-int8   # the README's table
     python benchmarks/benchmark_pipeline.py --dtype bfloat16      # bfloat16 weights (AMX / AVX-512-BF16 CPUs)
     python benchmarks/benchmark_pipeline.py --device cuda --batch-sizes 1 16 64
 """
@@ -21,16 +27,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from mf2.default_model import load_pipeline
+from mf2.face_tracking import DEFAULT_DETECT_EVERY
+from mf2.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "images" / "astronaut.png"
+RUNTIME_OPTIONS = {"torch": {}, "onnx": {"runtime": "onnx"}, "onnx-int8": {"runtime": "onnx", "quantize": "int8"}}
 
 
 def timed(function, repeats: int = 1) -> float:
@@ -54,7 +66,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnx"), default=["torch"])
+    parser.add_argument("--runtimes", nargs="+", choices=tuple(RUNTIME_OPTIONS), default=["torch"])
+    parser.add_argument("--video-frames", type=int, default=150, help="frames of the 640x480 clip (0: no video)")
     parser.add_argument("--images", type=int, default=32, help="photos per measurement (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept (default 2)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -65,10 +78,54 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    clip = write_clip(args.video_frames) if args.video_frames else None
     for runtime in args.runtimes:
-        options = {"runtime": runtime} if runtime != "torch" else {}
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, **options)
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, **RUNTIME_OPTIONS[runtime])
         measure(pipe, args, runtime)
+        if clip is not None:
+            measure_video(pipe, clip)
+
+
+def write_clip(frames: int) -> Path:
+    """The benchmark's 640x480 clip (25 fps) of the example photo moving about, in a temporary folder."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_images import moving_face_frames
+
+    path = Path(tempfile.mkdtemp(prefix="mf2-benchmark-")) / "moving-face.mp4"
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
+    write_video(path, moving_face_frames(photo, frames), fps=25)
+    return path
+
+
+def measure_video(pipe, clip: Path, batch_size: int = 16) -> None:
+    """Frames/s of `pipe.video` on `clip`, searching every frame and tracking, and the tracked results' distance."""
+    results, rates = {}, {}
+    for detect_every in (1, DEFAULT_DETECT_EVERY):
+        start = time.perf_counter()
+        results[detect_every] = list(pipe.video(clip, batch_size=batch_size, detect_every=detect_every))
+        rates[detect_every] = len(results[detect_every]) / (time.perf_counter() - start)
+    difference = au_difference(results[1], results[DEFAULT_DETECT_EVERY])
+    print(
+        f"video 640x480, batch {batch_size}: {rates[1]:.2f} frames/s searching every frame, "
+        f"{rates[DEFAULT_DETECT_EVERY]:.2f} searching every {DEFAULT_DETECT_EVERY} (tracking); tracked - searched AU "
+        f"probabilities |d|: mean {difference.mean():.4f}, 95th percentile {np.quantile(difference, 0.95):.3f}, "
+        f"99th {np.quantile(difference, 0.99):.3f}, max {difference.max():.3f}; from one frame to the next the "
+        f"searched ones move by {au_steps(results[1]):.4f} on average"
+    )
+
+
+def au_matrix(results: list[dict]) -> np.ndarray:
+    """`(frames, AUs)` probabilities of the first face of each frame (frames without a face are left out)."""
+    return np.array([list(frame["faces"][0]["action_units"].values()) for frame in results if frame["faces"]])
+
+
+def au_difference(searched: list[dict], tracked: list[dict]) -> np.ndarray:
+    both = [(a, b) for a, b in zip(searched, tracked) if a["faces"] and b["faces"]]
+    return np.abs(au_matrix([a for a, _ in both]) - au_matrix([b for _, b in both]))
+
+
+def au_steps(results: list[dict]) -> float:
+    return float(np.abs(np.diff(au_matrix(results), axis=0)).mean())
 
 
 def measure(pipe, args: argparse.Namespace, runtime: str) -> None:
