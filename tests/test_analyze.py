@@ -101,6 +101,7 @@ def _bad_flag_cases():
         (["--threshold", "nan"], 2, "probability from 0 to 1"),
         (["--video-fps", "0"], 2, "--video-fps: must be a number > 0"),
         (["--every-n-frames", "0"], 2, "--every-n-frames: must be a whole number >= 1"),
+        (["--detect-every", "0"], 2, "--detect-every: must be a whole number >= 1"),
         (["--landmark-backend", "opencv"], 2, "Unknown landmark_backend"),
         (["--model", "{tmp}/no/such/model"], 2, "no such folder"),
         (["--model", "{tmp}/not-a-model"], 2, "holds no config.json"),
@@ -264,6 +265,12 @@ def test_video_records_per_sampled_frame_and_annotated_frames(checkpoint, tmp_pa
     assert [(r["frame"], r["face"]) for r in records] == [(0, 0), (5, None)]
     assert records[0]["time"] == pytest.approx(0.0) and records[1]["time"] == pytest.approx(0.5)
     assert sorted(p.name for p in annotated.iterdir()) == ["clip_frame000000.png", "clip_frame000005.png"]
+    # Every frame, searched every 3rd frame and followed in between, or searched every frame: a record per frame, the
+    # faceless one included (the tracker searches when the face is gone).
+    for detect_every in ("3", "1"):
+        assert cli_main(["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--detect-every",
+                         detect_every, "--no-progress"]) == 0  # fmt: skip
+        assert [r["face"] for r in read_jsonl(output)] == [0, 0, 0, 0, 0, None, 0, 0, 0, 0]
 
 
 def test_trained_flag_name_and_version_travel_with_the_config(checkpoint, tmp_path, capsys):
