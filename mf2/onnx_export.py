@@ -207,7 +207,11 @@ class ONNXRecognitionModel:
         path: the `.onnx` file (`export_onnx`).
         providers: onnxruntime execution providers, e.g. `["CUDAExecutionProvider", "CPUExecutionProvider"]`;
             default `["CPUExecutionProvider"]`.
-        session_options: an `onnxruntime.SessionOptions` (threads, graph optimisation).
+        session_options: an `onnxruntime.SessionOptions` (threads, graph optimisation). By default onnxruntime's
+            defaults, except that its threads do not spin-wait between runs (`session.intra_op.allow_spinning` 0):
+            in the pipeline the face search runs beside the network, and spinning threads took the cores it needs
+            (on 2 cores, batch 1 went from 11.8 to 18.1 photos/s end to end, video tracking from 23.5 to 24.8
+            frames/s).
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, session_options: Any = None):
@@ -215,6 +219,9 @@ class ONNXRecognitionModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no ONNX model at {self.path} (write one with `mf2 export --output PATH`)")
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
         )
