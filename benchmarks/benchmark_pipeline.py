@@ -38,7 +38,6 @@ from PIL import Image
 
 from mf2.default_model import load_pipeline
 from mf2.face_tracking import DEFAULT_DETECT_EVERY
-from mf2.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "images" / "astronaut.png"
@@ -89,12 +88,9 @@ def main() -> None:
 def write_clip(frames: int) -> Path:
     """The benchmark's 640x480 clip (25 fps) of the example photo moving about, in a temporary folder."""
     sys.path.insert(0, str(REPO / "tests"))
-    from face_images import moving_face_frames
+    from face_images import write_moving_face_video
 
-    path = Path(tempfile.mkdtemp(prefix="mf2-benchmark-")) / "moving-face.mp4"
-    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
-    write_video(path, moving_face_frames(photo, frames), fps=25)
-    return path
+    return write_moving_face_video(Path(tempfile.mkdtemp(prefix="mf2-benchmark-")) / "moving-face.mp4", frames)
 
 
 def measure_video(pipe, clip: Path, batch_size: int = 16) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mf2.landmark_types import box_iou
 from mf2.processing_mf2 import MF2ImageProcessor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,14 +37,6 @@ def data_dir(value: str | None) -> Path:
 
 def box_of(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points.min(axis=0), points.max(axis=0)])
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def nme(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -64,7 +57,7 @@ def afw_accuracy(processor: MF2ImageProcessor, parquet: Path, limit: int | None)
         features = processor(image, return_tensors="np", multiple_faces="all", no_face="skip")
         best, best_iou = None, 0.0
         for points in features["landmarks"]:
-            overlap = iou(box_of(points.astype(np.float64)), box_of(truth))
+            overlap = box_iou(box_of(points.astype(np.float64)), box_of(truth))
             if overlap > best_iou:
                 best, best_iou = points.astype(np.float64), overlap
         if best is None or best_iou < 0.3:

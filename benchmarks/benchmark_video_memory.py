@@ -37,20 +37,6 @@ def write_video(path: Path, count: int, size: int, fps: int = 25) -> None:
             container.mux(packet)
 
 
-def write_face_video(path: Path, count: int, fps: int = 25) -> None:
-    """`count` 640x480 frames of the example photo moving about (generated and encoded one at a time)."""
-    from PIL import Image
-
-    from mf2.video import write_video as encode
-
-    repo = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(repo / "tests"))
-    from face_images import moving_face_frames
-
-    photo = np.asarray(Image.open(repo / "examples" / "images" / "astronaut.png").convert("RGB"))
-    encode(path, moving_face_frames(photo, count), fps=fps)
-
-
 def rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -73,7 +59,10 @@ def main() -> None:
         command = [sys.executable, "-m", "mf2.cli", "analyze", str(video), "--no-progress",
                    "-o", str(Path(folder) / "out.jsonl")]  # fmt: skip
         if args.clip == "face":
-            write_face_video(video, args.frames)
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from face_images import write_moving_face_video
+
+            write_moving_face_video(video, args.frames)
         else:
             write_video(video, args.frames, args.size)
             command += ["--landmark-backend", "template"]

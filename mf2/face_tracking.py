@@ -121,11 +121,11 @@ class FaceTracker:
         fitted = self.preprocess(frame, face_boxes=[boxes], **{**options, "multiple_faces": "all", "no_face": "skip"})
         if len(fitted["landmarks"]) != len(self.faces):
             return None
-        # Rows come back largest first; pair each with the box it was placed in by overlap.
+        # Rows come back largest first, each with the box it was placed in: pair them with the faces by that box.
         moved = []
         for points, given in zip(fitted["landmarks"], fitted["face_boxes"]):
             given = _numpy(given)
-            owner = max(self.faces, key=lambda face: box_iou(face.box(), given))
+            owner = self.faces[int(np.argmax([box_iou(box, given) for box in boxes]))]
             points = _numpy(points)
             if box_iou(owner.box(points), given) < MIN_BOX_OVERLAP:
                 return None

@@ -169,21 +169,21 @@ class DlibBackend(LandmarkBackend):
             x1, y1, x2, y2 = (int(round(value)) for value in box - np.array([left, top, left, top]))
             # dlib's rectangles are inclusive pixel indices (see `DlibFaceDetector._run`).
             rect = dlib.rectangle(x1, y1, max(x2 - 1, x1), max(y2 - 1, y1))
-            face = self._landmarks(to_gray(image[top:bottom, left:right]), [(box, 0.0, rect)])[0]
-            faces.append(FaceLandmarks(box=box, points=face.points + np.array([left, top]), score=0.0))
+            points = self._points(to_gray(image[top:bottom, left:right]), rect) + np.array([left, top])
+            faces.append(FaceLandmarks(box=box, points=points, score=0.0))
         return faces
 
     def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
         image = check_image(image)
         return [self.detector.finds_face_near(image, box) for box in np.asarray(boxes, np.float64).reshape(-1, 4)]
 
-    def _landmarks(self, gray: np.ndarray, found, order: bool = True) -> list[FaceLandmarks]:
-        faces = []
-        for box, score, rect in found:
-            shape = self.predictor(gray, rect)
-            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-            faces.append(FaceLandmarks(box=box, points=points, score=score))
-        return largest_first(faces) if order else faces
+    def _landmarks(self, gray: np.ndarray, found) -> list[FaceLandmarks]:
+        faces = [FaceLandmarks(box=box, points=self._points(gray, rect), score=score) for box, score, rect in found]
+        return largest_first(faces)
+
+    def _points(self, gray: np.ndarray, rect) -> np.ndarray:
+        """The shape predictor's 68 points inside dlib rectangle `rect` of `gray`."""
+        return np.array([(p.x, p.y) for p in self.predictor(gray, rect).parts()], dtype=np.float64)
 
     def __repr__(self) -> str:
         return f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample})"

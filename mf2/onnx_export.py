@@ -177,15 +177,15 @@ def cached_onnx_path(model: nn.Module, image_size: int, opset: int = OPSET, quan
 
 
 def ensure_onnx(model: nn.Module, image_size: int, path: str | os.PathLike | None = None,
-                quantize: str | None = None) -> Path:  # fmt: skip
-    """An ONNX file of `model` (`quantize="int8"`: its int8 version): `path` when it exists (written there when
-    not), else the cache's, written once."""
-    target = Path(path) if path is not None else cached_onnx_path(model, image_size, quantize=quantize)
+                quantize: str | None = None, opset: int = OPSET) -> Path:  # fmt: skip
+    """An ONNX file of `model` (`quantize="int8"`: its int8 version, made from the cached float32 one): `path` when it
+    exists (written there when not), else the cache's, written once."""
+    target = Path(path) if path is not None else cached_onnx_path(model, image_size, opset, quantize)
     if not target.is_file():
         if check_quantize(quantize):
-            quantize_onnx(ensure_onnx(model, image_size), target)
+            quantize_onnx(ensure_onnx(model, image_size, opset=opset), target)
         else:
-            export_onnx(model, target, image_size)
+            export_onnx(model, target, image_size, opset=opset)
     return target
 
 
@@ -290,10 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         size = int(pipe.image_processor.size)
         output = Path(args.output) if args.output else cached_onnx_path(pipe.model, size, args.opset, args.quantize)
         if args.quantize:
-            float_graph = cached_onnx_path(pipe.model, size, args.opset)
-            if not float_graph.is_file():
-                export_onnx(pipe.model, float_graph, size, opset=args.opset)
-            quantize_onnx(float_graph, output)
+            quantize_onnx(ensure_onnx(pipe.model, size, opset=args.opset), output)
         else:
             export_onnx(pipe.model, output, size, opset=args.opset)
     except (ImportError, OSError, ValueError, RuntimeError) as error:

@@ -102,3 +102,12 @@ def moving_face_frames(photo: np.ndarray, count: int, size: tuple[int, int] = (6
         data = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
         frame = source.transform(size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR, fillcolor=(128,) * 3)
         yield np.asarray(frame)
+
+
+def write_moving_face_video(path: Path, count: int, fps: float = 25) -> Path:
+    """A 640x480 video of `count` `moving_face_frames` of the astronaut (the tests' and benchmarks' tracking clip),
+    generated and encoded one frame at a time."""
+    from mf2.video import write_video
+
+    write_video(path, moving_face_frames(astronaut(), count), fps=fps)
+    return path

@@ -4,7 +4,7 @@ leaves the frame or jumps), and back-ends that cannot place landmarks in a box s
 
 import numpy as np
 import pytest
-from face_images import astronaut, moving_face_frames
+from face_images import astronaut, moving_face_frames, write_moving_face_video
 from transformers import pipeline
 
 import mf2  # noqa: F401  (registers the facial-state task)
@@ -32,10 +32,8 @@ def frames() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory, frames):
-    path = tmp_path_factory.mktemp("tracking") / "moving.mp4"
-    write_video(path, frames, fps=25)
-    return path
+def clip(tmp_path_factory):
+    return write_moving_face_video(tmp_path_factory.mktemp("tracking") / "moving.mp4", FRAMES)
 
 
 def tracker(pipe, detect_every: int) -> FaceTracker:
