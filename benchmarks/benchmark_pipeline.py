@@ -19,6 +19,7 @@ Usage:
     python benchmarks/benchmark_pipeline.py                       # CPU, float32, batch 1 and 16
     python benchmarks/benchmark_pipeline.py --runtimes torch onnx onnx-int8   # the README's table
     python benchmarks/benchmark_pipeline.py --dtype bfloat16      # bfloat16 weights (AMX / AVX-512-BF16 CPUs)
+    python benchmarks/benchmark_pipeline.py --no-settle           # dlib's landmarks not settled: what it costs
     python benchmarks/benchmark_pipeline.py --device cuda --batch-sizes 1 16 64
 """
 
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--workers", type=int, help="detection threads (default: the processor's)")
     parser.add_argument("--size", type=int, help="face crop side in px (default: the processor's, 224)")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="dlib's landmarks of the detector's box, not settled (what settling costs)")  # fmt: skip
     args = parser.parse_args()
 
     torch.set_flush_denormal(True)
@@ -128,12 +131,15 @@ def measure(pipe, args: argparse.Namespace, runtime: str) -> None:
     """Print one table (end to end, detection, model) of `pipe` for every batch size."""
     if args.size:
         pipe.image_processor.size = args.size  # the ViT interpolates its position embeddings to the new grid
+    if args.no_settle:
+        pipe.image_processor.backend_kwargs = {**pipe.image_processor.backend_kwargs, "settle": False}
     device = pipe.device
     config = pipe.model.config
     size = pipe.image_processor.size
     photo = Image.open(PHOTO).convert("RGB")
     images = [photo.copy() for _ in range(args.images)]
     parameters = sum(p.numel() for p in pipe.model.parameters()) / 1e6
+    settled = " (settled)" if getattr(pipe.image_processor.get_backend(), "settle", False) else ""
     print(
         f"runtime {runtime}; device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor()}), "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
@@ -142,7 +148,8 @@ def measure(pipe, args: argparse.Namespace, runtime: str) -> None:
     print(
         f"model: {config.vision_config.model_type} hidden {config.vision_config.hidden_size} + Q-Formers "
         f"{config.qformer_config.num_hidden_layers} layers, {parameters:.1f} M parameters; crop {size} px; "
-        f"landmarks: {pipe.image_processor.landmark_backend}; {args.images} x {photo.width}x{photo.height} photos"
+        f"landmarks: {pipe.image_processor.landmark_backend}{settled}; {args.images} x {photo.width}x{photo.height} "
+        "photos"
     )
 
     features = pipe.image_processor(images[:1], return_tensors="pt")

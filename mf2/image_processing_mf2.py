@@ -158,7 +158,10 @@ class MF2ImageProcessor(BaseImageProcessor):
         - `au_boxes` `(N, len(au_names), 2, 4)` float: normalised `xyxy` in the `pixel_values` frame, image-left
           box first, clipped to `[0, 1]`
         - `landmarks` `(N, 68, 2)` float: original image pixels
-        - `face_boxes` `(N, 4)` float: `xyxy`, original image pixels
+        - `face_boxes` `(N, 4)` float: `xyxy`, original image pixels: the box the face's landmarks were placed in.
+          With dlib that is the box the landmarks settle in (`mf2.landmark_settling`), not the detector's: they are
+          placed again in the box they give until it stops moving, so a face gets the same landmarks whatever box
+          it was found in (the detector's, a tracked one, yours).
         - `image_index` `(N,)` long: input image of each face
         - `alignment` `(N, 2, 3)` float: affine map from original image pixels to crop pixels
         - `landmark_backend` `list[str]` of length N: the back-end that placed each face's landmarks
@@ -255,8 +258,9 @@ class MF2ImageProcessor(BaseImageProcessor):
         Args:
             face_boxes: instead of searching, the faces of each image: one `(N_i, 4)` array-like of `xyxy` boxes in
                 its pixels per image (what a detector of your own found, or what video tracking expects). The
-                landmark back-end places 68 landmarks inside each box ('dlib' and 'face_alignment' can); the rest is
-                as after a search (implausible landmarks are not a face, `multiple_faces`, `no_face`).
+                landmark back-end places 68 landmarks inside each box ('dlib' and 'face_alignment' can; dlib's settle
+                as after a search, so a box a few pixels off gives the same landmarks); the rest is as after a search
+                (implausible landmarks are not a face, `multiple_faces`, `no_face`).
         """
         options = self.resolve_options(**overrides)
         items = as_image_list(images)

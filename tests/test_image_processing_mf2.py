@@ -71,7 +71,7 @@ def test_astronaut_outputs_have_the_contract_shapes():
     assert features["alignment"].shape == (1, 2, 3)
     assert features["image_index"].tolist() == [0] and features["image_index"].dtype == torch.int64
     assert features["landmark_backend"] == ["dlib"]
-    np.testing.assert_allclose(features["face_boxes"][0].numpy(), [179, 83, 268, 172], atol=12)
+    np.testing.assert_allclose(features["face_boxes"][0].numpy(), [172, 72, 275, 176], atol=12)
     # ImageNet-normalised pixels of a real photo.
     pixels = features["pixel_values"]
     assert -2.2 < pixels.min() < -0.5 and 1.0 < pixels.max() < 2.7
@@ -248,22 +248,22 @@ def test_several_faces_largest_or_all():
     np.testing.assert_allclose(every["au_boxes"][0], every["au_boxes"][1], atol=0.04)
 
 
-ASTRONAUT_FACE_BOX = [179, 83, 267, 171]  # dlib's box on her face; the mission badge on the suit is at ~[123, 330]
+ASTRONAUT_FACE_BOX = [172, 72, 275, 176]  # the box her settled landmarks are placed in; the suit's badge is at ~[123, 330]
 
 
 @needs_dlib
 @pytest.mark.parametrize("quality", [92, 85, 60])
 def test_largest_face_of_a_reencoded_photo_is_the_face_not_the_badge(quality):
     """Re-encoded as JPEG, the badge gets a box as large as the face from dlib's coarse (not upsampled) pass, with a
-    weak score: "largest" trusts only the coarse pass's confident detections, and keeps the face "all" finds first
-    (its box from the coarse pass, a few pixels off the whole search's)."""
+    weak score: "largest" trusts only the coarse pass's confident detections, and keeps her face, which "all" finds
+    too (next to the badge, whose landmarks make a slightly larger face than hers and so come first)."""
     buffer = io.BytesIO()
     Image.fromarray(astronaut()).save(buffer, format="JPEG", quality=quality)
     photo = np.asarray(Image.open(buffer).convert("RGB"))
     largest = processor()(photo, return_tensors="np")["face_boxes"]
     every = processor()(photo, multiple_faces="all", return_tensors="np")["face_boxes"]
     np.testing.assert_allclose(largest[0], ASTRONAUT_FACE_BOX, atol=10)
-    assert box_iou(largest[0], every[0]) >= 0.8
+    assert max(box_iou(largest[0], box) for box in every) >= 0.8
 
 
 def face_points() -> np.ndarray:

@@ -11,7 +11,8 @@ from mf2 import landmarks as lm
 from mf2 import landmarks_fan
 from mf2.au_regions import canonical_landmarks
 
-ASTRONAUT_DLIB_BOX = np.array([179, 83, 267, 171])  # dlib's box on the astronaut, x1 y1 x2 y2
+ASTRONAUT_DETECTOR_BOX = np.array([179, 83, 267, 171])  # dlib's face detector's box on the astronaut, x1 y1 x2 y2
+ASTRONAUT_DLIB_BOX = np.array([172, 72, 275, 176])  # the box dlib's landmarks of her settle in (mf2.landmark_settling)
 
 
 def _dlib_available() -> bool:
@@ -79,6 +80,24 @@ def test_dlib_finds_the_astronaut():
     assert backend.detect(no_face()) == []
     with pytest.raises(ValueError, match="uint8 RGB"):
         backend.detect(astronaut()[..., 0])
+
+
+@needs_dlib
+def test_dlib_landmarks_do_not_depend_on_the_box_they_start_from():
+    """Settled (`mf2.landmark_settling`): boxes a few pixels off, larger or smaller, give the detection's landmarks
+    to the pixel, and the box they were placed in; dlib's shape predictor alone moves with its box."""
+    backend = lm.DlibBackend()
+    photo = astronaut()
+    detected = backend.detect(photo)[0]
+    side = detected.box[2] - detected.box[0]
+    starts = [detected.box + shift for shift in ([6, -5, 6, -5], [-7, 4, -7, 4], [0, 0, 0, 0])]
+    starts += [detected.box + np.array([-1, -1, 1, 1]) * side * change for change in (0.06, -0.06)]
+    for face in backend.fit(photo, np.array(starts)):
+        np.testing.assert_array_equal(face.points, detected.points)
+        np.testing.assert_array_equal(face.box, detected.box)
+    unsettled = lm.DlibBackend(settle=False).fit(photo, np.array(starts))
+    assert [face.box.tolist() for face in unsettled] == [start.tolist() for start in starts]
+    assert any(not np.array_equal(face.points, unsettled[0].points) for face in unsettled[1:])
 
 
 @needs_dlib
@@ -155,7 +174,7 @@ def test_fan_runs_with_local_weights(monkeypatch, tmp_path):
     assert len(faces) == 1
     face = faces[0]
     assert backend.name == "face_alignment" and face.points.shape == (68, 2) and np.isfinite(face.points).all()
-    np.testing.assert_allclose(face.box, ASTRONAUT_DLIB_BOX, atol=12)
+    np.testing.assert_allclose(face.box, ASTRONAUT_DETECTOR_BOX, atol=12)
     # Random weights give random points, but FAN only ever places them inside its crop around the face box.
     centre = (face.box[:2] + face.box[2:]) / 2
     assert np.abs(face.points - centre).max() < 2 * (face.box[2] - face.box[0])

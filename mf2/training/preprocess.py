@@ -51,7 +51,7 @@ from ..image_processing_mf2 import (
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 """Bumped whenever the stored columns change, so that old cache files are never read."""
 
 SOURCES: tuple[str, ...] = ("mfa", "ferplus", "ckplus")
