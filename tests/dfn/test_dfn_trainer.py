@@ -112,9 +112,15 @@ DDP_SCRIPT = textwrap.dedent(
     os.makedirs({output_dir!r}, exist_ok=True)
     with open(os.path.join({output_dir!r}, f"result-{{state.process_index}}.txt"), "w") as stream:
         stream.write(record)
-    # Tear the gloo group down before exit: left to the interpreter, its thread can abort the process (SIGABRT).
+    # Tear the gloo group down before exit, both ranks together: left to the interpreter, its threads can abort the
+    # process (SIGABRT, "terminate called without an active exception"; once in a clean-clone CI run even after an
+    # explicit destroy), so the interpreter's own teardown is skipped too (see pytorch/pytorch#179291).
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
     """
 )
 
