@@ -122,16 +122,20 @@ class _Settling:
 
     def __init__(self, fit: Callable[[np.ndarray], np.ndarray]):
         self.fit = fit
-        self.fitted: dict[LatticeBox, tuple[np.ndarray, LatticeBox, np.ndarray]] = {}
+        self.fitted: dict[LatticeBox, tuple[np.ndarray, LatticeBox, np.ndarray, np.ndarray | None]] = {}
 
-    def place(self, box: LatticeBox) -> tuple[np.ndarray, LatticeBox, np.ndarray]:
-        """`box`'s landmarks, and the lattice box they give with their offsets from it (`nearest_box`)."""
+    def place(self, box: LatticeBox) -> tuple[np.ndarray, LatticeBox, np.ndarray, np.ndarray | None]:
+        """`box`'s landmarks, the lattice box they give with their offsets from it (`nearest_box`), and their
+        `face_position` (`None` for landmarks all at one point, which give no box: kept as they are, the box as its
+        own, for the processor to drop)."""
         if box not in self.fitted:
             placed = np.asarray(self.fit(box.box()), dtype=np.float64)
             try:
-                self.fitted[box] = (placed, *nearest_box(face_position(placed)))
-            except ValueError:  # landmarks all at one point give no box: keep them (the processor drops them)
-                self.fitted[box] = (placed, box, np.zeros(3))
+                position = face_position(placed)
+            except ValueError:
+                self.fitted[box] = (placed, box, np.zeros(3), None)
+            else:
+                self.fitted[box] = (placed, *nearest_box(position), position)
         return self.fitted[box]
 
     def fixed_box(self, box: LatticeBox) -> LatticeBox:
@@ -151,9 +155,9 @@ class _Settling:
         moved = True
         while moved and len(self.fitted) < MAX_FITS:
             moved = False
-            placed, _, offsets = self.place(box)
+            _, _, offsets, position = self.place(box)
             for axis in np.flatnonzero(offsets < TIE_MARGIN - 0.5):
-                below = _neighbour_below(box, face_position(placed), int(axis))
+                below = _neighbour_below(box, position, int(axis))
                 if self.place(below)[1] == below:
                     box, moved = below, True
                     break

@@ -64,7 +64,8 @@ class DlibFaceDetector:
         self.threshold = float(threshold)
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
 
-    def _run(self, gray: np.ndarray, upsample: int) -> list[tuple[np.ndarray, float, object]]:
+    def _run(self, gray: np.ndarray, upsample: int) -> list[tuple[np.ndarray, float]]:
+        """`(box, score)` of each detection: `xyxy` pixels, dlib's detector score."""
         try:
             detector = self._pool.get_nowait()
         except queue.Empty:
@@ -75,7 +76,7 @@ class DlibFaceDetector:
             self._pool.put(detector)
         # dlib's rectangles are inclusive pixel indices; box edges are pixel boundaries.
         return [
-            (np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64), float(s), r)
+            (np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64), float(s))
             for r, s in zip(rects, scores)
         ]
 
@@ -84,12 +85,12 @@ class DlibFaceDetector:
         """Times the image is upsampled for `__call__` (`upsample`, or `DEFAULT_UPSAMPLE` when unset)."""
         return DEFAULT_UPSAMPLE if self.upsample is None else int(self.upsample)
 
-    def __call__(self, gray: np.ndarray) -> list[tuple[np.ndarray, float, object]]:
+    def __call__(self, gray: np.ndarray) -> list[tuple[np.ndarray, float]]:
         # Upsampling once finds faces down to ~40 px. The whole pass runs whatever the caller keeps; the quicker
         # one is `coarse`.
         return self._run(gray, self.passes)
 
-    def coarse(self, gray: np.ndarray) -> list[tuple[np.ndarray, float, object]] | None:
+    def coarse(self, gray: np.ndarray) -> list[tuple[np.ndarray, float]] | None:
         """The confident detections (score >= `COARSE_MIN_SCORE`) of the search with one upsampling fewer (a quarter
         of the cost; faces down to ~80 px instead of ~40 px), or `None` when `__call__` does not upsample."""
         if self.passes == 0:
@@ -107,7 +108,7 @@ class DlibFaceDetector:
         size = (max(1, round((right - left) * factor)), max(1, round((bottom - top) * factor)))
         window = Image.fromarray(image[top:bottom, left:right]).resize(size, Image.Resampling.BILINEAR)
         scale = np.array([(right - left) / size[0], (bottom - top) / size[1]] * 2)
-        for found, _, _ in self._run(to_gray(np.asarray(window)), 0):
+        for found, _ in self._run(to_gray(np.asarray(window)), 0):
             if box_iou(found * scale + np.array([left, top, left, top]), box) >= NEAR_FACE_OVERLAP:
                 return True
         return False
@@ -203,7 +204,7 @@ class DlibBackend(LandmarkBackend):
     def _landmarks(self, gray: np.ndarray, found) -> list[FaceLandmarks]:
         region = _GreyRegion(gray=gray)
         faces = []
-        for box, score, _ in found:
+        for box, score in found:
             points, placed = self._placed(region, box)
             faces.append(FaceLandmarks(box=placed, points=points, score=score))
         return largest_first(faces)

@@ -131,7 +131,7 @@ class FaceAlignmentBackend(LandmarkBackend):
         return None if found is None else largest_first(self._landmarks(image, found))
 
     def fit(self, image: np.ndarray, boxes: np.ndarray) -> list[FaceLandmarks]:
-        found = [(box, 0.0, None) for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)]
+        found = [(box, 0.0) for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)]
         return self._landmarks(check_image(image), found)
 
     def sees_faces(self, image: np.ndarray, boxes: np.ndarray) -> list[bool]:
@@ -142,8 +142,8 @@ class FaceAlignmentBackend(LandmarkBackend):
         if not found:
             return []
         with self._lock:  # FAN uses torch's own threads; one call at a time
-            points = self._fan(image, [box for box, _, _ in found])
-        return [FaceLandmarks(box=box, points=p, score=score) for (box, score, _), p in zip(found, points)]
+            points = self._fan(image, [box for box, _ in found])
+        return [FaceLandmarks(box=box, points=p, score=score) for (box, score), p in zip(found, points)]
 
     def _fan(self, image: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
         """FAN on each face box: face-alignment's `get_landmarks_from_image` (crop, network, flip averaging), with
