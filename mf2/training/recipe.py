@@ -129,6 +129,8 @@ class Recipe(CKPlusStages):
             facts = getattr(self, f"stage_{stage}")() or {}
             seconds = time.perf_counter() - start
             self.mark_done(stage, seconds, **facts)
+            # A stage's Trainer checkpoints only serve to resume it; once its model is saved they are ~1 GB of waste.
+            shutil.rmtree(self.stage_dir(stage) / "checkpoints", ignore_errors=True)
             logger.info("stage %s: finished in %.0f s", stage, seconds)
         logger.info("recipe finished; wall time per stage (s): %s", json.dumps(self.timings))
 

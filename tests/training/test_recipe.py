@@ -25,6 +25,7 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     output, _ = smoke_run
     for stage in STAGES:
         assert (output / stage / "done.json").is_file(), stage
+        assert not (output / stage / "checkpoints").exists(), stage  # removed once the stage's model is saved
     export = output / "mf2-base"
     for name in ("config.json", "model.safetensors", "processor_config.json", "README.md", "eval_results.json",
                  "cv_results.json", "training_data.json"):  # fmt: skip
