@@ -59,6 +59,18 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return np.concatenate([inverse, -(inverse @ matrix[:, 2])[:, None]], axis=1)
 
 
+def face_to_image(points: np.ndarray) -> np.ndarray:
+    """`(2, 3)` similarity carrying the face's own frame (the coordinates of `MEAN_SHAPE_68`) into the image of the
+    `(68, 2)` landmarks `points`: the inverse of their fit onto the mean shape. A box fixed in the face's frame
+    (a tracked face's, dlib's detector box in `mf2.landmark_settling`) is carried into an image by this one fit,
+    the same way wherever it is used (the least-squares fit the other way round is not its inverse).
+
+    Raises:
+        ValueError: the landmarks are all at one point.
+    """
+    return invert_affine(similarity_transform(points, MEAN_SHAPE_68))
+
+
 # RMS distance (in face-box units) of 68 landmarks from dlib's mean shape after the best similarity fit. Real faces,
 # profiles and strong expressions included, stay below 0.18 (dlib on 1,373 faces of 300-W AFW, CK+ and FER+); points
 # scattered at random or in the wrong order are far above it.

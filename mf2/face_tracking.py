@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .alignment import apply_affine, invert_affine, similarity_transform
-from .au_regions import MEAN_SHAPE_68
+from .alignment import apply_affine, face_to_image, invert_affine
 from .landmark_types import LandmarkBackend, box_iou
 
 DEFAULT_DETECT_EVERY = 10
@@ -57,14 +56,13 @@ class TrackedFace:
 
     @classmethod
     def detected(cls, landmarks: np.ndarray, box: np.ndarray) -> TrackedFace:
-        to_face = similarity_transform(landmarks, MEAN_SHAPE_68)
+        to_face = invert_affine(face_to_image(landmarks))  # so that `box` carries the box back exactly
         return cls(np.asarray(landmarks, np.float64), apply_affine(to_face, box_corners(box)))
 
     def box(self, landmarks: np.ndarray | None = None) -> np.ndarray:
         """`(4,)` `xyxy` box of the face whose landmarks are `landmarks` (default: the latest ones)."""
         points = self.landmarks if landmarks is None else landmarks
-        # The inverse of the fit `detected` makes (the least-squares fit the other way round is not its inverse).
-        corners = apply_affine(invert_affine(similarity_transform(points, MEAN_SHAPE_68)), self.box_in_face)
+        corners = apply_affine(face_to_image(points), self.box_in_face)
         return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
 
 

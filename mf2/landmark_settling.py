@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .alignment import apply_affine, invert_affine, similarity_transform
-from .au_regions import MEAN_SHAPE_68
+from .alignment import apply_affine, face_to_image
 
 BOX_CENTRE_IN_FACE = np.array([0.50, 0.52])
 """Centre of dlib's detector box in the face's own frame (where the similarity fit of its 68 landmarks onto
@@ -77,7 +76,7 @@ def face_position(points: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: the landmarks are all at one point (they give no box).
     """
-    to_image = invert_affine(similarity_transform(points, MEAN_SHAPE_68))
+    to_image = face_to_image(points)
     scale = np.sqrt(abs(np.linalg.det(to_image[:, :2])))
     centre = apply_affine(to_image, BOX_CENTRE_IN_FACE[None])[0]
     return np.array([centre[0], centre[1], np.log(BOX_SIDE_IN_FACE * scale)])

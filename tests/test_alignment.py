@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from test_image_processing_mf2 import face_points
 
-from mf2.alignment import apply_affine, implausible_landmarks, invert_affine, similarity_transform
+from mf2.alignment import apply_affine, face_to_image, implausible_landmarks, invert_affine, similarity_transform
+from mf2.au_regions import MEAN_SHAPE_68
 
 
 def test_similarity_transform_recovers_a_known_map():
@@ -18,6 +19,21 @@ def test_similarity_transform_recovers_a_known_map():
     np.testing.assert_allclose(apply_affine(invert_affine(matrix), target), source, atol=1e-9)
     with pytest.raises(ValueError, match="one point"):
         similarity_transform(np.ones((5, 2)), source[:5])
+
+
+def test_face_to_image_carries_the_mean_shape_onto_the_landmarks():
+    rng = np.random.default_rng(1)
+    angle = 0.2
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    face = MEAN_SHAPE_68 @ (80 * rotation).T + np.array([200.0, 150.0])
+    noisy = face + rng.normal(0, 0.5, face.shape)
+    matrix = face_to_image(noisy)
+    # The inverse of the fit onto the mean shape, not the fit the other way round (they differ for noisy points).
+    np.testing.assert_allclose(matrix, invert_affine(similarity_transform(noisy, MEAN_SHAPE_68)), atol=1e-12)
+    assert not np.allclose(matrix, similarity_transform(MEAN_SHAPE_68, noisy), atol=1e-6)
+    np.testing.assert_allclose(apply_affine(matrix, MEAN_SHAPE_68), face, atol=1.0)
+    with pytest.raises(ValueError, match="one point"):
+        face_to_image(np.ones((68, 2)))
 
 
 def test_implausible_landmarks_names_what_is_not_a_face():
