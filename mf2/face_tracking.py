@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .alignment import apply_affine, face_to_image, invert_affine
+from .alignment import apply_affine, face_to_image, similarity_transform
+from .au_regions import MEAN_SHAPE_68
 from .landmark_types import LandmarkBackend, box_iou
 
 DEFAULT_DETECT_EVERY = 10
@@ -56,7 +57,8 @@ class TrackedFace:
 
     @classmethod
     def detected(cls, landmarks: np.ndarray, box: np.ndarray) -> TrackedFace:
-        to_face = invert_affine(face_to_image(landmarks))  # so that `box` carries the box back exactly
+        # The fit whose inverse `box` applies (`face_to_image`), so the box comes back exactly on this frame.
+        to_face = similarity_transform(landmarks, MEAN_SHAPE_68)
         return cls(np.asarray(landmarks, np.float64), apply_affine(to_face, box_corners(box)))
 
     def box(self, landmarks: np.ndarray | None = None) -> np.ndarray:

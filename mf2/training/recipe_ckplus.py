@@ -85,12 +85,11 @@ class CKPlusStages:
 
         final = copy.deepcopy(template)
         set_seed(self.settings.seed)
-        self.fit_au(final, cached, list(range(len(rows))), directory / "final-checkpoints")
+        self.fit_au(final, cached, list(range(len(rows))), directory / "checkpoints")  # removed when the stage is done
         merged = {k: np.concatenate([part[k] for part in held_out]) for k in ("au_probs", "au_labels")}
         final.config.au_thresholds = tune_au_thresholds(merged["au_probs"], merged["au_labels"])
         self.write_emotion_head_inputs(final, directory / "features.npz", with_valid=True)
         self.save_final(final, directory / "model")
-        shutil.rmtree(directory / "final-checkpoints", ignore_errors=True)
 
     @staticmethod
     def cv_metrics(held_out: list[dict[str, np.ndarray]], config, peak: np.ndarray) -> dict[str, Any]:
