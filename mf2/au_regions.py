@@ -68,10 +68,24 @@ AU_BOX_HALF_SIZE = 0.35
 BOXES_PER_AU = 2
 
 
+# Where a face sits in a typical face-detector crop (what users hand over as "a face": a FER+ image, another
+# detector's crop), as the similarity that carries the canonical face into it: dlib's 68 landmarks on 451 of 600 FER+
+# train crops upscaled to 192 px (`benchmarks/benchmark_crop_layout.py`), median scale and position of the canonical
+# crop's centre (quartiles 1.04-1.27, x 0.48-0.53, y 0.59-0.65). The face is larger and lower than the canonical one.
+DETECTOR_CROP_SCALE = 1.165
+DETECTOR_CROP_CENTER = (0.505, 0.625)
+
+
 def canonical_landmarks() -> np.ndarray:
     """The 68 landmarks of the canonical aligned face, `(68, 2)` in `[0, 1]` crop coordinates (x, y)."""
     center = np.asarray(CANONICAL_CENTER)
     return (MEAN_SHAPE_68 - center) * CANONICAL_SCALE + 0.5
+
+
+def detector_crop_landmarks() -> np.ndarray:
+    """The 68 landmarks of a typical detector face crop, `(68, 2)` in `[0, 1]` crop coordinates: where
+    `no_face="fallback"` assumes the face of an image whose landmarks were not found."""
+    return (canonical_landmarks() - 0.5) * DETECTOR_CROP_SCALE + np.asarray(DETECTOR_CROP_CENTER)
 
 
 def check_au_names(au_names: list[str] | tuple[str, ...]) -> None:
@@ -130,9 +144,12 @@ def _au_number(name: str) -> int:
 __all__ = [
     "AU_REGION_RECIPES",
     "BOXES_PER_AU",
+    "DETECTOR_CROP_CENTER",
+    "DETECTOR_CROP_SCALE",
     "MEAN_SHAPE_68",
     "au_boxes_from_landmarks",
     "canonical_landmarks",
     "check_au_names",
     "default_au_boxes",
+    "detector_crop_landmarks",
 ]

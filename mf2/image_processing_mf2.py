@@ -39,7 +39,14 @@ from .alignment import (
 from .au_regions import au_boxes_from_landmarks, check_au_names
 from .configuration_mf2 import AU_NAMES
 from .image_loading import ImageInputError, as_image_list, load_image, path_of
-from .landmarks import FaceLandmarks, UnsupportedFitError, get_landmark_backend, resolve_backend_name, template_face
+from .landmarks import (
+    FaceLandmarks,
+    UnsupportedFitError,
+    detector_crop_face,
+    get_landmark_backend,
+    resolve_backend_name,
+    template_face,
+)
 from .visualization import visualize
 
 NO_FACE_CHOICES = ("error", "fallback", "skip")
@@ -64,6 +71,7 @@ class MF2ImagesKwargs(ImagesKwargs, total=False):
     multiple_faces: str
     au_names: list[str]
     max_detection_size: int
+    min_detection_size: int
     num_workers: int
     backend_kwargs: dict
 
@@ -138,7 +146,8 @@ class MF2ImageProcessor(BaseImageProcessor):
             pixel values are in `[0, 1]`).
         no_face (`str`, *optional*, defaults to `"error"`): when an image has no face, `"error"` raises a
             `ValueError` naming it, `"fallback"` treats the whole image as an aligned crop (`landmark_backend` entry
-            `"template-fallback"`), `"skip"` leaves the image out (see `image_index`; `"drop"`, its old spelling,
+            `"template-fallback"`; the face is placed where a typical detector crop holds it,
+            `mf2.au_regions.detector_crop_landmarks`, and aligned like a found one), `"skip"` leaves the image out (see `image_index`; `"drop"`, its old spelling,
             works with a `FutureWarning`).
         multiple_faces (`str`, *optional*, defaults to `"largest"`): keep the `"largest"` face of each image, or
             `"all"` (one output row per face, `image_index` says which image it came from). "all" runs the back-end's
@@ -148,6 +157,8 @@ class MF2ImageProcessor(BaseImageProcessor):
         au_names (`list[str]`, *optional*): AUs to place boxes for, in output order; MF²'s 12 by default.
         max_detection_size (`int`, *optional*, defaults to 1024): images whose longest side is larger are detected
             on a downscaled copy (coordinates are mapped back); the crop is always taken from the full image.
+        min_detection_size (`int`, *optional*, defaults to 192): images whose longest side is smaller (face crops
+            such as FER+'s 48 px) are detected on a copy upscaled to it: dlib's detector misses faces under ~40 px.
         num_workers (`int`, *optional*): threads for a batch (dlib and PIL release the GIL); defaults to the CPU count
             (at most 4).
         backend_kwargs (`dict`, *optional*): arguments of the landmark back-end, e.g. `{"upsample": 1}` (dlib),
@@ -190,6 +201,7 @@ class MF2ImageProcessor(BaseImageProcessor):
     multiple_faces: str = "largest"
     au_names: Sequence[str] = AU_NAMES
     max_detection_size: int = 1024
+    min_detection_size: int = 192
     num_workers: int | None = None
     backend_kwargs: dict | None = None
 
@@ -238,6 +250,11 @@ class MF2ImageProcessor(BaseImageProcessor):
             raise ValueError("`image_std` must not contain zeros.")
         if int(options["max_detection_size"]) < 64:
             raise ValueError(f"`max_detection_size` must be >= 64, got {options['max_detection_size']}.")
+        if not 0 <= int(options["min_detection_size"]) <= int(options["max_detection_size"]):
+            raise ValueError(
+                f"`min_detection_size` must lie in [0, max_detection_size={options['max_detection_size']}], got "
+                f"{options['min_detection_size']}."
+            )
         workers = options["num_workers"]
         options["num_workers"] = int(workers) if workers is not None else max(1, min(os.cpu_count() or 1, 4))
         return options
@@ -296,17 +313,22 @@ class MF2ImageProcessor(BaseImageProcessor):
                     raise NoFaceError(index, path_of(item), backend.name)
                 if options["no_face"] == "skip":
                     return []
-                found = [(template_face(width, height), FALLBACK_LABEL)]
+                found = [(detector_crop_face(width, height), FALLBACK_LABEL)]
         return [self._align(image, face, label, index, options) for face, label in found]
 
     def _detect(self, image: Image.Image, backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
         width, height = image.size
         limit = int(options["max_detection_size"])
+        smallest = int(options["min_detection_size"])
         detection_image = image
         if max(width, height) > limit:
             ratio = limit / max(width, height)
             target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
             detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        elif max(width, height) < smallest:
+            ratio = smallest / max(width, height)
+            target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+            detection_image = image.resize(target, Image.Resampling.BICUBIC)
         pixels = np.asarray(detection_image)
         faces = []
         if options["multiple_faces"] == "largest":
@@ -335,7 +357,7 @@ class MF2ImageProcessor(BaseImageProcessor):
         size = options["size"]
         width, height = image.size
         points = np.asarray(face.points, dtype=np.float64)
-        if label.startswith("template"):
+        if label == "template":  # an aligned crop by the caller's word: stretched, not re-aligned
             matrix = stretch_matrix(width, height, size)
             crop = image.resize((size, size), Image.Resampling.BILINEAR)
         else:

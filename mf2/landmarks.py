@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .au_regions import canonical_landmarks
+from .au_regions import canonical_landmarks, detector_crop_landmarks
 from .landmark_types import (
     NUM_LANDMARKS,
     FaceLandmarks,
@@ -136,6 +136,16 @@ class TemplateBackend(LandmarkBackend):
 def template_face(width: int, height: int) -> FaceLandmarks:
     """The canonical aligned face stretched over a `width x height` image."""
     points = canonical_landmarks() * np.array([width, height], dtype=np.float64) - 0.5
+    return FaceLandmarks(box=np.array([0.0, 0.0, width, height]), points=points, score=0.0)
+
+
+def detector_crop_face(width: int, height: int) -> FaceLandmarks:
+    """The face of a typical detector crop (`mf2.au_regions.detector_crop_landmarks`) in the central square of a
+    `width x height` image (detector crops are square): where `no_face="fallback"` places a face whose landmarks were
+    not found, so that it is aligned like a found one."""
+    side = min(width, height)
+    offset = np.array([width - side, height - side], dtype=np.float64) / 2
+    points = detector_crop_landmarks() * side + offset - 0.5
     return FaceLandmarks(box=np.array([0.0, 0.0, width, height]), points=points, score=0.0)
 
 

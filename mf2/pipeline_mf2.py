@@ -39,7 +39,9 @@ DEFAULT_TOP_K = 3
 RUNTIMES = ("torch", "onnx")  # what runs the network: PyTorch, or onnxruntime on its export (`mf2.onnx_export`)
 
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
-PREPROCESS_OPTIONS = ("no_face", "multiple_faces", "landmark_backend", "max_detection_size", "backend_kwargs")
+PREPROCESS_OPTIONS = (
+    "no_face", "multiple_faces", "landmark_backend", "max_detection_size", "min_detection_size", "backend_kwargs",
+)  # fmt: skip
 POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "return_features")
 # `pipe(video_path, video_fps=...)` names → `FacialStatePipeline.video` arguments.
 VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "start", "end_time": "end",
@@ -96,10 +98,10 @@ class FacialStatePipeline(Pipeline):
         return_landmarks (`bool`), explain (`bool`), return_features (`bool`): add `landmarks` / `explanation` /
             `features`.
         no_face (`"error"`, `"skip"`, `"fallback"`): when an image has no face: raise a `ValueError` naming it
-            (the processor's default), give an empty list, or analyse the whole image as an aligned face (flagged by
-            `landmark_backend == "template-fallback"`).
-        multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, backend_kwargs: passed to the
-            image processor.
+            (the processor's default), give an empty list, or analyse the image as a face crop whose face sits where
+            a typical detector crop holds it (flagged by `landmark_backend == "template-fallback"`).
+        multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, min_detection_size,
+            backend_kwargs: passed to the image processor.
 
     Construction: `runtime="onnx"` runs the network in onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed
     export under `$MF2_HOME/onnx/`, written on first use; everything else is as with `runtime="torch"`, the default.

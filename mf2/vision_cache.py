@@ -3,11 +3,12 @@
 In MF² pretraining and recognition training the vision encoder is frozen below `MF2Model.vision_cache_layer` (all of
 it by default, all but the top `config.vision_trainable_layers` blocks otherwise). The tokens entering the trainable
 part depend only on the image, so `VisionTokenCache` computes them once, for each image and for its horizontal flip
-(the one augmentation the cache can replay), with the shared keyed mechanism of `mf2.feature_cache`: changing the
+and, when asked, for `augmented_views` seeded variations of it (`mf2.view_augmentation`: shift, scale, rotation,
+contrast, blur, with the AU boxes carried along), with the shared keyed mechanism of `mf2.feature_cache`: changing the
 encoder's weights, the cache layer, the storage dtype or the data gives a new entry, never a stale one.
 
-`VisionTokenDataset` serves the cached tokens to `Trainer`: each time an example is read it takes the original or the
-flipped view at random (the flipped view with mirrored AU boxes), together with its labels and, for pretraining, its
+`VisionTokenDataset` serves the cached tokens to `Trainer`: each time an example is read it takes one of its views at
+random (the flipped view with mirrored AU boxes, an augmented view with its own), together with its labels and, for pretraining, its
 captions. `VisionTokenCollator` stacks them into the keyword arguments of `MF2ForPreTraining` /
 `MF2ForFacialStateRecognition` (`vision_tokens=` instead of `pixel_values=`). Cached and uncached batches give the
 same loss (`tests/test_vision_cache.py`).
@@ -25,9 +26,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .feature_cache import CACHE_FORMAT_VERSION, CachedFeatureDataset, FeatureCache
+from .view_augmentation import DEFAULT_JITTER, ViewJitter, augmented_view, view_generator
 
 VIEW_NAMES = ("tokens", "flipped_tokens")
-"""Feature names of the two cached views of an image."""
+"""Feature names of the original and mirrored views of an image."""
+
+
+def augmented_view_names(view: int) -> tuple[str, str]:
+    """Feature names of augmented view `view`'s tokens and AU boxes."""
+    return f"view{view}_tokens", f"view{view}_au_boxes"
 
 
 def flip_au_boxes(au_boxes: torch.Tensor) -> torch.Tensor:
@@ -44,6 +51,9 @@ class VisionTokenCache(FeatureCache):
         cache_dir: directory holding one sub-directory per entry.
         dtype: storage dtype of the tokens (float16 halves the disk and memory; float32 is exact).
         flips: also store the mirror image's tokens.
+        augmented_views: also store this many augmented views (`mf2.view_augmentation`), seeded by each example's
+            `example_ids` entry, so a rebuilt entry holds the same views; they need `au_boxes` in the batch.
+        jitter: how far the augmented views vary.
     """
 
     name = "VisionTokenCache"
@@ -55,6 +65,8 @@ class VisionTokenCache(FeatureCache):
         dtype: torch.dtype = torch.float16,
         flips: bool = True,
         shard_size: int = 4096,
+        augmented_views: int = 0,
+        jitter: ViewJitter = DEFAULT_JITTER,
     ):
         super().__init__(cache_dir, shard_size)
         self.mf2 = getattr(model, "mf2", model)
@@ -62,6 +74,8 @@ class VisionTokenCache(FeatureCache):
             raise TypeError(f"VisionTokenCache needs an MF² model, got {type(model).__name__}.")
         self.dtype = dtype
         self.flips = flips
+        self.augmented_views = int(augmented_views)
+        self.jitter = jitter
 
     def source_modules(self) -> list[nn.Module]:
         """The modules the cached tokens come from: embeddings and the blocks below the cache layer (and the final
@@ -79,6 +93,7 @@ class VisionTokenCache(FeatureCache):
             "cache_layer": self.mf2.vision_cache_layer,
             "dtype": str(self.dtype),
             "flips": self.flips,
+            **({"augmented_views": self.augmented_views, "jitter": repr(self.jitter)} if self.augmented_views else {}),
         }
 
     def extract(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -87,6 +102,18 @@ class VisionTokenCache(FeatureCache):
         features = {"tokens": self.mf2.frozen_vision_tokens(pixels).to(self.dtype)}
         if self.flips:
             features["flipped_tokens"] = self.mf2.frozen_vision_tokens(pixels.flip(-1)).to(self.dtype)
+        if self.augmented_views:
+            if batch.get("example_ids") is None or batch.get("au_boxes") is None:
+                raise ValueError("VisionTokenCache(augmented_views=...) needs `example_ids` and `au_boxes` in each batch.")
+            ids, boxes = batch["example_ids"].tolist(), batch["au_boxes"]
+            for view in range(1, self.augmented_views + 1):
+                views = [augmented_view(pixels[i].cpu(), boxes[i], view_generator(ids[i], view), self.jitter)
+                         for i in range(len(ids))]  # fmt: skip
+                tokens_name, boxes_name = augmented_view_names(view)
+                features[tokens_name] = self.mf2.frozen_vision_tokens(
+                    torch.stack([pixels for pixels, _ in views]).to(device)
+                ).to(self.dtype)
+                features[boxes_name] = torch.stack([boxes for _, boxes in views])
         return features
 
 
@@ -97,8 +124,8 @@ class VisionTokenDataset(Dataset):
         cached: the entry (`VisionTokenCache.build(..., label_names=(..., "au_boxes"))`).
         rows: the rows the entry was built from, in the same order; their caption columns (`emotion_caption`,
             `au_caption`) travel with the example when given (pretraining).
-        augment: draw the original or the flipped view at random (torch's global generator, which `Trainer`
-            seeds); off, always the original (evaluation).
+        augment: draw one of the entry's views at random (original, flipped, augmented; torch's global generator,
+            which `Trainer` seeds); off, always the original (evaluation).
         dtype: dtype the tokens are handed to the model in.
     """
 
@@ -116,6 +143,10 @@ class VisionTokenDataset(Dataset):
         if augment and "flipped_tokens" not in cached.feature_names:
             raise ValueError("augment=True needs a cache entry with flipped views (VisionTokenCache(flips=True)).")
         self.cached, self.rows, self.augment, self.dtype = cached, rows, augment, dtype
+        names = set(cached.feature_names)
+        self.views = [name for name in VIEW_NAMES if name in names] + [
+            name for view in range(1, len(names) + 1) if (name := augmented_view_names(view)[0]) in names
+        ]
         self._captions = None
         if rows is not None:
             columns = [name for name in ("emotion_caption", "au_caption") if name in rows.column_names]
@@ -127,10 +158,11 @@ class VisionTokenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.cached[index]
         features = example.pop("cached_features")
-        flipped = self.augment and bool(torch.randint(2, ()).item())
-        example["vision_tokens"] = features["flipped_tokens" if flipped else "tokens"].to(self.dtype)
-        if flipped and "au_boxes" in example:
-            example["au_boxes"] = flip_au_boxes(example["au_boxes"])
+        view = self.views[int(torch.randint(len(self.views), ()).item())] if self.augment else "tokens"
+        example["vision_tokens"] = features[view].to(self.dtype)
+        if "au_boxes" in example and view != "tokens":
+            boxes = features.get(view.replace("_tokens", "_au_boxes"))
+            example["au_boxes"] = flip_au_boxes(example["au_boxes"]) if boxes is None else boxes
         if self._captions is not None:
             example.update(self._captions[int(index)])
         return example
@@ -175,4 +207,4 @@ class VisionTokenCollator:
         return batch
 
 
-__all__ = ["VIEW_NAMES", "VisionTokenCache", "VisionTokenCollator", "VisionTokenDataset", "flip_au_boxes"]
+__all__ = ["VIEW_NAMES", "VisionTokenCache", "augmented_view_names", "VisionTokenCollator", "VisionTokenDataset", "flip_au_boxes"]

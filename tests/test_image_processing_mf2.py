@@ -14,7 +14,7 @@ from transformers import AutoImageProcessor, AutoProcessor
 
 from mf2 import AU_NAMES, MF2Config, image_processing_mf2
 from mf2.alignment import apply_affine, invert_affine
-from mf2.au_regions import AU_REGION_RECIPES, default_au_boxes
+from mf2.au_regions import AU_REGION_RECIPES, canonical_landmarks, default_au_boxes, detector_crop_landmarks
 from mf2.image_processing_mf2 import MF2ImageProcessor
 from mf2.landmark_types import LandmarkBackend, box_iou
 from mf2.landmarks import FaceLandmarks, dlib_predictor_path
@@ -217,14 +217,39 @@ def test_no_face_error_fallback_and_skip(tmp_path):
     assert fallback["landmark_backend"] == ["dlib", "template-fallback"]
     np.testing.assert_allclose(fallback["au_boxes"][1], default_au_boxes(AU_NAMES), atol=1e-6)
     np.testing.assert_allclose(fallback["face_boxes"][1], [0, 0, 400, 300])
-    # The fallback crop is the whole image, resized.
-    resized = np.asarray(Image.fromarray(no_face()).resize((SIZE, SIZE), Image.Resampling.BILINEAR), np.float32) / 255
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(fallback["pixel_values"][1].transpose(1, 2, 0), (resized - mean) / std, atol=1e-4)
+    # The face is assumed where a typical detector crop holds it (in the central square of the image), and aligned
+    # like a found one: those landmarks land on the canonical face.
+    assumed = detector_crop_landmarks() * 300 - 0.5 + [50, 0]
+    aligned = (apply_affine(fallback["alignment"][1], assumed) + 0.5) / SIZE
+    np.testing.assert_allclose(aligned, canonical_landmarks(), atol=1e-6)
     skipped = processor()([path, astronaut()], no_face="skip", return_tensors="pt")
     assert skipped["image_index"].tolist() == [1] and skipped["pixel_values"].shape[0] == 1
     nothing = processor()(no_face(), no_face="skip", return_tensors="pt")
     assert nothing["pixel_values"].shape == (0, 3, SIZE, SIZE) and nothing["au_boxes"].shape == (0, 12, 2, 4)
+
+
+@needs_dlib
+def test_a_square_face_crop_without_landmarks_is_aligned_as_a_detector_crop():
+    crop = Image.fromarray(no_face()).resize((96, 96))
+    features = processor()(crop, no_face="fallback", return_tensors="np")
+    aligned = (apply_affine(features["alignment"][0], detector_crop_landmarks() * 96 - 0.5) + 0.5) / SIZE
+    np.testing.assert_allclose(aligned, canonical_landmarks(), atol=1e-6)
+    np.testing.assert_allclose(features["au_boxes"][0], default_au_boxes(AU_NAMES), atol=1e-6)
+
+
+@needs_dlib
+def test_a_small_face_crop_is_detected_on_an_upscaled_copy():
+    """A 32-px face crop is found on a copy upscaled to `min_detection_size`; without it dlib misses it."""
+    face = Image.fromarray(astronaut()).crop(tuple(int(v) for v in astronaut_features()["face_boxes"][0]))
+    small = face.resize((32, 32), Image.Resampling.BILINEAR)
+    found = processor()(small, no_face="fallback", return_tensors="np")
+    assert found["landmark_backend"] == ["dlib"]
+    aligned = (aligned_landmarks(found) + 0.5) / SIZE
+    assert np.abs(aligned - canonical_landmarks()).mean() < 0.03
+    missed = processor()(small, no_face="fallback", min_detection_size=0, return_tensors="np")
+    assert missed["landmark_backend"] == ["template-fallback"]
+    with pytest.raises(ValueError, match="min_detection_size"):
+        processor()(small, min_detection_size=4096)
 
 
 @needs_dlib

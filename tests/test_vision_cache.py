@@ -144,3 +144,35 @@ def test_collator_passes_branches_and_rejects_empty_batch():
         collator([])
     with pytest.raises(ValueError, match="MF2Processor"):
         VisionTokenCollator(with_captions=True)
+
+
+def test_augmented_views_are_stored_replayable_and_drawn_with_their_boxes(tmp_path):
+    torch.manual_seed(0)
+    model = MF2ForFacialStateRecognition(_config()).eval()
+    batch = {**tiny_batch(model.config), "example_ids": torch.arange(4)}
+
+    def build(folder):
+        cache = VisionTokenCache(model, tmp_path / folder, dtype=torch.float32, augmented_views=2)
+        return cache.build(_Rows(batch), collate_fn=_stack, batch_size=3, fingerprint="tiny",
+                           label_names=("au_boxes", "example_ids"))  # fmt: skip
+
+    entry, rebuilt = build("a"), build("b")
+    assert {"view1_tokens", "view1_au_boxes", "view2_tokens", "view2_au_boxes"} <= set(entry.feature_names)
+    for name in ("view1_tokens", "view2_au_boxes"):
+        assert torch.equal(entry[2]["cached_features"][name], rebuilt[2]["cached_features"][name]), name
+    view1 = entry[2]["cached_features"]["view1_tokens"]
+    assert not torch.allclose(view1, entry[2]["cached_features"]["tokens"])
+    dataset = VisionTokenDataset(entry, augment=True)
+    assert dataset.views == ["tokens", "flipped_tokens", "view1_tokens", "view2_tokens"]
+    torch.manual_seed(0)
+    for _ in range(30):
+        example = dataset[2]
+        if torch.equal(example["vision_tokens"], view1):
+            assert torch.equal(example["au_boxes"], entry[2]["cached_features"]["view1_au_boxes"])
+            break
+    else:
+        pytest.fail("the first augmented view was never drawn")
+    with pytest.raises(ValueError, match="example_ids"):
+        VisionTokenCache(model, tmp_path / "c", augmented_views=1).build(
+            _Rows(tiny_batch(model.config)), collate_fn=_stack, batch_size=4, fingerprint="no-ids",
+            label_names=("au_boxes",))  # fmt: skip

@@ -79,21 +79,25 @@ def _read_json(path: Path) -> Any:
 
 
 def collect_results(folders: Sequence[Path], extra_files: Sequence[Path] = ()) -> list[tuple[str, dict[str, float]]]:
-    """`(label, flat metrics)` from the result files of the given folders (and extra JSON files)."""
+    """`(label, flat metrics)` from the result files of the given folders (and extra JSON files). A label names the
+    evaluation data (`ferplus:valid.parquet`, `ckplus:dev.parquet, 5-fold CV, mean of folds`), prefixed with the
+    folder's name when several folders are read."""
     results = []
     for folder in folders:
+        prefix = f"{folder.name}: " if len(folders) > 1 else ""
         for name in RESULT_FILES:
             data = _read_json(folder / name)
             if data is None:
                 continue
             if name == "cv_results.json":
-                results.append((f"{folder.name}: {data.get('num_folds')}-fold CV, pooled", data.get("pooled", {})))
-                results.append((f"{folder.name}: {data.get('num_folds')}-fold CV, mean of folds", data.get("mean", {})))
+                cv = f"{data['dataset']}, " if data.get("dataset") else ""
+                results.append((f"{prefix}{cv}{data.get('num_folds')}-fold CV, pooled", data.get("pooled", {})))
+                results.append((f"{prefix}{cv}{data.get('num_folds')}-fold CV, mean of folds", data.get("mean", {})))
             elif name == "all_results.json" and (folder / "eval_results.json").is_file():
                 continue
             else:
                 names = [part.get("name") for part in (_read_json(folder / "training_data.json") or {}).get("eval", [])]
-                results.append((f"{folder.name}: {', '.join(filter(None, names)) or name.removesuffix('.json')}", data))
+                results.append((f"{prefix}{', '.join(filter(None, names)) or name.removesuffix('.json')}", data))
     for path in extra_files:
         data = _read_json(Path(path))
         if data is None:
@@ -133,10 +137,16 @@ def metrics_table(results: list[tuple[str, dict[str, Any]]]) -> str:
         lines.append("| - | no evaluation results found | - |")
     text = "\n".join(lines)
     for label, aus in per_au:
-        names = list(aus)
+        names = sorted(aus, key=_au_order)
         text += f"\n\nF1 per AU, {label}:\n\n| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n| "
         text += " | ".join(f"{100 * aus[name]:.1f}" for name in names) + " |"
     return text
+
+
+def _au_order(name: str) -> tuple[int, str]:
+    """AUs by number (AU1, AU2, ..., AU26), not alphabetically (AU1, AU10, ...)."""
+    digits = name.removeprefix("AU")
+    return (int(digits), name) if digits.isdigit() else (10**6, name)
 
 
 def training_data_entries(folders: Sequence[Path]) -> list[dict[str, Any]]:
@@ -156,18 +166,38 @@ def training_data_entries(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return entries
 
 
+_INDEXED = (
+    ("emotion_accuracy", "accuracy", "Emotion accuracy"),
+    ("au_f1", "f1", "Mean AU F1"),
+    ("au_f1_train_tuned", "f1", "Mean AU F1 (thresholds tuned on the training folds)"),
+)
+"""The metrics a card's model-index lists: result key, metric type, metric name."""
+
+
+def _dataset_of(label: str) -> tuple[str, str]:
+    """`(name, type)` of the data a result label names: `ckplus:dev.parquet, 5-fold CV, mean of folds` is
+    `("Extended Cohn-Kanade (CK+): dev.parquet, 5-fold CV, mean of folds", "ckplus")`."""
+    source, separator, rest = label.rpartition(": ")[2].partition(":")
+    info = DATA_LICENCES.get(source)
+    if not separator or info is None:
+        return label, "custom"
+    return f"{info['name']}: {rest}", source
+
+
 def _eval_results(results: list[tuple[str, dict[str, Any]]]) -> list[EvalResult]:
-    """The headline metrics (emotion accuracy, AU F1) as `huggingface_hub.EvalResult`s, for the card's model-index."""
+    """The headline metrics (emotion accuracy, AU F1) as `huggingface_hub.EvalResult`s, for the card's model-index:
+    each named for its data (the dataset's own name and split, or the cross-validation it comes from)."""
     from huggingface_hub import EvalResult
 
     eval_results = []
     for label, metrics in results:
         flat = _flat_metrics(metrics)
-        for key, metric_type in (("emotion_accuracy", "accuracy"), ("au_f1", "f1")):
+        dataset_name, dataset_type = _dataset_of(label)
+        for key, metric_type, metric_name in _INDEXED:
             if key in flat:
                 eval_results.append(EvalResult(
-                    task_type="image-classification", dataset_type=label.split(":")[0], dataset_name=label,
-                    metric_type=metric_type, metric_name=key, metric_value=round(100 * float(flat[key]), 2),
+                    task_type="image-classification", dataset_type=dataset_type, dataset_name=dataset_name,
+                    metric_type=metric_type, metric_name=metric_name, metric_value=round(100 * float(flat[key]), 2),
                 ))  # fmt: skip
     return eval_results
 

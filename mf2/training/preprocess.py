@@ -8,8 +8,8 @@ fine-tuning, evaluation) reads the file instead of detecting faces again.
 
 Rows without a detectable face follow `no_face`:
 
-- `"fallback"` (default): the image is treated as an already aligned face crop (template landmarks, the whole image
-  resized); the row keeps `face_found=False` so that it can be counted or filtered later.
+- `"fallback"` (default): the image is taken as a typical detector face crop (the face placed as
+  `mf2.au_regions.detector_crop_landmarks` says) and aligned like a found face; the row keeps `face_found=False` so that it can be counted or filtered later.
 - `"skip"`: the row is removed (`"drop"`, the old spelling, still works with a `FutureWarning`).
 - `"error"`: pre-processing stops at the first such row.
 
@@ -18,7 +18,7 @@ Data specs (`--train_data`, `--eval_data`) read `SOURCE:PATH[,key=value...]`:
 | source    | PATH                                                  | default landmark back-end                   |
 |-----------|-------------------------------------------------------|---------------------------------------------|
 | `mfa`     | an MFA-schema Parquet file, folder or `save_to_disk`   | `--landmark_backend`                        |
-| `ferplus` | a FER+ Parquet file (48x48 grayscale face crops)        | `template` (already cropped; dlib misses most 48-px faces) |
+| `ferplus` | a FER+ Parquet file (48x48 grayscale face crops)        | `dlib`, with `no_face=fallback` (one geometry: the crops are aligned like any face at inference, never assumed aligned) |
 | `ckplus`  | a CK+ Parquet file (128x128 grayscale face crops)       | `dlib`, with `no_face=fallback`             |
 
 Keys: `split` (for a `DatasetDict`), `max_samples` (class-stratified subset by emotion), `seed`, `landmark_backend`,
@@ -51,11 +51,11 @@ from ..image_processing_mf2 import (
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 """Bumped whenever the stored columns change, so that old cache files are never read."""
 
 SOURCES: tuple[str, ...] = ("mfa", "ferplus", "ckplus")
-DEFAULT_BACKENDS: dict[str, str | None] = {"mfa": None, "ferplus": "template", "ckplus": "dlib"}
+DEFAULT_BACKENDS: dict[str, str | None] = {"mfa": None, "ferplus": "dlib", "ckplus": "dlib"}
 PROCESSED_COLUMNS: tuple[str, ...] = (
     "pixel_values",
     "au_boxes",

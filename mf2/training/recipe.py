@@ -57,6 +57,8 @@ from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
 from ..vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 from .collator import MF2DataCollator
+from .ema import EMACallback
+from .emotion_targets import SoftEmotionTargets, class_weights, ferplus_vote_distributions, soft_emotion_loss
 from .metrics import emotion_scores, sigmoid
 from .preprocess import prepare_data
 from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, write_card_inputs
@@ -163,8 +165,9 @@ class Recipe(CKPlusStages):
 
     def tokens(self, model, name: str, flips: bool, rows=None):
         """The cached vision tokens of dataset `name` (or of `rows`, a selection of it) for `model`'s frozen vision
-        part (built on first use)."""
-        cache = VisionTokenCache(model, self.output_dir / "cache" / "vision-tokens", flips=flips)
+        part (built on first use). Training sets (`flips`, all rows) also get `augmented_views` seeded views."""
+        views = self.settings.augmented_views if flips and rows is None else 0
+        cache = VisionTokenCache(model, self.output_dir / "cache" / "vision-tokens", flips=flips, augmented_views=views)
         collator = MF2DataCollator(self.processor, with_captions=False)
         rows = self.dataset(name) if rows is None else rows
         fingerprint = f"{rows._fingerprint}|{collator.fingerprint()}"
@@ -204,9 +207,11 @@ class Recipe(CKPlusStages):
             bf16=self.device == "cuda", max_grad_norm=1.0,
         )  # fmt: skip
 
-    def train(self, model, dataset, collator, args: TrainingArguments, optimizer=None) -> None:
+    def train(self, model, dataset, collator, args: TrainingArguments, optimizer=None, compute_loss_func=None,
+              callbacks=None) -> None:  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          optimizers=(optimizer, None) if optimizer is not None else (None, None))  # fmt: skip
+                          optimizers=(optimizer, None) if optimizer is not None else (None, None),
+                          compute_loss_func=compute_loss_func, callbacks=callbacks)  # fmt: skip
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
@@ -267,7 +272,7 @@ class Recipe(CKPlusStages):
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("pretrain") / "model"))
         model.mf2.apply_vision_freezing()
         train = VisionTokenDataset(self.tokens(model, "ferplus_train", True))
-        collator = VisionTokenCollator(branches=("emotion",))
+        collator, loss = self.emotion_targets(VisionTokenCollator(branches=("emotion",)))
         settings = self.settings
         vision = [p for p in model.mf2.vision_model.parameters() if p.requires_grad]
         vision_ids = {id(p) for p in vision}
@@ -280,23 +285,46 @@ class Recipe(CKPlusStages):
                                        settings.emotion_learning_rate,
                                        math.ceil(len(train) / settings.emotion_batch_size))  # fmt: skip
         # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
-        self.train(model, train, collator, args, optimizer=optimizer)
+        callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
+        self.train(model, train, collator, args, optimizer=optimizer, compute_loss_func=loss, callbacks=callbacks)
         self.save_final(model, directory / "model")
         metrics = self.emotion_metrics(model)
         self._write("emotion/metrics.json", metrics)
         logger.info("FER+ valid after the emotion stage: %s", {k: round(v, 4) for k, v in metrics.items()})
 
-    def emotion_metrics(self, model) -> dict[str, float]:
+    def emotion_targets(self, collator):
+        """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
+        the majority labels and the model's own loss."""
+        settings = self.settings
+        if not settings.soft_targets:
+            return collator, None
+        groups = self.dataset("ferplus_train")["group"]
+        distributions = ferplus_vote_distributions(self.data_dir / "ferplus" / "train.parquet", groups)
+        weights = class_weights(distributions, settings.class_weight_power) if settings.class_weight_power else None
+        logger.info("emotion class weights: %s", None if weights is None else np.round(weights, 3).tolist())
+        return SoftEmotionTargets(collator, distributions), soft_emotion_loss(weights)
+
+    def emotion_metrics(self, model, transfer: bool = True) -> dict[str, float]:
+        """FER+ valid and, `transfer` (a model trained on FER+ alone), the dev proxy of faces it never saw: CK+ dev
+        peak frames (another lab, posed, 128 px)."""
         parts = self.predict(model, self.tokens(model, "ferplus_valid", False))
         scores = emotion_scores(parts["emotion_logits"], parts["emotion_labels"], len(model.config.id2label))
-        return {"ferplus_valid_accuracy": float(scores["accuracy"]), "ferplus_valid_macro_f1": float(scores["macro_f1"]),
-                "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
-                "ferplus_valid_rows": int(len(parts["emotion_labels"]))}  # fmt: skip
+        metrics = {"ferplus_valid_accuracy": float(scores["accuracy"]), "ferplus_valid_macro_f1": float(scores["macro_f1"]),
+                   "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
+                   "ferplus_valid_rows": int(len(parts["emotion_labels"]))}  # fmt: skip
+        if not transfer:
+            return metrics
+        ckplus = self.predict(model, self.tokens(model, "ckplus", True))
+        peak = ckplus["emotion_labels"] != model.config.label2id["neutral"]  # CK+ says neutral only on onset frames
+        accuracy = emotion_scores(ckplus["emotion_logits"][peak], ckplus["emotion_labels"][peak],
+                                  len(model.config.id2label))  # fmt: skip
+        return {**metrics, "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
+                "ckplus_peak_rows": int(peak.sum())}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- export
     def stage_export(self) -> None:
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("emotion_head") / "model"))
-        emotion = self.emotion_metrics(model)
+        emotion = self.emotion_metrics(model, transfer=False)
         cv = self._read("au/cv_results.json") or {}
         head = self._read("emotion_head/metrics.json") or {}
         if "ckplus_cv_mean_emotion_accuracy_peak" in head:  # the shipped emotion recogniser's, not the stage-3 one's
@@ -316,6 +344,7 @@ class Recipe(CKPlusStages):
         # "auto") gives a CPU-friendly model unless the caller picks another dtype.
         stored = json.loads((staging / "config.json").read_text())
         stored["dtype"] = "float32"
+        stored.pop("_name_or_path", None)  # the folder it was loaded from on the training machine
         # The shipped copy is read by the installed package, so it carries no modeling code (never
         # trust_remote_code); publishing to the Hub (`mf2 push`) adds the code and its `auto_map`.
         stored.pop("auto_map", None)
@@ -327,7 +356,8 @@ class Recipe(CKPlusStages):
         os.replace(staging, self.export_dir)
         timings = {stage: self.timings[stage] for stage in STAGES if stage in self.timings}
         # In place: the card names its results by the folder.
-        write_card_inputs(self.export_dir, record, emotion, cv, self.settings, timings)
+        write_card_inputs(self.export_dir, record, emotion, cv, self.settings, timings,
+                          transfer=self._read("emotion/metrics.json"))  # fmt: skip
         logger.info("exported %s to %s", SHIPPED_NAME, self.export_dir)
 
 

@@ -11,7 +11,7 @@ class RecipeSettings:
     """Every choice of the recipe (the `cpu` preset; `gpu` scales it up). Stored with the outputs."""
 
     image_size: int = 112
-    vision_trainable_layers: int = 4
+    vision_trainable_layers: int = 6
     qformer_layers: int = 4
     num_query_tokens: int = 16
     num_au_query_tokens: int = 4
@@ -27,8 +27,13 @@ class RecipeSettings:
     emotion_batch_size: int = 64
     emotion_learning_rate: float = 2e-4
     vision_learning_rate: float = 4e-5
+    soft_targets: bool = True  # FER+'s vote distribution instead of the majority label (`emotion_targets`)
+    class_weight_power: float = 0.5  # class weights (1 / share) ** power; 0 turns them off
+    ema_decay: float = 0.998  # average of the weights (`ema`); 0 turns it off
+    # seeded augmented views per training image in the token cache (`view_augmentation`), besides the mirror image
+    augmented_views: int = 2
     # AU stage
-    au_epochs: float = 12.0
+    au_epochs: float = 10.0
     au_batch_size: int = 32
     au_learning_rate: float = 3e-4
     cv_folds: int = 5
@@ -36,7 +41,7 @@ class RecipeSettings:
     head_steps: int = 400
     head_learning_rate: float = 3e-3
     ckplus_weight: float = 0.5
-    head_ferplus_samples: int = 5000
+    head_ferplus_samples: int = 4000
     # smoke runs
     max_ferplus_train: int | None = None
     max_ferplus_valid: int | None = None
@@ -71,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "au_batch_size": 16,
         "cv_folds": 2,
         "cache_batch_size": 16,
+        "augmented_views": 1,
     },  # fmt: skip
 }
 

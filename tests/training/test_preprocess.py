@@ -108,3 +108,26 @@ def test_data_specs_and_splits():
     folds = group_folds(groups, 3, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == list(range(40))
     assert all(not {groups[i] for i in a} & {groups[i] for i in b} for a in folds for b in folds if a is not b)
+
+
+def test_ferplus_training_crops_are_the_inference_crops(data_dir, tmp_path):
+    """One geometry: a FER+ face is cropped for training exactly as the shipped model's processor crops it at
+    inference (`no_face="fallback"`), pixels and AU boxes, found faces and fallbacks alike."""
+    import io
+
+    from PIL import Image
+
+    from mf2.default_model import default_model_path
+    from mf2.training.preprocess import load_source, prepare_data
+
+    spec = f"ferplus:{data_dir}/ferplus/valid.parquet,max_samples=16"
+    rows, summary = prepare_data([spec], MF2ImageProcessor(size=112), tmp_path)
+    assert set(summary[0]["landmark_backends"]) <= {"dlib", "template-fallback"}
+    assert summary[0]["landmark_backends"].get("dlib", 0) >= 8  # most 48-px faces are found on the upscaled copy
+    images = [Image.open(io.BytesIO(cell["bytes"])) for cell in load_source(DataSpec.parse(spec))["image"]]
+    shipped = MF2ImageProcessor.from_pretrained(str(default_model_path()))
+    inference = shipped(images, no_face="fallback", do_normalize=False, return_tensors="np")
+    assert list(inference["landmark_backend"]) == list(rows["landmark_backend"])
+    stored = np.asarray(rows["pixel_values"], dtype=np.float32)
+    assert np.abs(stored - np.rint(inference["pixel_values"] * 255)).max() <= 1
+    np.testing.assert_allclose(np.asarray(rows["au_boxes"]), inference["au_boxes"], atol=1e-6)
