@@ -7,9 +7,13 @@ mf2 analyze photos/ --model path/or/hub-id --batch-size 16 --device cuda --expla
 ```
 
 One record per face (an image without a face gives one record with `"face": null`, an unreadable file one with
-`"error"`, and the run goes on). `--annotate DIR` writes a PNG per image (per sampled frame for videos) with the face
+`"error"`, and the run goes on); `face` numbers an image's (or video frame's) faces and `faces` counts them. Records
+are written as each input is done, in input order, the records of one image or frame in one write and a flush: a
+killed run's output holds whole inputs but for the last one, which `--resume` analyses again. `--annotate DIR` writes a PNG per image (per sampled frame for videos) with the face
 box, landmarks and AU boxes (`mf2.visualization.annotate`) and a panel with the emotion and one probability
-bar per AU.
+bar per AU. Outputs never touch inputs: an `--output` or `--annotate` that would write over an input or into an input
+folder is refused before the run (`mf2.analyze_checks.check_outputs`), and `--annotate` replaces only the PNGs that
+mf2 annotated (they carry a mark; a repeated or `--resume`d run's), never another file of the same name.
 
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`, `mf2.default_model`).
 Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
@@ -31,13 +35,25 @@ import sys
 import warnings
 from collections import deque
 from collections.abc import Callable
-from itertools import groupby
+from itertools import count, groupby
 from pathlib import Path
 from typing import Any, TextIO
 
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
-from .analyze_checks import AnalyzeError, UsageError, check_annotate, check_device, check_model, check_runtime
+from .analyze_checks import (
+    ANNOTATION_MARK,
+    AnalyzeError,
+    OutputClashError,
+    UsageError,
+    check_annotate,
+    check_annotation_target,
+    check_device,
+    check_model,
+    check_outputs,
+    check_runtime,
+)
 from .analyze_shards import annotation_names, device_for, launched, run_sharded
 from .default_model import (
     DEFAULT_MODEL_NAME,
@@ -103,10 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "or image URLs")  # fmt: skip
     parser.add_argument("--model", help=f"MF² checkpoint folder or Hub id (default: {DEFAULT_MODEL_NAME}, the trained "
                         "model shipped with mf2)")  # fmt: skip
-    parser.add_argument("--output", "-o", default="-", help="output file (default: standard output)")
+    parser.add_argument("--output", "-o", default="-", help="output file (default: standard output); never an input, "
+                        "nor an image or video name inside an input folder")  # fmt: skip
     parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's "
                         "extension, else jsonl)")  # fmt: skip
-    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into the folder DIR")
+    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into the folder DIR, outside the "
+                        "input folders and holding no input; it replaces only PNGs that mf2 annotated (marked in the "
+                        "PNG: a repeated or --resume'd run's) and refuses to run over any other file of the same "
+                        "name")  # fmt: skip
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
@@ -136,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or template")  # fmt: skip
     parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output")
+    parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output (a "
+                        "killed run's unfinished last input again)")  # fmt: skip
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
 
@@ -212,8 +233,9 @@ class _Run:
         self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
 
     def emit(self, records: list[dict[str, Any]]) -> None:
+        """The records of one input (an image, a video frame, a failed file): written together, at once."""
+        self.writer.write_input(records)
         for record in records:
-            self.writer.write(record)
             self.counts["records"] += 1
             self.counts["faces"] += record.get("face") is not None
             self.counts["errors"] += "error" in record
@@ -225,7 +247,14 @@ class _Run:
     def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
         name = self.names.get(str(path)) if frame is None else None
         name = name or annotation_name(path, frame, self.used_names)
-        annotate(image, faces, self.pipe.image_processor, self.thresholds).save(self.annotate_dir / name)
+        try:
+            check_annotation_target(self.annotate_dir, name)  # checked before the run; a file may have come since
+        except OutputClashError as error:
+            raise AnalyzeError(str(error)) from error
+        mark = PngInfo()
+        mark.add_text(*ANNOTATION_MARK)
+        drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)
+        drawn.save(self.annotate_dir / name, pnginfo=mark)
 
     def run(self, files: list[InputPath]) -> None:
         """Every input in the order given: each stretch of images streams through the pipeline together, each video
@@ -245,14 +274,17 @@ class _Run:
         in_flight: deque[ReadImage] = deque()  # read but not yet written, in input order
         keep_images = self.annotate_dir is not None
 
-        fed: list[ReadImage] = []  # by position in the pipeline's input, which leaves unreadable files out
+        # Fed to the pipeline and not yet written, by position in its input (which leaves unreadable files out): an
+        # entry (and the image it keeps for --annotate) goes once written, so memory is bounded by what is in flight.
+        fed: dict[int, ReadImage] = {}
+        positions = count()
 
         def feed():
             for index, path in inputs:
                 entry, image = read_image(index, path, keep_images)
                 in_flight.append(entry)
                 if image is not None:
-                    fed.append(entry)
+                    fed[next(positions)] = entry
                     yield image
 
         def write_failed_reads():
@@ -263,9 +295,10 @@ class _Run:
 
         bar = tqdm(total=len(inputs), desc="images", unit="img", disable=self.progress_off, file=sys.stderr)
         try:
-            for faces in self.pipe(feed(), batch_size=self.args.batch_size, **self.call):
+            for position, faces in enumerate(self.pipe(feed(), batch_size=self.args.batch_size, **self.call)):
                 write_failed_reads()
                 entry = in_flight.popleft()  # results come out in input order
+                del fed[position]
                 records = face_records(faces, {"path": str(entry.path)}, self.common)
                 if entry.warning:
                     records = [{**record, "warning": entry.warning} for record in records]
@@ -366,6 +399,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         files = expand_paths(args.paths, recursive=not args.no_recursive)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    check_outputs(args, files)  # outputs never touch inputs, nor files they did not write
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     if args.no_progress:
         cleanup.callback(silence_loading_bars())

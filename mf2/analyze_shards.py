@@ -6,6 +6,12 @@ flushed), and process 0 merges the output already there and every part into the 
 the parts. A run that is killed leaves its parts: `--resume` folds them (less each part's last input, which may be
 incomplete, and any truncated last line) into the output first, then analyses only the inputs not in it.
 
+A run in one process without `--resume` writes the output itself, input by input (`mf2.records.RecordWriter`). Killed,
+it leaves whole inputs but for the last one, which `--resume` drops when it may be incomplete: a truncated line, an
+image or video frame whose last record's `face` number is below its `faces` count less one, or a video (its frames
+may stop part-way) that does not end with its error record. So a run killed at any byte, then resumed, writes the
+records an uninterrupted run writes.
+
 Records are matched to inputs by their `path`; an input named twice is analysed once here.
 """
 
@@ -186,6 +192,40 @@ def without_last_input(lines: list[Line]) -> list[Line]:
     return lines[:end]
 
 
+def without_unfinished_input(lines: list[Line], header: list[str] | None, fmt: str) -> list[Line]:
+    """An output's records less its last input when that one may stop part-way (a killed run's output, written
+    input by input): an image or video frame whose last record says more faces follow (`face` < `faces` - 1), or a
+    video, unless its last record is its error (a video is written frame by frame; nothing says its last frame came,
+    so a video that ends a finished output is analysed again too). A whole image, an error, and a record without a
+    face count (an older output's) keep every record."""
+    if not lines:
+        return lines
+    path, text = lines[-1]
+    record = _fields(text, header, fmt)
+    if is_video(path):
+        finished = bool(record.get("error"))
+    else:
+        face, faces = _number(record.get("face")), _number(record.get("faces"))
+        finished = face is None or faces is None or face + 1 >= faces
+    return lines if finished else without_last_input(lines)
+
+
+def _fields(text: str, header: list[str] | None, fmt: str) -> dict:
+    """One record's fields, from its JSON line or its CSV row and the CSV header (CSV values are text)."""
+    if fmt == "jsonl":
+        return json.loads(text)
+    rows = _csv_rows(text)
+    return dict(zip(header or [], rows[0])) if rows else {}
+
+
+def _number(value) -> int | None:
+    """A record's `face` or `faces` (CSV: its text), `None` when empty or missing."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def ordered(lines: list[Line], files: list[InputPath]) -> list[Line]:
     """Records grouped by input in the order of `files` (each input's records keep their order; records of inputs
     not among `files`, from an earlier run, come last), each input's records once: the first copy found wins."""
@@ -215,8 +255,11 @@ def write_atomically(output: Path, header: list[str] | None, lines: list[Line]) 
 
 def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> None:
     """Fold the part files into `output` (what it holds stays), ordered by `files`, and remove the parts.
-    `interrupted`: the parts are a killed run's, so each one's last input is dropped (it is analysed again)."""
+    `interrupted`: the parts are a killed run's, so each one's last input is dropped (it is analysed again), and so is
+    the output's last input when it may be incomplete (`without_unfinished_input`)."""
     header, kept = read_lines(output, fmt)
+    whole = without_unfinished_input(kept, header, fmt) if interrupted else kept
+    dropped, kept = len(whole) < len(kept), whole
     sources: list[tuple[int, Line]] = [(0, line) for line in kept]
     parts = part_paths(output)
     for number, part in enumerate(parts, start=1):
@@ -226,7 +269,7 @@ def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> 
         header = header or part_header
         sources += [(number, line) for line in (without_last_input(lines) if interrupted else lines)]
     lines = ordered(sources, files)
-    if parts or not output.exists():
+    if parts or dropped or not output.exists():
         write_atomically(output, header if lines else None, lines)
     for part in parts:
         part.unlink(missing_ok=True)
@@ -288,4 +331,7 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
     return f"{len(todo)} file(s) analysed by {processes.world_size} process(es), {skipped} already in {output}", counts
 
 
-__all__ = ["Processes", "annotation_names", "device_for", "launched", "merge", "read_lines", "run_sharded"]
+__all__ = [
+    "Processes", "annotation_names", "device_for", "launched", "merge", "read_lines", "run_sharded",
+    "without_last_input", "without_unfinished_input",
+]  # fmt: skip

@@ -3,8 +3,10 @@
 `Pipeline`'s own batching (a `DataLoader` over `preprocess` outputs) assumes one model row per input; here an image
 has any number of faces, and detection (the slow part) should overlap the network. `FaceStream` therefore runs
 `preprocess` in worker threads a bounded number of inputs ahead, gathers faces across inputs until a forward pass is
-full, and hands each input's faces to `postprocess` together, in input order. Memory stays bounded by the batch plus
-the look-ahead, whatever the number of inputs (a generator or a video is never materialised).
+full, and hands each input's faces to `postprocess` together, in input order. An input's result is released as soon
+as it is complete (a faceless input at once, unless inputs with faces wait before it), and a pass never waits on more
+than `batch_size` inputs, so memory stays bounded by the batch plus the look-ahead, whatever the number of inputs or
+the length of a stretch without faces (a generator or a video is never materialised).
 
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
@@ -61,7 +63,8 @@ class FaceStream:
         pipeline: what runs the stages: `preprocess(input, **params)` → model inputs with `pixel_values` (one row per
             face) and `au_boxes`; `forward(batch, **params)` → `au_logits`, `emotion_logits`; `postprocess(per_input,
             **params)` → a list of face dicts.
-        batch_size: faces per forward pass (the faces of one input are never split).
+        batch_size: faces per forward pass (the faces of one input are never split), and the most inputs a pass
+            waits for.
         workers: preprocessing threads; `None` or 0 picks the image processor's `num_workers` (else up to 4).
         preprocess_params, forward_params, postprocess_params: the stages' keyword arguments.
         preprocess: what prepares each input in place of `pipeline.preprocess`, one input after another, in order,
@@ -88,6 +91,10 @@ class FaceStream:
         self.postprocess_params = postprocess_params
 
     def __call__(self, items: Iterable[tuple[Any, dict[str, Any]]]) -> Iterator[tuple[dict[str, Any], list[dict]]]:
+        # An input's result leaves as soon as it is complete: a faceless input with nothing before it at once, the
+        # others when their forward pass runs. A pass runs when its faces fill the batch, or when `batch_size` inputs
+        # wait on it (faceless inputs behind a face), so memory and the lag behind the input stay bounded by the batch
+        # plus the look-ahead, however long a stretch without faces.
         pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
         num_faces = 0
         for extra, model_inputs in self._prepared(items):
@@ -97,7 +104,7 @@ class FaceStream:
                 pending, num_faces = [], 0
             pending.append((extra, model_inputs))
             num_faces += count
-            if num_faces >= self.batch_size:
+            if num_faces == 0 or num_faces >= self.batch_size or len(pending) >= self.batch_size:
                 yield from self._run_batch(pending)
                 pending, num_faces = [], 0
         if pending:

@@ -1,9 +1,15 @@
 """`mf2 analyze`'s output: one record per face (or one per faceless image, unreadable file, failed video), written as
-JSON lines or as CSV rows with a fixed column set, and the file names of the annotated PNGs."""
+JSON lines or as CSV rows with a fixed column set, and the file names of the annotated PNGs.
+
+The records of one input (every face of an image, or of a video frame) go out together, in one write and a flush:
+what a killed run leaves is whole inputs, but for the last one, and a record's `face` (its number) and `faces` (how
+many its image or frame has) tell whether that one is whole (`mf2.analyze_shards.without_unfinished_input`).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -13,12 +19,13 @@ from .inputs import InputPath
 
 
 def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JSON record per face (`face` numbers them within the image or frame); one `"face": null` record if none."""
+    """One JSON record per face (`face` numbers them within the image or frame, `faces` counts them); one
+    `"face": null` record (`"faces": 0`) if none."""
     if not faces:
-        return [{**source, "face": None, **common}]
+        return [{**source, "face": None, "faces": 0, **common}]
     records = []
     for number, face in enumerate(faces):
-        record = {**source, "face": number}
+        record = {**source, "face": number, "faces": len(faces)}
         record.update({key: value for key, value in face.items() if key not in ("features", "image_index")})
         record.update(common)
         records.append(record)
@@ -26,28 +33,44 @@ def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, An
 
 
 class RecordWriter:
-    """Writes records as JSON lines, or as CSV rows with a fixed column set (one column per AU and per emotion)."""
+    """Writes records as JSON lines, or as CSV rows with a fixed column set (one column per AU and per emotion).
+
+    `write_input` writes the records of one input in one write and flushes: each input reaches the file whole (but
+    for a kill in the middle of that one write), as soon as it is done."""
 
     def __init__(self, stream: TextIO, fmt: str, au_names: list[str], emotion_labels: list[str]):
         self.stream, self.fmt = stream, fmt
         self.au_names, self.emotion_labels = au_names, emotion_labels
-        self._csv = None
+        self._csv: csv.DictWriter | None = None  # CSV: writes into `_rows`, emptied into the stream input by input
+        self._rows = io.StringIO()
 
     def columns(self) -> list[str]:
         return [
-            "path", "frame", "time", "face", "error", "warning", "x1", "y1", "x2", "y2", "emotion", "emotion_score",
+            "path", "frame", "time", "face", "faces", "error", "warning", "x1", "y1", "x2", "y2", "emotion",
+            "emotion_score",
             *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
             "landmark_backend", "explanation", "model", "model_version", "model_trained",
         ]  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
+        """One record on its own (an input with one record)."""
+        self.write_input([record])
+
+    def write_input(self, records: list[dict[str, Any]]) -> None:
+        """The records of one input (an image's or a video frame's faces), in one write, then a flush."""
+        text = "".join(self._text(record) for record in records)
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def _text(self, record: dict[str, Any]) -> str:
+        """One record as its JSON line, or as its CSV row (the first one after the header)."""
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(_rounded(record), ensure_ascii=False) + "\n")
-            return
-        if self._csv is None:
-            self._csv = csv.DictWriter(self.stream, fieldnames=self.columns(), extrasaction="ignore")
+            return json.dumps(_rounded(record), ensure_ascii=False) + "\n"
+        if self._csv is None:  # the header goes out with the first row
+            self._csv = csv.DictWriter(self._rows, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
-        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "error", "warning",
+        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "faces", "error", "warning",
                                                 "landmark_backend", "explanation", "model", "model_version", "model_trained")}  # fmt: skip
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
@@ -60,6 +83,10 @@ class RecordWriter:
         if "active_action_units" in record:
             row["active_action_units"] = ";".join(record["active_action_units"])
         self._csv.writerow(row)
+        text = self._rows.getvalue()
+        self._rows.seek(0)
+        self._rows.truncate()
+        return text
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,129 @@ def test_a_non_finite_model_output_is_an_error_record(checkpoint, tmp_path, monk
     record = read_jsonl(output)[0]
     assert record["face"] is None and "not finite" in record["error"] and "action_units" not in record
     assert "1 error(s)" in capsys.readouterr().err
+
+
+def _clash_cases():
+    """(paths, extra argv, words of the one-line refusal); `{d}` is a folder holding a.png and sub/b.png, `{tmp}` the
+    test's folder (with `annotated/a.png`, a photo mf2 did not write, and `link`, a symbolic link to `{d}`)."""
+    return [
+        (["{d}"], ["--annotate", "{d}"], "is, or is inside, the input folder"),
+        (["{d}"], ["--annotate", "{d}/sub"], "is, or is inside, the input folder"),
+        (["{d}"], ["--annotate", "{d}/new/annotated"], "is, or is inside, the input folder"),
+        (["{d}"], ["--annotate", "{tmp}/link"], "is, or is inside, the input folder"),
+        (["{d}/a.png"], ["--annotate", "{d}"], "holds the input"),
+        (["{d}"], ["--annotate", "{tmp}/annotated"], "would overwrite"),
+        (["{d}/a.png"], ["-o", "{d}/a.png"], "is the input"),
+        (["{d}"], ["-o", "{d}/sub/b.png"], "is the input"),
+        (["{d}/a.png"], ["-o", "{tmp}/link/a.png"], "is the input"),
+        (["{d}"], ["-o", "{d}/x.png"], "inside the input folder"),
+        (["{d}"], ["-o", "{d}/new/x.PNG"], "inside the input folder"),
+    ]
+
+
+@pytest.mark.parametrize(("paths", "extra", "words"), _clash_cases())
+def test_outputs_that_would_touch_an_input_are_refused_before_the_run(checkpoint, tmp_path, capsys, paths, extra,
+                                                                      words):  # fmt: skip
+    """`-o` or `--annotate` onto an input, or into an input folder: one line, exit 2, the inputs byte for byte."""
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    shutil.copy(EXAMPLES / "two_faces.png", folder / "sub" / "b.png")
+    (tmp_path / "annotated").mkdir()
+    shutil.copy(EXAMPLES / "two_faces.png", tmp_path / "annotated" / "a.png")  # someone's photo, not an annotation
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    argv = [item.format(d=folder, tmp=tmp_path) for item in [*paths, *extra]]
+    assert cli_main(["analyze", *argv, "--model", str(checkpoint), "--no-progress"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mf2 analyze: ") and words in lines[0], lines
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert after == before  # nothing written, nothing replaced
+
+
+def test_outputs_beside_the_inputs_run_and_a_rerun_replaces_only_its_own_annotations(checkpoint, tmp_path):
+    """Records in a non-image file of the input folder and PNGs in a folder outside it: allowed; the PNGs are marked
+    as mf2's, so a repeated run (or --resume) may replace them."""
+    folder, annotated = tmp_path / "d", tmp_path / "annotated"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    photo = (folder / "a.png").read_bytes()
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(folder / "records.jsonl"), "--annotate",
+            str(annotated), "--no-progress"]  # fmt: skip
+    for _ in range(2):
+        assert cli_main(argv) == 0
+        assert [Path(r["path"]).name for r in read_jsonl(folder / "records.jsonl")] == ["a.png"]
+        assert (folder / "a.png").read_bytes() == photo and sorted(p.name for p in folder.iterdir()) == [
+            "a.png", "records.jsonl"
+        ]  # fmt: skip
+        assert Image.open(annotated / "a.png").info.get("Software") == "mf2 analyze"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_run_killed_at_any_byte_resumes_to_the_uninterrupted_output(checkpoint, tmp_path, monkeypatch, fmt):
+    """A run is killed: its output stops at any byte (mid-line, or between two faces of one image). `--resume`
+    drops the truncated line and the unfinished image and writes exactly what the uninterrupted run wrote."""
+    load, loaded = analyze._load, {}
+
+    def load_once(model, args):  # one model for the 21 or 13 runs
+        if model not in loaded:
+            loaded[model] = load(model, args)
+        return loaded[model]
+
+    monkeypatch.setattr(analyze, "_load", load_once)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "two_faces.png", folder / "a.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "b_blank.png")
+    shutil.copy(EXAMPLES / "two_faces.png", folder / "c.png")
+    # Batches of one image's 2 faces, in the whole run and in every resumed one: the same numbers to the last bit.
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "--all-faces", "--batch-size", "2", "--no-progress"]
+    whole = tmp_path / f"whole.{fmt}"
+    assert cli_main([*argv, "-o", str(whole)]) == 0
+    data = whole.read_bytes()
+    lines = data.splitlines(keepends=True)
+    records = read_jsonl(whole) if fmt == "jsonl" else list(csv.DictReader(whole.open(newline="")))
+    assert [(Path(r["path"]).name, str(r["face"]), str(r["faces"])) for r in records] == [
+        ("a.png", "0", "2"), ("a.png", "1", "2"), ("b_blank.png", "None" if fmt == "jsonl" else "", "0"),
+        ("c.png", "0", "2"), ("c.png", "1", "2"),
+    ]  # fmt: skip
+    ends = np.cumsum([len(line) for line in lines]).tolist()
+    starts = [0, *ends[:-1]]
+    middles = [(start + end) // 2 for start, end in zip(starts, ends)]
+    # JSON lines, 20 kills: every line end (between a's faces, between c's faces, the whole file), 1 byte into each
+    # line, its middle, its last byte but the line end. CSV, 12: every line end and middle, the header's too.
+    kills = {*ends, *middles}
+    if fmt == "jsonl":
+        kills |= {*(start + 1 for start in starts), *(end - 1 for end in ends)}
+    assert len(kills) == (20 if fmt == "jsonl" else 12)
+    for kill in sorted(kills):
+        output = tmp_path / f"killed-{kill}.{fmt}"
+        output.write_bytes(data[:kill])
+        assert cli_main([*argv, "-o", str(output), "--resume"]) == 0, kill
+        assert output.read_bytes() == data, f"killed at byte {kill} of {len(data)}"
+
+
+def test_a_faceless_stretch_is_written_as_it_goes_and_its_images_let_go(checkpoint, tmp_path, monkeypatch):
+    """40 faceless images with --annotate: each record is in the output file soon after its image is read, not at
+    the end, and the images kept for drawing are let go once drawn: memory is bounded by the batch, not the input."""
+    folder, output = tmp_path / "blank", tmp_path / "out.jsonl"
+    folder.mkdir()
+    for index in range(40):
+        Image.fromarray(np.full((48, 48, 3), 3 * index, np.uint8)).save(folder / f"{index:02d}.png")
+    read_image, images, seen = analyze.read_image, [], []
+
+    def read_and_look(index, path, keep_image):  # at each read: (images read, records written, images alive)
+        entry, image = read_image(index, path, keep_image)
+        images.append(weakref.ref(image))
+        alive = sum(image() is not None for image in images)
+        seen.append((index + 1, len(output.read_text().splitlines()) if output.exists() else 0, alive))
+        return entry, image
+
+    monkeypatch.setattr(analyze, "read_image", read_and_look)
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--annotate",
+            str(tmp_path / "annotated"), "--batch-size", "2", "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert len(read_jsonl(output)) == 40
+    bound = 2 + 2 * 4 + 2 + 2  # the batch, the pipeline's look-ahead (up to 4 threads), a pass's inputs, in hand
+    assert max(read - written for read, written, _ in seen) <= bound
+    assert max(kept for *_, kept in seen) <= bound

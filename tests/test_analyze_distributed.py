@@ -1,5 +1,6 @@
 """`mf2 analyze` over 2 CPU processes (`accelerate launch`) and `--resume`: the records of one process, in order."""
 
+import json
 import os
 import shutil
 import socket
@@ -11,7 +12,14 @@ import pytest
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
-from mf2.analyze_shards import Processes, annotation_names, read_lines, shard, without_last_input
+from mf2.analyze_shards import (
+    Processes,
+    annotation_names,
+    read_lines,
+    shard,
+    without_last_input,
+    without_unfinished_input,
+)
 from mf2.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +155,26 @@ def test_shards_and_truncated_lines(tmp_path):
     header, lines = read_lines(part, "jsonl")
     assert header is None and [path for path, _ in lines] == ["a", "b", "b"]
     assert [path for path, _ in without_last_input(lines)] == ["a"]
+
+
+def test_an_outputs_last_input_is_dropped_only_when_it_may_be_unfinished():
+    """A run in one process writes its output input by input: only its last input may stop part-way."""
+
+    def lines(*records):
+        return [(record["path"], json.dumps(record) + "\n") for record in records]
+
+    a0, a1 = {"path": "a.png", "face": 0, "faces": 2}, {"path": "a.png", "face": 1, "faces": 2}
+    blank, broken = {"path": "b.png", "face": None, "faces": 0}, {"path": "c.png", "face": None, "error": "bad"}
+    frame = {"path": "v.mp4", "frame": 0, "face": 0, "faces": 1}
+    cut = {"path": "v.mp4", "frame": 3, "face": None, "error": "cannot decode"}
+    for whole in [(a0, a1), (a0, a1, blank), (blank, broken), (frame, cut), ({"path": "old.png", "face": 0},)]:
+        assert without_unfinished_input(lines(*whole), None, "jsonl") == lines(*whole)
+    assert without_unfinished_input(lines(blank, a0), None, "jsonl") == lines(blank)  # a's second face is missing
+    assert without_unfinished_input(lines(a0, a1, frame), None, "jsonl") == lines(a0, a1)  # its frames may go on
+    header = ["path", "frame", "time", "face", "faces", "error"]
+    rows = [("a.png", "a.png,,,0,2,\r\n"), ("a.png", "a.png,,,1,2,\r\n"), ("b.png", "b.png,,,,0,\r\n")]
+    assert without_unfinished_input(rows, header, "csv") == rows
+    assert without_unfinished_input(rows[:1], header, "csv") == []
 
 
 def test_annotation_names_are_fixed_over_the_whole_input_list():

@@ -56,3 +56,28 @@ def test_a_failed_input_is_named_by_its_position_from_the_errors_fields():
     with pytest.raises(InputError, match=r"frame 12 \(t=0.480 s\): bad frame") as raised:
         list(stream([(ValueError("bad frame"), {"frame": 12, "time": 0.48})]))
     assert raised.value.reason == "bad frame" and raised.value.path is None
+
+
+def test_results_leave_as_soon_as_their_input_is_done_whatever_the_stretch_without_faces():
+    """A faceless input is released at once, and a forward pass never waits on more than `batch_size` inputs: how
+    far the stream reads ahead of its results is bounded by the batch and the look-ahead, never by the input."""
+    batch_size, workers = 4, 1
+    lookahead = batch_size + 2 * workers  # `_prepared` submits this many inputs ahead
+    counts = [0] * 60 + [1] + [0] * 30 + [2, 0, 3, 0, 0, 1] + [0] * 20  # faceless stretches, a face among them
+    read = []
+
+    def items():
+        for index, count in enumerate(counts):
+            read.append(index)
+            yield count, {"image_index": index}
+
+    pipe = StubPipeline()
+    lags, order = [], []
+    for extra, faces in FaceStream(pipe, batch_size, workers, {}, {}, {})(items()):
+        order.append(extra["image_index"])
+        lags.append(len(read) - len(order))  # inputs read but not yet out
+        assert len(faces) == counts[extra["image_index"]]
+    assert order == list(range(len(counts)))  # faceless and face inputs alike, in input order
+    assert max(lags) <= lookahead + batch_size
+    assert max(lags[:60]) <= lookahead  # a faceless input with nothing before it leaves at once
+    assert max(pipe.forward_sizes) <= batch_size

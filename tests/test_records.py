@@ -18,9 +18,35 @@ FACE = {
 def test_face_records_number_faces_and_a_faceless_image_gives_one_record():
     common = {"model": "mf2-base"}
     records = face_records([FACE, FACE], {"path": "a.png"}, common)
-    assert [record["face"] for record in records] == [0, 1]
+    assert [(record["face"], record["faces"]) for record in records] == [(0, 2), (1, 2)]  # number, and how many
     assert "features" not in records[0] and "image_index" not in records[0] and records[0]["model"] == "mf2-base"
-    assert face_records([], {"path": "b.png"}, common) == [{"path": "b.png", "face": None, "model": "mf2-base"}]
+    assert face_records([], {"path": "b.png"}, common) == [
+        {"path": "b.png", "face": None, "faces": 0, "model": "mf2-base"}
+    ]
+
+
+class Writes(io.StringIO):
+    """A stream that keeps what each `write` call got, and counts the flushes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.flushes = [], 0
+
+    def write(self, text):
+        self.calls.append(text)
+        return super().write(text)
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_the_records_of_one_input_go_out_in_one_write_and_a_flush():
+    for fmt, lines in (("jsonl", [2, 1]), ("csv", [3, 1])):  # CSV: the header goes out with the first input
+        stream = Writes()
+        writer = RecordWriter(stream, fmt, ["AU6", "AU12"], ["neutral", "happiness"])
+        writer.write_input(face_records([FACE, FACE], {"path": "a.png"}, {}))
+        writer.write_input(face_records([], {"path": "b.png"}, {}))
+        assert [len(text.splitlines()) for text in stream.calls] == lines and stream.flushes == 2
 
 
 def test_jsonl_is_rounded_and_csv_has_a_fixed_column_per_au_and_emotion():
