@@ -4,7 +4,8 @@ Importing `mf2` registers the MF² classes with transformers' Auto* factories, s
 `AutoModelForPreTraining` and `AutoModelForImageClassification` load MF² checkpoints without `trust_remote_code`.
 Saved checkpoints also carry the modeling code (`auto_map`), so they load with `trust_remote_code=True` where this
 package is not installed. It also registers the `facial-state` pipeline, whose default model is the trained `mf2-base`
-shipped inside the package (`mf2.default_model`), and makes the short name `mf2-base` loadable offline.
+shipped inside the package (`mf2.default_model`), and makes the short names `mf2-base` and `mf2` load that model with
+no Hub call (nothing is written to disk).
 
 The package is lazy (`mf2.lazy_module`): a public name imports its module when first used, and each registration
 runs when transformers' module it extends is imported (`mf2.registration`), so `import mf2` and `mf2 --help` import

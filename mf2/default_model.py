@@ -2,10 +2,15 @@
 
 `pipeline("facial-state")` without a model, `mf2 analyze` without `--model`, and the training scripts'
 `--model_name_or_path mf2-base` all load the folder `mf2/models/mf2-base` (safetensors, float16 weights, its
-processor and model card). For the Auto classes, `import mf2` also makes the name `mf2-base` resolve the way a Hub id
-does when offline: the folder is linked into the Hugging Face cache as the snapshot of a repository called `mf2-base`,
-so `AutoModel.from_pretrained("mf2-base")` works with `HF_HUB_OFFLINE=1` (or no network) like any cached Hub model.
-Other Hub ids are untouched and load the normal way.
+processor and model card).
+
+The short names `SHORT_NAMES` (`mf2-base`, and `mf2`, the design card's name for the same model) mean that folder
+wherever a model name is accepted, without any call to the Hub, online or offline: `resolve_model` (the CLI commands),
+and, after `import mf2`, `pipeline("facial-state", model="mf2")`, the Auto classes MF² registers with and the MF²
+classes' `from_pretrained` (`accept_short_names`, installed by `mf2.registration`: the name is swapped for the folder
+before transformers sees it, so nothing is written to disk). Only the bare name does this: a folder of that name in
+the working directory is used when given as a path (`./mf2-base`, an absolute path); Hub ids (`org/name`) are
+untouched and load the normal way.
 
 Whether a checkpoint is trained, its name and version travel in its config (`MF2Config.trained`, `model_name`,
 `model_version`); `model_identity` turns them into the fields every result record carries.
@@ -13,17 +18,17 @@ Whether a checkpoint is trained, its name and version travel in its config (`MF2
 
 from __future__ import annotations
 
-import hashlib
-import logging
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_MODEL_NAME = "mf2-base"
 """The short name of the shipped model (also its `config.model_name`)."""
+
+SHORT_NAMES = (DEFAULT_MODEL_NAME, "mf2")
+"""Bare names that mean the shipped model (`mf2` is an alias of the shipped default)."""
 
 MODEL_FILES = (
     "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -57,12 +62,23 @@ def check_default_model() -> Path:
     return path
 
 
+def shipped_or_given(name_or_path: Any) -> Any:
+    """The shipped folder (as a string) for a bare short name, a `str` equal to one of `SHORT_NAMES`; anything else
+    unchanged, except a path object spelling a short name (`Path("mf2-base")`), which becomes the explicit relative
+    path `./mf2-base` so that no later step reads it as the short name."""
+    if isinstance(name_or_path, str):
+        return str(check_default_model()) if name_or_path in SHORT_NAMES else name_or_path
+    if isinstance(name_or_path, os.PathLike) and os.fspath(name_or_path) in SHORT_NAMES:
+        return os.path.join(os.curdir, os.fspath(name_or_path))
+    return name_or_path
+
+
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
-    """A model argument as a loadable location: None or the short name → the shipped folder; anything else as given
-    (a local folder of that name wins over the short name)."""
-    if name_or_path is None or (str(name_or_path) == DEFAULT_MODEL_NAME and not Path(DEFAULT_MODEL_NAME).exists()):
+    """A model argument as a loadable location: None or a short name (`SHORT_NAMES`) → the shipped folder, even when
+    the working directory holds a folder of that name (give that one as `./mf2-base`); anything else as given."""
+    if name_or_path is None:
         return str(check_default_model())
-    return str(name_or_path)
+    return os.fspath(shipped_or_given(name_or_path))
 
 
 def model_identity(config: Any, name_or_path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -110,53 +126,95 @@ def silence_loading_bars() -> Callable[[], None]:
     return restore
 
 
-def _snapshot_revision(folder: Path) -> str:
-    """A 40-hex "commit" naming this exact copy of the shipped files (their names, sizes and modification times)."""
-    digest = hashlib.sha1()
-    for name in sorted(os.listdir(folder)):
-        stat = (folder / name).stat()
-        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
+_MARK = "_mf2_short_names"  # set on the wrappers below: wrapping twice is a no-op
 
 
-def register_in_hub_cache(cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """Link the shipped folder into the Hugging Face cache as the snapshot of repository `mf2-base` (see module
-    docstring). Idempotent and cheap when done; returns the snapshot folder, or None when the shipped model or a
-    writable cache is missing (the short name then works only through `resolve_model`)."""
-    source = default_model_path()
-    if not (source / "config.json").is_file():
-        return None
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
+def _marked(function: Callable) -> Callable:
+    setattr(function, _MARK, True)
+    return function
 
-        repo = Path(cache_dir or HF_HUB_CACHE) / f"models--{DEFAULT_MODEL_NAME}"
-        revision = _snapshot_revision(source)
-        snapshot = repo / "snapshots" / revision
-        ref = repo / "refs" / "main"
-        if ref.is_file() and ref.read_text().strip() == revision and (snapshot / "config.json").exists():
-            return snapshot
-        snapshot.mkdir(parents=True, exist_ok=True)
-        for file in source.iterdir():
-            if file.is_file() and not (snapshot / file.name).exists():
-                (snapshot / file.name).symlink_to(file)
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        temporary = ref.with_suffix(".tmp")
-        temporary.write_text(revision)
-        os.replace(temporary, ref)
-        return snapshot
-    except OSError as error:  # a read-only home: the short name still works where mf2 resolves it itself
-        logger.debug("Could not register %s in the Hugging Face cache: %s", DEFAULT_MODEL_NAME, error)
-        return None
+
+def accept_short_names(owner: type, method: str = "from_pretrained") -> None:
+    """Make the classmethod `owner.<method>` (an Auto class's or an MF² class's `from_pretrained`) take the short
+    names: its first argument (`pretrained_model_name_or_path`) goes through `shipped_or_given` before the original
+    runs, so transformers only ever sees the local folder and makes no Hub call. Idempotent; subclasses inherit it."""
+    function = getattr(owner, method).__func__
+    if getattr(function, _MARK, False):
+        return
+
+    @functools.wraps(function)
+    def wrapper(cls, *args, **kwargs):
+        if args:
+            args = (shipped_or_given(args[0]), *args[1:])
+        elif "pretrained_model_name_or_path" in kwargs:
+            kwargs["pretrained_model_name_or_path"] = shipped_or_given(kwargs["pretrained_model_name_or_path"])
+        return function(cls, *args, **kwargs)
+
+    setattr(owner, method, classmethod(_marked(wrapper)))
+
+
+PIPELINE_NAME_ARGUMENTS = ("model", "config", "tokenizer", "feature_extractor", "image_processor", "processor")
+"""The arguments of `transformers.pipeline` that may name a model folder or Hub id."""
+
+
+def _wrap_pipeline(function: Callable) -> Callable:
+    import inspect
+
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def pipeline(*args, **kwargs):
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError:  # a wrong call: transformers' own error
+            return function(*args, **kwargs)
+        for name in PIPELINE_NAME_ARGUMENTS:
+            if name in bound.arguments:
+                bound.arguments[name] = shipped_or_given(bound.arguments[name])
+        return function(*bound.args, **bound.kwargs)
+
+    return _marked(pipeline)
+
+
+def _wrap_first_argument(function: Callable) -> Callable:
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if args:
+            args = (shipped_or_given(args[0]), *args[1:])
+        return function(*args, **kwargs)
+
+    return _marked(wrapper)
+
+
+def accept_short_names_in_pipelines(pipelines_module: Any) -> None:
+    """The same for `transformers.pipeline`: `pipeline("facial-state", model="mf2")` gets the shipped folder. A
+    `pipeline` bound before `import mf2` (`from transformers import pipeline` first) keeps the original function; for
+    it, the two helpers it passes the bare name to before any Auto class (`resolve_revision`, which asks the Hub for
+    the revision, and `find_adapter_config_file`) take the short names too. Idempotent."""
+    import transformers
+
+    if not getattr(pipelines_module.pipeline, _MARK, False):
+        pipelines_module.pipeline = _wrap_pipeline(pipelines_module.pipeline)
+    if "pipeline" in vars(transformers):  # already handed out by transformers' lazy module: swap its copy too
+        transformers.pipeline = pipelines_module.pipeline
+    for helper in ("resolve_revision", "find_adapter_config_file"):
+        function = getattr(pipelines_module, helper, None)
+        if function is not None and not getattr(function, _MARK, False):
+            setattr(pipelines_module, helper, _wrap_first_argument(function))
 
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "PIPELINE_NAME_ARGUMENTS",
+    "SHORT_NAMES",
     "DefaultModelMissingError",
+    "accept_short_names",
+    "accept_short_names_in_pipelines",
     "check_default_model",
     "default_model_path",
     "load_pipeline",
     "model_identity",
-    "register_in_hub_cache",
     "resolve_model",
+    "shipped_or_given",
     "silence_loading_bars",
 ]

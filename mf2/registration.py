@@ -2,12 +2,14 @@
 
 After `import mf2`:
 
-- `AutoConfig` knows `model_type="mf2"`, and the short name `mf2-base` resolves offline (`register_in_hub_cache`);
+- `AutoConfig` knows `model_type="mf2"`;
 - `AutoModel`, `AutoModelForPreTraining` and `AutoModelForImageClassification` load MF² checkpoints without
   `trust_remote_code`;
 - `AutoImageProcessor` and `AutoProcessor` load MF²'s processors;
 - `pipeline("facial-state")` exists, its default model the shipped `mf2-base`;
-- saved checkpoints carry their code (`register_for_auto_class`), so they load remotely where mf2 is not installed.
+- saved checkpoints carry their code (`register_for_auto_class`), so they load remotely where mf2 is not installed;
+- the short names `mf2-base` and `mf2` load the shipped model through `pipeline`, these Auto classes and the MF²
+  classes, with no Hub call (`mf2.default_model.accept_short_names`: nothing is written to disk).
 
 Each group runs when transformers' module that it extends is first imported (or the mf2 module defining the classes,
 whichever comes first), through `mf2.import_hooks.when_imported`, so `import mf2` itself imports neither torch nor
@@ -35,15 +37,16 @@ def _module_of(name: str) -> str:
 
 
 def register_config() -> None:
-    """AutoConfig, the remote-code export of the config, and the offline short name `mf2-base`."""
+    """AutoConfig, the remote-code export of the config, and the short names for both."""
     from transformers import AutoConfig
 
-    from .default_model import register_in_hub_cache
+    from .default_model import accept_short_names
 
     config_class = _public("MF2Config")
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     config_class.register_for_auto_class()
-    register_in_hub_cache()
+    for owner in (AutoConfig, config_class):
+        accept_short_names(owner)
 
 
 MODEL_AUTO_CLASSES = {
@@ -55,20 +58,26 @@ MODEL_AUTO_CLASSES = {
 
 
 def register_models() -> None:
-    """The Auto model classes and the models' remote-code export."""
+    """The Auto model classes, the models' remote-code export, and the short names for both."""
     import transformers
+
+    from .default_model import accept_short_names
 
     config_class = _public("MF2Config")
     for name, auto_name in MODEL_AUTO_CLASSES.items():
-        model_class = _public(name)
-        getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+        model_class, auto_class = _public(name), getattr(transformers, auto_name)
+        auto_class.register(config_class, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_name)
+        for owner in (auto_class, model_class):
+            accept_short_names(owner)
 
 
 def register_processors() -> None:
-    """AutoImageProcessor (one class for both back-ends: it does its own PIL / numpy work), AutoProcessor, and their
-    remote-code export."""
+    """AutoImageProcessor (one class for both back-ends: it does its own PIL / numpy work), AutoProcessor, their
+    remote-code export, and the short names for all four classes."""
     from transformers import AutoImageProcessor, AutoProcessor
+
+    from .default_model import accept_short_names
 
     config_class, image_processor, processor = (_public(name) for name in
                                                 ("MF2Config", "MF2ImageProcessor", "MF2Processor"))  # fmt: skip
@@ -78,19 +87,23 @@ def register_processors() -> None:
     AutoProcessor.register(config_class, processor, exist_ok=True)
     image_processor.register_for_auto_class("AutoImageProcessor")
     processor.register_for_auto_class()
+    for owner in (AutoImageProcessor, AutoProcessor, image_processor, processor):
+        accept_short_names(owner)
 
 
 def register_pipeline() -> None:
-    """The `facial-state` task, whose default model is the shipped `mf2-base`."""
+    """The `facial-state` task, whose default model is the shipped `mf2-base`, and the short names in `pipeline`."""
+    import transformers.pipelines
     from transformers import AutoModelForImageClassification
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .default_model import default_model_path
+    from .default_model import accept_short_names_in_pipelines, default_model_path
 
     PIPELINE_REGISTRY.register_pipeline(
         PIPELINE_TASK, pipeline_class=_public("FacialStatePipeline"), pt_model=AutoModelForImageClassification,
         type="image", default={"model": (str(default_model_path()), None)},
     )  # fmt: skip
+    accept_short_names_in_pipelines(transformers.pipelines)
 
 
 # (what, transformers modules that trigger it, mf2 public names whose modules trigger it, function)

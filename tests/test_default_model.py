@@ -23,7 +23,6 @@ from mf2.default_model import (
     check_default_model,
     default_model_path,
     model_identity,
-    register_in_hub_cache,
     resolve_model,
 )
 from mf2.pipeline_mf2 import InputError, NonFiniteOutputError
@@ -59,11 +58,12 @@ def test_the_shipped_model_is_complete_and_says_what_it_is():
 
 
 def test_names_resolve_to_the_shipped_folder(tmp_path, monkeypatch):
-    assert resolve_model(None) == resolve_model(DEFAULT_MODEL_NAME) == str(default_model_path())
+    assert resolve_model(None) == resolve_model(DEFAULT_MODEL_NAME) == resolve_model("mf2") == str(default_model_path())
     assert resolve_model("someone/their-mf2") == "someone/their-mf2"
     monkeypatch.chdir(tmp_path)
-    (tmp_path / DEFAULT_MODEL_NAME).mkdir()  # a local folder of that name wins, as transformers would do
-    assert resolve_model(DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME
+    (tmp_path / DEFAULT_MODEL_NAME).mkdir()  # a local folder of that name counts only as a path (test_short_names)
+    assert resolve_model(DEFAULT_MODEL_NAME) == str(default_model_path())
+    assert resolve_model(f"./{DEFAULT_MODEL_NAME}") == f"./{DEFAULT_MODEL_NAME}"
     assert model_identity(mf2.MF2Config(), "some/folder") == {
         "model": "some/folder", "model_version": None, "model_trained": False
     }  # fmt: skip
@@ -127,13 +127,6 @@ print(json.dumps({{"emotion": face["emotion"]["label"], "au12": face["action_uni
     )
     assert (values["base"], values["head"]) == ("MF2Model", "MF2ForFacialStateRecognition")
     assert values["text_weights"] is False and values["dtype"] == "torch.float32"
-
-
-def test_hub_cache_registration_is_idempotent(tmp_path):
-    first = register_in_hub_cache(tmp_path)
-    again = register_in_hub_cache(tmp_path)
-    assert first == again and (first / "config.json").resolve() == (default_model_path() / "config.json").resolve()
-    assert (tmp_path / f"models--{DEFAULT_MODEL_NAME}" / "refs" / "main").read_text() == first.name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
