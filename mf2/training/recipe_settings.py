@@ -89,6 +89,11 @@ def settings_from(preset: str, overrides: list[str]) -> RecipeSettings:
         if key not in RecipeSettings.__dataclass_fields__:
             raise SystemExit(f"mf2 recipe: unknown setting {key!r}; see RecipeSettings.")
         current = getattr(settings, key)
+        if isinstance(current, bool):  # bool("false") is True: read the word
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"mf2 recipe: {key} takes true or false, got {value!r}.")
+            settings = replace(settings, **{key: value.lower() in ("true", "1")})
+            continue
         kind = type(current) if current is not None else int
         settings = replace(settings, **{key: kind(value)})
     return settings

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mf2 import MF2ForFacialStateRecognition
 from mf2.training.recipe import PRESETS, STAGES, Recipe, RecipeSettings, main
@@ -33,12 +34,23 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     config = json.loads((export / "config.json").read_text())
     assert config["trained"] is True and config["model_name"] == "mf2-base" and len(config["au_thresholds"]) == 12
     assert config["dtype"] == "float32" and config["emotion_reads_au_features"] is True
+    assert "_name_or_path" not in config  # no path of the training machine
     model = MF2ForFacialStateRecognition.from_pretrained(str(export))
     hidden = model.config.qformer_config.hidden_size
     assert model.heads.emotion_norm.normalized_shape == (2 * hidden,)  # Emo-VL and AU-VL, refit in emotion_head
     assert model.dtype == torch.float32 and not any("alignment" in name for name, _ in model.named_parameters())
     card = (export / "README.md").read_text()
     assert "research only" in card and "CK+" in card and "mf2 recipe" in card
+    # The model-index names each result by its data and its metric, never two rows alike.
+    index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
+    named = [(row["dataset"]["name"], row["metrics"][0]["name"]) for row in index]
+    assert len(set(named)) == len(named) and ("FER+ (FER2013 images with FER+ labels): valid.parquet",
+                                              "Emotion accuracy") in named  # fmt: skip
+    assert {row["dataset"]["type"] for row in index} == {"ferplus", "ckplus"}
+    per_au = card[card.index("F1 per AU") :].splitlines()[2]
+    assert per_au.startswith("| AU1 | AU2 | AU4 | AU6 |")  # AU order, not alphabetical
+    transfer = json.loads((output / "emotion" / "metrics.json").read_text())
+    assert 0.0 <= transfer["ckplus_peak_accuracy_of_ferplus_model"] <= 1.0 and transfer["ckplus_peak_rows"] > 0
     cv = json.loads((export / "cv_results.json").read_text())
     assert cv["num_folds"] == 2 and 0.0 <= cv["mean"]["au_f1_train_tuned"] <= 1.0
     timings = json.loads((output / "timings.json").read_text())
@@ -62,3 +74,13 @@ def test_command_line_refuses_a_folder_without_the_data(tmp_path, capsys):
     assert "lacks ferplus/train.parquet" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown setting"):
         main(["--data", str(tmp_path), "--set", "colour=blue"])
+
+
+def test_settings_overrides_are_typed_like_their_field():
+    from mf2.training.recipe_settings import settings_from
+
+    settings = settings_from("cpu", ["soft_targets=false", "ema_decay=0", "augmented_views=3"])
+    assert settings.soft_targets is False and settings.ema_decay == 0.0 and settings.augmented_views == 3
+    assert settings_from("cpu", ["soft_targets=True"]).soft_targets is True
+    with pytest.raises(SystemExit, match="true or false"):
+        settings_from("cpu", ["soft_targets=maybe"])
