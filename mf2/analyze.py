@@ -15,6 +15,13 @@ bar per AU. Outputs never touch inputs: an `--output` or `--annotate` that would
 folder is refused before the run (`mf2.analyze_checks.check_outputs`), and `--annotate` replaces only the PNGs that
 mf2 annotated (they carry a mark; a repeated or `--resume`d run's), never another file of the same name.
 
+File names of any bytes are analysed: a name that is not UTF-8 (`b\\xe9.png`) is carried in JSON as its surrogate
+escape (`"b\\udce9.png"`; `os.fsencode(record["path"])` gives its bytes back) and in CSV as its bytes
+(`mf2.records`). A failure ends the run with one line on stderr, never a traceback: exit status 2 for a bad command
+line, 1 for a failed run (a model that cannot be loaded, an output that cannot be written: disk full) or an input's
+error record, 130 for Ctrl-C. A write that fails or is interrupted is cut back, so the output holds whole inputs only
+and `--resume` goes on from it; an annotated PNG is written aside and renamed, so none is left cut.
+
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`, `mf2.default_model`).
 Every record carries the model's name, version and whether it is trained (`model`, `model_version`,
 `model_trained`), read from the model's config.
@@ -31,6 +38,7 @@ import argparse
 import contextlib
 import math
 import os
+import pickle
 import sys
 import warnings
 from collections import deque
@@ -68,7 +76,7 @@ from .image_processing_mf2 import NoFaceError
 from .inputs import InputPath, ReadImage, expand_paths, read_image
 from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError, NonFiniteOutputError
-from .records import RecordWriter, annotation_name, face_records
+from .records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
 from .video import VideoDecodeError, is_video, video_info
 from .visualization import annotate
 
@@ -182,19 +190,29 @@ def _load(model: str | os.PathLike, args: argparse.Namespace):
         )
     except (DefaultModelMissingError, ImportError) as error:  # ImportError: --runtime onnx without onnxruntime
         raise AnalyzeError(_first_line(error)) from error
-    except (OSError, ValueError) as error:
-        hint = "pass a saved model's folder or a Hub id"
-        if _offline() and not Path(model).exists():
+    except Exception as error:  # noqa: BLE001 - whatever the loaders raise (a damaged safetensors, a refused pickle,
+        # an ONNX file onnxruntime cannot parse) is one line: the run cannot start
+        hint, reason = "pass a saved model's folder or a Hub id", _first_line(error)
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) refused it: not shown whole
+            reason = "its pickled weights (pytorch_model.bin) hold more than tensors, code that loading would run"
+            hint = "resave the model as safetensors (save_pretrained) where you trust it"
+        elif args.onnx_model is not None and type(error).__module__.startswith("onnxruntime"):
+            hint = "write the --onnx-model file again with `mf2 export --output FILE`"
+        elif type(error).__name__ == "SafetensorError":
+            hint = "its model.safetensors is damaged or truncated: copy or download it again"
+        elif _offline() and not Path(model).exists():
             hint = "it is not a local folder and HF_HUB_OFFLINE=1 forbids the download: download it once online"
-        raise AnalyzeError(f"could not load the model {model}: {_first_line(error)} ({hint})") from error
+        raise AnalyzeError(f"could not load the model {model}: {reason} ({hint})") from error
 
 
 def open_output(name: str, buffering: int = -1) -> TextIO:
     if name == "-":
+        with contextlib.suppress(AttributeError, ValueError):  # a CSV record may carry a file name's odd bytes
+            sys.stdout.reconfigure(errors=OUTPUT_ERRORS)
         return sys.stdout
     try:
         Path(name).parent.mkdir(parents=True, exist_ok=True)
-        return open(name, "w", buffering, newline="", encoding="utf-8")
+        return open(name, "w", buffering, newline="", encoding="utf-8", errors=OUTPUT_ERRORS)
     except OSError as error:
         raise AnalyzeError(
             f"cannot write the output file {name} ({error.strerror or error}); give -o a file in a writable folder"
@@ -254,7 +272,19 @@ class _Run:
         mark = PngInfo()
         mark.add_text(*ANNOTATION_MARK)
         drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)
-        drawn.save(self.annotate_dir / name, pnginfo=mark)
+        target = self.annotate_dir / name
+        temporary = target.with_name(f".{name}.writing")  # whole PNGs only: written aside, then renamed
+        try:
+            drawn.save(temporary, format="PNG", pnginfo=mark)
+            os.replace(temporary, target)
+        except BaseException as error:  # disk full, Ctrl-C: no cut PNG is left
+            temporary.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise AnalyzeError(
+                    f"cannot write the annotated image {target} ({error.strerror or error}); the records before it "
+                    f"are whole: free some space and rerun with --resume"
+                ) from error
+            raise
 
     def run(self, files: list[InputPath]) -> None:
         """Every input in the order given: each stretch of images streams through the pipeline together, each video
@@ -302,9 +332,9 @@ class _Run:
                 records = face_records(faces, {"path": str(entry.path)}, self.common)
                 if entry.warning:
                     records = [{**record, "warning": entry.warning} for record in records]
-                self.emit(records)
-                if keep_images:
+                if keep_images:  # drawn first: an image whose records are out has its PNG (--resume skips it)
                     self.save_annotation(entry.image, faces, entry.path)
+                self.emit(records)
                 bar.update(1)
             write_failed_reads()
         except InputError as error:
@@ -334,11 +364,10 @@ class _Run:
         except ValueError as error:
             self.error_record(path, f"input {index}: {error}")
             return
-        total = None
+        total = math.ceil(info["frames"] / (args.every_n_frames or 1)) if info["frames"] else None
         if args.video_fps and info["duration"]:
-            total = math.ceil(info["duration"] * args.video_fps)
-        elif info["frames"]:
-            total = math.ceil(info["frames"] / (args.every_n_frames or 1))
+            sampled = info["duration"] * args.video_fps  # inf for --video-fps 1e308: every frame, which `frames` counts
+            total = math.ceil(sampled) if math.isfinite(sampled) and (total is None or sampled < total) else total
         call = dict(self.call)
         if call["no_face"] == "error":
             call["no_face"] = "skip"  # one face-less frame must not end a video: it gives a face-less record
@@ -351,11 +380,14 @@ class _Run:
             for result in frames:
                 source = {"path": str(path), "frame": result["frame"], "time": result["time"]}
                 faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
-                self.emit(face_records(faces, source, self.common))
                 if self.annotate_dir is not None:
                     self.save_annotation(Image.fromarray(result["image"]), result["faces"], path, result["frame"])
+                self.emit(face_records(faces, source, self.common))
                 bar.update(1)
         except VideoDecodeError as error:
+            self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
+        except InputError as error:  # a frame the model gives no finite output for: the video's error record there,
+            # and the run goes on with the next input
             self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
         finally:
             bar.close()
@@ -374,8 +406,9 @@ def _cli_input_error(error: InputError, path: InputPath) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0: every input analysed; 1: some input gave an error record, or the run failed; 2: a bad command
-    line. Failures are one line on stderr, never a traceback."""
+    """Exit status 0: every input analysed; 1: some input gave an error record, or the run failed (a model that
+    cannot be loaded, an output that cannot be written: disk full); 2: a bad command line; 130: interrupted (Ctrl-C),
+    the output holding whole inputs only. Failures are one line on stderr, never a traceback."""
     try:
         with contextlib.ExitStack() as cleanup:
             return _main(argv, cleanup)
@@ -385,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     except (AnalyzeError, MissingBackendError, MissingModelFileError) as error:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mf2 analyze: interrupted; the output holds the inputs done so far, whole (--resume goes on)",
+              file=sys.stderr)  # fmt: skip
+        return 130
 
 
 def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
@@ -399,7 +436,8 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         files = expand_paths(args.paths, recursive=not args.no_recursive)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    check_outputs(args, files)  # outputs never touch inputs, nor files they did not write
+    # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
+    check_outputs(args, files, annotation_names(files) if args.annotate is not None else {})
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     if args.no_progress:
         cleanup.callback(silence_loading_bars())

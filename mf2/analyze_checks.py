@@ -132,12 +132,12 @@ def _within(path: Path, folders: dict[tuple[int, int], str], deep: bool) -> str 
     return None
 
 
-def check_outputs(args: argparse.Namespace, files: list[Path | str]) -> None:
+def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict[str, str]) -> None:
     """Outputs never touch inputs. Raise `OutputClashError` for an `--output` that is an input file, or an image or
     video name inside an input folder (a later run would read it as an input); for an `--annotate` folder that is an
     input folder or inside one, or that holds an input file; and for a file `--annotate` would replace that is not
-    an mf2 annotation. `files` are the expanded inputs (URLs are `str`), `args.paths` as given."""
-    from .analyze_shards import annotation_names
+    an mf2 annotation. `files` are the expanded inputs (URLs are `str`), `args.paths` as given, `names` the images'
+    annotation PNG names (`mf2.analyze_shards.annotation_names`)."""
     from .inputs import IMAGE_EXTENSIONS
     from .video import VIDEO_EXTENSIONS, is_video
 
@@ -172,7 +172,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str]) -> None:
     if clash is not None:
         raise OutputClashError("--annotate", args.annotate, "holds the input", str(clash), "give --annotate a "
                                "folder without inputs")  # fmt: skip
-    for name in annotation_names(files).values():
+    for name in names.values():
         check_annotation_target(annotate, name)
     for video in dict.fromkeys(path for path in local if is_video(path)):
         frame = re.compile(re.escape(video.stem) + r"_frame\d{6}(-\d+)?\.png")

@@ -29,7 +29,7 @@ from typing import TextIO
 
 from .analyze_checks import AnalyzeError
 from .inputs import InputPath
-from .records import annotation_name
+from .records import OUTPUT_ERRORS, annotation_name
 from .video import is_video
 
 Line = tuple[str, str]
@@ -148,7 +148,7 @@ def read_lines(path: Path, fmt: str) -> tuple[list[str] | None, list[Line]]:
     stops mid-line at worst, and that line is not a record."""
     if not path.is_file():
         return None, []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8", errors=OUTPUT_ERRORS)  # a name's odd bytes: as written
     text = text[: text.rfind("\n") + 1]  # drop what follows the last line end: an unfinished line
     if fmt == "jsonl":
         return None, list(_json_lines(text))
@@ -244,12 +244,16 @@ def ordered(lines: list[Line], files: list[InputPath]) -> list[Line]:
 def write_atomically(output: Path, header: list[str] | None, lines: list[Line]) -> None:
     """Write `output` whole through a temporary file and a rename: a run killed here leaves the old file intact."""
     temporary = output.with_name(f"{output.name}.merging")
-    with open(temporary, "w", newline="", encoding="utf-8") as stream:
-        if header is not None:
-            stream.write(_csv_text(header))
-        stream.writelines(text for _, text in lines)
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8", errors=OUTPUT_ERRORS) as stream:
+            if header is not None:
+                stream.write(_csv_text(header))
+            stream.writelines(text for _, text in lines)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:  # disk full, Ctrl-C: the output stays as it was, and no half-written copy is left
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, output)
 
 
@@ -310,7 +314,9 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
         return {}
 
     def analyse_share() -> dict[str, int]:
-        with open(part_path(output, processes.rank), "w", 1, newline="", encoding="utf-8") as stream:
+        with open(
+            part_path(output, processes.rank), "w", 1, newline="", encoding="utf-8", errors=OUTPUT_ERRORS
+        ) as stream:
             return analyse(stream, share)  # line-buffered: each record reaches the file whole
 
     start(processes)

@@ -87,9 +87,14 @@ def check_upload(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS, max_m
             f"Cannot read '{path.name}' as an image: it is not an image file, or it is corrupt. "
             "Upload a photo (JPEG, PNG, WebP, ...)."
         ) from None
-    if width * height > max_megapixels * 1e6:
-        raise DemoInputError(_too_large(f"This photo ({width} × {height} pixels)", width * height, max_megapixels))
+    check_size(width, height, max_megapixels)
     return path
+
+
+def check_size(width: int, height: int, max_megapixels: float = MAX_MEGAPIXELS, what: str = "This photo") -> None:
+    """A `DemoInputError` for an image over `max_megapixels`, whatever it came from (upload or webcam snapshot)."""
+    if width * height > max_megapixels * 1e6:
+        raise DemoInputError(_too_large(f"{what} ({width} × {height} pixels)", width * height, max_megapixels))
 
 
 def _too_large(what: str, pixels: int | None, limit: float) -> str:
@@ -112,7 +117,9 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
     """Every face of one photo (a path, as uploaded, or a PIL image from the webcam), or a message saying why not."""
     if image is None:
         return ImageResult("Upload a photo, take a webcam snapshot or click an example.")
-    if not isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):  # a webcam snapshot: the same size limit as an upload
+        check_size(*image.size, what="This snapshot")
+    else:
         image = str(check_upload(image))
     emotions = len(pipe.model.config.id2label)
     try:

@@ -6,7 +6,10 @@ has any number of faces, and detection (the slow part) should overlap the networ
 full, and hands each input's faces to `postprocess` together, in input order. An input's result is released as soon
 as it is complete (a faceless input at once, unless inputs with faces wait before it), and a pass never waits on more
 than `batch_size` inputs, so memory stays bounded by the batch plus the look-ahead, whatever the number of inputs or
-the length of a stretch without faces (a generator or a video is never materialised).
+the length of a stretch without faces (a generator or a video is never materialised). Images given decoded (PIL
+images, arrays: `mf2 analyze` decodes each file before the stream takes it) are counted by their pixels too: the
+stream reads no further ahead, and a pass waits on no more inputs, than `max_pixels` (`MAX_PIXELS_IN_FLIGHT`, 100
+MP) allow, or one input, so twenty photos near PIL's 178 MP limit are not decoded at once.
 
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
@@ -23,6 +26,25 @@ import torch
 
 from .image_loading import ImageInputError, path_of
 
+MAX_PIXELS_IN_FLIGHT = 100_000_000
+"""How many pixels of decoded inputs `FaceStream` holds ahead of its results (about 300 MB as RGB bytes, more as the
+image processor's copies); one input over it is still taken, alone."""
+
+
+def pixels_of(item: Any) -> int:
+    """The pixels of a decoded image (PIL image, numpy array, torch tensor); 0 for a path (decoded by the worker that
+    analyses it, and let go there)."""
+    size = getattr(item, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:  # PIL: (width, height)
+        return int(size[0]) * int(size[1])
+    shape = getattr(item, "shape", None)
+    if shape is not None and len(shape) >= 2:
+        height, width = (
+            (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] > 4 else shape[:2]
+        )
+        return int(height) * int(width)
+    return 0
+
 
 class InputError(ValueError):
     """An input the pipeline cannot analyse (unreadable, without a face under `no_face="error"`, or whose model
@@ -34,10 +56,13 @@ class InputError(ValueError):
         reason: what is wrong, without the input's name. The layer's own error (`ImageInputError`, `NoFaceError`,
             `NonFiniteOutputError`, with their own fields) is the `__cause__`.
         where: how the message names the input ("input 3", "frame 12 (t=0.480 s)").
+        frame, time: the video frame's index and seconds, when the input is a video frame (else `None`).
     """
 
-    def __init__(self, index: int, path: str | None, reason: str, where: str | None = None, message: str | None = None):
+    def __init__(self, index: int, path: str | None, reason: str, where: str | None = None, message: str | None = None,
+                 frame: int | None = None, time: float | None = None):  # fmt: skip
         self.index, self.path, self.reason = index, path, reason
+        self.frame, self.time = frame, time
         self.where = where if where is not None else f"input {index}"
         named = f" ('{path}')" if path is not None else ""
         super().__init__(message if message is not None else f"{self.where}{named}: {reason}")
@@ -51,9 +76,10 @@ class InputError(ValueError):
         else:
             where = f"input {extra.get('image_index', index)}"
         position = extra.get("image_index", index)
+        frame = {"frame": extra.get("frame"), "time": extra.get("time")}
         if isinstance(error, ImageInputError):
-            return cls(position, error.path, error.reason, where, message=error.describe(where))
-        return cls(position, path_of(item), str(error), where)
+            return cls(position, error.path, error.reason, where, message=error.describe(where), **frame)
+        return cls(position, path_of(item), str(error), where, **frame)
 
 
 class FaceStream:
@@ -69,6 +95,7 @@ class FaceStream:
         preprocess_params, forward_params, postprocess_params: the stages' keyword arguments.
         preprocess: what prepares each input in place of `pipeline.preprocess`, one input after another, in order,
             on one thread: a `FaceTracker`, which carries the faces of a video from one frame to the next.
+        max_pixels: the most pixels of decoded inputs read ahead of the results (`MAX_PIXELS_IN_FLIGHT`).
 
     Raises (while iterating):
         InputError: a stage failed on an input with a `ValueError` (its `__cause__`); inputs before it have their
@@ -76,7 +103,8 @@ class FaceStream:
     """
 
     def __init__(self, pipeline, batch_size: int, workers: int | None, preprocess_params: dict, forward_params: dict,
-                 postprocess_params: dict, preprocess: Callable[..., dict] | None = None):  # fmt: skip
+                 postprocess_params: dict, preprocess: Callable[..., dict] | None = None,
+                 max_pixels: int = MAX_PIXELS_IN_FLIGHT):  # fmt: skip
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         self.pipeline, self.batch_size = pipeline, batch_size
@@ -89,42 +117,52 @@ class FaceStream:
         )
         self.preprocess_params, self.forward_params = preprocess_params, forward_params
         self.postprocess_params = postprocess_params
+        self.max_pixels = max_pixels
 
     def __call__(self, items: Iterable[tuple[Any, dict[str, Any]]]) -> Iterator[tuple[dict[str, Any], list[dict]]]:
         # An input's result leaves as soon as it is complete: a faceless input with nothing before it at once, the
         # others when their forward pass runs. A pass runs when its faces fill the batch, or when `batch_size` inputs
         # wait on it (faceless inputs behind a face), so memory and the lag behind the input stay bounded by the batch
         # plus the look-ahead, however long a stretch without faces.
+        # Pixels count too: a caller may hold the inputs of a pass until their results come (`mf2 analyze --annotate`).
         pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        num_faces = 0
-        for extra, model_inputs in self._prepared(items):
+        num_faces = pending_pixels = 0
+        for extra, model_inputs, pixels in self._prepared(items):
             count = len(model_inputs["pixel_values"])
             if pending and num_faces + count > self.batch_size:
                 yield from self._run_batch(pending)
-                pending, num_faces = [], 0
+                pending, num_faces, pending_pixels = [], 0, 0
             pending.append((extra, model_inputs))
             num_faces += count
-            if num_faces == 0 or num_faces >= self.batch_size or len(pending) >= self.batch_size:
+            pending_pixels += pixels
+            full = num_faces >= self.batch_size or len(pending) >= self.batch_size or pending_pixels >= self.max_pixels
+            if num_faces == 0 or full:
                 yield from self._run_batch(pending)
-                pending, num_faces = [], 0
+                pending, num_faces, pending_pixels = [], 0, 0
         if pending:
             yield from self._run_batch(pending)
 
-    def _prepared(self, items: Iterable[tuple[Any, dict[str, Any]]]) -> Iterator[tuple[dict[str, Any], dict]]:
-        """`(extra, model_inputs)` in input order; preprocessing runs ahead in a bounded pool of threads."""
+    def _prepared(self, items: Iterable[tuple[Any, dict[str, Any]]]) -> Iterator[tuple[dict[str, Any], dict, int]]:
+        """`(extra, model_inputs, pixels)` in input order; preprocessing runs ahead in a bounded pool of threads, by
+        at most `lookahead` inputs and `max_pixels` pixels of decoded inputs (or one input)."""
         lookahead = self.batch_size + 2 * self.workers
-        queue: deque[tuple[int, Any, dict[str, Any], Future]] = deque()
+        queue: deque[tuple[int, Any, dict[str, Any], Future, int]] = deque()
+        in_flight = 0  # pixels of the decoded inputs in `queue`
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mf2-pipeline") as executor:
             try:
                 for index, (item, extra) in enumerate(items):
+                    pixels = pixels_of(item)
                     future = executor.submit(self.preprocess, item, **self.preprocess_params)
-                    queue.append((index, item, extra, future))
-                    if len(queue) >= lookahead:
+                    queue.append((index, item, extra, future, pixels))
+                    in_flight += pixels
+                    del item  # held by the queue only, so that it goes once collected
+                    while queue and (len(queue) >= lookahead or in_flight >= self.max_pixels):
+                        in_flight -= queue[0][-1]
                         yield _collect(*queue.popleft())
                 while queue:
                     yield _collect(*queue.popleft())
             finally:
-                for *_, future in queue:  # stopped early (error or the caller stopped iterating)
+                for *_, future, _ in queue:  # stopped early (error or the caller stopped iterating)
                     future.cancel()
 
     def _run_batch(self, pending: list[tuple[dict[str, Any], dict[str, Any]]]):
@@ -147,11 +185,11 @@ class FaceStream:
             yield extra, [{**extra, **face} for face in faces]
 
 
-def _collect(index: int, item: Any, extra: dict[str, Any], future: Future) -> tuple[dict[str, Any], dict]:
+def _collect(index: int, item: Any, extra: dict[str, Any], future: Future, pixels: int) -> tuple[dict, dict, int]:
     try:
-        return extra, future.result()
+        return extra, future.result(), pixels
     except ValueError as error:
         raise InputError.from_error(error, index, item, extra) from error
 
 
-__all__ = ["FaceStream", "InputError"]
+__all__ = ["MAX_PIXELS_IN_FLIGHT", "FaceStream", "InputError", "pixels_of"]

@@ -6,6 +6,7 @@ This file uses only relative imports of flat sibling modules, so it travels with
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -132,6 +133,9 @@ def _load_path(path: str, index: int) -> Image.Image:
         raise ImageInputError(index, path, "it is a folder, not an image file; pass the image files in it.")
     if not os.path.isfile(path):
         raise ImageInputError(index, path, "no such file.")
+    heif = os.path.splitext(path)[1].lower() in (".heic", ".heif")
+    if heif:
+        _heif_opener()
     try:
         with Image.open(path) as opened:
             frames = int(getattr(opened, "n_frames", 1))
@@ -139,6 +143,10 @@ def _load_path(path: str, index: int) -> Image.Image:
             image = ImageOps.exif_transpose(opened)
             image = image.copy() if image is opened else image
     except UnidentifiedImageError as error:
+        if heif and not _heif_opener():
+            raise ImageInputError(
+                index, path, "a HEIC / HEIF image needs pillow-heif: pip install pillow-heif"
+            ) from error
         raise ImageInputError(index, path, "not an image file (PIL cannot identify it).") from error
     except Image.DecompressionBombError as error:
         raise ImageInputError(index, path, str(error)) from error
@@ -155,6 +163,15 @@ def _load_path(path: str, index: int) -> Image.Image:
         )
         image.info["n_frames"] = frames
     return image
+
+
+def _heif_opener() -> bool:
+    """Let PIL open HEIC / HEIF files (phones' photos) when `pillow-heif` is installed; whether it is."""
+    try:
+        importlib.import_module("pillow_heif").register_heif_opener()
+    except ImportError:
+        return False
+    return True
 
 
 def as_image_list(images: Any) -> list:

@@ -53,6 +53,7 @@ NO_FACE_CHOICES = ("error", "fallback", "skip")
 # Old spellings of `no_face` values (the training scripts said "drop"), accepted with a FutureWarning.
 DEPRECATED_NO_FACE = {"drop": "skip"}
 MULTIPLE_FACES_CHOICES = ("largest", "all")
+CHANNEL_ORDERS = ("rgb", "bgr")
 FALLBACK_LABEL = "template-fallback"
 
 # Fields of the image processor's output, in order.
@@ -74,6 +75,7 @@ class MF2ImagesKwargs(ImagesKwargs, total=False):
     min_detection_size: int
     num_workers: int
     backend_kwargs: dict
+    channel_order: str
 
 
 # Every option: the four of `ImagesKwargs` the processor honours, then MF²'s own (`ImagesKwargs` declares many more).
@@ -163,6 +165,9 @@ class MF2ImageProcessor(BaseImageProcessor):
             (at most 4).
         backend_kwargs (`dict`, *optional*): arguments of the landmark back-end, e.g. `{"upsample": 1}` (dlib),
             `{"device": "cuda"}` (face_alignment), `{"model_path": ...}` (mediapipe).
+        channel_order (`str`, *optional*, defaults to `"rgb"`): the order of the colour channels of numpy arrays
+            and tensors given as images: `"rgb"`, or `"bgr"` for OpenCV's (`cv2.imread`, `VideoCapture` frames; a
+            fourth channel is alpha either way). Files and PIL images carry their own order and are never swapped.
 
     Returns (from `__call__`) a `BatchFeature` with, for N faces:
         - `pixel_values` `(N, 3, size, size)` float
@@ -204,6 +209,7 @@ class MF2ImageProcessor(BaseImageProcessor):
     min_detection_size: int = 192
     num_workers: int | None = None
     backend_kwargs: dict | None = None
+    channel_order: str = "rgb"
 
     def __init__(self, **kwargs):
         kwargs.pop("image_processor_type", None)
@@ -241,6 +247,8 @@ class MF2ImageProcessor(BaseImageProcessor):
                 f"`multiple_faces` must be one of {MULTIPLE_FACES_CHOICES}, got {options['multiple_faces']!r}."
             )
         check_au_names(options["au_names"])
+        if options["channel_order"] not in CHANNEL_ORDERS:
+            raise ValueError(f"`channel_order` must be one of {CHANNEL_ORDERS}, got {options['channel_order']!r}.")
         for key in ("image_mean", "image_std"):
             values = np.asarray(options[key], dtype=np.float32).reshape(-1)
             if values.size not in (1, 3):
@@ -301,6 +309,8 @@ class MF2ImageProcessor(BaseImageProcessor):
 
     def _process_one(self, item: Any, index: int, backend, options: dict, boxes: np.ndarray | None) -> list[dict]:
         image = load_image(item, index)
+        if options["channel_order"] == "bgr" and _is_array(item):  # RGB(A) now: its first and third channels swap
+            image = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., ::-1]))
         width, height = image.size
         if backend is None:
             found = [(template_face(width, height), "template")]
@@ -402,6 +412,11 @@ class MF2ImageProcessor(BaseImageProcessor):
         output = {key: value for key, value in super().to_dict().items() if not key.startswith("_")}
         output["image_processor_type"] = type(self).__name__
         return output
+
+
+def _is_array(item: Any) -> bool:
+    """A numpy array or a torch tensor (whose channel order `channel_order` says), not a file or a PIL image."""
+    return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
 
 
 def _plausible(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:

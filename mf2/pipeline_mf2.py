@@ -41,6 +41,7 @@ RUNTIMES = ("torch", "onnx")  # what runs the network: PyTorch, or onnxruntime o
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
 PREPROCESS_OPTIONS = (
     "no_face", "multiple_faces", "landmark_backend", "max_detection_size", "min_detection_size", "backend_kwargs",
+    "channel_order",
 )  # fmt: skip
 POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "return_features")
 # `pipe(video_path, video_fps=...)` names → `FacialStatePipeline.video` arguments.
@@ -71,7 +72,9 @@ class FacialStatePipeline(Pipeline):
     Detects the faces of each image, aligns them (`MF2ImageProcessor`) and runs `MF2ForFacialStateRecognition`.
 
     Inputs: a path, a URL, a PIL image, a numpy array / torch tensor `(H, W, C)`, a list of those (or a 4-D batch
-    array), a generator (results are streamed back), or a video path (see `video`).
+    array), a generator (results are streamed back), or a video path (see `video`). Arrays and tensors are read as
+    RGB: pass `channel_order="bgr"` for OpenCV's frames and `cv2.imread` images (BGR), which read as RGB would give
+    wrong colours and worse faces, without an error.
 
     Output for one image: a list with one dict per face (`multiple_faces="largest"`, the default, keeps one):
 
@@ -100,6 +103,8 @@ class FacialStatePipeline(Pipeline):
         no_face (`"error"`, `"skip"`, `"fallback"`): when an image has no face: raise a `ValueError` naming it
             (the processor's default), give an empty list, or analyse the image as a face crop whose face sits where
             a typical detector crop holds it (flagged by `landmark_backend == "template-fallback"`).
+        channel_order (`"rgb"`, the default, or `"bgr"`): the colour order of array and tensor inputs (files and PIL
+            images carry theirs); video frames are decoded as RGB whatever it says.
         multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, min_detection_size,
             backend_kwargs: passed to the image processor.
 
@@ -354,7 +359,7 @@ class FacialStatePipeline(Pipeline):
         """
         kwargs.setdefault("no_face", "skip")
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
-        preprocess_params = {**self._preprocess_params, **preprocess_params}
+        preprocess_params = {**self._preprocess_params, **preprocess_params, "channel_order": "rgb"}  # decoded as RGB
         postprocess_params = {**self._postprocess_params, **postprocess_params}
         video_info(path)  # fail now, not at the first `next()`, on a missing or unreadable file
         frames = read_frames(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)

@@ -8,8 +8,13 @@ video).
 
 Sampling (choose one):
 - `every=N`: every N-th decoded frame (frames 0, N, 2N, ...);
-- `fps=F`: about F frames per second of video time: the first frame at or after each multiple of 1/F seconds;
+- `fps=F`: about F frames per second of video time: the first frame at or after each multiple of 1/F seconds (an
+  `F` above the video's rate samples every frame, however large);
 - neither: every frame.
+
+Frames come upright as players show them: a phone's video stored sideways with a display matrix (rotation metadata,
+e.g. 90°) is turned by it (`VideoFrame.rotation` of PyAV, counter-clockwise degrees, in multiples of 90°; the
+matrix's mirroring, rare, is not applied). `video_info` gives the size as stored.
 
 This file has no imports from the package, so it travels with the remote-code pipeline; `av` is imported only when
 a video is opened.
@@ -40,7 +45,7 @@ class VideoFrame:
     Attributes:
         index: position of the frame among all decoded frames of the stream, from 0.
         time: presentation time in seconds from the start of the stream.
-        image: `(H, W, 3)` RGB `uint8` array.
+        image: `(H, W, 3)` RGB `uint8` array, upright as players show it (the display matrix applied).
     """
 
     index: int
@@ -185,9 +190,10 @@ def read_frames(
                     # timestamps rounded to the stream's time base.
                     if time + 1e-6 < next_time:
                         continue
-                    next_time = start + (math.floor((time - start) * fps + 1e-6) + 1) / fps
+                    steps = (time - start) * fps  # inf for a huge fps (1e308): then every frame is sampled
+                    next_time = start + (math.floor(steps + 1e-6) + 1) / fps if math.isfinite(steps) else time
                 # Only sampled frames are converted to RGB; the decoded frame is released right after.
-                yield VideoFrame(index=index, time=time, image=frame.to_ndarray(format="rgb24"))
+                yield VideoFrame(index=index, time=time, image=upright(frame.to_ndarray(format="rgb24"), frame))
                 yielded += 1
                 if max_frames is not None and yielded >= max_frames:
                     return
@@ -199,6 +205,22 @@ def read_frames(
             raise VideoDecodeError(os.fspath(path), decoded, _next_time(time, rate), missing)
     finally:
         container.close()
+
+
+def display_rotation(frame: Any) -> int:
+    """The counter-clockwise turn, in degrees (0, 90, 180 or 270), that shows `frame` (a PyAV frame) as players do:
+    its display matrix's rotation (`frame.rotation`) to the nearest quarter turn; 0 when PyAV does not say."""
+    try:
+        degrees = float(getattr(frame, "rotation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(round(degrees / 90.0)) % 4 * 90 if math.isfinite(degrees) else 0
+
+
+def upright(image: np.ndarray, frame: Any) -> np.ndarray:
+    """`image` (the pixels of `frame`, as stored) turned as the display matrix says."""
+    turns = display_rotation(frame) // 90
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _next_time(time: float | None, rate: float | None) -> float | None:
@@ -233,11 +255,12 @@ def _missing_end(container, stream, decoded: int, time: float | None, rate: floa
     return None
 
 
-def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str = "mpeg4") -> None:
+def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str = "mpeg4", rotation: int = 0) -> None:
     """Encode an iterable of `(H, W, 3)` RGB `uint8` arrays into a video file, one frame at a time.
 
     A small helper for tests, examples and benchmarks (e.g. synthetic clips); `frames` may be a generator, so clips
-    of any length are written with constant memory.
+    of any length are written with constant memory. `rotation` (counter-clockwise degrees) writes a display matrix,
+    as phones do for a video filmed upright and stored sideways (needs PyAV's `set_display_rotation`, PyAV 16+).
     """
     av = _av()
     container = av.open(os.fspath(path), mode="w")
@@ -249,6 +272,8 @@ def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str =
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                 stream.height, stream.width = array.shape[:2]
                 stream.pix_fmt = "yuv420p"
+                if rotation:
+                    stream.set_display_rotation(rotation)
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
         if stream is not None:
@@ -258,4 +283,7 @@ def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str =
         container.close()
 
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoDecodeError", "VideoFrame", "is_video", "read_frames", "video_info", "write_video"]
+__all__ = [
+    "VIDEO_EXTENSIONS", "VideoDecodeError", "VideoFrame", "display_rotation", "is_video", "read_frames", "upright",
+    "video_info", "write_video",
+]  # fmt: skip

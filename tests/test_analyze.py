@@ -1,7 +1,10 @@
 """`mf2 analyze`: images, folders and videos to JSON lines / CSV, annotated PNGs, errors, the model's identity."""
 
 import csv
+import errno
+import io
 import json
+import os
 import shutil
 import weakref
 from pathlib import Path
@@ -450,3 +453,173 @@ def test_a_faceless_stretch_is_written_as_it_goes_and_its_images_let_go(checkpoi
     bound = 2 + 2 * 4 + 2 + 2  # the batch, the pipeline's look-ahead (up to 4 threads), a pass's inputs, in hand
     assert max(read - written for read, written, _ in seen) <= bound
     assert max(kept for *_, kept in seen) <= bound
+
+
+def _one_line(capsys) -> str:
+    """The run's one line on stderr (no traceback), beside the untrained model's warning."""
+    lines = [
+        line for line in capsys.readouterr().err.splitlines() if line.strip() and "not a trained model" not in line
+    ]
+    assert len(lines) == 1 and lines[0].startswith("mf2 analyze: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_file_names_of_any_bytes_are_carried_and_resumed(checkpoint, tmp_path, capsys, fmt):
+    """A name that is not UTF-8 (`b\\xe9.png`) is analysed like any other, later inputs too: JSON carries it as its
+    surrogate escape, CSV as its bytes; `--resume` recognises it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(bytes(folder) + b"/b\xe9.png")
+    shutil.copy(EXAMPLES / "astronaut.png", odd)
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "c.png")
+    output = tmp_path / f"out.{fmt}"
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "--no-progress"]
+    assert cli_main([*argv, "-o", str(output)]) == 0
+    data = output.read_bytes()
+    if fmt == "jsonl":
+        data.decode("ascii")  # the odd byte is escaped: valid JSON, valid UTF-8
+        paths = [os.fsencode(record["path"]) for record in read_jsonl(output)]
+    else:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
+        paths = [os.fsencode(row["path"]) for row in rows]
+    assert paths == [os.fsencode(odd), os.fsencode(folder / "c.png")]
+    resumed = tmp_path / f"resumed.{fmt}"
+    resumed.write_bytes(data[: data.index(b"c.png")])  # killed in the second input's line
+    assert cli_main([*argv, "-o", str(resumed), "--resume"]) == 0
+    assert resumed.read_bytes() == data
+
+
+def _failing_write(monkeypatch, failure: BaseException, at: int):
+    """`os.write` into the records' file that writes half of the `at`-th input's records, then raises `failure`."""
+    from mf2 import records
+
+    write, calls = os.write, []
+
+    def write_then_fail(descriptor, data):
+        if bytes(data[:9]) == b'{"path": ':
+            calls.append(len(data))
+            if len(calls) == at:
+                write(descriptor, bytes(data[: len(data) // 2]))
+                raise failure
+        return write(descriptor, data)
+
+    monkeypatch.setattr(records.os, "write", write_then_fail)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "words"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 1, "No space left on device"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_a_full_disk_or_ctrl_c_ends_in_one_line_and_whole_records(checkpoint, tmp_path, capsys, monkeypatch,
+                                                                   failure, status, words):  # fmt: skip
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(EXAMPLES), "--model", str(checkpoint), "--all-faces", "--no-progress", "-o", str(output)]
+    _failing_write(monkeypatch, failure, at=2)
+    assert cli_main(argv) == status
+    assert words in _one_line(capsys)
+    assert output.read_bytes().endswith(b"\n")
+    assert [Path(r["path"]).name for r in read_jsonl(output)] == ["astronaut.png"]  # the first input, whole
+    monkeypatch.undo()
+    assert cli_main([*argv, "--resume"]) == 0  # and --resume finishes it
+    assert [Path(r["path"]).name for r in read_jsonl(output)] == ["astronaut.png", "two_faces.png", "two_faces.png"]
+
+
+def test_a_full_disk_for_annotate_leaves_no_cut_png(checkpoint, tmp_path, capsys, monkeypatch):
+    output, annotated = tmp_path / "out.jsonl", tmp_path / "annotated"
+    save = Image.Image.save
+
+    def save_half(image, target, *args, **kwargs):
+        if Path(target).parent == annotated and len(list(annotated.iterdir())) >= 1:  # the second PNG
+            Path(target).write_bytes(b"\x89PNG cut")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(image, target, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save_half)
+    argv = ["analyze", str(EXAMPLES), "--model", str(checkpoint), "--no-progress", "-o", str(output), "--annotate",
+            str(annotated)]  # fmt: skip
+    assert cli_main(argv) == 1
+    assert "cannot write the annotated image" in _one_line(capsys)
+    assert sorted(path.name for path in annotated.iterdir()) == ["astronaut.png"]
+    assert Image.open(annotated / "astronaut.png").info.get("Software") == "mf2 analyze"
+    assert [Path(r["path"]).name for r in read_jsonl(output)] == ["astronaut.png"]  # a record means its PNG is there
+
+
+def _damage(checkpoint: Path, tmp_path: Path, how: str) -> list[str]:
+    """The extra argv for a model damaged `how`, in a copy of `checkpoint` under `tmp_path`."""
+    model = tmp_path / how
+    shutil.copytree(checkpoint, model)
+    weights = model / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "bad-header":
+        weights.write_bytes(b"\xff" * 7 + b"\x00garbage")
+    elif how == "pickle":
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+        state["_code"] = print  # a pickle that is more than tensors: weights_only loading refuses it
+        weights.unlink()
+        torch.save(state, model / "pytorch_model.bin")
+    elif how == "onnx":
+        pytest.importorskip("onnxruntime")
+        (tmp_path / "bad.onnx").write_bytes(b"\x08\x07 not a graph" * 20)
+        return ["--model", str(checkpoint), "--runtime", "onnx", "--onnx-model", str(tmp_path / "bad.onnx")]
+    return ["--model", str(model)]
+
+
+@pytest.mark.parametrize("how", ["truncated", "bad-header", "pickle", "onnx"])
+def test_a_damaged_model_is_one_line(checkpoint, tmp_path, capsys, how):
+    argv = ["analyze", str(EXAMPLES / "astronaut.png"), "--no-progress", "-o", str(tmp_path / "out.jsonl")]
+    assert cli_main([*argv, *_damage(checkpoint, tmp_path, how)]) == 1
+    assert "could not load the model" in _one_line(capsys)
+
+
+def test_a_non_finite_video_frame_is_its_error_record_and_the_run_goes_on(checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):  # fmt: skip
+    pytest.importorskip("av")
+    load, passes = analyze.load_pipeline, []
+
+    def second_pass_poisoned(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        forward = pipe.model.forward
+
+        def forward_once_nan(*inputs, **options):
+            output = forward(*inputs, **options)
+            passes.append(1)
+            if len(passes) == 2:
+                output.emotion_logits = torch.full_like(output.emotion_logits, float("nan"))
+            return output
+
+        pipe.model.forward = forward_once_nan
+        return pipe
+
+    monkeypatch.setattr(analyze, "load_pipeline", second_pass_poisoned)
+    video = _h264(tmp_path / "clip.mp4", 60)
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(video), str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output),
+            "--every-n-frames", "20", "--batch-size", "1", "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 1
+    records = read_jsonl(output)
+    assert [(Path(r["path"]).name, r.get("frame"), "error" in r) for r in records] == [
+        ("clip.mp4", 0, False), ("clip.mp4", 20, True), ("astronaut.png", None, False)
+    ]  # fmt: skip
+    assert "not finite" in records[1]["error"] and records[1]["time"] == pytest.approx(0.8)
+    assert "1 error(s)" in _one_line(capsys)
+
+
+def test_a_huge_video_fps_samples_every_frame(checkpoint, tmp_path, capsys):
+    pytest.importorskip("av")
+    from mf2.video import write_video
+
+    video = tmp_path / "slow.mp4"
+    write_video(video, _face_frames(10), fps=4.0)  # 2.5 s: 2.5 * 1e308 is infinite
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--video-fps", "1e308",
+            "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert [record["frame"] for record in read_jsonl(output)] == list(range(10))
+    assert "0 error(s)" in _one_line(capsys)

@@ -242,3 +242,16 @@ def test_the_page_in_a_real_browser(server, not_an_image):
     process.terminate()
     assert process.wait(timeout=30) == 0
     assert list(temp.iterdir()) == [], "the upload folder is removed when the server stops"
+
+
+def test_a_webcam_snapshot_has_the_uploads_size_limit():
+    """A snapshot (a PIL image, never a file) over the megapixel limit is refused as an upload is, before any
+    analysis."""
+    from mf2.demo_results import MAX_MEGAPIXELS
+
+    calls = []
+    snapshot = Image.new("1", (8000, 7000))  # 56 MP in 7 MB
+    assert 8000 * 7000 > MAX_MEGAPIXELS * 1e6
+    with pytest.raises(DemoInputError, match=r"This snapshot \(8000 × 7000 pixels\) has 56 megapixels"):
+        analyze_image(lambda *args, **kwargs: calls.append(args), snapshot)
+    assert calls == []

@@ -81,3 +81,39 @@ def test_results_leave_as_soon_as_their_input_is_done_whatever_the_stretch_witho
     assert max(lags) <= lookahead + batch_size
     assert max(lags[:60]) <= lookahead  # a faceless input with nothing before it leaves at once
     assert max(pipe.forward_sizes) <= batch_size
+
+
+class OneFacePerImage(StubPipeline):
+    def preprocess(self, item):
+        return super().preprocess(1)
+
+
+def _lags(image, count: int) -> list[int]:
+    """How many of `count` copies of `image` were read and not yet out, each time one comes out."""
+    read, lags = [], []
+
+    def items():
+        for index in range(count):
+            read.append(index)
+            yield image, {"image_index": index}
+
+    for done, _ in enumerate(FaceStream(OneFacePerImage(), 16, 2, {}, {}, {})(items()), start=1):
+        lags.append(len(read) - done)
+    assert len(lags) == count
+    return lags
+
+
+def test_decoded_images_in_flight_are_bounded_by_their_pixels():
+    """Photos near PIL's 178 MP limit: the stream reads ahead (and a pass waits on) no more than `max_pixels` of
+    decoded inputs, or one input, not `batch_size` plus the look-ahead of them (20 of 30 MP: 600 MP)."""
+    import numpy as np
+
+    from mf2.face_stream import MAX_PIXELS_IN_FLIGHT, pixels_of
+
+    photo = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (6000, 5000, 3))  # 30 MP, taking no memory
+    assert pixels_of(photo) == 30_000_000 and pixels_of(photo.transpose(2, 0, 1)) == 30_000_000
+    held = MAX_PIXELS_IN_FLIGHT // 30_000_000 + 1  # the budget, and the one that crosses it
+    assert max(_lags(photo, 30)) <= 2 * held  # read ahead (≤ held) and a pass's inputs (≤ held)
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (15000, 11800, 3))  # 177 MP: over the budget alone
+    assert max(_lags(huge, 5)) == 0  # one at a time
+    assert max(_lags(np.zeros((4, 4, 3), np.uint8), 40)) > 2 * held  # small images: the look-ahead by count

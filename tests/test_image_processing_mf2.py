@@ -439,3 +439,17 @@ def test_options_are_declared_once_and_resolved_in_public():
     assert template.no_face == "error" and list(options["image_mean"]) == pytest.approx(template.image_mean)
     with pytest.warns(FutureWarning, match="no_face='drop' is deprecated.*no_face='skip'"):
         assert MF2ImageProcessor(landmark_backend="template", no_face="drop").no_face == "skip"
+
+
+@needs_dlib
+def test_channel_order_bgr_swaps_arrays_only():
+    photo = astronaut()
+    rgba = np.concatenate([photo, np.full(photo.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    bgra = np.concatenate([photo[..., ::-1], rgba[..., 3:]], axis=-1)
+    reference = astronaut_features()
+    for given in (np.ascontiguousarray(photo[..., ::-1]), bgra):
+        features = processor()(given, return_tensors="np", channel_order="bgr")
+        np.testing.assert_allclose(features["pixel_values"], reference["pixel_values"], atol=1e-6)
+    assert MF2ImageProcessor(channel_order="bgr").channel_order == "bgr"
+    with pytest.raises(ValueError, match="channel_order"):
+        MF2ImageProcessor(channel_order="BGR!")

@@ -312,3 +312,19 @@ def test_saved_pipeline_loads_as_remote_code_without_the_package(pipe, tmp_path,
     local = pipe(str(image), explain=True)
     assert_same_faces(local, result["faces"], atol=1e-6)
     assert result["faces"][0]["explanation"] == local[0]["explanation"]
+
+
+def test_bgr_arrays_are_read_with_channel_order_bgr(pipe, tmp_path):
+    """OpenCV's BGR arrays: `channel_order="bgr"` gives what the RGB array gives; files and PIL images are never
+    swapped; a bad value is refused."""
+    photo = astronaut()
+    reference = pipe(photo)
+    bgr = np.ascontiguousarray(photo[..., ::-1])
+    assert_same_faces(reference, pipe(bgr, channel_order="bgr"))
+    assert_same_faces(reference, pipe(torch.from_numpy(bgr), channel_order="bgr"))
+    assert_same_faces(reference, pipe(Image.fromarray(photo), channel_order="bgr"))  # PIL: RGB whatever it says
+    swapped = pipe(bgr)  # read as RGB: other colours, other numbers
+    assert not np.allclose(list(swapped[0]["action_units"].values()), list(reference[0]["action_units"].values()))
+    with pytest.raises(ValueError, match="channel_order"):
+        pipe(photo, channel_order="bgra")
+    assert "channel_order" in FacialStatePipeline.__doc__ and "RGB" in FacialStatePipeline.__doc__

@@ -233,3 +233,33 @@ def test_long_video_streams_with_flat_memory_and_constant_time_per_frame(pipe, t
     quarter = len(chunk_seconds) // 4
     early, late = statistics.median(chunk_seconds[1 : 1 + quarter]), statistics.median(chunk_seconds[-quarter:])
     assert late < 2.5 * early + 0.1, f"time per 250 frames grew from {early:.2f} s to {late:.2f} s"
+
+
+def test_a_sideways_phone_video_is_read_upright_as_players_show_it(pipe, tmp_path):
+    """A video stored sideways with a 90° display matrix (a phone held upright): its frames come turned as players
+    show them, so the face is found in each (read as stored, it lies on its side and no face is found)."""
+    face = np.asarray(Image.fromarray(astronaut()).crop(ASTRONAUT_FACE_CROP).resize((208, 224)))
+    upright = np.full((256, 240, 3), 100, dtype=np.uint8)
+    upright[16:240, 16:224] = face
+    stored = np.ascontiguousarray(np.rot90(upright, -1))  # turned a quarter clockwise: 240 high, 256 wide
+    path = tmp_path / "phone.mp4"
+    write_video(path, [stored] * 3, fps=6, rotation=90)  # shown turned back a quarter counter-clockwise
+    assert (video_info(path)["width"], video_info(path)["height"]) == (256, 240)  # as stored
+    frames = list(read_frames(path))
+    assert [frame.image.shape for frame in frames] == [(256, 240, 3)] * 3
+    assert np.abs(frames[0].image.astype(int) - upright).mean() < 8  # upright, up to the codec's loss
+    assert [len(result["faces"]) for result in pipe(str(path))] == [1, 1, 1]
+    assert [len(result["faces"]) for result in pipe.video(str(path), max_frames=1)] == [1]
+
+
+def test_display_rotation_rounds_to_quarter_turns():
+    from types import SimpleNamespace
+
+    from mf2.video import display_rotation, upright
+
+    assert [display_rotation(SimpleNamespace(rotation=d)) for d in (0, 90, -90, 180, -180, 89.9)] == [
+        0, 90, 270, 180, 180, 90
+    ]  # fmt: skip
+    assert display_rotation(SimpleNamespace()) == 0 and display_rotation(SimpleNamespace(rotation=None)) == 0
+    image = np.arange(6).reshape(2, 3)
+    assert upright(image, SimpleNamespace(rotation=-90)).tolist() == np.rot90(image, -1).tolist()
