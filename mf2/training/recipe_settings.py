@@ -33,7 +33,7 @@ class RecipeSettings:
     # seeded augmented views per training image in the token cache (`view_augmentation`), besides the mirror image
     augmented_views: int = 2
     # AU stage
-    au_epochs: float = 10.0
+    au_epochs: float = 8.0
     au_batch_size: int = 32
     au_learning_rate: float = 3e-4
     cv_folds: int = 5
@@ -41,7 +41,7 @@ class RecipeSettings:
     head_steps: int = 400
     head_learning_rate: float = 3e-3
     ckplus_weight: float = 0.5
-    head_ferplus_samples: int = 4000
+    head_ferplus_samples: int = 2500
     # smoke runs
     max_ferplus_train: int | None = None
     max_ferplus_valid: int | None = None
