@@ -15,6 +15,12 @@ bar per AU. Outputs never touch inputs: an `--output` or `--annotate` that would
 folder is refused before the run (`mf2.analyze_checks.check_outputs`), and `--annotate` replaces only the PNGs that
 mf2 annotated (they carry a mark; a repeated or `--resume`d run's), never another file of the same name.
 
+Faces are searched for on a copy of each image (and video frame) downscaled to `--max-detection-size` px on its
+longest side (1024 by default), where faces under about 40 px of the copy are not seen (~160 px in a 4032x3024
+photo): a face found there carries `detection_scale` (the copy's scale), and a record without a face (or the
+`--no-face fallback` face, or the `--no-face error` message) says so in its `warning`. A `--max-detection-size` of at
+least the images' longest side searches at full resolution, finding the smaller faces, more slowly.
+
 File names of any bytes are analysed: a name that is not UTF-8 (`b\\xe9.png`) is carried in JSON as its surrogate
 escape (`"b\\udce9.png"`; `os.fsencode(record["path"])` gives its bytes back) and in CSV as its bytes
 (`mf2.records`). A failure ends the run with one line on stderr, never a traceback: exit status 2 for a bad command
@@ -42,7 +48,6 @@ import pickle
 import sys
 import warnings
 from collections import deque
-from collections.abc import Callable
 from itertools import count, groupby
 from pathlib import Path
 from typing import Any, TextIO
@@ -62,6 +67,7 @@ from .analyze_checks import (
     check_outputs,
     check_runtime,
 )
+from .analyze_parser import build_parser
 from .analyze_shards import annotation_names, device_for, launched, run_sharded
 from .default_model import (
     DEFAULT_MODEL_NAME,
@@ -70,104 +76,14 @@ from .default_model import (
     model_identity,
     silence_loading_bars,
 )
-from .face_tracking import DEFAULT_DETECT_EVERY
 from .image_loading import AnimatedImageWarning
-from .image_processing_mf2 import NoFaceError
+from .image_processing_mf2 import FALLBACK_LABEL, NoFaceError, search_scale, search_warning
 from .inputs import InputPath, ReadImage, expand_paths, read_image
 from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError, NonFiniteOutputError
 from .records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
 from .video import VideoDecodeError, is_video, video_info
 from .visualization import annotate
-
-DEFAULT_BATCH_SIZE = 16
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # argparse prints the whole usage and exits; one line saying what is wrong and where to look instead.
-        raise UsageError(f"{message} (see `mf2 analyze --help`)")
-
-
-def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
-    """An argparse `type` that converts a flag's value and refuses it, in one line, unless `accept` holds."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):  # nan fails every comparison, so it is refused too
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda value: value >= 1, "a whole number >= 1")
-_positive_float = _checked(float, lambda value: math.isfinite(value) and value > 0, "a number > 0")
-_probability = _checked(float, lambda value: 0.0 <= value <= 1.0, "a probability from 0 to 1")
-
-
-def _backend_name(text: str) -> str:
-    from .landmarks import resolve_backend_name
-
-    try:
-        return resolve_backend_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="mf2 analyze",
-        description="Analyse faces in images, folders and videos: AU probabilities, emotion, optional explanation.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos "
-                        "or image URLs")  # fmt: skip
-    parser.add_argument("--model", help=f"MF² checkpoint folder or Hub id (default: {DEFAULT_MODEL_NAME}, the trained "
-                        "model shipped with mf2)")  # fmt: skip
-    parser.add_argument("--output", "-o", default="-", help="output file (default: standard output); never an input, "
-                        "nor an image or video name inside an input folder")  # fmt: skip
-    parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's "
-                        "extension, else jsonl)")  # fmt: skip
-    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into the folder DIR, outside the "
-                        "input folders and holding no input; it replaces only PNGs that mf2 annotated (marked in the "
-                        "PNG: a repeated or --resume'd run's) and refuses to run over any other file of the same "
-                        "name")  # fmt: skip
-    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="model weights dtype")  # fmt: skip
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="what runs the network: "
-                        "PyTorch (default) or onnxruntime on the model's float32 ONNX export (needs mf2[onnx]; "
-                        "exported into $MF2_HOME/onnx/ on first use)")  # fmt: skip
-    parser.add_argument("--onnx-model", metavar="FILE", help="with --runtime onnx: this `mf2 export` file instead")
-    parser.add_argument("--quantize", choices=("int8",), help="with --runtime onnx: the int8 version of the graph "
-                        "(about twice as fast on a CPU; accuracy in the README)")  # fmt: skip
-    sampling = parser.add_mutually_exclusive_group()
-    sampling.add_argument("--video-fps", type=_positive_float, help="sample this many frames per second of video")
-    sampling.add_argument("--every-n-frames", type=_positive_int, help="sample every N-th video frame")
-    parser.add_argument("--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, help="in videos, search "
-                        f"for faces every N sampled frames and follow them in between (default {DEFAULT_DETECT_EVERY}; "
-                        "1 searches every frame)")  # fmt: skip
-    parser.add_argument("--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 "
-                        "(default: the model's)")  # fmt: skip
-    parser.add_argument("--top-k", type=_positive_int, default=3, help="emotions listed per face (default 3)")
-    parser.add_argument("--landmarks", action="store_true", help="include the 68 landmarks")
-    parser.add_argument("--explain", action="store_true", help="include a sentence naming the deciding AUs")
-    parser.add_argument("--all-faces", action="store_true", help="every face of an image, not only the largest")
-    parser.add_argument("--no-face", choices=("skip", "fallback", "error"), default="skip",
-                        help="image without a face: a face-less record (skip, default), analyse the whole image "
-                        "(fallback), or stop (error)")  # fmt: skip
-    parser.add_argument("--landmark-backend", type=_backend_name, help="dlib (default), face_alignment, mediapipe "
-                        "or template")  # fmt: skip
-    parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output (a "
-                        "killed run's unfinished last input again)")  # fmt: skip
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
-    return parser
 
 
 def _first_line(error: BaseException) -> str:
@@ -185,6 +101,8 @@ def _load(model: str | os.PathLike, args: argparse.Namespace):
         runtime = {}
         if args.runtime == "onnx":
             runtime = {"runtime": "onnx", "onnx_path": args.onnx_model, "quantize": args.quantize}
+        if args.adapter is not None:
+            runtime["adapter"] = args.adapter
         return load_pipeline(
             model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, **runtime
         )
@@ -219,6 +137,21 @@ def open_output(name: str, buffering: int = -1) -> TextIO:
         ) from error
 
 
+def check_detection_size(image_processor, value: int | None) -> None:
+    """Raise `UsageError` for a `--max-detection-size` the model's image processor refuses (under its own
+    `min_detection_size`, the size small images are searched at)."""
+    if value is None:
+        return
+    smallest = int(image_processor.min_detection_size)
+    if value < smallest:
+        raise UsageError(f"--max-detection-size {value} is under the model's min_detection_size ({smallest} px, the "
+                         f"size small images are searched at); give {smallest} or more")  # fmt: skip
+    try:
+        image_processor.resolve_options(max_detection_size=value)
+    except ValueError as error:
+        raise UsageError(f"--max-detection-size {value}: {error}") from error
+
+
 class _Run:
     """One `mf2 analyze` run: the pipeline, the call options, the writer and the counters."""
 
@@ -231,6 +164,15 @@ class _Run:
         }  # fmt: skip
         if args.landmark_backend:
             self.call["landmark_backend"] = args.landmark_backend
+        if args.max_detection_size is not None:
+            self.call["max_detection_size"] = args.max_detection_size
+        options = pipe.image_processor.resolve_options(
+            **{key: self.call[key] for key in ("landmark_backend", "max_detection_size") if key in self.call}
+        )
+        # Where faces are searched (not with 'template'): on a copy of at most this size, and at least that one.
+        self.search_sizes = None
+        if options["landmark_backend"] != "template":
+            self.search_sizes = int(options["max_detection_size"]), int(options["min_detection_size"])
         if args.threshold is not None:
             self.call["threshold"] = args.threshold
         if writer.fmt == "csv":
@@ -258,6 +200,13 @@ class _Run:
             self.counts["faces"] += record.get("face") is not None
             self.counts["errors"] += "error" in record
             self.counts["warnings"] += "warning" in record
+
+    def search_note(self, size: tuple[int, int] | None) -> str | None:
+        """What the face search of an image (or video frame) of `size` (width, height) cannot see, when it runs on a
+        downscaled copy (`search_warning`, in the command line's terms); else `None`."""
+        if self.search_sizes is None or not size or min(size) <= 0:
+            return None
+        return search_warning(max(size), search_scale(*size, *self.search_sizes), "--max-detection-size ")
 
     def error_record(self, path: InputPath, message: str, **where: Any) -> None:
         self.emit([{"path": str(path), **where, "face": None, "error": message, **self.common}])
@@ -329,9 +278,8 @@ class _Run:
                 write_failed_reads()
                 entry = in_flight.popleft()  # results come out in input order
                 del fed[position]
-                records = face_records(faces, {"path": str(entry.path)}, self.common)
-                if entry.warning:
-                    records = [{**record, "warning": entry.warning} for record in records]
+                records = _with_warnings(face_records(faces, {"path": str(entry.path)}, self.common),
+                                         self.search_note(entry.size), entry.warning)  # fmt: skip
                 if keep_images:  # drawn first: an image whose records are out has its PNG (--resume skips it)
                     self.save_annotation(entry.image, faces, entry.path)
                 self.emit(records)
@@ -368,6 +316,7 @@ class _Run:
         if args.video_fps and info["duration"]:
             sampled = info["duration"] * args.video_fps  # inf for --video-fps 1e308: every frame, which `frames` counts
             total = math.ceil(sampled) if math.isfinite(sampled) and (total is None or sampled < total) else total
+        note = self.search_note((info["width"], info["height"]))  # a frame searched on a downscaled copy
         call = dict(self.call)
         if call["no_face"] == "error":
             call["no_face"] = "skip"  # one face-less frame must not end a video: it gives a face-less record
@@ -382,7 +331,7 @@ class _Run:
                 faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
                 if self.annotate_dir is not None:
                     self.save_annotation(Image.fromarray(result["image"]), result["faces"], path, result["frame"])
-                self.emit(face_records(faces, source, self.common))
+                self.emit(_with_warnings(face_records(faces, source, self.common), note))
                 bar.update(1)
         except VideoDecodeError as error:
             self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
@@ -393,14 +342,32 @@ class _Run:
             bar.close()
 
 
+def _with_warnings(records: list[dict[str, Any]], search_note: str | None, *notes: str | None) -> list[dict]:
+    """`records` of one input with their `warning`: for a record without a face, or with the fallback face, that no
+    face was found in a search on a downscaled copy (`search_note`, replacing the pipeline's words for the Python
+    option), then `notes` (e.g. an animated image's), joined by "; "."""
+    marked = []
+    for record in records:
+        said = [record["warning"]] if record.get("warning") else []
+        if search_note and (record.get("face") is None or record.get("landmark_backend") == FALLBACK_LABEL):
+            said = [f"no face found: {search_note}"]
+        said += [note for note in notes if note]
+        if said:
+            record = {**{key: value for key, value in record.items() if key != "warning"}, "warning": "; ".join(said)}
+        marked.append(record)
+    return marked
+
+
 def _cli_input_error(error: InputError, path: InputPath) -> str:
     """The pipeline's error in the command line's terms (its flags, not the Python options)."""
     cause = error.__cause__
     if isinstance(cause, NoFaceError):
+        note = search_warning(cause.longest, cause.scale, "--max-detection-size ") if cause.longest else None
+        searched = f" ({note})" if note else ""
         return (
-            f"{path}: no face found by the '{cause.backend}' landmark back-end; pass --no-face skip (a record "
-            f"without a face) or --no-face fallback (analyse the whole image), or --landmark-backend template for "
-            f"images that are already aligned face crops"
+            f"{path}: no face found by the '{cause.backend}' landmark back-end{searched}; pass --no-face skip (a "
+            f"record without a face) or --no-face fallback (analyse the whole image), or --landmark-backend template "
+            f"for images that are already aligned face crops"
         )
     return f"{path}: {error.reason}"
 
@@ -447,6 +414,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
     args.device = device_for(processes, args.device)
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
+    check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
     if processes.distributed or args.resume:  # each process's share into its part, merged by process 0
         names = annotation_names(files)  # the same PNG names in every process, and in every resumed run

@@ -1,6 +1,8 @@
 """The `mf2` command line: one entry point, each subcommand delegating to the module that does the work.
 
-Subcommands are imported only when used, so `mf2 --help` stays fast and optional dependencies stay optional.
+Subcommands are imported only when used, so `mf2 --help` stays fast and optional dependencies stay optional. A
+subcommand whose module is slow to import can name a light module that builds its parser (`HELP_PARSERS`): its
+`--help` then imports neither torch nor transformers.
 """
 
 import importlib
@@ -21,6 +23,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# subcommand -> (light module, function returning its argparse parser), for `mf2 COMMAND --help`
+HELP_PARSERS: dict[str, tuple[str, str]] = {
+    "analyze": ("mf2.analyze_parser", "build_parser"),
+}
+
+
+def _wants_help(argv: list[str]) -> bool:
+    """`-h` / `--help` among the options (before a `--`, after which everything is a value)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return any(item in ("-h", "--help") for item in options)
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [f"  {name:<{width}}  {help_text}" for name, (_, _, help_text) in sorted(COMMANDS.items())]
@@ -38,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"mf2: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if command in HELP_PARSERS and _wants_help(rest):
+        module, function = HELP_PARSERS[command]
+        getattr(importlib.import_module(module), function)().print_help()
+        raise SystemExit(0)  # as argparse's --help does
     module, function, _ = COMMANDS[command]
     return int(getattr(importlib.import_module(module), function)(rest) or 0)
 

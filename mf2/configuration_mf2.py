@@ -109,8 +109,13 @@ class MF2Config(PreTrainedConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
         "qformer_config": Blip2QFormerConfig,
     }
-    # Trainer's prediction step ignores these output fields, so predictions are just (au_logits, emotion_logits).
-    keys_to_ignore_at_inference: ClassVar[list[str]] = [*LOSS_NAMES, "image_embeds", "emotion_embeds", "au_embeds"]
+    # Trainer's prediction step ignores these output fields, so predictions are just (au_logits, emotion_logits):
+    # `logits` repeats `emotion_logits` (the image-classification name), the rest are features and per-layer outputs.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        *LOSS_NAMES, "image_embeds", "emotion_embeds", "au_embeds", "logits", "hidden_states", "attentions",
+        *(f"{branch}_qformer_{kind}" for branch in ("emotion", "au")
+          for kind in ("hidden_states", "attentions", "cross_attentions")),
+    ]  # fmt: skip
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None

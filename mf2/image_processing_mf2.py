@@ -12,6 +12,7 @@ This file uses only relative imports of flat sibling modules, so it travels with
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -21,7 +22,7 @@ from copy import deepcopy
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -57,11 +58,16 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 FALLBACK_LABEL = "template-fallback"
 
 # Fields of the image processor's output, in order.
-IMAGE_FEATURES = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend")
+IMAGE_FEATURES = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend",
+                  "detection_scale")  # fmt: skip
+SMALLEST_FACE_SEEN = 40
+"""About the smallest face (px) the detectors find in the image they search (dlib's HOG, upsampled once): on a copy
+scaled by `s < 1` (`max_detection_size`), faces under about `SMALLEST_FACE_SEEN / s` px of the image are not seen."""
 
 
-class MF2ImagesKwargs(ImagesKwargs, total=False):
-    """MF²'s own options beside `ImagesKwargs`' (`size`, `image_mean`, `image_std`, `do_normalize` are used too).
+class MF2ImageProcessorKwargs(ImagesKwargs, total=False):
+    """MF²'s own options beside `ImagesKwargs`' (`size`, `image_mean`, `image_std`, `do_normalize`, `do_convert_rgb`
+    and `input_data_format` are used too). Named `<processor class>Kwargs`, as transformers' image processors name it.
 
     Declared once, here: `MF2ImageProcessor` takes them at construction and per call, and `from_pretrained(...,
     landmark_backend=...)` overrides the saved ones (transformers reads `valid_kwargs`).
@@ -78,11 +84,18 @@ class MF2ImagesKwargs(ImagesKwargs, total=False):
     channel_order: str
 
 
-# Every option: the four of `ImagesKwargs` the processor honours, then MF²'s own (`ImagesKwargs` declares many more).
+MF2ImagesKwargs = MF2ImageProcessorKwargs
+"""The former name of `MF2ImageProcessorKwargs`."""
+
+# Every option: the six of `ImagesKwargs` the processor honours, then MF²'s own (`ImagesKwargs` declares many more).
 OPTION_NAMES: tuple[str, ...] = (
-    "size", "image_mean", "image_std", "do_normalize",
-    *(name for name in MF2ImagesKwargs.__annotations__ if name not in ImagesKwargs.__annotations__),
+    "size", "image_mean", "image_std", "do_normalize", "do_convert_rgb", "input_data_format",
+    *(name for name in MF2ImageProcessorKwargs.__annotations__ if name not in ImagesKwargs.__annotations__),
 )  # fmt: skip
+# Options for which an explicit `None` is a value (off / inferred) and is kept, as transformers keeps it; for the others
+# `None` means the default.
+NONE_IS_A_VALUE = ("do_normalize", "do_convert_rgb", "input_data_format")
+INPUT_DATA_FORMATS = ("channels_first", "channels_last")
 
 
 def resolve_no_face(value: str) -> str:
@@ -101,21 +114,55 @@ def resolve_no_face(value: str) -> str:
     return value
 
 
+def search_scale(width: int, height: int, max_detection_size: int, min_detection_size: int) -> float:
+    """The scale of the copy of a `width x height` image that faces are searched on: below 1 when its longest side is
+    over `max_detection_size` (a downscaled copy), above 1 when under `min_detection_size`, else 1."""
+    longest = max(width, height)
+    if longest > max_detection_size:
+        return max_detection_size / longest
+    if longest < min_detection_size:
+        return min_detection_size / longest
+    return 1.0
+
+
+def search_warning(longest: int, scale: float, option: str = "max_detection_size=") -> str | None:
+    """What a face search on a copy scaled by `scale` of an image whose longest side is `longest` px cannot see, and
+    how to search at full resolution (`option` spells the setting; `mf2 analyze` says `"--max-detection-size "`), or
+    `None` when the search was not on a downscaled copy."""
+    if not scale < 1:
+        return None
+    smallest = math.ceil(SMALLEST_FACE_SEEN / scale - 1e-3)  # the same from a float32 `detection_scale`
+    return (
+        f"faces were searched on a {round(longest * scale)}-px copy of this {longest}-px image: faces under about "
+        f"{smallest} px are not seen; pass {option}{longest} to search at full resolution"
+    )
+
+
 class NoFaceError(ImageInputError):
-    """An image without a face under `no_face="error"`; `backend` is the landmark back-end that found none."""
+    """An image without a face under `no_face="error"`; `backend` is the landmark back-end that found none, `scale`
+    the scale of the copy it searched (below 1: a downscaled one, see `search_warning`) and `longest` the image's
+    longest side (px)."""
 
     HINT = (
         "Pass no_face='fallback' to treat such images as aligned face crops, no_face='skip' to leave them out, or "
         "landmark_backend='template' for inputs that are already aligned crops."
     )
 
-    def __init__(self, index: int, path: str | None, backend: str):
-        self.backend = backend
-        super().__init__(index, path, f"no face found by the '{backend}' landmark back-end. {self.HINT}")
+    def __init__(self, index: int, path: str | None, backend: str, scale: float = 1.0, longest: int | None = None):
+        self.backend, self.scale, self.longest = backend, scale, longest
+        super().__init__(
+            index, path, f"no face found by the '{backend}' landmark back-end{self._searched()}. {self.HINT}"
+        )
+
+    def _searched(self) -> str:
+        warning = search_warning(self.longest, self.scale) if self.longest else None
+        return f" ({warning})" if warning else ""
 
     def describe(self, where: str) -> str:
         path = f" ('{self.path}')" if self.path is not None else ""
-        return f"No face found in {where}{path} by the '{self.backend}' landmark back-end. {self.HINT}"
+        return (
+            f"No face found in {where}{path} by the '{self.backend}' landmark back-end{self._searched()}. {self.HINT}"
+        )
 
 
 _executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -145,7 +192,13 @@ class MF2ImageProcessor(BaseImageProcessor):
         size (`int`, *optional*, defaults to 224): side of the square face crop.
         image_mean, image_std (`list[float]`, *optional*): normalisation, ImageNet's by default.
         do_normalize (`bool`, *optional*, defaults to `True`): normalise with `image_mean` / `image_std` (else
-            pixel values are in `[0, 1]`).
+            pixel values are in `[0, 1]`). An explicit `None` is kept (and saved): no normalisation.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`): give RGB pixel values whatever the input (grey,
+            transparent, palette images are converted; transparent pixels become white). Off (`False` or `None`),
+            grey and RGBA inputs keep their channels (`(N, 1, ...)`, `(N, 4, ...)`, alpha as is) while faces are still
+            found on their RGB view; `image_mean` / `image_std` then need one value, or one per channel.
+        input_data_format (`str`, *optional*): `"channels_first"` or `"channels_last"`, the layout of numpy arrays
+            and tensors given as images; inferred when unset (a 1-, 3- or 4-long last axis is the channels).
         no_face (`str`, *optional*, defaults to `"error"`): when an image has no face, `"error"` raises a
             `ValueError` naming it, `"fallback"` treats the whole image as an aligned crop (`landmark_backend` entry
             `"template-fallback"`; the face is placed where a typical detector crop holds it,
@@ -158,7 +211,11 @@ class MF2ImageProcessor(BaseImageProcessor):
             `implausible_landmarks` are not faces.
         au_names (`list[str]`, *optional*): AUs to place boxes for, in output order; MF²'s 12 by default.
         max_detection_size (`int`, *optional*, defaults to 1024): images whose longest side is larger are detected
-            on a downscaled copy (coordinates are mapped back); the crop is always taken from the full image.
+            on a downscaled copy (coordinates are mapped back); the crop is always taken from the full image. Faces
+            under about `SMALLEST_FACE_SEEN / scale` px of the image are then not seen (~160 px in a 4032x3024 photo,
+            ~390 px in a 10000-px panorama): `detection_scale` says the copy's scale, and a no-face error says what
+            was missed. A value of at least the image's longest side searches at full resolution (slower: the
+            search's time grows with the pixels).
         min_detection_size (`int`, *optional*, defaults to 192): images whose longest side is smaller (face crops
             such as FER+'s 48 px) are detected on a copy upscaled to it: dlib's detector misses faces under ~40 px.
         num_workers (`int`, *optional*): threads for a batch (dlib and PIL release the GIL); defaults to the CPU count
@@ -181,6 +238,9 @@ class MF2ImageProcessor(BaseImageProcessor):
         - `image_index` `(N,)` long: input image of each face
         - `alignment` `(N, 2, 3)` float: affine map from original image pixels to crop pixels
         - `landmark_backend` `list[str]` of length N: the back-end that placed each face's landmarks
+        - `detection_scale` `(N,)` float: the scale of the copy of the image the face was searched on (below 1: a
+          copy downscaled by `max_detection_size`, where faces under `SMALLEST_FACE_SEEN / scale` px are not seen;
+          for a `"template-fallback"` face, the scale of the search that found none; 1 where no search ran)
 
     Example:
 
@@ -193,7 +253,7 @@ class MF2ImageProcessor(BaseImageProcessor):
     ```
     """
 
-    valid_kwargs = MF2ImagesKwargs
+    valid_kwargs = MF2ImageProcessorKwargs
     model_input_names = ["pixel_values", "au_boxes"]
 
     # The defaults of `OPTION_NAMES`, as transformers' image processors declare theirs: class attributes.
@@ -202,6 +262,8 @@ class MF2ImageProcessor(BaseImageProcessor):
     image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN
     image_std: Sequence[float] = IMAGENET_DEFAULT_STD
     do_normalize: bool = True
+    do_convert_rgb: bool = True
+    input_data_format: str | None = None
     no_face: str = "error"
     multiple_faces: str = "largest"
     au_names: Sequence[str] = AU_NAMES
@@ -216,8 +278,9 @@ class MF2ImageProcessor(BaseImageProcessor):
         options = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
         super().__init__(**kwargs)
         for name in OPTION_NAMES:
-            value = options.get(name)
-            setattr(self, name, deepcopy(getattr(type(self), name)) if value is None else value)
+            given = name in options and (options[name] is not None or name in NONE_IS_A_VALUE)
+            setattr(self, name, options[name] if given else deepcopy(getattr(type(self), name)))
+        self.input_data_format = _data_format(self.input_data_format)
         # Plain JSON-able values, so that `to_dict` and `save_pretrained` write what was given.
         self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
         self.au_names = list(self.au_names)
@@ -227,8 +290,9 @@ class MF2ImageProcessor(BaseImageProcessor):
 
     def resolve_options(self, **overrides) -> dict[str, Any]:
         """The options of a call, validated and normalised: this processor's settings, with `overrides` (any of
-        `OPTION_NAMES`) replacing them. `size` becomes an int, `image_mean` / `image_std` 3-value arrays, the
-        back-end name canonical, `num_workers` a count.
+        `OPTION_NAMES`) replacing them. `size` becomes an int, `image_mean` / `image_std` arrays (of 1 value or one
+        per channel: 3, or 4 for RGBA inputs kept by `do_convert_rgb=False`), the back-end name canonical,
+        `input_data_format` a string or None, `num_workers` a count.
 
         Raises:
             TypeError: an override that is not an option. ValueError: a value outside what the option takes.
@@ -249,11 +313,12 @@ class MF2ImageProcessor(BaseImageProcessor):
         check_au_names(options["au_names"])
         if options["channel_order"] not in CHANNEL_ORDERS:
             raise ValueError(f"`channel_order` must be one of {CHANNEL_ORDERS}, got {options['channel_order']!r}.")
+        options["input_data_format"] = _data_format(options["input_data_format"])
         for key in ("image_mean", "image_std"):
             values = np.asarray(options[key], dtype=np.float32).reshape(-1)
-            if values.size not in (1, 3):
-                raise ValueError(f"`{key}` needs 1 or 3 values, got {options[key]!r}.")
-            options[key] = np.broadcast_to(values, (3,)).copy()
+            if values.size not in (1, 3, 4):
+                raise ValueError(f"`{key}` needs 1 value or one per channel (3, or 4 for RGBA), got {options[key]!r}.")
+            options[key] = values
         if np.any(options["image_std"] == 0):
             raise ValueError("`image_std` must not contain zeros.")
         if int(options["max_detection_size"]) < 64:
@@ -308,37 +373,43 @@ class MF2ImageProcessor(BaseImageProcessor):
         return self._collate(faces, options, return_tensors)
 
     def _process_one(self, item: Any, index: int, backend, options: dict, boxes: np.ndarray | None) -> list[dict]:
+        item = _channels_last(item, options["input_data_format"])
         image = load_image(item, index)
+        # Off, grey and RGBA inputs keep their channels in the crop; faces are found on the RGB view all the same.
+        own = None if options["do_convert_rgb"] else _own_channels(item, index, options["channel_order"])
         if options["channel_order"] == "bgr" and _is_array(item):  # RGB(A) now: its first and third channels swap
             image = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., ::-1]))
         width, height = image.size
+        scale = 1.0  # of the copy searched: 1 where no search runs (template, given boxes)
         if backend is None:
             found = [(template_face(width, height), "template")]
         else:
-            found = (
-                self._detect(image, backend, options) if boxes is None else self._fit(image, boxes, backend, options)
-            )
+            if boxes is None:
+                limits = int(options["max_detection_size"]), int(options["min_detection_size"])
+                scale = search_scale(width, height, *limits)
+                found = self._detect(image, backend, options, scale)
+            else:
+                found = self._fit(image, boxes, backend, options)
             if not found:
                 if options["no_face"] == "error":
-                    raise NoFaceError(index, path_of(item), backend.name)
+                    raise NoFaceError(index, path_of(item), backend.name, scale, max(width, height))
                 if options["no_face"] == "skip":
                     return []
                 found = [(detector_crop_face(width, height), FALLBACK_LABEL)]
-        return [self._align(image, face, label, index, options) for face, label in found]
+        return [
+            {**self._align(image, face, label, index, options, own), "detection_scale": scale} for face, label in found
+        ]
 
-    def _detect(self, image: Image.Image, backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
+    def _detect(self, image: Image.Image, backend, options: dict, ratio: float) -> list[tuple[FaceLandmarks, str]]:
+        """The faces found on a copy of `image` scaled by `ratio` (`search_scale`), in `image`'s pixels."""
         width, height = image.size
-        limit = int(options["max_detection_size"])
-        smallest = int(options["min_detection_size"])
         detection_image = image
-        if max(width, height) > limit:
-            ratio = limit / max(width, height)
+        if ratio != 1:
             target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-            detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        elif max(width, height) < smallest:
-            ratio = smallest / max(width, height)
-            target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-            detection_image = image.resize(target, Image.Resampling.BICUBIC)
+            if ratio < 1:
+                detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            else:
+                detection_image = image.resize(target, Image.Resampling.BICUBIC)
         pixels = np.asarray(detection_image)
         faces = []
         if options["multiple_faces"] == "largest":
@@ -363,22 +434,40 @@ class MF2ImageProcessor(BaseImageProcessor):
             faces = faces[:1]
         return [(face, backend.name) for face in faces]
 
-    def _align(self, image: Image.Image, face: FaceLandmarks, label: str, index: int, options: dict) -> dict:
+    def _align(self, image: Image.Image, face: FaceLandmarks, label: str, index: int, options: dict, own=None) -> dict:
+        """One face's crop (from `own`, the input in its own channels, when given), boxes and geometry."""
         size = options["size"]
         width, height = image.size
         points = np.asarray(face.points, dtype=np.float64)
         if label == "template":  # an aligned crop by the caller's word: stretched, not re-aligned
             matrix = stretch_matrix(width, height, size)
-            crop = image.resize((size, size), Image.Resampling.BILINEAR)
+
+            def cut(picture: Image.Image) -> Image.Image:
+                return picture.resize((size, size), Image.Resampling.BILINEAR)
         else:
             target = alignment_target(size)
             matrix = similarity_transform(points[list(ALIGNMENT_POINTS)], target[list(ALIGNMENT_POINTS)])
-            crop = warp(image, matrix, size)
+
+            def cut(picture: Image.Image) -> Image.Image:
+                return warp(picture, matrix, size)
+
+        if own is None:
+            crop = cut(image)
+        else:  # channel by channel: PIL would resample RGBA premultiplied, changing the colours it keeps as given
+            crop = Image.merge(own.mode, [cut(band).convert("L") for band in own.split()])
         aligned = apply_affine(matrix, points)
         boxes = au_boxes_from_landmarks(aligned + 0.5, options["au_names"]) / size
         pixels = np.asarray(crop, dtype=np.float32) * np.float32(1 / 255)
+        pixels = pixels.reshape(size, size, -1)
         if options["do_normalize"]:
-            pixels = (pixels - options["image_mean"]) / options["image_std"]
+            channels = pixels.shape[-1]
+            mean, std = options["image_mean"], options["image_std"]
+            if {mean.size, std.size} - {1, channels}:
+                raise ValueError(
+                    f"`image_mean` / `image_std` hold {mean.size} / {std.size} values for {channels}-channel pixels "
+                    f"(image {index}); give 1 value or one per channel."
+                )
+            pixels = (pixels - mean) / std
         return {
             "pixel_values": np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32),
             "au_boxes": np.clip(boxes, 0.0, 1.0).astype(np.float32),
@@ -397,10 +486,17 @@ class MF2ImageProcessor(BaseImageProcessor):
             "alignment": (2, 3),
         }  # fmt: skip
         data = {}
+        channels = {face["pixel_values"].shape[0] for face in faces}
+        if len(channels) > 1:
+            raise ValueError(
+                f"The images give pixel values with {sorted(channels)} channels (do_convert_rgb=False keeps each "
+                "input's own): a batch needs one channel count."
+            )
         for key, shape in empty.items():
             data[key] = np.stack([face[key] for face in faces]) if faces else np.zeros((0, *shape), np.float32)
         data["image_index"] = np.array([face["image_index"] for face in faces], dtype=np.int64)
         data["landmark_backend"] = [face["landmark_backend"] for face in faces]
+        data["detection_scale"] = np.array([face["detection_scale"] for face in faces], dtype=np.float32)
         data = {key: data[key] for key in IMAGE_FEATURES}
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["landmark_backend"])
 
@@ -412,6 +508,47 @@ class MF2ImageProcessor(BaseImageProcessor):
         output = {key: value for key, value in super().to_dict().items() if not key.startswith("_")}
         output["image_processor_type"] = type(self).__name__
         return output
+
+
+def _data_format(value) -> str | None:
+    """`input_data_format` as a string (`ChannelDimension` members too), checked."""
+    value = getattr(value, "value", value)
+    if value is not None and value not in INPUT_DATA_FORMATS:
+        raise ValueError(f"`input_data_format` must be one of {INPUT_DATA_FORMATS} or None, got {value!r}.")
+    return value
+
+
+def _channels_last(item: Any, data_format: str | None) -> Any:
+    """An array or tensor given as `(C, H, W)` (`input_data_format="channels_first"`) as `(H, W, C)`; anything else
+    unchanged (with no format given, `load_image` infers the layout)."""
+    if data_format != "channels_first" or not _is_array(item) or item.ndim != 3:
+        return item
+    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
+    return np.moveaxis(array, 0, -1)
+
+
+def _own_channels(item: Any, index: int, channel_order: str) -> Image.Image | None:
+    """For `do_convert_rgb=False`: the input in its own channels, as a PIL image of mode L, LA or RGBA (values scaled
+    to 8 bits as `load_image` scales them), or None when they are RGB (or a kind that only converts to RGB)."""
+    if isinstance(item, (str, os.PathLike)) and os.path.isfile(item):  # read already, by `load_image`
+        with Image.open(item) as opened:
+            item = ImageOps.exif_transpose(opened)
+            item.load()
+    if isinstance(item, Image.Image):
+        return item if item.mode in ("L", "LA", "RGBA") else None
+    if not _is_array(item):
+        return None
+    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first, as `load_image` reads it
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if channels == 1:
+        return load_image(array, index).convert("L")
+    if channels != 4:
+        return None
+    colour = array[..., 2::-1] if channel_order == "bgr" else array[..., :3]
+    alpha = load_image(np.ascontiguousarray(array[..., 3]), index).getchannel(0)
+    return Image.merge("RGBA", (*load_image(np.ascontiguousarray(colour), index).split(), alpha))
 
 
 def _is_array(item: Any) -> bool:
@@ -459,8 +596,12 @@ __all__ = [
     "MULTIPLE_FACES_CHOICES",
     "NO_FACE_CHOICES",
     "OPTION_NAMES",
+    "SMALLEST_FACE_SEEN",
     "MF2ImageProcessor",
+    "MF2ImageProcessorKwargs",
     "MF2ImagesKwargs",
     "NoFaceError",
     "resolve_no_face",
+    "search_scale",
+    "search_warning",
 ]

@@ -56,13 +56,15 @@ def expand_paths(paths: list[str], recursive: bool = True) -> list[InputPath]:
 
 @dataclass
 class ReadImage:
-    """One image of the stream: read (`image`, kept only for annotation), or not (`error`, never fed to the model)."""
+    """One image of the stream: read (`image`, kept only for annotation; `size`, its width and height), or not
+    (`error`, never fed to the model)."""
 
     index: int
     path: InputPath
     image: Image.Image | None = None
     error: str | None = None
     warning: str | None = None
+    size: tuple[int, int] | None = None
 
 
 def read_image(index: int, path: InputPath, keep_image: bool) -> tuple[ReadImage, Image.Image | None]:
@@ -76,7 +78,7 @@ def read_image(index: int, path: InputPath, keep_image: bool) -> tuple[ReadImage
     warning = None
     if frames > 1:
         warning = f"animated image of {frames} frames: only the first frame was analysed (convert it to a video)"
-    return ReadImage(index, path, image if keep_image else None, warning=warning), image
+    return ReadImage(index, path, image if keep_image else None, warning=warning, size=image.size), image
 
 
 __all__ = ["IMAGE_EXTENSIONS", "InputPath", "ReadImage", "expand_paths", "is_url", "read_image"]

@@ -63,13 +63,18 @@ def itc_loss(
 
 
 def sample_hard_negatives(
-    similarity: torch.Tensor, positive_mask: torch.Tensor, generator: torch.Generator | None = None
+    similarity: torch.Tensor,
+    positive_mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    hardest: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """BLIP-2's hard-negative mining for ITM: negatives drawn with probability softmax(similarity), positives excluded.
 
     Args:
         similarity: `(M, M)` image→text similarity (no gradient needed).
         positive_mask: `(M, M)` bool.
+        hardest: take the most similar negative instead of drawing one: what the models do in eval mode, so that an
+            evaluation loss does not depend on the random state (training keeps BLIP-2's draw).
 
     Returns:
         `negative_text` `(M,)`: for each image, a text index; `negative_image` `(M,)`: for each text, an image index;
@@ -82,6 +87,8 @@ def sample_hard_negatives(
         weights = (F.softmax(scores, dim=1) + 1e-4) * allowed_rows
         has_negative = allowed_rows.any(dim=1)
         weights = torch.where(has_negative[:, None], weights, torch.ones_like(weights))
+        if hardest:
+            return weights.argmax(dim=1), has_negative
         return torch.multinomial(weights, 1, generator=generator).squeeze(1), has_negative
 
     negative_text, text_valid = draw(similarity, allowed)

@@ -1,6 +1,7 @@
 """PyTorch MF²: a vision encoder, the Emo-VL and AU-VL Q-Former branches, and the AU / emotion recognisers."""
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import ModelOutput, can_return_tuple, is_torchdynamo_compiling, logging
 
 from .au_regions import check_au_names, default_au_boxes
 from .configuration_mf2 import MF2Config
@@ -37,6 +38,19 @@ _REMOTE_AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_mf2.MF2ForPreTraining",
     "AutoModelForImageClassification": "modeling_mf2.MF2ForFacialStateRecognition",
 }
+# What `MF2ImageProcessor` returns beside the model inputs (the face geometry the pipeline and `visualize` read).
+# The models accept and ignore these, so `model(**processor(images))` works; any other unknown keyword is an error.
+PROCESSOR_ONLY_FIELDS: tuple[str, ...] = (
+    "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend", "detection_scale",
+)  # fmt: skip
+
+
+def check_extra_inputs(model_name: str, kwargs: dict) -> None:
+    """Reject keywords a model does not take (a misspelt option must not be silently dropped); processor outputs
+    that are not model inputs (`PROCESSOR_ONLY_FIELDS`) pass."""
+    unknown = sorted(set(kwargs) - set(PROCESSOR_ONLY_FIELDS))
+    if unknown:
+        raise TypeError(f"{model_name}.forward() got unexpected keyword argument(s) {unknown}.")
 
 
 # --------------------------------------------------------------------------------------------------- outputs
@@ -51,7 +65,19 @@ class MF2ModelOutput(ModelOutput):
         au_query_output (`(batch, num_aus, num_au_query_tokens, hidden)`): AU-VL query outputs.
         image_embeds (`(batch, tokens, vision_hidden)`): the vision encoder's last hidden state.
         au_region_embeds (`(batch, num_aus, k * roi^2, vision_hidden)`): patch tokens pooled inside the AU boxes.
-        vision_hidden_states, emotion_qformer_hidden_states, au_qformer_hidden_states: per-layer states, on request.
+        hidden_states (`tuple` of `(batch, tokens, vision_hidden)`, *optional*): the vision encoder's embeddings and
+            the output of each of its layers, with `output_hidden_states=True` (as transformers' vision models give).
+        emotion_qformer_hidden_states (`tuple` of `(batch, num_query_tokens, hidden)`, *optional*): Emo-VL's
+            Q-Former states (its input and each layer's output), with `output_hidden_states=True`.
+        au_qformer_hidden_states (`tuple` of `(batch * num_aus, num_au_query_tokens, hidden)`, *optional*): AU-VL's,
+            likewise, one row per (image, AU) pair.
+        attentions (`tuple` of `(batch, heads, tokens, tokens)`, *optional*): the vision encoder's self-attention
+            weights per layer, with `output_attentions=True` (attention weights need `attn_implementation="eager"`).
+        emotion_qformer_attentions, au_qformer_attentions (`tuple`, *optional*): the Q-Formers' self-attention
+            weights per layer, with `output_attentions=True`.
+        emotion_qformer_cross_attentions, au_qformer_cross_attentions (`tuple`, *optional*): the Q-Formers' attention
+            from the queries to the vision tokens (AU-VL: to the AU region tokens), per cross-attention layer, with
+            `output_attentions=True`.
     """
 
     emotion_embeds: torch.FloatTensor | None = None
@@ -60,9 +86,31 @@ class MF2ModelOutput(ModelOutput):
     au_query_output: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     au_region_embeds: torch.FloatTensor | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def vision_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        """The former name of `hidden_states` (the vision encoder's per-layer states)."""
+        return self.hidden_states
+
+    def per_layer_outputs(self) -> dict:
+        """The per-layer fields (`PER_LAYER_FIELDS`), which the heads' outputs pass on."""
+        return {name: getattr(self, name) for name in PER_LAYER_FIELDS}
+
+
+PER_LAYER_FIELDS: tuple[str, ...] = (
+    "hidden_states", "emotion_qformer_hidden_states", "au_qformer_hidden_states", "attentions",
+    "emotion_qformer_attentions", "au_qformer_attentions", "emotion_qformer_cross_attentions",
+    "au_qformer_cross_attentions",
+)  # fmt: skip
+"""The fields every MF² output carries on request (`output_hidden_states`, `output_attentions`), as in `MF2ModelOutput`."""
 
 
 @dataclass
@@ -76,6 +124,11 @@ class MF2RecognitionOutput(ModelOutput):
         au_logits (`(batch, num_aus)`): AU presence logits (sigmoid gives probabilities).
         emotion_logits (`(batch, num_emotions)`): emotion logits.
         emotion_embeds, au_embeds: the features the recognisers read.
+        logits (`(batch, num_emotions)`): `emotion_logits` under the name image classifiers use. The model's
+            single-label classes are the emotions (`config.id2label`), so `AutoModelForImageClassification` users and
+            the `image-classification` pipeline read them here; the AU recogniser is a second, multi-label head.
+        hidden_states, attentions, emotion_qformer_*, au_qformer_*: per-layer outputs on request, as in
+            `MF2ModelOutput`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -85,6 +138,15 @@ class MF2RecognitionOutput(ModelOutput):
     emotion_logits: torch.FloatTensor | None = None
     emotion_embeds: torch.FloatTensor | None = None
     au_embeds: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -98,6 +160,8 @@ class MF2PreTrainingOutput(ModelOutput):
         au_loss, emotion_loss: recogniser losses over the known labels.
         au_logits (`(batch, num_aus)`), emotion_logits (`(batch, num_emotions)`): recogniser outputs.
         emotion_embeds, au_embeds: image features.
+        hidden_states, attentions, emotion_qformer_*, au_qformer_*: per-layer outputs of the image path on request,
+            as in `MF2ModelOutput`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -113,6 +177,14 @@ class MF2PreTrainingOutput(ModelOutput):
     emotion_logits: torch.FloatTensor | None = None
     emotion_embeds: torch.FloatTensor | None = None
     au_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
+    emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------- building blocks
@@ -151,11 +223,20 @@ def roi_align_tokens(feature_map: torch.Tensor, boxes: torch.Tensor, output_size
     return pooled.permute(0, 2, 3, 1)
 
 
-def _qformer_config(config: MF2Config, with_text_ffn: bool):
-    qformer_config = config.qformer_config.__class__.from_dict(config.qformer_config.to_dict())
-    qformer_config.use_qformer_text_input = with_text_ffn
-    qformer_config._attn_implementation = config._attn_implementation
-    return qformer_config
+@contextmanager
+def _qformer_text_ffn(qformer_config, enabled: bool):
+    """While a Q-Former is built from the shared `config.qformer_config`, say whether it gets the text FFN.
+
+    Every Q-Former of MF² holds `config.qformer_config` itself, as transformers' composite models hold their sub-configs
+    (a later change of the config reaches them). `use_qformer_text_input` is read by `Blip2QFormerLayer.__init__` and
+    nowhere else, so the image-only models build without the text FFN while the config keeps saying `True`.
+    """
+    saved = qformer_config.use_qformer_text_input
+    qformer_config.use_qformer_text_input = enabled
+    try:
+        yield qformer_config
+    finally:
+        qformer_config.use_qformer_text_input = saved
 
 
 def au_caption_rows(au_input_ids, au_attention_mask, au_caption_mask, batch: int, num_aus: int):
@@ -176,23 +257,50 @@ def au_caption_rows(au_input_ids, au_attention_mask, au_caption_mask, batch: int
 
 
 class MF2QFormerBranch(nn.Module):
-    """Learned queries and a BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) that reads vision tokens."""
+    """Learned queries and a BLIP-2 Q-Former (transformers' `Blip2QFormerModel`) that reads vision tokens.
+
+    The queries are used inside `forward`, so a device map that offloads the branch (it is one of
+    `_no_split_modules`) brings them in with the Q-Former.
+    """
 
     def __init__(self, config: MF2Config, num_query_tokens: int, with_text_ffn: bool):
         super().__init__()
-        qformer_config = _qformer_config(config, with_text_ffn)
-        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(qformer_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, config.qformer_config.hidden_size))
+        with _qformer_text_ffn(config.qformer_config, with_text_ffn) as qformer_config:
+            self.qformer = Blip2QFormerModel(qformer_config)
 
     @property
     def num_query_tokens(self) -> int:
         return self.query_tokens.shape[1]
 
-    def encode(self, queries: torch.Tensor, encoder_hidden_states: torch.Tensor, output_hidden_states: bool = False):
+    def encode(
+        self,
+        queries: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        output_hidden_states: bool | list[int] = False,
+        output_attentions: bool = False,
+    ):
         """Run `queries` `(N, Q, H)` against `encoder_hidden_states` `(N, T, D)`; returns the Q-Former output."""
-        return self.qformer(
-            query_embeds=queries, encoder_hidden_states=encoder_hidden_states, output_hidden_states=output_hidden_states
-        )
+        output = self.qformer(
+            query_embeds=queries, encoder_hidden_states=encoder_hidden_states,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
+        if output.attentions is not None and output.cross_attentions:
+            # transformers' Blip2QFormerModel records the cross-attention weights among `attentions` too (its
+            # ".attention" recorder also matches ".crossattention.attention"): keep the self-attention ones, one per layer.
+            cross = output.cross_attentions
+            output.attentions = tuple(weights for weights in output.attentions if not any(weights is c for c in cross))
+        return output
+
+    def forward(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        output_hidden_states: bool | list[int] = False,
+        output_attentions: bool = False,
+    ):
+        """The learned queries against `encoder_hidden_states` `(B, T, D)`; returns the Q-Former output."""
+        queries = self.query_tokens.expand(encoder_hidden_states.shape[0], -1, -1)
+        return self.encode(queries, encoder_hidden_states, output_hidden_states, output_attentions)
 
 
 class MF2AUBranch(MF2QFormerBranch):
@@ -221,11 +329,24 @@ class MF2AUBranch(MF2QFormerBranch):
         boxes_per_au = au_boxes.shape[2]
         return tokens + self.roi_position_embeddings.repeat(1, boxes_per_au, 1)[:, None]
 
-    def forward(self, region_tokens: torch.Tensor, output_hidden_states: bool = False):
+    def forward(
+        self,
+        patch_grid: torch.Tensor,
+        au_boxes: torch.Tensor,
+        output_hidden_states: bool | list[int] = False,
+        output_attentions: bool = False,
+    ):
+        """Pool the AU regions of the `(B, D, H, W)` grid inside the `(B, A, K, 4)` boxes and read them with each AU's
+        queries. Returns the region tokens `(B, A, K * roi^2, D)`, the query output `(B, A, Q, H)` and the Q-Former
+        output (rows are (image, AU) pairs)."""
+        region_tokens = self.pool_regions(patch_grid, au_boxes)
         batch, num_aus = region_tokens.shape[:2]
         au_indices = torch.arange(num_aus, device=region_tokens.device).repeat(batch)
-        output = self.encode(self.queries_for_aus(au_indices), region_tokens.flatten(0, 1), output_hidden_states)
-        return output.last_hidden_state.view(batch, num_aus, self.num_query_tokens, -1), output.hidden_states
+        output = self.encode(
+            self.queries_for_aus(au_indices), region_tokens.flatten(0, 1), output_hidden_states, output_attentions
+        )
+        query_output = output.last_hidden_state.view(batch, num_aus, self.num_query_tokens, -1)
+        return region_tokens, query_output, output
 
 
 class MF2RecognitionHeads(nn.Module):
@@ -384,8 +505,10 @@ class MF2TextAlignment(nn.Module):
 
     def itm_loss(self, branch, queries, encoder_hidden_states, text_embeds, attention_mask, similarity, positives):
         """Paper eq. 4 with BLIP-2's batch: every positive pair, plus one hard negative caption per image and one hard
-        negative image per caption."""
-        negative_text, negative_image, text_valid, image_valid = sample_hard_negatives(similarity, positives)
+        negative image per caption: drawn in training, the hardest one in eval mode (so evaluation is deterministic)."""
+        negative_text, negative_image, text_valid, image_valid = sample_hard_negatives(
+            similarity, positives, hardest=not self.training
+        )
         logits = self.itm_logits(
             branch,
             torch.cat([queries, queries[negative_image], queries]),
@@ -411,7 +534,10 @@ class MF2PreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _no_split_modules = ["Blip2QFormerLayer", "Blip2TextEmbeddings"]
+    # A branch holds bare parameters (its queries, AU-VL's RoI position embeddings) used in its forward: it must stay
+    # whole on one device, so that an offloading device map loads them with the branch (likewise the heads).
+    _no_split_modules = ["MF2QFormerBranch", "MF2AUBranch", "MF2RecognitionHeads", "Blip2QFormerLayer",
+                         "Blip2TextEmbeddings"]  # fmt: skip
     # Trainer must not pass `num_items_in_batch` nor skip dividing the loss by the accumulation steps.
     accepts_loss_kwargs = False
 
@@ -444,12 +570,13 @@ class MF2PreTrainedModel(PreTrainedModel):
         if au_labels is not None:
             if tuple(au_labels.shape) != (batch_size, num_aus):
                 raise ValueError(f"au_labels must have shape ({batch_size}, {num_aus}), got {tuple(au_labels.shape)}.")
-            if not torch.isin(au_labels, torch.tensor([-1, 0, 1], device=au_labels.device)).all():
+            # Value checks read the data: skipped while compiling (a graph break), as transformers' models do.
+            if not is_torchdynamo_compiling() and not torch.isin(au_labels, au_labels.new_tensor([-1, 0, 1])).all():
                 raise ValueError("au_labels must hold 0 (absent), 1 (present) or -1 (unknown).")
         if emotion_labels is not None:
             if tuple(emotion_labels.shape) != (batch_size,):
                 raise ValueError(f"emotion_labels must have shape ({batch_size},), got {tuple(emotion_labels.shape)}.")
-            if ((emotion_labels < -1) | (emotion_labels >= num_emotions)).any():
+            if not is_torchdynamo_compiling() and ((emotion_labels < -1) | (emotion_labels >= num_emotions)).any():
                 raise ValueError(f"emotion_labels must lie in 0..{num_emotions - 1}, or be -1 (unknown).")
 
 
@@ -482,6 +609,14 @@ class MF2Model(MF2PreTrainedModel):
         )
         self.post_init()
         self.apply_vision_freezing()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The vision encoder's patch embedding: MF² reads images, so that is where its input is embedded (as in
+        transformers' vision models; the captions of pretraining are embedded by each branch's text side)."""
+        return self.vision_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.vision_model.set_input_embeddings(value)
 
     def apply_vision_freezing(self) -> None:
         """Freeze the vision encoder as the config says: all of it, or all but its top `vision_trainable_layers`
@@ -563,16 +698,22 @@ class MF2Model(MF2PreTrainedModel):
             raise ValueError(
                 f"au_boxes must be (batch={batch_size}, num_aus={num_aus}, k, 4) normalised xyxy, got {tuple(au_boxes.shape)}."
             )
-        if not torch.isfinite(au_boxes).all():
+        # A value check reads the data: skipped while compiling (it would break the graph), as transformers' do.
+        if not is_torchdynamo_compiling() and not torch.isfinite(au_boxes).all():
             raise ValueError("au_boxes contain NaN or infinite values.")
         return au_boxes.to(device=device, dtype=dtype)
 
-    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+    def encode_image(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ):
         """Vision encoder output (frozen encoders run without building a graph)."""
         kwargs = {"interpolate_pos_encoding": True} if self._vision_takes_interpolate else {}
         frozen = not any(p.requires_grad for p in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            return self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states, **kwargs)
+            return self.vision_model(
+                pixel_values=pixel_values, output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions, **kwargs,
+            )  # fmt: skip
 
     def patch_grid(
         self, image_embeds: torch.Tensor, height: int | None = None, width: int | None = None
@@ -592,6 +733,17 @@ class MF2Model(MF2PreTrainedModel):
         """Tokens before the patch grid (CLS, registers)."""
         return 1 + int(getattr(self.config.vision_config, "num_register_tokens", 0) or 0)
 
+    def _resolve_output_flags(self, output_hidden_states, output_attentions) -> tuple[bool | list[int], bool]:
+        """The per-layer outputs asked for: the arguments, else `config.output_hidden_states` / `output_attentions`.
+        `output_hidden_states` may also list the indices of the states to keep, as transformers' models take it."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if not isinstance(output_hidden_states, (list, tuple)):
+            output_hidden_states = bool(output_hidden_states)
+        return output_hidden_states, bool(output_attentions)
+
     @can_return_tuple
     def forward(
         self,
@@ -600,6 +752,7 @@ class MF2Model(MF2PreTrainedModel):
         output_hidden_states: bool | None = None,
         vision_tokens: torch.FloatTensor | None = None,
         branches: tuple[str, ...] = ("emotion", "au"),
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MF2ModelOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -607,41 +760,51 @@ class MF2Model(MF2PreTrainedModel):
         au_boxes (`(batch, num_aus, k, 4)`, *optional*): AU boxes as normalised `xyxy` in the `pixel_values` frame,
             AU order of `config.au_names`. Without them, the canonical boxes of an aligned face crop are used
             (`mf2.au_regions.default_au_boxes`), which fit only crops aligned like `MF2ImageProcessor`'s.
+        output_hidden_states, output_attentions (`bool`, *optional*): return the per-layer states / attention weights
+            of the vision encoder (`hidden_states`, `attentions`) and of both Q-Formers (`MF2ModelOutput`); default
+            to `config.output_hidden_states` / `config.output_attentions`. Attention weights need
+            `attn_implementation="eager"`.
         vision_tokens (`(batch, tokens, vision_hidden)`, *optional*): instead of `pixel_values`, the output of
-            `frozen_vision_tokens` (read from a `VisionTokenCache`); only the trainable top blocks then run.
+            `frozen_vision_tokens` (read from a `VisionTokenCache`); only the trainable top blocks then run, and the
+            vision encoder's per-layer outputs are not available (requesting them raises).
         branches: which branches to run; a training stage that has no AU targets skips AU-VL's cost with
             `("emotion",)` (its outputs are then None).
         return_dict (`bool`, *optional*): `False` returns the output's `to_tuple()` (the fields that are not None),
             as transformers models do; defaults to `config.return_dict`. Likewise for every MF² model.
+        kwargs: only the processor's face-geometry outputs (`PROCESSOR_ONLY_FIELDS`), so `model(**processor(images))`
+            works; any other keyword raises a `TypeError`. Likewise for every MF² model.
         """
-        output_hidden_states = bool(output_hidden_states)
+        check_extra_inputs(type(self).__name__, kwargs)
+        requested = output_hidden_states, output_attentions
+        output_hidden_states, output_attentions = self._resolve_output_flags(output_hidden_states, output_attentions)
         if (pixel_values is None) == (vision_tokens is None):
             raise ValueError("MF2Model needs exactly one of pixel_values and vision_tokens.")
+        vision_hidden_states = vision_attentions = None
         if vision_tokens is not None:
-            if output_hidden_states:
-                raise ValueError("output_hidden_states is not available from cached vision_tokens.")
+            if any(requested):
+                raise ValueError("The vision encoder's per-layer outputs are not available from cached vision_tokens.")
             image_embeds = self.trainable_vision_tokens(vision_tokens)
-            vision_hidden_states, height, width = None, None, None
+            height, width = None, None
         else:
             self._check_pixel_values(pixel_values)
-            vision = self.encode_image(pixel_values, output_hidden_states)
-            image_embeds, vision_hidden_states = vision.last_hidden_state, vision.hidden_states
+            vision = self.encode_image(pixel_values, output_hidden_states, output_attentions)
+            image_embeds, vision_hidden_states, vision_attentions = (
+                vision.last_hidden_state, vision.hidden_states, vision.attentions
+            )  # fmt: skip
             height, width = pixel_values.shape[2], pixel_values.shape[3]
         batch = image_embeds.shape[0]
 
-        emotion_query_output = emotion_embeds = emotion_hidden = None
+        emotion_query_output = emotion_embeds = emotion = None
         if self.emotion_branch is not None and "emotion" in branches:
-            queries = self.emotion_branch.query_tokens.expand(batch, -1, -1)
-            output = self.emotion_branch.encode(queries, image_embeds, output_hidden_states)
-            emotion_query_output, emotion_hidden = output.last_hidden_state, output.hidden_states
+            emotion = self.emotion_branch(image_embeds, output_hidden_states, output_attentions)
+            emotion_query_output = emotion.last_hidden_state
             emotion_embeds = emotion_query_output.mean(dim=1)
 
-        au_query_output = au_embeds = au_region_embeds = au_hidden = None
+        au_query_output = au_embeds = au_region_embeds = au = None
         if self.au_branch is not None and "au" in branches:
             boxes = self._resolve_boxes(au_boxes, batch, image_embeds.device, image_embeds.dtype)
             grid = self.patch_grid(image_embeds, height, width)
-            au_region_embeds = self.au_branch.pool_regions(grid, boxes)
-            au_query_output, au_hidden = self.au_branch(au_region_embeds, output_hidden_states)
+            au_region_embeds, au_query_output, au = self.au_branch(grid, boxes, output_hidden_states, output_attentions)
             au_embeds = au_query_output.mean(dim=2)
 
         return MF2ModelOutput(
@@ -651,9 +814,14 @@ class MF2Model(MF2PreTrainedModel):
             au_query_output=au_query_output,
             image_embeds=image_embeds,
             au_region_embeds=au_region_embeds,
-            vision_hidden_states=vision_hidden_states if output_hidden_states else None,
-            emotion_qformer_hidden_states=emotion_hidden,
-            au_qformer_hidden_states=au_hidden,
+            hidden_states=vision_hidden_states if output_hidden_states else None,
+            emotion_qformer_hidden_states=getattr(emotion, "hidden_states", None),
+            au_qformer_hidden_states=getattr(au, "hidden_states", None),
+            attentions=vision_attentions if output_attentions else None,
+            emotion_qformer_attentions=getattr(emotion, "attentions", None),
+            au_qformer_attentions=getattr(au, "attentions", None),
+            emotion_qformer_cross_attentions=getattr(emotion, "cross_attentions", None),
+            au_qformer_cross_attentions=getattr(au, "cross_attentions", None),
         )
 
 
@@ -758,10 +926,11 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         output_hidden_states=None,
         vision_tokens=None,
         branches=("emotion", "au"),
+        output_attentions=None,
     ) -> MF2ModelOutput:
         return self.mf2(
             pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states,
-            vision_tokens=vision_tokens, branches=branches, return_dict=True,
+            vision_tokens=vision_tokens, branches=branches, output_attentions=output_attentions, return_dict=True,
         )  # fmt: skip
 
     def forward_head(self, features: MF2ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -788,15 +957,20 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         output_hidden_states: bool | None = None,
         vision_tokens: torch.FloatTensor | None = None,
         branches: tuple[str, ...] = ("emotion", "au"),
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MF2RecognitionOutput | tuple[torch.Tensor, ...]:
         r"""
         pixel_values (`(batch, 3, height, width)`), au_boxes (`(batch, num_aus, k, 4)`, *optional*): as in `MF2Model`.
         au_labels (`(batch, num_aus)`, *optional*): 1 present, 0 absent, -1 unknown.
         emotion_labels (`(batch,)`, *optional*): class index, -1 unknown.
-        vision_tokens, branches: as in `MF2Model` (cached training; skipping a branch leaves its logits None).
+        output_hidden_states, output_attentions, vision_tokens, branches: as in `MF2Model` (cached training;
+            skipping a branch leaves its logits None).
         """
-        features = self.forward_features(pixel_values, au_boxes, output_hidden_states, vision_tokens, branches)
+        check_extra_inputs(type(self).__name__, kwargs)
+        features = self.forward_features(
+            pixel_values, au_boxes, output_hidden_states, vision_tokens, branches, output_attentions
+        )
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
         loss = weighted_loss(losses, self.config)
@@ -808,6 +982,8 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
             emotion_logits=emotion_logits,
             emotion_embeds=features.emotion_embeds,
             au_embeds=features.au_embeds,
+            logits=emotion_logits,
+            **features.per_layer_outputs(),
         )
 
 
@@ -863,6 +1039,8 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         au_labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
         vision_tokens: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MF2PreTrainingOutput | tuple[torch.Tensor, ...]:
         r"""
@@ -875,8 +1053,13 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
         au_labels (`(batch, num_aus)`), emotion_labels (`(batch,)`), *optional*: as in `MF2ForFacialStateRecognition`.
         vision_tokens (`(batch, tokens, vision_hidden)`, *optional*): cached tokens instead of `pixel_values`, as in
             `MF2Model`.
+        output_hidden_states, output_attentions (`bool`, *optional*): per-layer outputs of the image path, as in
+            `MF2Model` (the caption passes of the alignment losses are not returned).
         """
-        features = self.forward_features(pixel_values, au_boxes, vision_tokens=vision_tokens)
+        check_extra_inputs(type(self).__name__, kwargs)
+        features = self.forward_features(
+            pixel_values, au_boxes, output_hidden_states, vision_tokens, output_attentions=output_attentions
+        )
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
         smoothing = (self.config.itc_label_smoothing, self.config.itg_label_smoothing)
@@ -914,6 +1097,7 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
             emotion_logits=emotion_logits,
             emotion_embeds=features.emotion_embeds,
             au_embeds=features.au_embeds,
+            **features.per_layer_outputs(),
         )
 
 
@@ -929,6 +1113,9 @@ __all__ = [
     "MF2RecognitionHeads",
     "MF2RecognitionOutput",
     "MF2TextAlignment",
+    "PER_LAYER_FIELDS",
+    "PROCESSOR_ONLY_FIELDS",
+    "check_extra_inputs",
     "au_caption_rows",
     "roi_align_tokens",
 ]

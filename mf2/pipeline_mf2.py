@@ -16,6 +16,7 @@ This file uses only relative imports of flat sibling modules, so `pipe.save_pret
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections import deque
@@ -31,6 +32,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from .face_stream import FaceStream, InputError
 from .face_tracking import DEFAULT_DETECT_EVERY, FaceTracker, check_detect_every
 from .facs import explanation
+from .image_processing_mf2 import FALLBACK_LABEL, search_warning
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"
@@ -48,7 +50,7 @@ POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "ret
 VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "start", "end_time": "end",
                  "max_frames": "max_frames", "detect_every": "detect_every"}  # fmt: skip
 # Image processor outputs the pipeline carries from `preprocess` to `postprocess` beside the model inputs.
-_FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend")
+_FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend", "detection_scale")
 
 
 class NonFiniteOutputError(ValueError):
@@ -86,11 +88,16 @@ class FacialStatePipeline(Pipeline):
       unset; `threshold=` overrides)
     - `landmark_backend`: what placed the landmarks (`"dlib"`, ...; `"template-fallback"` when no face was found
       and `no_face="fallback"` analysed the whole image)
+    - `detection_scale`, only when the image was searched for faces on a downscaled copy (its longest side over
+      `max_detection_size`, 1024 px by default): the copy's scale. Faces under about 40 / `detection_scale` px of
+      the image (~160 px in a 4032x3024 photo) are not seen there; `max_detection_size` of at least the image's
+      longest side searches at full resolution. A `"template-fallback"` face of such an image also carries a
+      `warning` saying so (no face may mean only a small one).
     - `landmarks` (with `return_landmarks=True`): 68 `[x, y]` points in the original image's pixels
     - `explanation` (with `explain=True`): one sentence naming the active AUs that decide the emotion
     - `features` (with `return_features=True`): this face's row of the image processor's output (numpy arrays with a
       batch dimension of 1: `pixel_values`, `au_boxes`, `landmarks`, `face_boxes`, `alignment`, `image_index`,
-      `landmark_backend`), e.g. for `pipe.image_processor.visualize(image, face["features"])`
+      `landmark_backend`, `detection_scale`), e.g. for `pipe.image_processor.visualize(image, face["features"])`
     - `image_index` when the input is a list or a generator
 
     Call options:
@@ -101,17 +108,23 @@ class FacialStatePipeline(Pipeline):
         return_landmarks (`bool`), explain (`bool`), return_features (`bool`): add `landmarks` / `explanation` /
             `features`.
         no_face (`"error"`, `"skip"`, `"fallback"`): when an image has no face: raise a `ValueError` naming it
-            (the processor's default), give an empty list, or analyse the image as a face crop whose face sits where
-            a typical detector crop holds it (flagged by `landmark_backend == "template-fallback"`).
+            (the processor's default; it says when the search ran on a downscaled copy), give an empty list, or
+            analyse the image as a face crop whose face sits where a typical detector crop holds it (flagged by
+            `landmark_backend == "template-fallback"`).
         channel_order (`"rgb"`, the default, or `"bgr"`): the colour order of array and tensor inputs (files and PIL
             images carry theirs); video frames are decoded as RGB whatever it says.
-        multiple_faces (`"largest"` or `"all"`), landmark_backend, max_detection_size, min_detection_size,
-            backend_kwargs: passed to the image processor.
+        max_detection_size (`int`, defaults to the processor's, 1024): images whose longest side is larger are
+            searched for faces on a copy downscaled to it (see `detection_scale`); the image's longest side or more
+            searches at full resolution, finding smaller faces, more slowly.
+        multiple_faces (`"largest"` or `"all"`), landmark_backend, min_detection_size, backend_kwargs: passed to
+            the image processor.
 
-    Construction: `runtime="onnx"` runs the network in onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed
-    export under `$MF2_HOME/onnx/`, written on first use; everything else is as with `runtime="torch"`, the default.
-    `quantize="int8"` (with `runtime="onnx"`) runs the graph's int8 version (`mf2.onnx_export.quantize_onnx`): about
-    twice as fast on a CPU, with the development-set figures of the README.
+    Construction: `adapter="outputs/my-dfn"` runs a DFN adapter (the folder `mf2 finetune` writes) on the model
+    (`mf2.dfn.load_adapter`, which also takes the AU thresholds tuned with it). `runtime="onnx"` runs the network in
+    onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed export under `$MF2_HOME/onnx/`, written on first
+    use; everything else is as with `runtime="torch"`, the default. `quantize="int8"` (with `runtime="onnx"`) runs
+    the graph's int8 version (`mf2.onnx_export.quantize_onnx`): about twice as fast on a CPU, with the
+    development-set figures of the README.
 
     Detection runs in worker threads ahead of the model, so the detector and the network overlap; memory is bounded
     by `batch_size` plus a few inputs in flight, whatever the number of inputs.
@@ -124,13 +137,17 @@ class FacialStatePipeline(Pipeline):
     _load_video_processor = False
 
     def __init__(self, *args, runtime: str = "torch", onnx_path: str | os.PathLike | None = None,
-                 quantize: str | None = None, **kwargs):  # fmt: skip
+                 quantize: str | None = None, adapter: str | os.PathLike | None = None, **kwargs):  # fmt: skip
         if runtime not in RUNTIMES:
             raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, got {runtime!r}.")
         if quantize is not None and runtime != "onnx":
             raise ValueError(f"`quantize={quantize!r}` quantizes the ONNX graph; pass runtime='onnx' with it.")
+        if adapter is not None and runtime != "torch":
+            raise ValueError("A DFN `adapter` runs in PyTorch; drop runtime='onnx'.")
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         super().__init__(*args, **kwargs)
+        if adapter is not None:  # the base model, wrapped with the adapter (and its tuned AU thresholds)
+            self.model = importlib.import_module("mf2.dfn").load_adapter(self.model, adapter)
         if self.image_processor is None and self.processor is not None:
             self.image_processor = getattr(self.processor, "image_processor", None)
         if self.image_processor is None or not hasattr(self.image_processor, "au_names"):
@@ -255,6 +272,7 @@ class FacialStatePipeline(Pipeline):
         boxes = _numpy(model_outputs["face_boxes"])
         landmarks = _numpy(model_outputs["landmarks"])
         backends = model_outputs["landmark_backend"]
+        scales = _numpy(model_outputs["detection_scale"]) if "detection_scale" in model_outputs else None
         top_k = min(int(top_k), len(labels))
         faces = []
         for row in range(len(au_probs)):
@@ -269,6 +287,11 @@ class FacialStatePipeline(Pipeline):
                 "active_action_units": active,
                 "landmark_backend": str(backends[row]),
             }
+            if scales is not None and scales[row] < 1:  # searched on a downscaled copy: small faces are not seen
+                face["detection_scale"] = float(scales[row])
+                if face["landmark_backend"] == FALLBACK_LABEL:  # no face found; its box is the whole image
+                    longest = round(max(boxes[row][2] - boxes[row][0], boxes[row][3] - boxes[row][1]))
+                    face["warning"] = f"no face found: {search_warning(longest, float(scales[row]))}"
             if return_landmarks:
                 face["landmarks"] = landmarks[row].astype(float).tolist()
             if explain:
@@ -454,7 +477,7 @@ def _backend_options(preprocess_params: dict[str, Any]) -> dict[str, Any]:
 
 def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
     """One face's row of the image processor's output, shaped as the processor returns it for a single face."""
-    keys = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "alignment")
+    keys = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "alignment", "detection_scale")
     features = {key: _numpy(model_outputs[key])[row : row + 1] for key in keys if key in model_outputs}
     features["image_index"] = np.zeros(1, dtype=np.int64)
     features["landmark_backend"] = [str(model_outputs["landmark_backend"][row])]

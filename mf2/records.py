@@ -80,7 +80,7 @@ class RecordWriter:
             "path", "frame", "time", "face", "faces", "error", "warning", "x1", "y1", "x2", "y2", "emotion",
             "emotion_score",
             *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
-            "landmark_backend", "explanation", "model", "model_version", "model_trained",
+            "landmark_backend", "explanation", "model", "model_version", "model_trained", "detection_scale",
         ]  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
@@ -131,6 +131,8 @@ class RecordWriter:
                 row[f"emotion_{item['label']}"] = round(item["score"], 6)
         for name, probability in (record.get("action_units") or {}).items():
             row[name] = round(probability, 6)
+        if record.get("detection_scale") is not None:  # searched on a downscaled copy (`max_detection_size`)
+            row["detection_scale"] = round(record["detection_scale"], 6)
         if "active_action_units" in record:
             row["active_action_units"] = ";".join(record["active_action_units"])
         self._csv.writerow(row)

@@ -50,7 +50,8 @@ def test_model_and_recognition_shapes(config, batch):
     assert features.emotion_query_output.shape == (4, 4, 32)
     assert features.au_query_output.shape == (4, 12, 2, 32)
     assert features.au_region_embeds.shape == (4, 12, 2 * 2 * 2, 32)  # k=2 boxes x 2x2 RoI bins
-    assert len(features.emotion_qformer_hidden_states) == 3 and len(features.vision_hidden_states) == 3
+    assert len(features.emotion_qformer_hidden_states) == 3 and len(features.hidden_states) == 3
+    assert features.vision_hidden_states is features.hidden_states  # the former name still reads
     output = _model(config, MF2ForFacialStateRecognition)(batch["pixel_values"])
     assert output.loss is None and output.au_logits.shape == (4, 12) and output.emotion_logits.shape == (4, 8)
 
@@ -108,10 +109,8 @@ def _emotion_pieces(model, batch):
 def test_itc_itm_itg_match_independent_computation(config, batch):
     model = _model(config).eval()
     batch = {k: v for k, v in batch.items() if not k.startswith("au_input") and k != "au_attention_mask"}
-    torch.manual_seed(123)
     with torch.no_grad():
         output = model(**batch)
-    torch.manual_seed(123)  # eval mode: the hard-negative draw is the only random step, replay it
     with torch.no_grad():
         features, alignment, branch, ids, mask, queries = _emotion_pieces(model, batch)
         count, temperature = ids.shape[0], alignment.temperature.item()
@@ -135,8 +134,8 @@ def test_itc_itm_itg_match_independent_computation(config, batch):
             itc -= float((soft * F.log_softmax(sim[:, i] / temperature, dim=0)).sum())
         assert output.emo_itc.item() == pytest.approx(itc / (2 * count), rel=1e-4)
 
-        # ITM: the same negatives, each (image, caption) pair scored on its own.
-        negative_text, negative_image, _, _ = sample_hard_negatives(sim, positives)
+        # ITM: the same negatives (eval mode: the hardest, no draw), each (image, caption) pair scored on its own.
+        negative_text, negative_image, _, _ = sample_hard_negatives(sim, positives, hardest=True)
         pairs = [(i, i, 1) for i in range(count)]
         pairs += [(int(negative_image[i]), i, 0) for i in range(count)]
         pairs += [(i, int(negative_text[i]), 0) for i in range(count)]
@@ -370,3 +369,140 @@ def test_auto_classes_map_to_mf2(tmp_path, config):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MF2Model)
     assert isinstance(AutoModelForPreTraining.from_pretrained(tmp_path), MF2ForPreTraining)
     assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), MF2ForFacialStateRecognition)
+
+
+# ------------------------------------------------------------------------------------------------ transformers API
+# (transformers' own common tests run on these classes in tests/models/mf2; these check what they cannot.)
+def test_per_layer_outputs_have_the_standard_names(config, batch):
+    model = _model(config, MF2ForFacialStateRecognition).eval()
+    model.set_attn_implementation("eager")  # attention weights need the eager kernels
+    with torch.no_grad():
+        output = model(batch["pixel_values"], batch["au_boxes"], output_hidden_states=True, output_attentions=True)
+    vision_layers, qformer_layers = config.vision_config.num_hidden_layers, config.qformer_config.num_hidden_layers
+    assert len(output.hidden_states) == vision_layers + 1 and output.hidden_states[-1].shape == (4, 17, 32)
+    assert len(output.attentions) == vision_layers and output.attentions[0].shape == (4, 4, 17, 17)
+    assert len(output.emotion_qformer_attentions) == qformer_layers  # self-attention only, one per layer
+    assert output.emotion_qformer_attentions[0].shape == (4, 4, 4, 4)
+    cross = output.emotion_qformer_cross_attentions  # queries to vision tokens, in the one cross-attention layer
+    assert len(cross) == 1 and cross[0].shape == (4, 4, 4, 17)
+    assert output.au_qformer_attentions[0].shape == (4 * 12, 4, 2, 2)
+    assert torch.equal(output.logits, output.emotion_logits)  # the image-classification name
+    with torch.no_grad():
+        plain = model(batch["pixel_values"], batch["au_boxes"])
+    assert all(getattr(plain, name) is None for name in ("hidden_states", "attentions", "au_qformer_hidden_states"))
+    assert torch.equal(plain.au_logits, output.au_logits)
+
+
+def test_qformers_hold_the_configs_qformer_config(config):
+    for model_class in (MF2Model, MF2ForFacialStateRecognition, MF2ForPreTraining):
+        model = model_class(config)
+        base = model if model_class is MF2Model else model.mf2
+        for branch in (base.emotion_branch, base.au_branch):
+            assert branch.qformer.config is model.config.qformer_config  # shared, so a later change reaches it
+        has_text_ffn = hasattr(base.emotion_branch.qformer.encoder.layer[0], "intermediate")
+        assert has_text_ffn == (model_class is MF2ForPreTraining)
+    assert config.qformer_config.use_qformer_text_input  # the config still says what pretraining builds
+
+
+def test_losses_are_deterministic_in_eval_mode(config, batch):
+    model = _model(config).eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(**batch)
+        torch.manual_seed(2)
+        second = model(**batch)
+    for name in ("loss", "emo_itm", "au_itm"):
+        assert torch.equal(first[name], second[name]), name
+    similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7], [0.3, 0.6, 0.4]])
+    positives = torch.eye(3, dtype=torch.bool)
+    negative_text, negative_image, _, _ = sample_hard_negatives(similarity, positives, hardest=True)
+    assert negative_text.tolist() == [2, 2, 1] and negative_image.tolist() == [2, 2, 1]
+
+
+def test_unknown_keywords_raise_and_processor_outputs_pass(config, batch):
+    from mf2.image_processing_mf2 import IMAGE_FEATURES, MF2ImageProcessor
+    from mf2.modeling_mf2 import PROCESSOR_ONLY_FIELDS
+
+    assert set(IMAGE_FEATURES) - set(MF2ImageProcessor.model_input_names) <= set(PROCESSOR_ONLY_FIELDS)
+    images = {"pixel_values": batch["pixel_values"], "au_boxes": batch["au_boxes"]}
+    features = MF2ImageProcessor(landmark_backend="template", size=32)(list(torch.rand(4, 32, 32, 3).numpy()))
+    for model_class in (MF2Model, MF2ForFacialStateRecognition, MF2ForPreTraining):
+        model = _model(config, model_class).eval()
+        with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['foo_bar'\]"):
+            model(**images, foo_bar=123)
+        with torch.no_grad():
+            assert model(**features).au_embeds.shape == (4, 12, 32)  # `model(**processor(images))` works
+
+
+def test_image_classification_pipeline_reads_the_emotion_logits(tmp_path, config, batch):
+    from PIL import Image
+    from transformers import pipeline
+
+    from mf2 import MF2ImageProcessor
+
+    model = _model(config, MF2ForFacialStateRecognition).eval()
+    model.save_pretrained(tmp_path)
+    MF2ImageProcessor(landmark_backend="template", size=32).save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path), device="cpu")
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    predictions = classifier(image, top_k=3)
+    features = classifier.image_processor(image, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = classifier.model(**features).emotion_logits.softmax(-1)[0]
+    best = probabilities.topk(3)
+    assert [p["label"] for p in predictions] == [config.id2label[int(i)] for i in best.indices]
+    assert [p["score"] for p in predictions] == pytest.approx(best.values.tolist(), abs=1e-5)
+
+
+def test_device_map_auto_offloads_to_cpu_and_disk(tmp_path, config, batch):
+    model = _model(config, MF2ForFacialStateRecognition).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        expected = model(batch["pixel_values"], batch["au_boxes"])
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    offloaded = MF2ForFacialStateRecognition.from_pretrained(
+        tmp_path / "ckpt", device_map="auto", max_memory={"cpu": size * 7 // 10}, offload_folder=tmp_path / "offload"
+    ).eval()
+    placed = set(offloaded.hf_device_map.values())
+    assert "disk" in placed and placed - {"disk"}, offloaded.hf_device_map
+    # Modules with bare parameters are placed whole, so no parameter is left to match no module.
+    assert not any(name.endswith(("query_tokens", "roi_position_embeddings")) for name in offloaded.hf_device_map)
+    with torch.no_grad():
+        output = offloaded(batch["pixel_values"], batch["au_boxes"])
+    torch.testing.assert_close(output.au_logits, expected.au_logits)
+    torch.testing.assert_close(output.emotion_logits, expected.emotion_logits)
+
+
+def test_recognition_compiles_as_one_graph(config, batch):
+    model = _model(config, MF2ForFacialStateRecognition).eval()
+    # fullgraph=True fails on any graph break (a data-dependent check such as the boxes' NaN test would be one); the
+    # "eager" backend checks the capture without code generation, which is torch's own concern.
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        expected = model(batch["pixel_values"], batch["au_boxes"])
+        output = compiled(batch["pixel_values"], batch["au_boxes"])
+    torch.testing.assert_close(output.au_logits, expected.au_logits)
+    torch.testing.assert_close(output.logits, expected.logits)
+
+
+def test_bfloat16_loading_and_sdpa_eager_agreement(tmp_path, config, batch):
+    model = _model(config, MF2ForFacialStateRecognition).eval()
+    model.save_pretrained(tmp_path)
+    inputs = (batch["pixel_values"], batch["au_boxes"])
+    with torch.no_grad():
+        expected = model(*inputs)
+        outputs = {}
+        for attention in ("eager", "sdpa"):
+            loaded = MF2ForFacialStateRecognition.from_pretrained(tmp_path, attn_implementation=attention).eval()
+            for module in (loaded.mf2.vision_model, loaded.mf2.emotion_branch.qformer, loaded.mf2.au_branch.qformer):
+                assert module.config._attn_implementation == attention
+            outputs[attention] = loaded(*inputs)
+        half = MF2ForFacialStateRecognition.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+        assert half.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in half.parameters())
+        half_output = half(inputs[0].bfloat16(), inputs[1].bfloat16())
+    for name in ("au_logits", "emotion_logits", "emotion_embeds", "au_embeds"):
+        torch.testing.assert_close(outputs["eager"][name], outputs["sdpa"][name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(outputs["sdpa"][name], expected[name], atol=1e-5, rtol=1e-4)
+    for name in ("au_logits", "emotion_logits"):
+        assert torch.isfinite(half_output[name]).all()
+        torch.testing.assert_close(half_output[name].float(), expected[name], atol=0.1, rtol=0.05)

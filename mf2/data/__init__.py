@@ -7,21 +7,25 @@ it is not imported here, so `python -m mf2.data.caption_dataset` runs that modul
 from .affwild2 import build_affwild2_mfa, iter_affwild2_frames
 from .balance import balance_classes
 from .captions import LLMCaptioner, TemplateCaptioner, explain, key_aus
-from .folder import load_image_folder
+from .folder import LABELS_FILE, find_labels_file, load_image_folder
 from .group_split import split_by_group
-from .schema import DEFAULT_EMOTION_MAP, MFA_FEATURES, active_aus, au_vector, map_emotion
+from .schema import DEFAULT_EMOTION_MAP, MFA_FEATURES, DataError, MissingDataError, active_aus, au_vector, map_emotion
 from .sources import load_ckplus, load_ferplus
 
 __all__ = [
     "DEFAULT_EMOTION_MAP",
+    "LABELS_FILE",
     "MFA_FEATURES",
+    "DataError",
     "LLMCaptioner",
+    "MissingDataError",
     "TemplateCaptioner",
     "active_aus",
     "au_vector",
     "balance_classes",
     "build_affwild2_mfa",
     "explain",
+    "find_labels_file",
     "iter_affwild2_frames",
     "key_aus",
     "load_ckplus",

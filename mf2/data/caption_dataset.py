@@ -5,8 +5,9 @@ python -m mf2.data.caption_dataset --input mfa_raw/ --output mfa/ --captioner ll
 ```
 
 The input is a `save_to_disk` folder, a Parquet file, or a folder of `<split>.parquet` files, in the `MFA_FEATURES`
-schema (any builder of `mf2.data`). The three caption columns are (re)filled and the result is written as
-`<output>/<split>.parquet` (images embedded) or with `save_to_disk(<output>)`.
+schema (any builder of `mf2.data`), or a folder of images with a `labels.csv` (`mf2.data.folder`). The three caption
+columns are (re)filled and the result is written as `<output>/<split>.parquet` (images embedded) or with
+`save_to_disk(<output>)`.
 
 Resuming: with the LLM captioner every accepted caption is cached (`--cache`, by default `<output>/llm_cache.jsonl`)
 the moment it arrives, so re-running the same command after a kill or after failures asks only for what is missing.
@@ -28,7 +29,8 @@ from datasets.table import embed_table_storage
 from .captions.base import Captioner, CaptionRequest
 from .captions.llm import LLMCaptioner, endpoint_configured
 from .captions.template import TemplateCaptioner
-from .schema import CAPTION_COLUMNS, MFA_FEATURES, NUM_AUS
+from .folder import LABEL_FILE_SUFFIXES, LABELS_FILE, find_labels_file, load_image_folder
+from .schema import CAPTION_COLUMNS, MFA_FEATURES, NUM_AUS, DataError, MissingDataError
 
 CACHE_FILE = "llm_cache.jsonl"
 FAILURES_FILE = "caption_failures.jsonl"
@@ -63,19 +65,36 @@ def make_captioner(
 
 
 def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Dataset | DatasetDict:
-    """Load an MFA dataset from a `save_to_disk` folder, a Parquet file, or a folder of `<split>.parquet` files."""
+    """Load an MFA dataset from a `save_to_disk` folder, a Parquet file, a folder of `<split>.parquet` files, a folder
+    of images with a `labels.csv` (`mf2.data.folder`), or a label file itself (`.csv`, `.jsonl`).
+
+    Raises:
+        MissingDataError: nothing at `path`. DataError: a folder that is none of these, or a bad label file (one line
+        naming the fix).
+    """
     path = Path(path)
     if path.is_file():
+        if path.suffix.lower() in LABEL_FILE_SUFFIXES:
+            return load_image_folder(path)
+        if path.suffix.lower() != ".parquet":
+            raise DataError(f"{path}: not a dataset; give a Parquet file, a label file ({LABELS_FILE}), or a folder.")
         return load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"No dataset at {path}.")
+        raise MissingDataError(f"{path}: no such folder or file.")
     if any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
         return load_from_disk(str(path))
     files = sorted(path.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{path} is neither a save_to_disk folder nor a folder of Parquet files.")
-    return DatasetDict(
-        {file.stem: load_dataset("parquet", data_files=str(file), split="train", cache_dir=cache_dir) for file in files}
+    if files:
+        return DatasetDict(
+            {file.stem: load_dataset("parquet", data_files=str(file), split="train", cache_dir=cache_dir)
+             for file in files}
+        )  # fmt: skip
+    labels = find_labels_file(path)
+    if labels is not None:
+        return load_image_folder(labels)
+    raise DataError(
+        f"{path} holds no {LABELS_FILE} (a folder of images needs one: file_name,emotion,AU1,...,AU26 with empty = "
+        "unknown; see docs/finetuning.md), no Parquet files and no `save_to_disk` dataset."
     )
 
 

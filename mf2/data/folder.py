@@ -1,15 +1,23 @@
 """Any folder of face images with a CSV or JSON-lines label file, in the MFA schema.
 
-Label file columns (CSV header or JSON keys):
+This is the format `mf2 finetune --train_data mfa:FOLDER` reads when FOLDER holds a `labels.csv` (`LABELS_FILE`) next
+to its images (the walkthrough is `docs/finetuning.md`). Label file columns (CSV header or JSON keys):
 
-- `file_name` (required): image path relative to the image folder.
-- `emotion` (optional): an emotion name (mapped with `map_emotion`) or a class index; empty = unknown.
-- AUs (optional): columns named after AUs (`AU1`, `AU01`, `au12`, ...; columns of AUs outside the 12 are ignored)
-  or one `au` column holding 12 values in `AU_NAMES` order (a list in JSON; in CSV a JSON list or values separated
-  by spaces, commas or semicolons). Values are 0/1, -1 or empty for unknown; intensities > 0 count as active.
-  AUs without a column are unknown.
+- `file_name` (required): image path relative to the label file's folder (or to `image_dir`).
+- `emotion` (optional): an emotion name (`neutral`, `happiness`, `sadness`, `surprise`, `fear`, `disgust`, `anger`,
+  `other`, or a common spelling such as `happy`, `angry`, `contempt` → other; `map_emotion`) or a class index; empty
+  = unknown.
+- AUs (optional): columns named after AUs (`AU1`, `AU01`, `au12`, ...; columns of AUs outside the 12 that MF² predicts
+  are ignored) or one `au` column holding 12 values in `AU_NAMES` order (a list in JSON; in CSV a JSON list or values
+  separated by spaces, commas or semicolons). Values are 0/1, -1 or empty for unknown; intensities > 0 count as
+  active. AUs without a column are unknown.
 - `group` (optional): split unit (video, subject); defaults to `file_name` without its extension.
 - `frame` (optional): frame number; defaults to -1 (still image).
+
+No other column is accepted: a misspelt `emotoin` would otherwise leave every emotion unknown without a word (training
+also needs at least one known label: `check_labelled`). Every problem is a `DataError` (a `ValueError`)
+whose message is one line naming the file, the line and the fix; images the file lists that do not exist raise
+`MissingDataError` (also a `FileNotFoundError`).
 """
 
 from __future__ import annotations
@@ -22,25 +30,89 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from datasets import Dataset
+from datasets.fingerprint import Hasher
 
-from ..configuration_mf2 import AU_NAMES
-from .schema import MFA_FEATURES, NUM_AUS, UNKNOWN, au_value, au_vector, map_emotion, mfa_row, rows_to_columns
+from ..configuration_mf2 import AU_NAMES, EMOTION_LABELS
+from .schema import (
+    MFA_FEATURES,
+    NUM_AUS,
+    UNKNOWN,
+    DataError,
+    MissingDataError,
+    au_value,
+    au_vector,
+    map_emotion,
+    mfa_row,
+    rows_to_columns,
+)
+
+LABELS_FILE = "labels.csv"
+"""The label file a folder of images must hold to be read as a dataset (`mfa:FOLDER`)."""
+
+LABEL_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".ndjson")
+"""Suffixes of label files (`.csv`, else JSON lines)."""
+
+COLUMNS = ("file_name", "emotion", "au", "group", "frame")
+"""The columns a label file may have besides one column per AU."""
 
 _AU_COLUMN = re.compile(r"^au\s*0*(\d{1,2})$", re.IGNORECASE)
+_FORMAT = f"the columns are file_name, emotion, {', '.join(AU_NAMES)}, group, frame: see docs/finetuning.md"
 
 
-def _records(labels_file: Path) -> Iterator[dict]:
+def find_labels_file(folder: str | os.PathLike) -> Path | None:
+    """`folder/labels.csv` when `folder` is a folder that holds one, else None."""
+    path = Path(folder) / LABELS_FILE
+    return path if path.is_file() else None
+
+
+def _records(labels_file: Path) -> Iterator[tuple[int, dict]]:
+    """`(line number, record)` of every non-empty record."""
     if labels_file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        with open(labels_file, encoding="utf-8") as handle:
+        with open(labels_file, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{labels_file}:{number}: not a JSON object ({error}).") from error
-    else:
-        with open(labels_file, newline="", encoding="utf-8") as handle:
-            yield from csv.DictReader(handle)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{labels_file}:{number}: not a JSON object ({error}).") from error
+                if not isinstance(record, dict):
+                    raise DataError(f"{labels_file}:{number}: not a JSON object; write one object per line.")
+                yield number, record
+        return
+    with open(labels_file, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DataError(f"{labels_file}: empty; its first line names the columns ({_FORMAT}).")
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        _check_columns(labels_file, reader.fieldnames)
+        for record in reader:
+            if None in record:
+                raise DataError(f"{labels_file}:{reader.line_num}: more values than the header has columns "
+                                f"({len(reader.fieldnames)}); quote values that hold commas.")  # fmt: skip
+            if any(value not in (None, "") for value in record.values()):
+                yield reader.line_num, record
+
+
+def _check_columns(labels_file: Path, columns, where: str = "") -> None:
+    """Refuse a label file (or a JSON record, `where` its line) without `file_name`, or with a column this format does
+    not know."""
+    columns = [str(column).strip() for column in columns]
+    unknown = [column for column in columns if column not in COLUMNS and not _AU_COLUMN.match(column)]
+    if "file_name" not in columns:
+        raise DataError(f"{labels_file}{where}: no `file_name` column, the image paths (found {columns}); {_FORMAT}.")
+    if unknown:
+        raise DataError(f"{labels_file}{where}: unknown column(s) {unknown}; rename or remove them ({_FORMAT}).")
+
+
+def check_labelled(dataset: Dataset, labels_file: str | os.PathLike) -> None:
+    """Raise `DataError` when no row of `dataset` (read from `labels_file`) has a known emotion or AU: nothing to
+    train on (`mf2 finetune` checks its data with this)."""
+    if all(value == UNKNOWN for value in dataset["emotion"]) and all(
+        value == UNKNOWN for row in dataset["au"] for value in row
+    ):
+        raise DataError(f"{labels_file}: no labels (every emotion and AU is empty or absent); give an `emotion` column "
+                        f"and/or AU columns ({_FORMAT}).")  # fmt: skip
 
 
 def _au_list(value) -> list:
@@ -57,14 +129,37 @@ def _row_aus(record: Mapping) -> list[int]:
     for column, value in record.items():
         match = _AU_COLUMN.match(str(column).strip())
         if match and f"AU{int(match.group(1))}" in AU_NAMES:
-            values[AU_NAMES.index(f"AU{int(match.group(1))}")] = au_value(value)
+            try:
+                values[AU_NAMES.index(f"AU{int(match.group(1))}")] = au_value(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"column {column}: {value!r} is not a label (1 active, 0 absent, empty unknown; "
+                                 "an intensity > 0 counts as active)") from error  # fmt: skip
     return values
 
 
 def _emotion(value, emotion_map: Mapping[str, str | None] | None) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
         value = int(value)
-    return map_emotion(value, emotion_map)
+    try:
+        return map_emotion(value, emotion_map)
+    except ValueError as error:
+        raise ValueError(f"emotion {value!r} is not one of {', '.join(EMOTION_LABELS)} (or a spelling such as happy, "
+                         "angry, contempt → other); leave it empty when unknown") from error  # fmt: skip
+
+
+def _row(record: Mapping, image_dir: Path, emotion_map, source: str) -> tuple[str, dict]:
+    name = str(record.get("file_name") or "").strip()
+    if not name:
+        raise ValueError("no `file_name`")
+    group = str(record.get("group") or "").strip() or str(Path(name).with_suffix(""))
+    frame = record.get("frame")
+    try:
+        frame = int(float(frame)) if frame not in (None, "") else -1
+    except (TypeError, ValueError):
+        raise ValueError(f"frame {frame!r} is not a whole number (empty for a still image)") from None
+    row = mfa_row(str(image_dir / name), _row_aus(record), _emotion(record.get("emotion"), emotion_map), group, frame,
+                  source)  # fmt: skip
+    return name, row
 
 
 def load_image_folder(
@@ -76,6 +171,9 @@ def load_image_folder(
 ) -> Dataset:
     """Read a label file (CSV, or JSON lines for `.jsonl`/`.json`/`.ndjson`) and its images into an MFA dataset.
 
+    The images stay files (the dataset holds their paths); its fingerprint covers the labels and every image's size
+    and modification time, so caches built from it (`mf2 finetune`'s pre-processing) follow edited or replaced images.
+
     Args:
         labels_file: The label file; see the module docstring for its columns.
         image_dir: Folder the `file_name`s are relative to; defaults to the label file's folder.
@@ -83,27 +181,38 @@ def load_image_folder(
         source: Value of the `source` column.
 
     Raises:
-        FileNotFoundError: Some listed images do not exist (the first few are named).
+        DataError: a missing or unknown column, an unreadable value (the line is named), or no rows.
+        MissingDataError: the label file, or some listed images, do not exist (the first few are named).
     """
     labels_file = Path(labels_file)
+    if not labels_file.is_file():
+        raise MissingDataError(f"{labels_file}: no such label file.")
     image_dir = Path(image_dir) if image_dir is not None else labels_file.parent
-    rows, missing = [], []
-    for record in _records(labels_file):
-        name = str(record.get("file_name") or "").strip()
-        if not name:
-            raise ValueError(f"{labels_file}: every record needs a `file_name`.")
+    json_lines = labels_file.suffix.lower() != ".csv"  # a CSV's header is checked once, in `_records`
+    rows, missing, stats = [], [], []
+    for number, record in _records(labels_file):
+        if json_lines:
+            _check_columns(labels_file, record, where=f":{number}")
+        try:
+            name, row = _row(record, image_dir, emotion_map, source)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{labels_file}:{number}: {error}.") from error
         path = image_dir / name
         if not path.is_file():
             missing.append(name)
             continue
-        group = str(record.get("group") or "").strip() or str(Path(name).with_suffix(""))
-        frame = record.get("frame")
-        frame = int(float(frame)) if frame not in (None, "") else -1
-        emotion = _emotion(record.get("emotion"), emotion_map)
-        rows.append(mfa_row(str(path), _row_aus(record), emotion, group, frame, source))
+        stat = path.stat()
+        rows.append(row)
+        stats.append((stat.st_size, stat.st_mtime_ns))
     if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) listed in {labels_file} are missing, e.g. {missing[:3]}.")
-    return Dataset.from_dict(rows_to_columns(rows), features=MFA_FEATURES)
+        raise MissingDataError(f"{labels_file}: {len(missing)} listed image(s) not found in {image_dir}, e.g. "
+                               f"{missing[:3]}; `file_name` is relative to the label file's folder.")  # fmt: skip
+    if not rows:
+        raise DataError(f"{labels_file}: no rows; add one line per image below the header.")
+    columns = rows_to_columns(rows)
+    dataset = Dataset.from_dict(columns, features=MFA_FEATURES)
+    fingerprint = Hasher.hash([columns, stats, source])  # the labels, and each image file's size and time
+    return Dataset(dataset.data, info=dataset.info, fingerprint=fingerprint)
 
 
-__all__ = ["load_image_folder"]
+__all__ = ["COLUMNS", "LABELS_FILE", "LABEL_FILE_SUFFIXES", "check_labelled", "find_labels_file", "load_image_folder"]

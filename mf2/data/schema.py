@@ -25,6 +25,17 @@ NUM_AUS = len(AU_NAMES)
 UNKNOWN = -1
 CAPTION_COLUMNS: tuple[str, ...] = ("au_caption", "emotion_caption", "key_au_caption")
 
+
+class DataError(ValueError):
+    """Data that cannot be read as given (a missing folder, a label file with a missing column or an unknown emotion):
+    the message is one line that names the file, the row where there is one, and the fix. The training commands print
+    it and exit with status 2."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A `DataError` about something that does not exist: a dataset path, or images a label file lists."""
+
+
 MFA_FEATURES = Features(
     {
         "image": Image(),
@@ -159,8 +170,10 @@ __all__ = [
     "AU_NAMES",
     "CAPTION_COLUMNS",
     "DEFAULT_EMOTION_MAP",
+    "DataError",
     "EMOTION_LABELS",
     "MFA_FEATURES",
+    "MissingDataError",
     "NUM_AUS",
     "UNKNOWN",
     "active_aus",

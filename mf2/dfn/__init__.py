@@ -8,6 +8,7 @@
 | `model.py`      | `DFNTuner`, the `BaseTuner`: side networks, freezing, the adapted forward pass    |
 | `peft_model.py` | `DFNModel` (the `PeftModel` users train) and `get_dfn_model`                      |
 | `cache.py`      | `DFNFeatureCache`, the on-disk cache of `DFNFeatures`                             |
+| `loading.py`    | `load_adapter` / `load_dfn_model`: a trained adapter folder on a base model       |
 
 Importing this package registers `peft_type="DFN"` with PEFT (here, once), so `get_peft_model`,
 `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` accept DFN adapters.
@@ -25,7 +26,8 @@ from .cache import DFNCachedDataset, DFNFeatureCache, collate_cached_features
 from .config import BRANCHES, DFN_PEFT_TYPE, DFN_PREFIX, MODALITIES, DFNConfig
 from .features import DFNFeatures
 from .layer import DFNCell, DFNSideNetwork, default_layer_indices
-from .model import DFNOutput, DFNTuner
+from .loading import check_adapter_folder, load_adapter, load_dfn_model
+from .model import DFNOutput, DFNTuner, checkpoint_has_text_weights
 from .peft_model import DFNModel, get_dfn_model
 
 
@@ -76,9 +78,13 @@ __all__ = [
     "DFNRegistrationError",
     "DFNSideNetwork",
     "DFNTuner",
+    "check_adapter_folder",
+    "checkpoint_has_text_weights",
     "collate_cached_features",
     "default_layer_indices",
     "get_dfn_model",
     "is_dfn_registered",
+    "load_adapter",
+    "load_dfn_model",
     "register_dfn_with_peft",
 ]

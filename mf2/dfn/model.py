@@ -6,9 +6,12 @@ computes the adapted forward pass on the backbone's features (`mf2.dfn.features`
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -381,12 +384,20 @@ def resolve_dfn_config(config: DFNConfig, model: MF2ForFacialStateRecognition) -
     if missing:
         raise ValueError(f"DFN: the base model has no {missing} branch; available: {present}.")
     has_text = all(getattr(model, f"{branch}_alignment", None) is not None for branch in config.branches)
+    # A text side built but not loaded (MF2ForPreTraining on a checkpoint without text weights, as the shipped
+    # mf2-base) is random: text cells trained by ITC against it would learn nothing, and recognition never reads them.
+    text_loaded = has_text and checkpoint_has_text_weights(getattr(model, "name_or_path", None)) is not False
     if config.modalities is None:
-        config.modalities = ["image", "text"] if has_text else ["image"]
+        config.modalities = ["image", "text"] if text_loaded else ["image"]
     if "text" in config.modalities and not has_text:
         raise ValueError(
             f"DFN: text cells need the captions' path of MF2ForPreTraining; {type(model).__name__} has no text side. "
             "Use modalities=['image']."
+        )
+    if "text" in config.modalities and not text_loaded and not config.inference_mode:
+        raise ValueError(
+            f"DFN: {model.name_or_path} holds no text weights (its text side would be random), so text cells cannot "
+            "learn; use modalities=['image'], the default for it (or load it as MF2ForFacialStateRecognition)."
         )
     num_qformer_layers = model.config.qformer_config.num_hidden_layers
     if config.layer_indices is None:
@@ -394,6 +405,26 @@ def resolve_dfn_config(config: DFNConfig, model: MF2ForFacialStateRecognition) -
     if not all(1 <= index <= num_qformer_layers for index in config.layer_indices):
         raise ValueError(f"DFN: layer_indices {config.layer_indices} must lie in 1..{num_qformer_layers}.")
     return config
+
+
+def checkpoint_has_text_weights(name_or_path: str | os.PathLike | None) -> bool | None:
+    """Whether the local checkpoint `name_or_path` holds weights of MF²'s text side (the `*_alignment` modules that
+    `MF2ForPreTraining` adds): False for the shipped `mf2-base`, which keeps only the image path and the recognisers.
+    None when it cannot tell (no local safetensors: a model built from a config, a Hub id)."""
+    if not name_or_path:
+        return None
+    folder = Path(name_or_path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            names = list(handle.keys())
+    else:
+        return None
+    return any("alignment." in name for name in names)
 
 
 def backbone_modules(model: MF2ForFacialStateRecognition) -> list[nn.Module]:
@@ -405,4 +436,4 @@ def backbone_modules(model: MF2ForFacialStateRecognition) -> list[nn.Module]:
     return modules
 
 
-__all__ = ["DFNOutput", "DFNTuner", "backbone_modules", "resolve_dfn_config"]
+__all__ = ["DFNOutput", "DFNTuner", "backbone_modules", "checkpoint_has_text_weights", "resolve_dfn_config"]

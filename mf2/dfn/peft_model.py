@@ -39,6 +39,11 @@ class DFNModel(PeftModel):
     ```
     """
 
+    def __init__(self, model: nn.Module, peft_config: DFNConfig, adapter_name: str = "default", **kwargs):
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            super().__init__(model, peft_config, adapter_name=adapter_name, **kwargs)
+
     @property
     def dfn_config(self) -> DFNConfig:
         """The active adapter's configuration."""

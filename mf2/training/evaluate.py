@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .arguments import MF2ScriptArguments, MF2TrainingArguments, parse_args
+from ..data.schema import DataError
+from .arguments import MF2ScriptArguments, MF2TrainingArguments, check_command, parse_args
 from .collator import MF2DataCollator
 from .metrics import compute_mf2_metrics, tune_au_thresholds
 from .preprocess import prepare_data
@@ -65,7 +66,8 @@ def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = Non
 def score(
     parts: dict[str, Any], config, tune: bool = False, prefix: str = "eval"
 ) -> tuple[dict[str, float], list | None]:
-    """Metrics of predictions with the config's thresholds, and with `tune` the thresholds tuned on them.
+    """Metrics of predictions with the config's thresholds, and with `tune` the thresholds tuned on them (AUs without
+    a positive label keep the config's).
 
     Returns:
         `(metrics, thresholds)`; `thresholds` is None without `tune` or when no AU is labelled.
@@ -78,29 +80,24 @@ def score(
     thresholds = None
     labels = parts["au_labels"]
     if tune and labels is not None and parts["au_probs"] is not None and (labels == 1).any():
-        thresholds = tune_au_thresholds(parts["au_probs"], labels)
+        thresholds = tune_au_thresholds(parts["au_probs"], labels, default=config.au_decision_thresholds)
         tuned = compute_mf2_metrics(au_thresholds=thresholds, **{**kwargs, "emotion_predictions": None})
         metrics.update({f"{prefix}_{k}_tuned": v for k, v in tuned.items() if k.startswith("au_f1")})
     return metrics, thresholds
 
 
 def load_recognition_model(model_name_or_path: str, adapter_name_or_path: str | None = None):
-    """The image-only recogniser of a checkpoint (text side left out), with a DFN adapter when given.
-
-    With an adapter, the AU thresholds of the adapter folder's `thresholds.json` (written by `mf2 finetune`) replace
-    the checkpoint's.
-    """
+    """The image-only recogniser of a checkpoint (text side left out), with a DFN adapter when given
+    (`mf2.dfn.load_adapter`: the AU thresholds of the adapter folder's `thresholds.json`, written by `mf2 finetune`,
+    replace the checkpoint's)."""
     from ..modeling_mf2 import MF2ForFacialStateRecognition
 
     model = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path)
     if adapter_name_or_path is None:
         return model
-    from ..dfn import DFNModel
+    from ..dfn import load_adapter
 
-    thresholds = read_thresholds(adapter_name_or_path)
-    if thresholds is not None:
-        model.config.au_thresholds = thresholds
-    return DFNModel.from_pretrained(model, adapter_name_or_path)
+    return load_adapter(model, adapter_name_or_path)
 
 
 def read_thresholds(folder: str | Path) -> list[float] | None:
@@ -176,14 +173,25 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
     return metrics
 
 
+USAGE = (
+    "--model_name_or_path MODEL [--adapter_name_or_path DIR] --eval_data SPEC [SPEC ...] --output_dir DIR [option ...]"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 evaluate`: see the module docstring; `--help` lists every option."""
+    """`mf2 evaluate`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad
+    command line or data is one line on stderr, exit status 2."""
     script_args, training_args = parse_args(
-        (MF2ScriptArguments, MF2TrainingArguments), argv, description="Evaluate an MF² checkpoint."
-    )
-    if training_args.output_dir is None:
-        raise SystemExit("mf2 evaluate: --output_dir is required.")
-    run_evaluation(script_args, training_args)
+        (MF2ScriptArguments, MF2TrainingArguments), argv, description="Evaluate an MF² checkpoint.",
+        prog="mf2 evaluate", usage=USAGE,
+    )  # fmt: skip
+    try:
+        check_command("mf2 evaluate", script_args, training_args,
+                      required=("model_name_or_path", "eval_data"))  # fmt: skip
+        run_evaluation(script_args, training_args)
+    except DataError as error:
+        print(f"mf2 evaluate: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,6 +1,9 @@
 """`mf2 finetune` / `python -m mf2.training.finetune`: DFN fine-tuning of a frozen MF² (or full fine-tuning, `--full`).
 
 ```
+# your own faces: a folder of images with a labels.csv (docs/finetuning.md), on the shipped model
+mf2 finetune --model_name_or_path mf2-base --dfn_num_layers 4 --train_data mfa:my_faces \\
+    --eval_data mfa:my_faces_valid --output_dir outputs/my-dfn
 python -m mf2.training.finetune --model_name_or_path outputs/pretrain \\
     --train_data ferplus:/data/ferplus/train.parquet ckplus:/data/ckplus/dev.parquet \\
     --eval_data ferplus:/data/ferplus/valid.parquet --output_dir outputs/dfn
@@ -41,8 +44,9 @@ from torch import nn
 from torch.utils.data import Subset
 from transformers import set_seed
 
+from ..data.schema import DataError
 from ..modeling_mf2 import MF2ForFacialStateRecognition
-from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, parse_args
+from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, check_command, parse_args
 from .collator import MF2DataCollator
 from .evaluate import predict, score, store_thresholds
 from .metrics import compute_mf2_metrics, tune_au_thresholds
@@ -172,7 +176,8 @@ def fit_and_score(
         tune_parts, _ = predict(trainer, tune_set)
         labels = tune_parts["au_labels"]
         if labels is not None and tune_parts["au_probs"] is not None and (labels == 1).any():
-            result.thresholds = tune_au_thresholds(tune_parts["au_probs"], labels)
+            result.thresholds = tune_au_thresholds(tune_parts["au_probs"], labels,
+                                                   default=config.au_decision_thresholds)  # fmt: skip
     result.parts, result.trainer_metrics = predict(trainer, score_set)
     result.metrics, tuned = score(result.parts, config, tune=tune and tune_set is None, prefix=prefix)
     if tune_set is None:
@@ -381,15 +386,25 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     return {**base_metrics, **metrics}
 
 
+USAGE = "--model_name_or_path MODEL --train_data SPEC [SPEC ...] --output_dir DIR [option ...]"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 finetune`: see the module docstring; `--help` lists every option."""
+    """`mf2 finetune`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad
+    command line or data (a missing folder, a label file with a missing column) is one line on stderr, exit status 2."""
     script_args, finetune_args, training_args = parse_args(
         (MF2ScriptArguments, MF2FinetuneArguments, MF2TrainingArguments), argv,
-        description="DFN (or full) fine-tuning of an MF² checkpoint.",
+        description="DFN (or full) fine-tuning of an MF² checkpoint. Data: `--train_data mfa:FOLDER` for a folder of "
+        "images with a labels.csv (docs/finetuning.md), or 'ferplus:FILE', 'ckplus:FILE', 'mfa:DATASET'.",
+        prog="mf2 finetune", usage=USAGE,
     )  # fmt: skip
-    if training_args.output_dir is None:
-        raise SystemExit("mf2 finetune: --output_dir is required.")
-    run_finetuning(script_args, finetune_args, training_args)
+    try:
+        check_command("mf2 finetune", script_args, training_args,
+                      required=("model_name_or_path", "train_data"))  # fmt: skip
+        run_finetuning(script_args, finetune_args, training_args)
+    except DataError as error:
+        print(f"mf2 finetune: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

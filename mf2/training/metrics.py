@@ -162,13 +162,14 @@ def compute_mf2_metrics(
 
 def tune_au_thresholds(
     au_probs: np.ndarray, au_labels: np.ndarray, grid: Sequence[float] | np.ndarray | None = None,
-    default: float = DEFAULT_THRESHOLD,
+    default: float | Sequence[float] = DEFAULT_THRESHOLD,
 ) -> list[float]:  # fmt: skip
     """Per-AU decision thresholds that maximise each AU's F1 on (validation) data.
 
     Each AU is tuned on its own labelled rows over `grid` (default 0.02, 0.03, ..., 0.98). Ties go to the threshold
     closest to `default`, so that a flat F1 curve does not drift to an extreme. An AU without a positive label keeps
-    `default`: F1 gives it nothing to tune on.
+    `default`: F1 gives it nothing to tune on. `default` is one value or one per AU (the model's own thresholds,
+    `config.au_decision_thresholds`, so that fine-tuning on data that labels a few AUs keeps the others' thresholds).
 
     Returns:
         One threshold per AU, each in (0, 1), ready for `MF2Config.au_thresholds`.
@@ -180,12 +181,13 @@ def tune_au_thresholds(
     grid = THRESHOLD_GRID if grid is None else np.asarray(grid, dtype=np.float64)
     if grid.size == 0 or (grid <= 0).any() or (grid >= 1).any():
         raise ValueError("Threshold candidates must lie strictly inside (0, 1).")
+    defaults = np.broadcast_to(np.asarray(default, dtype=np.float64), (probs.shape[1],))
     thresholds = []
     for column in range(probs.shape[1]):
         known = labels[:, column] != UNKNOWN
         truth = labels[known, column] == 1
         if not truth.any():
-            thresholds.append(float(default))
+            thresholds.append(float(defaults[column]))
             continue
         predicted = probs[known, column][None, :] >= grid[:, None]  # (G, n)
         true_positive = (predicted & truth).sum(1)
@@ -193,7 +195,7 @@ def tune_au_thresholds(
         false_negative = (~predicted & truth).sum(1)
         scores = _f1(true_positive, false_positive, false_negative)
         best = np.flatnonzero(np.isclose(scores, scores.max()))
-        thresholds.append(float(grid[best[np.argmin(np.abs(grid[best] - default))]]))
+        thresholds.append(float(grid[best[np.argmin(np.abs(grid[best] - defaults[column]))]]))
     return thresholds
 
 

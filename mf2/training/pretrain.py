@@ -25,8 +25,9 @@ from pathlib import Path
 from transformers import set_seed
 
 from ..configuration_mf2 import MF2Config
+from ..data.schema import DataError
 from ..modeling_mf2 import MF2ForPreTraining
-from .arguments import MF2ScriptArguments, MF2TrainingArguments, parse_args
+from .arguments import MF2ScriptArguments, MF2TrainingArguments, check_command, parse_args
 from .collator import MF2DataCollator
 from .evaluate import predict, score
 from .preprocess import prepare_data, split_validation
@@ -166,14 +167,25 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
     return metrics
 
 
+USAGE = (
+    "--train_data SPEC [SPEC ...] --output_dir DIR (--model_name_or_path MODEL | --vision_encoder ENC --text_encoder "
+    "ENC | --config_name CONFIG) [option ...]"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 train`: see the module docstring; `--help` lists every option."""
+    """`mf2 train`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad command
+    line or data is one line on stderr, exit status 2."""
     script_args, training_args = parse_args(
-        (MF2ScriptArguments, MF2TrainingArguments), argv, description="MF² pretraining."
-    )
-    if training_args.output_dir is None:
-        raise SystemExit("mf2 train: --output_dir is required.")
-    run_pretraining(script_args, training_args)
+        (MF2ScriptArguments, MF2TrainingArguments), argv, description="MF² pretraining.", prog="mf2 train",
+        usage=USAGE,
+    )  # fmt: skip
+    try:
+        check_command("mf2 train", script_args, training_args, required=("train_data",))
+        run_pretraining(script_args, training_args)
+    except DataError as error:
+        print(f"mf2 train: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,7 +96,8 @@ def test_collator_builds_the_model_batch(dataset, tiny_setup, tmp_path):
 def test_data_specs_and_splits():
     spec = DataSpec.parse("ferplus:/data/ferplus/train.parquet,max_samples=600,seed=3")
     assert (spec.source, spec.path, spec.max_samples, spec.seed) == ("ferplus", "/data/ferplus/train.parquet", 600, 3)
-    assert spec.backend("dlib") == "template" and DataSpec.parse("ckplus:/x.parquet").backend("template") == "dlib"
+    # FER+ crops are aligned like any face (one geometry), never read as already aligned
+    assert spec.backend("template") == "dlib" and DataSpec.parse("ckplus:/x.parquet").backend("template") == "dlib"
     with pytest.raises(ValueError):
         DataSpec.parse("imagenet:/x")
 
@@ -124,7 +125,8 @@ def test_ferplus_training_crops_are_the_inference_crops(data_dir, tmp_path):
     rows, summary = prepare_data([spec], MF2ImageProcessor(size=112), tmp_path)
     assert set(summary[0]["landmark_backends"]) <= {"dlib", "template-fallback"}
     assert summary[0]["landmark_backends"].get("dlib", 0) >= 8  # most 48-px faces are found on the upscaled copy
-    images = [Image.open(io.BytesIO(cell["bytes"])) for cell in load_source(DataSpec.parse(spec))["image"]]
+    cells = load_source(DataSpec.parse(spec))["image"]
+    images = [Image.open(io.BytesIO(cell["bytes"])) if isinstance(cell, dict) else cell for cell in cells]
     shipped = MF2ImageProcessor.from_pretrained(str(default_model_path()))
     inference = shipped(images, no_face="fallback", do_normalize=False, return_tensors="np")
     assert list(inference["landmark_backend"]) == list(rows["landmark_backend"])

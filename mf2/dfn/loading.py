@@ -1,0 +1,98 @@
+"""Running a trained DFN adapter: an MF² model plus the folder `mf2 finetune` writes (`adapter_config.json`,
+`adapter_model.safetensors` and the AU thresholds tuned on its evaluation data, `thresholds.json`).
+
+```python
+>>> import mf2
+>>> from transformers import pipeline
+>>> pipe = pipeline("facial-state", model="mf2-base", adapter="outputs/my-dfn")  # `load_adapter` on its model
+>>> from mf2.dfn import load_dfn_model
+>>> model = load_dfn_model("mf2-base", "outputs/my-dfn")  # the same adapted model, for your own code
+```
+
+Which cells an adapter has is decided when it is built (`DFNConfig.modalities`, `resolve_dfn_config`): image cells only
+on a base model without text weights, such as the shipped `mf2-base` (`checkpoint_has_text_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .config import DFN_PEFT_TYPE
+from .model import checkpoint_has_text_weights
+from .peft_model import DFNModel
+
+ADAPTER_CONFIG = "adapter_config.json"
+THRESHOLDS_FILE = "thresholds.json"  # = mf2.training.evaluate.THRESHOLDS_FILE, which writes it
+"""Beside the adapter: `{"au_thresholds": [...]}`, the per-AU thresholds tuned on `mf2 finetune`'s evaluation data."""
+
+
+def read_thresholds(folder: str | os.PathLike) -> list[float] | None:
+    """AU thresholds from `<folder>/thresholds.json`, if the folder is local and has one."""
+    path = Path(folder) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    return [float(value) for value in json.loads(path.read_text(encoding="utf-8"))["au_thresholds"]]
+
+
+def check_adapter_folder(adapter_name_or_path: str | os.PathLike) -> None:
+    """Raise a `ValueError` naming the fix when a local `adapter_name_or_path` is not a DFN adapter folder (names that
+    are no local path are left to PEFT, as Hub ids)."""
+    path = Path(adapter_name_or_path).expanduser()
+    if not path.exists():
+        text = os.fspath(adapter_name_or_path)
+        if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+            raise ValueError(f"adapter {text}: no such folder; pass the --output_dir of `mf2 finetune`.")
+        return
+    if not path.is_dir():
+        raise ValueError(f"adapter {path} is a file; pass the adapter's folder (the --output_dir of `mf2 finetune`).")
+    config = path / ADAPTER_CONFIG
+    if not config.is_file():
+        what = "a saved model (config.json), not an adapter" if (path / "config.json").is_file() else "no adapter"
+        raise ValueError(f"adapter {path} holds {what}: no {ADAPTER_CONFIG}; pass the --output_dir of `mf2 finetune`.")
+    peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    if peft_type != DFN_PEFT_TYPE:
+        raise ValueError(f"adapter {path} is a {peft_type} adapter; MF² runs DFN adapters (`mf2 finetune`).")
+
+
+def load_adapter(model: nn.Module, adapter_name_or_path: str | os.PathLike, adapter_name: str = "default") -> DFNModel:
+    """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path`, ready for
+    inference (eval mode, nothing trainable); the adapter folder's tuned AU thresholds (`thresholds.json`) replace
+    those of `model.config`, which the adapted model shares.
+
+    Raises:
+        ValueError: a local folder that is not a DFN adapter (one line naming the fix).
+    """
+    check_adapter_folder(adapter_name_or_path)
+    thresholds = read_thresholds(adapter_name_or_path)
+    if thresholds is not None:
+        model.config.au_thresholds = thresholds
+    adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name)
+    return adapted.eval()
+
+
+def load_dfn_model(
+    model_name_or_path: str | os.PathLike, adapter_name_or_path: str | os.PathLike, **kwargs
+) -> DFNModel:
+    """The image-only recogniser of a checkpoint (`MF2ForFacialStateRecognition`: no text side, so nothing of a
+    checkpoint without text weights is missing) with a DFN adapter, as `load_adapter` makes it. `kwargs` go to
+    `from_pretrained` (`dtype`, `device_map`, ...); `"mf2-base"` is the shipped model."""
+    from ..modeling_mf2 import MF2ForFacialStateRecognition
+
+    check_adapter_folder(adapter_name_or_path)
+    base = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path, **kwargs)
+    return load_adapter(base, adapter_name_or_path)
+
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "THRESHOLDS_FILE",
+    "check_adapter_folder",
+    "checkpoint_has_text_weights",
+    "load_adapter",
+    "load_dfn_model",
+    "read_thresholds",
+]
