@@ -177,12 +177,15 @@ class VisionTokenCollator:
         with_captions: tokenise the examples' captions (pretraining), as `MF2DataCollator` does.
         branches: passed to the model (`("emotion",)` skips AU-VL when a stage has no AU targets).
         max_au_captions: as in `MF2DataCollator`.
+        keep_ids: keep the examples' `example_ids` in the batch (for a wrapper that reads them and removes them,
+            `mf2.training.emotion_targets.SoftEmotionTargets`); the models take no such argument.
     """
 
     processor: Any = None
     with_captions: bool = False
     branches: tuple[str, ...] | None = None
     max_au_captions: int | None = None
+    keep_ids: bool = False
 
     def __post_init__(self):
         self._captioner = None
@@ -198,8 +201,9 @@ class VisionTokenCollator:
             raise ValueError("VisionTokenCollator got an empty batch.")
         tensors = [name for name, value in examples[0].items() if isinstance(value, torch.Tensor)]
         batch: dict[str, Any] = {name: torch.stack([example[name] for example in examples]) for name in tensors}
-        if "example_id" in batch:
-            batch["example_ids"] = batch.pop("example_id")
+        ids = batch.pop("example_id", batch.pop("example_ids", None))
+        if self.keep_ids and ids is not None:
+            batch["example_ids"] = ids
         if self._captioner is not None:
             batch.update(self._captioner.captions(examples))
         if self.branches is not None:

@@ -52,7 +52,8 @@ def class_weights(distributions: np.ndarray, power: float = 0.5) -> np.ndarray:
 
 
 class SoftEmotionTargets:
-    """A collator wrapper: `labels` = the vote distribution of each example (by `example_ids`), no `emotion_labels`.
+    """A collator wrapper: `labels` = the vote distribution of each example (by `example_ids`, then removed: the model
+    takes no such argument), no `emotion_labels`.
 
     Args:
         collator: the collator whose batches carry `example_ids`.
@@ -69,7 +70,7 @@ class SoftEmotionTargets:
         if "example_ids" not in batch:
             raise ValueError("SoftEmotionTargets needs `example_ids` in the batch.")
         majority = batch.pop("emotion_labels")
-        targets = self.distributions[batch["example_ids"]]
+        targets = self.distributions[batch.pop("example_ids")]
         if self.mix:
             targets = (1 - self.mix) * targets + self.mix * torch.nn.functional.one_hot(majority, targets.shape[1])
         batch["labels"] = targets

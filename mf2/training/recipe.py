@@ -272,7 +272,7 @@ class Recipe(CKPlusStages):
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("pretrain") / "model"))
         model.mf2.apply_vision_freezing()
         train = VisionTokenDataset(self.tokens(model, "ferplus_train", True))
-        collator, loss = self.emotion_targets(VisionTokenCollator(branches=("emotion",)))
+        collator, loss = self.emotion_targets()
         settings = self.settings
         vision = [p for p in model.mf2.vision_model.parameters() if p.requires_grad]
         vision_ids = {id(p) for p in vision}
@@ -292,10 +292,11 @@ class Recipe(CKPlusStages):
         self._write("emotion/metrics.json", metrics)
         logger.info("FER+ valid after the emotion stage: %s", {k: round(v, 4) for k, v in metrics.items()})
 
-    def emotion_targets(self, collator):
+    def emotion_targets(self):
         """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
         the majority labels and the model's own loss."""
         settings = self.settings
+        collator = VisionTokenCollator(branches=("emotion",), keep_ids=settings.soft_targets)
         if not settings.soft_targets:
             return collator, None
         groups = self.dataset("ferplus_train")["group"]
