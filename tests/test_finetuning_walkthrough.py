@@ -86,10 +86,6 @@ def test_the_adapter_changes_the_pipeline_outputs(walkthrough):
 
 
 def test_mf2_analyze_runs_the_adapter(walkthrough):
-    from mf2 import analyze
-
-    if not any("--adapter" in action.option_strings for action in analyze.build_parser()._actions):
-        pytest.skip("mf2/analyze.py takes no --adapter yet: it builds its parser with mf2.analyze_parser's")
     folder = walkthrough[0]
     done = run(["mf2", "analyze", "my_faces/smile.png", "--adapter", "outputs/my-dfn", "--no-progress"], folder)
     assert done.returncode == 0, done.stderr[-3000:]
