@@ -3,6 +3,7 @@
     python benchmarks/benchmark_video_memory.py                  # 3,000 frames of 128x128, every frame analysed
     python benchmarks/benchmark_video_memory.py --clip face      # 640x480 moving face: dlib, tracking (the default)
     python benchmarks/benchmark_video_memory.py --clip faceless --frames 20000 --annotate   # issue #21's check
+    python benchmarks/benchmark_video_memory.py --clip face --frames 1500 --reports   # tracks, --summary, --plot
 
 The default video is synthetic (a gradient that moves), analysed with the `template` landmark back-end so that every
 frame goes through the model. `--clip face` is the example photo moving about a 640x480 frame as a head does
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--clip", choices=("gradient", "face", "faceless"), default="gradient",
                         help="what the video shows, and how it is analysed (see above)")  # fmt: skip
     parser.add_argument("--annotate", action="store_true", help="also write an annotated PNG per frame")
+    parser.add_argument("--reports", action="store_true", help="also --all-faces --summary and --plot (each track's "
+                        "running sums and timeline are held until the video ends)")  # fmt: skip
     parser.add_argument("--report-every", type=float, default=30.0, metavar="SECONDS",
                         help="seconds between two progress lines (default 30)")  # fmt: skip
     parser.add_argument("--workdir", default=None, help="where the video, the output and the PNGs go (a temporary "
@@ -117,6 +120,14 @@ def main() -> None:
               f"({video.stat().st_size / 1e6:.1f} MB)", flush=True)  # fmt: skip
         if annotated is not None:
             command += ["--annotate", str(annotated)]
+        if args.reports:
+            command += [
+                "--all-faces",
+                "--summary",
+                str(Path(folder) / "summary.csv"),
+                "--plot",
+                str(Path(folder) / "plots"),
+            ]
         if args.model:
             command += ["--model", args.model]
         print("running:", " ".join(command[1:]), flush=True)

@@ -3,11 +3,16 @@
 ```bash
 mf2 analyze examples/images --output results.jsonl --annotate annotated/
 mf2 analyze clip.mp4 --video-fps 5 --output clip.csv
+mf2 analyze interview.mp4 --all-faces -o faces.jsonl --summary people.csv --plot timelines/
 mf2 analyze photos/ --model path/or/hub-id --batch-size 16 --device cuda --explain
 ```
 
 One record per face (an image without a face gives one record with `"face": null`, an unreadable file one with
-`"error"`, and the run goes on); `face` numbers an image's (or video frame's) faces and `faces` counts them. Records
+`"error"`, and the run goes on); `face` numbers an image's (or video frame's) faces and `faces` counts them. A video's
+faces also carry `track`, the person: the same number from frame to frame (`mf2.face_identity`). `--summary FILE.csv`
+adds one row per video and track (first and last time, frames seen, each AU's mean probability and share of frames
+active, each emotion's share of frames), `--plot DIR` a PNG timeline per video and track (`mf2.track_report`); both
+are outputs, kept away from the inputs as `--output` and `--annotate` are. Records
 are written as each input is done, in input order, the records of one image or frame in one write and a flush: a
 killed run's output holds whole inputs but for the last one, which `--resume` analyses again. `--annotate DIR` writes a PNG per image (per sampled frame for videos) with the face
 box, landmarks and AU boxes (`mf2.visualization.annotate`) and a panel with the emotion and one probability
@@ -65,7 +70,9 @@ from .analyze_checks import (
     check_device,
     check_model,
     check_outputs,
+    check_reports,
     check_runtime,
+    plot_names,
 )
 from .analyze_parser import build_parser
 from .analyze_shards import annotation_names, device_for, launched, run_sharded
@@ -76,12 +83,14 @@ from .default_model import (
     model_identity,
     silence_loading_bars,
 )
+from .face_identity import DEFAULT_MAX_GAP
 from .image_loading import AnimatedImageWarning
 from .image_processing_mf2 import FALLBACK_LABEL, NoFaceError, search_scale, search_warning
 from .inputs import InputPath, ReadImage, expand_paths, read_image
 from .landmarks import MissingBackendError, MissingModelFileError
 from .pipeline_mf2 import InputError, NonFiniteOutputError
 from .records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
+from .track_report import VideoTracks, summary_columns, write_summary_rows
 from .video import VideoDecodeError, is_video, video_info
 from .visualization import annotate
 
@@ -190,7 +199,26 @@ class _Run:
         self.progress_off = True if args.no_progress else None  # None: tqdm is off when stderr is not a terminal
         self.used_names: set[str] = set()
         self.names: dict[str, str] = {}  # images' PNG names fixed in advance (runs in parts: `annotation_names`)
-        self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0}
+        self.counts = {"records": 0, "faces": 0, "errors": 0, "warnings": 0, "tracks": 0}
+        config = pipe.model.config
+        self.au_names, self.emotion_labels = list(config.au_names), list(config.emotion_labels)
+        self.summary = None  # --summary: the CSV, its header written now, a video's rows when the video is done
+        if getattr(args, "summary", None) is not None:
+            self.summary = open_output(args.summary)
+            self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
+            self._write_summary([], header=True)
+        self.plot_dir = Path(args.plot) if getattr(args, "plot", None) else None
+        self.plot_stems: dict[str, str] = {}  # --plot: each video's PNG stem (`plot_names`)
+        if self.plot_dir is not None:
+            try:
+                self.plot_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise AnalyzeError(f"cannot create the --plot folder {self.plot_dir} ({error.strerror or error}); give "
+                                   "--plot a writable place") from error  # fmt: skip
+
+    def close(self) -> None:
+        if self.summary is not None:
+            self.summary.close()
 
     def emit(self, records: list[dict[str, Any]]) -> None:
         """The records of one input (an image, a video frame, a failed file): written together, at once."""
@@ -214,14 +242,18 @@ class _Run:
     def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
         name = self.names.get(str(path)) if frame is None else None
         name = name or annotation_name(path, frame, self.used_names)
+        drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)
+        self._save_png(drawn, self.annotate_dir, name, "--annotate", "annotated image")
+
+    def _save_png(self, drawn: Image.Image, folder: Path, name: str, option: str, what: str) -> None:
+        """`drawn` as `folder/name`, marked as mf2 analyze's (`ANNOTATION_MARK`), written aside and renamed."""
         try:
-            check_annotation_target(self.annotate_dir, name)  # checked before the run; a file may have come since
+            check_annotation_target(folder, name, option)  # checked before the run; a file may have come since
         except OutputClashError as error:
             raise AnalyzeError(str(error)) from error
         mark = PngInfo()
         mark.add_text(*ANNOTATION_MARK)
-        drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)
-        target = self.annotate_dir / name
+        target = folder / name
         temporary = target.with_name(f".{name}.writing")  # whole PNGs only: written aside, then renamed
         try:
             drawn.save(temporary, format="PNG", pnginfo=mark)
@@ -230,10 +262,30 @@ class _Run:
             temporary.unlink(missing_ok=True)
             if isinstance(error, OSError):
                 raise AnalyzeError(
-                    f"cannot write the annotated image {target} ({error.strerror or error}); the records before it "
-                    f"are whole: free some space and rerun with --resume"
+                    f"cannot write the {what} {target} ({error.strerror or error}); the records before it are whole: "
+                    f"free some space and rerun with --resume"
                 ) from error
             raise
+
+    def _write_summary(self, rows: list[dict[str, Any]], header: bool = False) -> None:
+        try:
+            write_summary_rows(self.summary, rows, self.summary_columns, header)
+        except OSError as error:
+            raise AnalyzeError(f"cannot write the summary {self.args.summary} ({error.strerror or error}); free some "
+                               "space and run again") from error  # fmt: skip
+
+    def report(self, path: Path, tracks: VideoTracks) -> None:
+        """A video's `--summary` rows and `--plot` timelines, once the video is done (or stopped by a decode error)."""
+        self.counts["tracks"] += len(tracks.tracks)
+        if self.summary is not None:
+            self._write_summary(tracks.rows(str(path)))
+        if self.plot_dir is None:
+            return
+        stem = self.plot_stems.get(str(path)) or path.stem or "video"
+        for number in sorted(tracks.tracks):
+            title = f"{path.name} - track {number}"
+            self._save_png(tracks.image(number, title, self.thresholds), self.plot_dir, f"{stem}_track{number}.png",
+                           "--plot", "timeline")  # fmt: skip
 
     def run(self, files: list[InputPath]) -> None:
         """Every input in the order given: each stretch of images streams through the pipeline together, each video
@@ -322,11 +374,17 @@ class _Run:
             call["no_face"] = "skip"  # one face-less frame must not end a video: it gives a face-less record
         frames = self.pipe.video(
             path, fps=args.video_fps, every=args.every_n_frames, batch_size=args.batch_size,
-            return_frames=self.annotate_dir is not None, detect_every=args.detect_every, **call,
+            return_frames=self.annotate_dir is not None, detect_every=args.detect_every,
+            max_gap=getattr(args, "max_gap", DEFAULT_MAX_GAP), **call,
         )  # fmt: skip
+        tracks = None
+        if self.summary is not None or self.plot_dir is not None:
+            tracks = VideoTracks(self.au_names, self.emotion_labels)
         bar = tqdm(total=total, desc=path.name, unit="frame", disable=self.progress_off, file=sys.stderr)
         try:
             for result in frames:
+                if tracks is not None:
+                    tracks.add(result["time"], result["faces"])
                 source = {"path": str(path), "frame": result["frame"], "time": result["time"]}
                 faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
                 if self.annotate_dir is not None:
@@ -340,6 +398,8 @@ class _Run:
             self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
         finally:
             bar.close()
+        if tracks is not None:  # the frames analysed, also of a video that stopped early
+            self.report(path, tracks)
 
 
 def _with_warnings(records: list[dict[str, Any]], search_note: str | None, *notes: str | None) -> list[dict]:
@@ -403,6 +463,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         files = expand_paths(args.paths, recursive=not args.no_recursive)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    check_reports(args, files)
     # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
     check_outputs(args, files, annotation_names(files) if args.annotate is not None else {})
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
@@ -412,6 +473,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     processes = launched()
     if (processes.distributed or args.resume) and args.output == "-":
         raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
+    if (processes.distributed or args.resume) and (args.summary is not None or args.plot is not None):
+        raise UsageError(f"{'--summary' if args.summary is not None else '--plot'} needs one whole run over the "
+                         "videos: drop --resume, and run in one process")  # fmt: skip
     args.device = device_for(processes, args.device)
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     check_detection_size(pipe.image_processor, args.max_detection_size)
@@ -433,6 +497,10 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         summary += f" in {args.output}"
     if args.annotate:
         summary += f"; annotated PNGs in {args.annotate}"
+    if args.summary or args.plot:
+        where = [f"summary in {args.summary}"] if args.summary else []
+        where += [f"timelines in {args.plot}"] if args.plot else []
+        summary += f"; {counts['tracks']} track(s), {' and '.join(where)}"
     print(f"mf2 analyze: {summary}", file=sys.stderr)
     if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
         print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
@@ -447,7 +515,11 @@ def _analyse(args, pipe, output: TextIO, fmt: str, common: dict[str, Any], files
         writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
         run = _Run(args, pipe, writer, common)
         run.names = names or {}
-        run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
+        run.plot_stems = plot_names(files) if getattr(args, "plot", None) else {}
+        try:
+            run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
+        finally:
+            run.close()
     return run.counts
 
 

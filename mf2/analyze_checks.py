@@ -73,9 +73,51 @@ def check_runtime(args: argparse.Namespace) -> None:
         raise UsageError(f"--onnx-model {args.onnx_model}: no such file (write it with `mf2 export --output FILE`)")
 
 
-def check_annotate(name: str | None) -> None:
+def check_annotate(name: str | None, option: str = "--annotate") -> None:
     if name is not None and Path(name).exists() and not Path(name).is_dir():
-        raise UsageError(f"--annotate {name} is an existing file; --annotate takes a folder (new or existing)")
+        raise UsageError(f"{option} {name} is an existing file; {option} takes a folder (new or existing)")
+
+
+def check_reports(args: argparse.Namespace, files: list) -> None:
+    """`--summary FILE` and `--plot DIR` report on videos' tracks: refused (`UsageError`) without a video among the
+    inputs, with `--summary -`, a `--summary` that is a folder, or a `--plot` that is a file or the `--annotate`
+    folder."""
+    from .video import is_video
+
+    if args.summary is None and args.plot is None:
+        return
+    option = "--summary" if args.summary is not None else "--plot"
+    if not any(is_video(path) for path in files):
+        raise UsageError(f"{option} reports on the people (tracks) of videos, and none of the inputs is a video")
+    if args.summary is not None:
+        if args.summary == "-":
+            raise UsageError("--summary takes a file name (the records go to standard output)")
+        if Path(args.summary).is_dir():
+            raise UsageError(f"--summary {args.summary} is a folder; --summary takes a file (FILE.csv)")
+    check_annotate(args.plot, "--plot")
+    if args.plot is not None and args.annotate is not None and _same_place(args.plot, args.annotate):
+        raise UsageError(f"--plot {args.plot} is the --annotate folder; give the timelines a folder of their own")
+
+
+def _same_place(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b) or (_key(a) is not None and _key(a) == _key(b))
+
+
+def plot_names(files: list) -> dict[str, str]:
+    """The `--plot` PNG stem of every video among `files` (`<stem>_track<N>.png` then), unique over the run, in
+    input order: two videos of one name in two folders do not write over each other's timelines."""
+    from .video import is_video
+
+    used: set[str] = set()
+    names = {}
+    for path in dict.fromkeys(path for path in files if isinstance(path, Path) and is_video(path)):
+        stem, k = path.stem or "video", 1
+        name = stem
+        while name in used:
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name)
+        names[str(path)] = name
+    return names
 
 
 class OutputClashError(UsageError):
@@ -103,13 +145,13 @@ def is_annotation(path: Path) -> bool:
         return False
 
 
-def check_annotation_target(folder: Path, name: str) -> None:
-    """Raise `OutputClashError` when `folder/name` exists and is not an mf2 annotation: `--annotate` never replaces
-    a file it did not write."""
+def check_annotation_target(folder: Path, name: str, option: str = "--annotate") -> None:
+    """Raise `OutputClashError` when `folder/name` exists and is not a PNG mf2 analyze wrote (it carries
+    `ANNOTATION_MARK`): `--annotate` and `--plot` never replace a file they did not write."""
     target = folder / name
     if (target.exists() or target.is_symlink()) and not is_annotation(target):
-        raise OutputClashError("--annotate", str(folder), "would overwrite", str(target), "it is not an annotation "
-                               "mf2 wrote; move it, or give --annotate another folder")  # fmt: skip
+        raise OutputClashError(option, str(folder), "would overwrite", str(target), "it is not a PNG mf2 analyze "
+                               f"wrote; move it, or give {option} another folder")  # fmt: skip
 
 
 def _key(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -133,55 +175,77 @@ def _within(path: Path, folders: dict[tuple[int, int], str], deep: bool) -> str 
 
 
 def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict[str, str]) -> None:
-    """Outputs never touch inputs. Raise `OutputClashError` for an `--output` that is an input file, or an image or
-    video name inside an input folder (a later run would read it as an input); for an `--annotate` folder that is an
-    input folder or inside one, or that holds an input file; and for a file `--annotate` would replace that is not
-    an mf2 annotation. `files` are the expanded inputs (URLs are `str`), `args.paths` as given, `names` the images'
-    annotation PNG names (`mf2.analyze_shards.annotation_names`)."""
+    """Outputs never touch inputs. Raise `OutputClashError` for an `--output` or `--summary` that is an input file,
+    or an image or video name inside an input folder (a later run would read it as an input), or a `--summary` that
+    is the `--output`; for an `--annotate` or `--plot` folder that is an input folder or inside one, or that holds an
+    input file; and for a file `--annotate` or `--plot` would replace that is not a PNG mf2 analyze wrote. `files`
+    are the expanded inputs (URLs are `str`), `args.paths` as given, `names` the images' annotation PNG names
+    (`mf2.analyze_shards.annotation_names`)."""
     from .inputs import IMAGE_EXTENSIONS
     from .video import VIDEO_EXTENSIONS, is_video
 
     recursive = not args.no_recursive
     folders = {_key(name): name for name in args.paths if Path(name).is_dir()}
     local = [path for path in files if isinstance(path, Path)]
-    if args.output != "-":
-        output = Path(args.output)
+    what = {"--output": "the records", "--summary": "the summary"}
+    for option, name in (("--output", args.output), ("--summary", getattr(args, "summary", None))):
+        if name is None or name == "-":
+            continue
+        output = Path(name)
         key = _key(output)
         clash = next((path for path in local if key is not None and _key(path) == key), None)
         if clash is not None:
-            raise OutputClashError("--output", args.output, "is the input", str(clash), "write the records to a file "
+            raise OutputClashError(option, name, "is the input", str(clash), f"write {what[option]} to a file "
                                    "outside the inputs")  # fmt: skip
         listed = output.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS  # the name a folder's listing takes
         folder = _within(output, folders, recursive) if listed else None
         if folder is not None:
-            raise OutputClashError("--output", args.output, "is an image or video name inside the input folder",
-                                   folder, "a later run would read it as an input: write the records outside the "
-                                   "input folders")  # fmt: skip
-    if args.annotate is None:
-        return
-    annotate = Path(args.annotate)
-    folder = _within(annotate / "_", folders, deep=True)  # the folder itself, or one above it
-    if folder is not None:
-        raise OutputClashError("--annotate", args.annotate, "is, or is inside, the input folder", folder, "its PNGs "
-                               "could replace the inputs and a later run would analyse them: give --annotate a "
-                               "folder outside the inputs")  # fmt: skip
-    key = _key(annotate)
+            raise OutputClashError(option, name, "is an image or video name inside the input folder", folder,
+                                   f"a later run would read it as an input: write {what[option]} outside the input "
+                                   "folders")  # fmt: skip
+    summary = getattr(args, "summary", None)
+    if summary is not None and args.output != "-" and _same_place(summary, args.output):
+        raise OutputClashError("--summary", summary, "is the --output file", args.output, "give the summary a file "
+                               "of its own")  # fmt: skip
+    if args.annotate is not None:
+        annotate = Path(args.annotate)
+        _check_png_folder("--annotate", annotate, folders, local)
+        if _key(annotate) is not None:  # an existing folder: what it would overwrite is checked
+            for name in names.values():
+                check_annotation_target(annotate, name)
+            for video in dict.fromkeys(path for path in local if is_video(path)):
+                frame = re.compile(re.escape(video.stem) + r"_frame\d{6}(-\d+)?\.png")
+                for existing in sorted(annotate.glob(glob.escape(video.stem) + "_frame*.png")):
+                    if frame.fullmatch(existing.name):
+                        check_annotation_target(annotate, existing.name)
+    if getattr(args, "plot", None) is not None:
+        plot = Path(args.plot)
+        _check_png_folder("--plot", plot, folders, local)
+        if _key(plot) is not None:
+            for stem in plot_names(files).values():
+                timeline = re.compile(re.escape(stem) + r"_track\d+\.png")
+                for existing in sorted(plot.glob(glob.escape(stem) + "_track*.png")):
+                    if timeline.fullmatch(existing.name):
+                        check_annotation_target(plot, existing.name, "--plot")
+
+
+def _check_png_folder(option: str, folder: Path, inputs: dict, local: list[Path]) -> None:
+    """A folder of PNGs (`--annotate`, `--plot`) is not an input folder, nor inside one, and holds no input."""
+    within = _within(folder / "_", inputs, deep=True)  # the folder itself, or one above it
+    if within is not None:
+        raise OutputClashError(option, str(folder), "is, or is inside, the input folder", within, "its PNGs could "
+                               f"replace the inputs and a later run would analyse them: give {option} a folder "
+                               "outside the inputs")  # fmt: skip
+    key = _key(folder)
     if key is None:  # a new folder: nothing in it to overwrite
         return
     clash = next((path for path in local if _key(path.parent) == key), None)
     if clash is not None:
-        raise OutputClashError("--annotate", args.annotate, "holds the input", str(clash), "give --annotate a "
-                               "folder without inputs")  # fmt: skip
-    for name in names.values():
-        check_annotation_target(annotate, name)
-    for video in dict.fromkeys(path for path in local if is_video(path)):
-        frame = re.compile(re.escape(video.stem) + r"_frame\d{6}(-\d+)?\.png")
-        for existing in sorted(annotate.glob(glob.escape(video.stem) + "_frame*.png")):
-            if frame.fullmatch(existing.name):
-                check_annotation_target(annotate, existing.name)
+        raise OutputClashError(option, str(folder), "holds the input", str(clash), f"give {option} a folder without "
+                               "inputs")  # fmt: skip
 
 
 __all__ = [
     "ANNOTATION_MARK", "AnalyzeError", "OutputClashError", "UsageError", "check_annotate", "check_annotation_target",
-    "check_device", "check_model", "check_outputs", "check_runtime", "is_annotation",
+    "check_device", "check_model", "check_outputs", "check_reports", "check_runtime", "is_annotation", "plot_names",
 ]  # fmt: skip

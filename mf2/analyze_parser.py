@@ -15,6 +15,7 @@ from typing import Any
 
 from .analyze_checks import UsageError
 from .default_model import DEFAULT_MODEL_NAME
+from .face_identity import DEFAULT_MAX_GAP
 from .face_tracking import DEFAULT_DETECT_EVERY
 
 DEFAULT_BATCH_SIZE = 16
@@ -50,6 +51,7 @@ def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool], requi
 
 _positive_int = _checked(int, lambda value: value >= 1, "a whole number >= 1")
 _positive_float = _checked(float, lambda value: math.isfinite(value) and value > 0, "a number > 0")
+_seconds = _checked(float, lambda value: math.isfinite(value) and value >= 0, "a number of seconds >= 0")
 _probability = _checked(float, lambda value: 0.0 <= value <= 1.0, "a probability from 0 to 1")
 _detection_size = _checked(int, lambda value: value >= 64, "a whole number of pixels >= 64")  # as the processor's
 
@@ -121,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, help="in videos, search "
                         f"for faces every N sampled frames and follow them in between (default {DEFAULT_DETECT_EVERY}; "
                         "1 searches every frame)")  # fmt: skip
+    parser.add_argument("--max-gap", type=_seconds, default=DEFAULT_MAX_GAP, metavar="SECONDS", help="in videos, "
+                        "how long a person may be out of sight (occluded, missed, out of view) and come back with "
+                        f"their track (default {DEFAULT_MAX_GAP:g})")  # fmt: skip
+    parser.add_argument("--summary", metavar="FILE.csv", help="videos: one CSV row per video and track (person): "
+                        "first and last time, frames seen, each AU's mean probability and share of frames active, "
+                        "each emotion's share of frames")  # fmt: skip
+    parser.add_argument("--plot", metavar="DIR", help="videos: a PNG timeline per video and track in the folder DIR "
+                        "(outside the input folders): the 12 AUs and the emotion over time")  # fmt: skip
     parser.add_argument("--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 "
                         "(default: the model's)")  # fmt: skip
     parser.add_argument("--top-k", type=_positive_int, default=3, help="emotions listed per face (default 3)")

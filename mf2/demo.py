@@ -80,15 +80,17 @@ def photo_handler(pipe, workdir: Path):
 
 
 def video_handler(pipe, workdir: Path):
-    """The handler of video uploads, a generator: Gradio shows each yield, so the table and curves grow as the
-    video streams through the pipeline, under a progress bar."""
+    """The handler of video uploads, a generator: Gradio shows each yield, so the tables and curves grow as the
+    video streams through the pipeline, under a progress bar; each person's timeline comes with the last."""
     import gradio as gr
     import pandas as pd
 
     def outputs(update, final: bool) -> tuple[Any, ...]:
         record_file = str(write_record(update.records, workdir, "mf2-video")) if final and update.records else None
         curves = pd.DataFrame(update.curves or [], columns=["time", "AU", "probability"])
-        return _message(update.message), pd.DataFrame(update.rows), curves, record_file
+        timelines = update.timelines or None
+        return (_message(update.message), pd.DataFrame(update.rows), curves, record_file, pd.DataFrame(update.people),
+                timelines)  # fmt: skip
 
     def handle(path: str | None, fps: float, progress=gr.Progress()):  # noqa: B008 - Gradio's documented idiom
         def report(count: int, total: int | None) -> None:
@@ -101,9 +103,9 @@ def video_handler(pipe, workdir: Path):
             if update is not None:
                 yield outputs(update, final=True)
         except DemoInputError as error:
-            yield _message(str(error), error=True), None, None, None
+            yield _message(str(error), error=True), None, None, None, None, None
         except Exception as error:  # noqa: BLE001
-            yield _unexpected(error), None, None, None
+            yield _unexpected(error), None, None, None, None, None
 
     return handle
 
@@ -174,12 +176,18 @@ def _video_tab(pipe, workdir: Path) -> None:
         with gr.Column():
             fps = gr.Slider(1, 15, value=VIDEO_FPS, step=1, label="Frames analysed per second of video")
             start = gr.Button("Analyse the video", variant="primary")
-            status = gr.Markdown("The largest face of each sampled frame is analysed.", elem_id="mf2-video-status")
-    curves = gr.LinePlot(x="time", y="probability", color="AU", y_lim=[0, 1], title="AU probabilities over time",
-                         x_title="time (s)", height=320)  # fmt: skip
-    table = gr.Dataframe(label="Results per frame", interactive=False, wrap=True)
+            status = gr.Markdown("Every face of each sampled frame is analysed and followed from frame to frame: "
+                                 "`track` numbers the people.", elem_id="mf2-video-status")  # fmt: skip
+    people = gr.Dataframe(label="People (tracks)", interactive=False, wrap=True)
+    curves = gr.LinePlot(x="time", y="probability", color="AU", y_lim=[0, 1],
+                         title="AU probabilities over time (the person seen most)", x_title="time (s)",
+                         height=320)  # fmt: skip
+    timelines = gr.Gallery(label="Timeline of each person: AUs (red: active) and emotion over time", columns=1,
+                           height="auto", format="png")  # fmt: skip
+    table = gr.Dataframe(label="Results per face and frame", interactive=False, wrap=True)
     record_file = gr.File(label="JSON lines (download)", interactive=False)
-    start.click(video_handler(pipe, workdir), inputs=[video, fps], outputs=[status, table, curves, record_file])
+    start.click(video_handler(pipe, workdir), inputs=[video, fps],
+                outputs=[status, table, curves, record_file, people, timelines])  # fmt: skip
 
 
 def build_demo(pipe, workdir: str | Path, examples: list[str] | None = None):

@@ -53,12 +53,18 @@ class ImageResult:
 
 @dataclass
 class VideoUpdate:
-    """The results of a video so far: one table row per sampled frame and the AU curves of the largest face."""
+    """The results of a video so far: one table row per face of each sampled frame (one row for a frame without a
+    face), with its `track` (the person); the AU curves of the person seen most; one row per person (`people`);
+    and, in the last update, each person's timeline picture (`timelines`, as `mf2 analyze --plot` draws it)."""
 
     message: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    people: list[dict[str, Any]] = field(default_factory=list)
+    timelines: list[tuple[Image.Image, str]] = field(default_factory=list)
+    main_track: int | None = None
+    """The track the curves follow: the person seen on the most frames."""
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -270,8 +276,9 @@ def analyze_video(pipe, path: str | Path | None, fps: float = VIDEO_FPS, max_fra
                   every: int = 10) -> Iterator[VideoUpdate]:  # fmt: skip
     """Stream a video through `pipe.video`, yielding the results so far every `every` frames and at the end.
 
-    The table and the curves follow the largest face of each frame (`multiple_faces="largest"`): a demo video is
-    about one person; `mf2 analyze --all-faces` gives every face."""
+    Every face is analysed and followed from frame to frame (`track`, `mf2.face_identity`): the table has a row per
+    face, the curves follow the person seen most, `people` sums each person up, and the last update adds each
+    person's timeline."""
     if path is None:
         yield VideoUpdate("Upload a video to analyse it frame by frame.")
         return
@@ -279,13 +286,18 @@ def analyze_video(pipe, path: str | Path | None, fps: float = VIDEO_FPS, max_fra
         raise DemoInputError(f"This video is larger than {MAX_UPLOAD_MB} MB; please upload a shorter clip.")
     total = expected_frames(path, fps, max_frames)
     try:
-        frames = pipe.video(str(path), fps=fps, max_frames=max_frames, explain=False)
+        frames = pipe.video(str(path), fps=fps, max_frames=max_frames, explain=False, multiple_faces="all")
     except ValueError as error:
         raise DemoInputError(f"Cannot read this file as a video: {str(error).splitlines()[0]}") from error
+    from mf2.track_report import VideoTracks
+
+    config = pipe.model.config
+    tracks = VideoTracks(config.au_names, config.emotion_labels)
     update = VideoUpdate("")
     try:
         for count, result in enumerate(frames, start=1):
-            _add_frame(update, result)
+            tracks.add(result["time"], result["faces"])
+            _add_frame(update, result, tracks)
             if progress is not None:
                 progress(count, total)
             if count % every == 0:
@@ -295,26 +307,58 @@ def analyze_video(pipe, path: str | Path | None, fps: float = VIDEO_FPS, max_fra
         update.message = f"The video could not be decoded to its end ({str(error).splitlines()[0]}); "
     else:
         update.message = ""
-    with_face = sum(1 for row in update.rows if row["emotion"])
-    update.message += f"Analysed {len(update.rows)} frame(s) at {fps:g} fps, {with_face} with a face."
-    if len(update.rows) >= max_frames:
+    frames_seen = len(update.records)
+    with_face = sum(1 for record in update.records if record["faces"])
+    people = len(tracks.tracks)
+    update.message += (f"Analysed {frames_seen} frame(s) at {fps:g} fps, {with_face} with a face; "
+                       f"{people} {'person' if people == 1 else 'people'} (tracks).")  # fmt: skip
+    if update.main_track is not None and people > 1:
+        update.message += f" The curves follow track {update.main_track}, seen most."
+    if frames_seen >= max_frames:
         update.message += f" The demo stops after {max_frames} frames; `mf2 analyze` takes whole videos."
+    au_thresholds = list(thresholds(pipe).values())
+    update.timelines = [
+        (tracks.image(number, f"track {number}", au_thresholds), f"track {number}") for number in sorted(tracks.tracks)
+    ]
     yield update
 
 
-def _add_frame(update: VideoUpdate, result: dict[str, Any]) -> None:
-    """One table row, the AU curve points and the JSON line of one sampled frame."""
+def _add_frame(update: VideoUpdate, result: dict[str, Any], tracks) -> None:
+    """The table rows (one per face, one for a frame without a face), the JSON line and the per-person rows of one
+    sampled frame; the curves are those of the person seen most (`tracks`: `mf2.track_report.VideoTracks`)."""
     faces = result["faces"]
-    face = faces[0] if faces else None
-    row: dict[str, Any] = {"frame": result["frame"], "time": round(float(result["time"] or 0.0), 3)}
-    row["emotion"] = face["emotion"]["label"] if face else ""
-    row["score"] = round(face["emotion"]["score"], 3) if face else None
-    row["active AUs"] = " ".join(face["active_action_units"]) if face else ""
-    for name, probability in (face["action_units"] if face else {}).items():
-        row[name] = round(probability, 3)
-        update.curves.append({"time": row["time"], "AU": name, "probability": probability})
-    update.rows.append(row)
+    time = round(float(result["time"] or 0.0), 3)
+    for face in faces or [None]:
+        row: dict[str, Any] = {"frame": result["frame"], "time": time}
+        row["track"] = face.get("track") if face else None
+        row["emotion"] = face["emotion"]["label"] if face else ""
+        row["score"] = round(face["emotion"]["score"], 3) if face else None
+        row["active AUs"] = " ".join(face["active_action_units"]) if face else ""
+        for name, probability in (face["action_units"] if face else {}).items():
+            row[name] = round(probability, 3)
+        update.rows.append(row)
     update.records.append({"frame": result["frame"], "time": result["time"], "faces": faces})
+    if tracks.tracks:
+        main = max(tracks.tracks.values(), key=lambda stats: stats.frames).number
+        # The curves grow with the frame's row of the person seen most, or are redrawn when another person leads.
+        rows = update.rows if main != update.main_track else update.rows[-max(len(faces), 1) :]
+        if main != update.main_track:
+            update.main_track, update.curves = main, []
+        update.curves.extend({"time": row["time"], "AU": name, "probability": row[name]}
+                             for row in rows if row["track"] == main for name in tracks.au_names)  # fmt: skip
+    update.people = [_person(stats) for _, stats in sorted(tracks.tracks.items())]
+
+
+def _person(stats) -> dict[str, Any]:
+    """One row of the people table: when the person was seen, their most frequent emotion, their most active AUs."""
+    frames = max(stats.frames, 1)
+    emotion = stats.emotion_labels[int(stats.emotions.argmax())]
+    active = sorted(zip(stats.active / frames, stats.au_names), reverse=True)
+    return {
+        "track": stats.number, "from (s)": round(stats.first, 2), "to (s)": round(stats.last, 2),
+        "frames": stats.frames, "emotion (most frames)": f"{emotion} ({stats.emotions.max() / frames:.0%})",
+        "most active AUs": ", ".join(f"{name} {share:.0%}" for share, name in active[:3] if share > 0),
+    }  # fmt: skip
 
 
 __all__ = [

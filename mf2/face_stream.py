@@ -96,6 +96,9 @@ class FaceStream:
         preprocess: what prepares each input in place of `pipeline.preprocess`, one input after another, in order,
             on one thread: a `FaceTracker`, which carries the faces of a video from one frame to the next.
         max_pixels: the most pixels of decoded inputs read ahead of the results (`MAX_PIXELS_IN_FLIGHT`).
+        identify: called on each input's `(extra, model outputs)` in input order, after the forward pass and before
+            `postprocess`, which gets what it returns as `face_tracks` (one per face): a video's
+            `mf2.face_identity.FaceIdentities`, which numbers the faces by person from frame to frame.
 
     Raises (while iterating):
         InputError: a stage failed on an input with a `ValueError` (its `__cause__`); inputs before it have their
@@ -104,7 +107,8 @@ class FaceStream:
 
     def __init__(self, pipeline, batch_size: int, workers: int | None, preprocess_params: dict, forward_params: dict,
                  postprocess_params: dict, preprocess: Callable[..., dict] | None = None,
-                 max_pixels: int = MAX_PIXELS_IN_FLIGHT):  # fmt: skip
+                 max_pixels: int = MAX_PIXELS_IN_FLIGHT,
+                 identify: Callable[[dict[str, Any], dict[str, Any]], list] | None = None):  # fmt: skip
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         self.pipeline, self.batch_size = pipeline, batch_size
@@ -118,6 +122,7 @@ class FaceStream:
         self.preprocess_params, self.forward_params = preprocess_params, forward_params
         self.postprocess_params = postprocess_params
         self.max_pixels = max_pixels
+        self.identify = identify
 
     def __call__(self, items: Iterable[tuple[Any, dict[str, Any]]]) -> Iterator[tuple[dict[str, Any], list[dict]]]:
         # An input's result leaves as soon as it is complete: a faceless input with nothing before it at once, the
@@ -175,9 +180,12 @@ class FaceStream:
         start = 0
         for (extra, model_inputs), count in zip(pending, counts):
             per_input = dict(model_inputs)
-            per_input["au_logits"] = outputs["au_logits"][start : start + count]
-            per_input["emotion_logits"] = outputs["emotion_logits"][start : start + count]
+            for key in ("au_logits", "emotion_logits", "identity_features"):
+                if key in outputs:
+                    per_input[key] = outputs[key][start : start + count]
             start += count
+            if self.identify is not None:
+                per_input["face_tracks"] = self.identify(extra, per_input)
             try:
                 faces = self.pipeline.postprocess(per_input, **self.postprocess_params)
             except ValueError as error:  # e.g. a non-finite output: that input's error, named by its position

@@ -33,6 +33,9 @@ frame."""
 MIN_BOX_OVERLAP = 0.5
 """Intersection over union below which the box a face's new landmarks give, against the box they were placed in,
 means the face was lost (it moved too far, or the box holds something else)."""
+FOLLOWED_FROM = "followed_from"
+"""The field a followed frame's model inputs carry: for each face (row), the row of the previous frame's face it was
+followed from (`mf2.face_identity` continues that face's track). Searched frames do not carry it."""
 
 
 def check_detect_every(value: Any) -> int:
@@ -77,7 +80,8 @@ class FaceTracker:
     """The faces of consecutive frames, searched for every `detect_every` frames and followed in between.
 
     Call it on the frames in order, one at a time (it keeps the previous frame's faces): `tracker(frame, **options)`
-    returns what `preprocess(frame, **options)` returns, the model inputs and face fields of one image.
+    returns what `preprocess(frame, **options)` returns, the model inputs and face fields of one image; on a frame
+    where the faces were followed, also `FOLLOWED_FROM` (which face of the previous frame each one is).
 
     Args:
         preprocess: one image (and the image processor's options, plus `face_boxes`) → its model inputs with
@@ -125,15 +129,18 @@ class FaceTracker:
         if len(fitted["landmarks"]) != len(self.faces):
             return None
         # Rows come back largest first, each with the box it was placed in: pair them with the faces by that box.
-        moved = []
+        moved, sources = [], []
         for points, given in zip(fitted["landmarks"], fitted["face_boxes"]):
             given = _numpy(given)
-            owner = self.faces[int(np.argmax([box_iou(box, given) for box in boxes]))]
+            source = int(np.argmax([box_iou(box, given) for box in boxes]))
+            owner = self.faces[source]
             points = _numpy(points)
             if box_iou(owner.box(points), given) < MIN_BOX_OVERLAP:
                 return None
             moved.append(TrackedFace(points, owner.box_in_face))
+            sources.append(source)
         self.faces = moved
+        fitted[FOLLOWED_FROM] = sources
         return fitted
 
 
@@ -141,4 +148,11 @@ def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().double().numpy() if hasattr(value, "detach") else np.asarray(value, np.float64)
 
 
-__all__ = ["DEFAULT_DETECT_EVERY", "MIN_BOX_OVERLAP", "FaceTracker", "TrackedFace", "check_detect_every"]
+__all__ = [
+    "DEFAULT_DETECT_EVERY",
+    "FOLLOWED_FROM",
+    "MIN_BOX_OVERLAP",
+    "FaceTracker",
+    "TrackedFace",
+    "check_detect_every",
+]

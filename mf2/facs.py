@@ -164,6 +164,16 @@ def normalize_au(code: str) -> str:
     return f"AU{int(match.group(1))}"
 
 
+def au_label(name: str) -> str:
+    """An AU's code and FACS name for people to read, e.g. `"AU6 cheek raiser"` (the annotated images' panel and
+    the `--plot` timelines); a name that is not one of the known AUs as it is."""
+    try:
+        unit = ACTION_UNITS.get(normalize_au(name))
+    except ValueError:
+        unit = None
+    return f"{unit.code} {unit.name}" if unit is not None else str(name)
+
+
 def find_au_codes(text: str) -> list[str]:
     """AU codes mentioned in `text`, canonical and in order of first mention (including AUs outside the 12)."""
     seen: dict[str, None] = {}
@@ -260,6 +270,7 @@ __all__ = [
     "EMOTION_PROTOTYPES",
     "EMOTION_WORDS",
     "ActionUnit",
+    "au_label",
     "emotion_name",
     "explain",
     "explanation",

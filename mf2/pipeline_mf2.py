@@ -7,8 +7,8 @@
 >>> faces = pipe("photo.jpg", explain=True)
 >>> faces[0]["emotion"], faces[0]["active_action_units"]
 ({'label': 'happiness', 'score': 0.91}, ['AU6', 'AU12', 'AU25'])
->>> for frame in pipe.video("clip.mp4", fps=5):  # streamed, constant memory
-...     print(frame["frame"], frame["time"], [face["emotion"]["label"] for face in frame["faces"]])
+>>> for frame in pipe.video("clip.mp4", fps=5, multiple_faces="all"):  # streamed, constant memory
+...     print(frame["frame"], frame["time"], [(face["track"], face["emotion"]["label"]) for face in frame["faces"]])
 ```
 
 This file uses only relative imports of flat sibling modules, so `pipe.save_pretrained` can export it as remote code.
@@ -19,8 +19,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ import torch
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
+from .face_identity import DEFAULT_MAX_GAP, PIXEL_LIMITS, FaceIdentities, check_max_gap, pixel_feature
 from .face_stream import FaceStream, InputError
-from .face_tracking import DEFAULT_DETECT_EVERY, FaceTracker, check_detect_every
+from .face_tracking import DEFAULT_DETECT_EVERY, FOLLOWED_FROM, FaceTracker, check_detect_every
 from .facs import explanation
 from .image_processing_mf2 import FALLBACK_LABEL, search_warning
 from .video import VideoDecodeError, is_video, read_frames, video_info
@@ -48,7 +51,7 @@ PREPROCESS_OPTIONS = (
 POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "return_features")
 # `pipe(video_path, video_fps=...)` names → `FacialStatePipeline.video` arguments.
 VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "start", "end_time": "end",
-                 "max_frames": "max_frames", "detect_every": "detect_every"}  # fmt: skip
+                 "max_frames": "max_frames", "detect_every": "detect_every", "max_gap": "max_gap"}  # fmt: skip
 # Image processor outputs the pipeline carries from `preprocess` to `postprocess` beside the model inputs.
 _FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend", "detection_scale")
 
@@ -86,6 +89,7 @@ class FacialStatePipeline(Pipeline):
     - `action_units`: `{AU name: probability}` for every AU (independent sigmoids: AUs are multi-label)
     - `active_action_units`: AU names whose probability reaches their threshold (`config.au_thresholds`, 0.5 when
       unset; `threshold=` overrides)
+    - `track` (videos only, `pipe.video`): the person, numbered 1, 2, ... from frame to frame (see `video`)
     - `landmark_backend`: what placed the landmarks (`"dlib"`, ...; `"template-fallback"` when no face was found
       and `no_face="fallback"` analysed the whole image)
     - `detection_scale`, only when the image was searched for faces on a downscaled copy (its longest side over
@@ -232,7 +236,10 @@ class FacialStatePipeline(Pipeline):
         features = self.image_processor([image], return_tensors="pt", **options)
         return {key: features[key] for key in ("pixel_values", "au_boxes", *_FACE_FIELDS)}
 
-    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], identity_features: bool = False) -> dict[str, Any]:
+        """The model's logits for the faces of `model_inputs`; with `identity_features` (videos: `mf2.face_identity`)
+        also each face's identity feature: the vision encoder's class token, taken from this same forward pass, or
+        with onnxruntime (whose graph gives only the logits) a thumbnail of the crop (`pixel_feature`)."""
         pixel_values = model_inputs["pixel_values"]
         config = self.model.config
         # Face fields (boxes, landmarks) ride along when present, so `run_single`-style calls keep them together.
@@ -241,13 +248,51 @@ class FacialStatePipeline(Pipeline):
             outputs["au_logits"] = torch.zeros(0, len(config.au_names))
             outputs["emotion_logits"] = torch.zeros(0, len(config.id2label))
             return outputs
+        captured: list[torch.Tensor] = []
         if self.onnx_model is not None:  # float32 graph, results on the CPU
             result = self.onnx_model(pixel_values=pixel_values, au_boxes=model_inputs["au_boxes"])
         else:
             dtype = self.model.dtype
-            result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
+            hook = self._capture_vision_tokens(captured) if identity_features else None
+            try:
+                result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
+            finally:
+                if hook is not None:
+                    hook.remove()
         outputs["au_logits"], outputs["emotion_logits"] = result.au_logits, result.emotion_logits
+        if identity_features:
+            if captured and captured[-1].ndim == 3 and len(captured[-1]) == len(pixel_values):
+                outputs["identity_features"] = captured[-1][:, 0].float()  # the class token
+            else:
+                outputs["identity_features"] = torch.from_numpy(pixel_feature(pixel_values))
         return outputs
+
+    def _vision_encoder_module(self) -> torch.nn.Module | None:
+        """The model's vision encoder (the first module named `vision_model`; a DFN adapter wraps the model), or
+        `None`: then, and with onnxruntime, identity features are crop thumbnails (`pixel_feature`)."""
+        if self.onnx_model is not None:
+            return None
+        if "_vision_encoder" not in self.__dict__:
+            modules = (
+                module for name, module in self.model.named_modules() if name.rsplit(".", 1)[-1] == "vision_model"
+            )
+            self._vision_encoder = next(modules, None)
+        return self._vision_encoder
+
+    def _capture_vision_tokens(self, captured: list[torch.Tensor]):
+        """A forward hook on the model's vision encoder (its `vision_model`) that appends the encoder's output tokens
+        `(faces, tokens, hidden)` to `captured`, for this thread's forward passes only; `None` when the model has no
+        such module. The caller removes it."""
+        encoder = self._vision_encoder_module()
+        if encoder is None:
+            return None
+        thread = threading.get_ident()
+
+        def keep(module, args, output):
+            if threading.get_ident() == thread:  # another thread's pass on the same model is not this one's
+                captured.append(output[0].detach())
+
+        return encoder.register_forward_hook(keep)
 
     def postprocess(
         self,
@@ -273,13 +318,15 @@ class FacialStatePipeline(Pipeline):
         landmarks = _numpy(model_outputs["landmarks"])
         backends = model_outputs["landmark_backend"]
         scales = _numpy(model_outputs["detection_scale"]) if "detection_scale" in model_outputs else None
+        tracks = model_outputs.get("face_tracks")  # videos: each face's person (`mf2.face_identity`)
         top_k = min(int(top_k), len(labels))
         faces = []
         for row in range(len(au_probs)):
             order = np.argsort(-emotion_probs[row], kind="stable")[:top_k]
             emotions = [{"label": labels[k], "score": float(emotion_probs[row, k])} for k in order]
             active = [name for name, p, t in zip(au_names, au_probs[row], thresholds) if p >= t]
-            face = {
+            face = {} if tracks is None else {"track": tracks[row]}
+            face |= {
                 "box": [float(v) for v in boxes[row]],
                 "emotion": dict(emotions[0]),
                 "emotions": emotions,
@@ -350,6 +397,7 @@ class FacialStatePipeline(Pipeline):
         num_workers: int | None = None,
         return_frames: bool = False,
         detect_every: int = DEFAULT_DETECT_EVERY,
+        max_gap: float = DEFAULT_MAX_GAP,
         **kwargs,
     ) -> Iterator[dict[str, Any]]:
         """Analyse a video file frame by frame, streaming: one result per sampled frame, in order.
@@ -369,12 +417,19 @@ class FacialStatePipeline(Pipeline):
                 face that is lost brings a search at once. 1 searches every frame. Back-ends that cannot place
                 landmarks in a given box (MediaPipe) search every frame. A face that comes into view is found at the
                 next search.
+            max_gap: seconds a person may be out of sight (occluded, missed, out of view) and come back with their
+                `track` (2 by default; `mf2.face_identity`).
             batch_size, num_workers, **kwargs: as for images. `no_face` defaults to `"skip"` for videos (frames
                 without a face give `faces == []` instead of stopping the stream).
 
         Yields:
             `{"frame": index in the video, "time": seconds, "faces": [face dicts as for images, each also carrying
-            "frame" and "time"]}`.
+            "frame", "time" and "track"]}`. `track` numbers the people of the video (1, 2, ...): a face keeps its
+            person's number from frame to frame, through crossings, occlusions and missed detections of up to
+            `max_gap` seconds, and a new person gets a new one (`mf2.face_identity`: the motion where it is clear,
+            the model's image feature of the face where it is not). Faces are listed largest first, as for images
+            (`multiple_faces="all"` keeps every face; the default keeps the largest, whose track says whose it is).
+            `"track"` is `None` for a `no_face="fallback"` stand-in (no face was found).
 
         Raises:
             VideoDecodeError: after the results of every frame decoded before it, when the video cannot be decoded to
@@ -384,6 +439,9 @@ class FacialStatePipeline(Pipeline):
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
         preprocess_params = {**self._preprocess_params, **preprocess_params, "channel_order": "rgb"}  # decoded as RGB
         postprocess_params = {**self._postprocess_params, **postprocess_params}
+        # Class tokens of the vision encoder, or (onnxruntime) crop thumbnails with their own limits.
+        limits = PIXEL_LIMITS if self._vision_encoder_module() is None else ()
+        identities = FaceIdentities(check_max_gap(max_gap), *limits)
         video_info(path)  # fail now, not at the first `next()`, on a missing or unreadable file
         frames = read_frames(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)
         batch_size = batch_size or self._batch_size or 1
@@ -392,8 +450,9 @@ class FacialStatePipeline(Pipeline):
         backend = self.image_processor.get_backend(**_backend_options(preprocess_params))
         if check_detect_every(detect_every) > 1 and backend.fits_boxes:
             tracker = FaceTracker(self.preprocess, backend, detect_every)
+        forward_params = {**forward_params, "identity_features": True}
         stream = FaceStream(self, batch_size, num_workers, preprocess_params, forward_params, postprocess_params,
-                            preprocess=tracker)  # fmt: skip
+                            preprocess=tracker, identify=partial(_identify, identities))  # fmt: skip
         return self._video_results(frames, stream, return_frames)
 
     @staticmethod
@@ -468,6 +527,26 @@ class FacialStatePipeline(Pipeline):
         }  # fmt: skip
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return copied
+
+
+def _identify(identities: FaceIdentities, extra: dict[str, Any], model_outputs: dict[str, Any]) -> list[int | None]:
+    """The track of each face of one video frame (`FaceStream`'s `identify`): `identities` on the frame's time, boxes,
+    identity features and, on a followed frame, which face of the previous frame each one was followed from. A
+    `no_face="fallback"` stand-in (no face found) is no one: `None`."""
+    labels = [str(label) for label in model_outputs["landmark_backend"]]
+    rows = [row for row, label in enumerate(labels) if label != FALLBACK_LABEL]
+    features = model_outputs.get("identity_features")
+    followed = model_outputs.get(FOLLOWED_FROM)
+    numbers = identities(
+        extra["time"],
+        _numpy(model_outputs["face_boxes"]).reshape(-1, 4)[rows],
+        None if features is None else _numpy(features)[rows],
+        None if followed is None else [followed[row] for row in rows],
+    )
+    tracks: list[int | None] = [None] * len(labels)
+    for row, number in zip(rows, numbers):
+        tracks[row] = number
+    return tracks
 
 
 def _backend_options(preprocess_params: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """`mf2 analyze`'s output: one record per face (or one per faceless image, unreadable file, failed video), written as
-JSON lines or as CSV rows with a fixed column set, and the file names of the annotated PNGs.
+JSON lines or as CSV rows with a fixed column set, and the file names of the annotated PNGs. A video's face records
+carry `track` (the person, `mf2.face_identity`), the CSV's last column (empty for images).
 
 The records of one input (every face of an image, or of a video frame) go out together, in one write and a flush:
 what a killed run leaves is whole inputs, but for the last one, and a record's `face` (its number) and `faces` (how
@@ -80,7 +81,7 @@ class RecordWriter:
             "path", "frame", "time", "face", "faces", "error", "warning", "x1", "y1", "x2", "y2", "emotion",
             "emotion_score",
             *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
-            "landmark_backend", "explanation", "model", "model_version", "model_trained", "detection_scale",
+            "landmark_backend", "explanation", "model", "model_version", "model_trained", "detection_scale", "track",
         ]  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
@@ -122,7 +123,8 @@ class RecordWriter:
             self._csv = csv.DictWriter(self._rows, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
         row = {key: record.get(key) for key in ("path", "frame", "time", "face", "faces", "error", "warning",
-                                                "landmark_backend", "explanation", "model", "model_version", "model_trained")}  # fmt: skip
+                                                "landmark_backend", "explanation", "model", "model_version", "model_trained",
+                                                "track")}  # fmt: skip
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
         if record.get("emotion"):

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .alignment import apply_affine, invert_affine
 from .configuration_mf2 import AU_NAMES
+from .facs import au_label
 from .image_loading import load_image
 
 _PALETTE = (
@@ -94,7 +95,9 @@ def annotate(
     image: Image.Image, faces: list[dict], image_processor, thresholds: np.ndarray | None = None
 ) -> Image.Image:
     """The image with each face's box, landmarks and AU boxes (`draw_face`), its number and emotion under the box,
-    and a side panel per face: the top emotions and one probability bar per AU (threshold ticked, active AUs filled).
+    and a side panel per face: the top emotions and one probability bar per AU, named in full ("AU6 cheek raiser";
+    threshold ticked, active AUs filled). A video frame's faces are named by their `track` ("track 2"), a photo's
+    by their number ("#0").
 
     `faces` are pipeline results computed with `return_features=True`; the image is copied once and drawn on.
     """
@@ -106,7 +109,7 @@ def annotate(
     label_font = _font(max(10, int(14 * scale)))
     for number, face in enumerate(faces):
         x1, _, _, y2 = face["box"]
-        text = f"#{number} {face['emotion']['label']} {face['emotion']['score']:.2f}"
+        text = f"{_face_name(face, number)} {face['emotion']['label']} {face['emotion']['score']:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y2 + 3), text, font=label_font)
         draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
         draw.text((x1, y2 + 3), text, fill=(255, 255, 0), font=label_font)
@@ -123,27 +126,37 @@ def annotate(
     return sheet
 
 
+def _face_name(face: dict, number: int) -> str:
+    """How the drawing names a face: its person in a video (`track`), its number in a photo."""
+    return f"track {face['track']}" if face.get("track") is not None else f"#{number}"
+
+
 def _face_panel(face: dict, number: int, height: int, thresholds: np.ndarray | None) -> Image.Image:
     """Text and bars for one face, sized to the image height: as tall as the image on large ones (a fixed size was
-    unreadable beside a 4000-px photo), at least readable on small ones."""
+    unreadable beside a 4000-px photo), at least readable on small ones. AUs are named in full (`au_label`)."""
     aus = list(face["action_units"].items())
     rows = len(aus) + len(face["emotions"]) + 3
     line = max(14, height // rows)
     font = _font(int(line * 0.7))
-    width = 16 * line
+    labels = [au_label(name) for name, _ in aus]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = max([probe.textlength(label, font=font) for label in labels] + [3 * line])
+    bar_left = int(line // 2 + label_width + line // 2)
+    width = bar_left + 10 * line
     panel = Image.new("RGB", (width, max(height, rows * line + line)), (255, 255, 255))
     draw = ImageDraw.Draw(panel)
     y = line // 2
-    draw.text((line // 2, y), f"face #{number}", fill=(0, 0, 0), font=font)
+    heading = f"face {_face_name(face, number)}" if face.get("track") is None else _face_name(face, number)
+    draw.text((line // 2, y), heading, fill=(0, 0, 0), font=font)
     y += line
     for item in face["emotions"]:
         draw.text((line // 2, y), f"{item['label']}: {item['score']:.2f}", fill=(0, 0, 160), font=font)
         y += line
     y += line // 2
-    bar_left, bar_right = 4 * line, width - 3 * line
+    bar_right = width - 3 * line
     active = set(face["active_action_units"])
-    for k, (name, probability) in enumerate(aus):
-        draw.text((line // 2, y), name, fill=(0, 0, 0), font=font)
+    for k, ((name, probability), label) in enumerate(zip(aus, labels)):
+        draw.text((line // 2, y), label, fill=(0, 0, 0), font=font)
         top, bottom = y + line // 6, y + line - line // 6
         draw.rectangle([bar_left, top, bar_right, bottom], outline=(120, 120, 120))
         filled = bar_left + (bar_right - bar_left) * float(probability)

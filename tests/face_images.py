@@ -1,9 +1,13 @@
 """Test images for the face pre-processing tests, all generated at test time (nothing binary is committed).
 
-The only photo is scikit-image's `astronaut` (NASA, public domain): one frontal face, 512x512 RGB.
+The photos are scikit-image's `astronaut` (NASA, public domain: one frontal face, 512x512 RGB) and, as a second
+person for the video tracking tests, matplotlib's `grace_hopper.jpg` (Commodore Grace M. Hopper's official US Navy
+portrait, public domain: one frontal face, 512x600 RGB; matplotlib comes with the test extra).
 """
 
 import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -111,3 +115,98 @@ def write_moving_face_video(path: Path, count: int, fps: float = 25) -> Path:
 
     write_video(path, moving_face_frames(astronaut(), count), fps=fps)
     return path
+
+
+# Where Grace Hopper's face is in matplotlib's 512x600 portrait (dlib box ≈ x 169-365, y 130-326); the crop holds it as
+# ASTRONAUT_FACE_CROP holds the astronaut's, so that both heads come out alike in size.
+HOPPER_FACE_CROP = (38, 0, 506, 480)
+
+
+@cache
+def _hopper() -> np.ndarray:
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as stream:
+        return np.asarray(Image.open(stream).convert("RGB"))
+
+
+def hopper() -> np.ndarray:
+    """512x600x3 uint8 RGB portrait of a second person (Grace Hopper, US Navy, public domain; a fresh copy)."""
+    return _hopper().copy()
+
+
+def head(person: str, height: int = 176) -> Image.Image:
+    """A person's head and shoulders as an RGBA patch `height` px tall with a soft oval edge, to move about a scene:
+    `"astronaut"`, `"mirrored"` (the astronaut's mirror image: the same person, turned the other way) or
+    `"hopper"`. The face is about 0.4 `height` wide, in the middle of the patch."""
+    if person in ("astronaut", "mirrored"):
+        patch = Image.fromarray(astronaut()).crop(ASTRONAUT_FACE_CROP)
+        if person == "mirrored":
+            patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif person == "hopper":
+        patch = Image.fromarray(hopper()).crop(HOPPER_FACE_CROP)
+    else:
+        raise ValueError(f"no such person: {person!r}")
+    width = round(patch.width * height / patch.height)
+    patch = patch.resize((width, height), Image.Resampling.LANCZOS).convert("RGBA")
+    from PIL import ImageDraw, ImageFilter
+
+    mask = Image.new("L", patch.size, 0)
+    ImageDraw.Draw(mask).ellipse([width * 0.04, height * 0.02, width * 0.96, height * 0.98], fill=255)
+    patch.putalpha(mask.filter(ImageFilter.GaussianBlur(height / 40)))
+    return patch
+
+
+@dataclass
+class Actor:
+    """One person of a `scene`: `person` (as `head` takes it) whose patch is centred at `path(frame)`, or absent from
+    the frame where `path` gives `None`. Actors are drawn in their order: a later one passes in front."""
+
+    person: str
+    path: Callable[[int], tuple[float, float] | None]
+    height: int = 176
+    patch: Image.Image = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.patch = head(self.person, self.height)
+
+    def rect(self, frame: int) -> tuple[float, float, float, float] | None:
+        """The patch's `xyxy` rectangle on `frame`, or `None` when the actor is absent."""
+        centre = self.path(frame)
+        if centre is None:
+            return None
+        x, y = centre
+        return x - self.patch.width / 2, y - self.patch.height / 2, x + self.patch.width / 2, y + self.patch.height / 2
+
+
+def scene(actors: Sequence[Actor], count: int, size: tuple[int, int] = (640, 480),
+          occluders: Sequence[tuple[int, int, tuple[int, int, int, int]]] = ()) -> Iterator[np.ndarray]:  # fmt: skip
+    """`count` frames `(height, width, 3)` of `actors` on a grey-blue `size` canvas, generated one at a time;
+    `occluders` are `(first frame, end frame, xyxy)` grey boards drawn over everything on frames first..end-1."""
+    from PIL import ImageDraw
+
+    for frame in range(count):
+        canvas = Image.new("RGB", size, (105, 115, 128))
+        for actor in actors:
+            rect = actor.rect(frame)
+            if rect is not None:
+                canvas.paste(actor.patch, (round(rect[0]), round(rect[1])), actor.patch)
+        for first, end, box in occluders:
+            if first <= frame < end:
+                ImageDraw.Draw(canvas).rectangle(box, fill=(70, 72, 76))
+        yield np.asarray(canvas)
+
+
+def actor_of(box: Sequence[float], actors: Sequence[Actor], frame: int) -> int | None:
+    """Which actor a face box found on `frame` belongs to: the one whose patch holds the box's centre, the nearest
+    patch centre if several do; `None` if none does."""
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    best, distance = None, float("inf")
+    for index, actor in enumerate(actors):
+        rect = actor.rect(frame)
+        if rect is None or not (rect[0] <= x <= rect[2] and rect[1] <= y <= rect[3]):
+            continue
+        away = np.hypot(x - (rect[0] + rect[2]) / 2, y - (rect[1] + rect[3]) / 2)
+        if away < distance:
+            best, distance = index, away
+    return best

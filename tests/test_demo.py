@@ -106,6 +106,10 @@ def test_a_video_streams_rows_curves_and_progress(pipe, tmp_path):
     assert len(updates) == 4 and len(final.rows) == 6 and seen[-1] == (6, 6)  # streamed: 2, 4, 6 rows, then all
     assert [row["emotion"] for row in final.rows] == ["happiness"] * 4 + [""] * 2
     assert len(final.curves) == 4 * 12 and "4 with a face" in final.message
+    # The face is followed as one person: its track in the table, one row in the people table, one timeline.
+    assert [row["track"] for row in final.rows] == [1] * 4 + [None] * 2 and "1 person (tracks)" in final.message
+    assert [person["track"] for person in final.people] == [1] and final.people[0]["frames"] == 4
+    assert [caption for _, caption in final.timelines] == ["track 1"] and final.timelines[0][0].width == 1200
     with pytest.raises(DemoInputError, match="Cannot read this file as a video"):
         list(analyze_video(pipe, not_a_video))
 

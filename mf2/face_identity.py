@@ -1,0 +1,290 @@
+"""Who is who in a video: a `track` number per face that stays with the same person while they are in view.
+
+`FaceIdentities` is called on the faces of each sampled frame, in order, and gives each face a track: a number
+(1, 2, ...) that the same person keeps through crossings, short occlusions and missed detections, and that a new
+person never takes over. It decides in two passes:
+
+1. Motion and overlap, for the tracks seen on the previous frame. A face followed from the previous frame
+   (`mf2.face_tracking`, the landmarks placed in the box carried from there) belongs to the track of the face it
+   was followed from; a face found by a search belongs to the track whose box, moved on at the track's own speed,
+   it overlaps (intersection over union of at least `MIN_OVERLAP`). Where one face could belong to two tracks, or
+   two faces to one (two people passing each other), the appearance decides among them; and a pairing is refused
+   when the appearance says two people (similarity under `OTHER_PERSON`): a face replaced by another at the same
+   place gets a new track on the frame it changes.
+2. Appearance, for the faces left: a track not seen on the previous frame (occluded, missed by the detector, or
+   out of view) for at most `max_gap` seconds takes the face most like it, when they look like one person
+   (similarity of at least `SAME_PERSON`). A face that none takes starts a new track; a track unseen for more than
+   `max_gap` seconds is closed, and its number is never given again.
+
+A crowded face, near another one (`crowded_faces`: a crossing), has some of the other in its crop: its appearance
+ranks the candidates but refuses none, a lost track expected where the face is may take it up by position, and it
+does not become its track's feature (a track's feature is a running mean of its faces seen clear of others).
+
+The appearance is the face's identity feature: the model's own image feature, the vision encoder's class token
+(`FacialStatePipeline` captures it in the forward pass that computes the AUs, so it costs nothing), compared by
+cosine similarity. On the aligned crops of the tests' two people it is 0.45-0.68 apart, and 0.89-0.998 alike for
+one person from frame to frame (her mirror image included). It is a general image feature, not a face-recognition
+embedding trained to tell people apart: it decides between the few people of one video, with the motion, not
+between strangers. Runtimes without it (onnxruntime, whose graph gives only the logits) use `pixel_feature`, a
+coarse thumbnail of the aligned crop, with its own limits (`PIXEL_LIMITS`): good enough to take up a lost track, too
+coarse to tell a replacement at the same place from a face moving fast.
+
+This file imports only flat sibling modules, so it travels with the remote-code pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .landmark_types import box_iou
+
+DEFAULT_MAX_GAP = 2.0
+"""Seconds a person may be out of sight (occluded, missed, out of view) and come back with their track."""
+MIN_OVERLAP = 0.3
+"""Intersection over union, with a track's predicted box, from which a searched face continues that track."""
+SAME_PERSON = 0.85
+"""Cosine similarity of identity features from which a face takes up a track not seen on the previous frame."""
+OTHER_PERSON = 0.75
+"""Cosine similarity under which a face and a track are two people, however well the boxes agree."""
+CROWD_MARGIN = 1.5
+"""A face is crowded when its box, grown this many times about its centre, overlaps another face's (`crowded_faces`)."""
+PIXEL_LIMITS = (0.9, 0.3)
+"""`(SAME_PERSON, OTHER_PERSON)` for `pixel_feature`. A crop thumbnail changes as much when a fast-moving face's crop
+lags (0.37-0.51 on the tests' clips) as when another person takes the place (about 0.5): it refuses no pairing the
+motion makes but at 0.3, so that it does not split people who move; it takes up lost tracks at 0.9 (0.96-0.99)."""
+MAX_PREDICTION = 0.5
+"""Seconds over which a track's box is moved on at its speed; a track unseen for longer is looked for where it was."""
+FEATURE_MOMENTUM = 0.9
+"""Share of a track's identity feature kept at each new sighting (the rest is the new face's)."""
+APPEARANCE_WEIGHT = 3.0
+"""Weight of the similarity against the motion (1 for a followed face, plus the overlap) in the motion pass."""
+EXHAUSTIVE_PAIRS = 12
+"""Candidate pairs of the motion pass up to which the best pairing is searched exhaustively (else greedily)."""
+
+
+def pixel_feature(pixel_values: Any, size: int = 16) -> np.ndarray:
+    """`(N, 3 * size**2)` unit identity features of aligned face crops `(N, 3, H, W)` (normalised pixels): the crops
+    averaged down to `size` x `size`, centred. For runtimes that give no image feature (onnxruntime)."""
+    values = np.asarray(pixel_values.detach().cpu().float() if hasattr(pixel_values, "detach") else pixel_values,
+                        np.float32)  # fmt: skip
+    if len(values) == 0:
+        return np.zeros((0, 3 * size * size), np.float32)
+    batch, channels, height, width = values.shape
+    rows, cols = height // size, width // size
+    pooled = values[:, :, : rows * size, : cols * size].reshape(batch, channels, size, rows, size, cols).mean((3, 5))
+    pooled = pooled.reshape(batch, -1)
+    return unit(pooled - pooled.mean(axis=1, keepdims=True))
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero)."""
+    vectors = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def check_max_gap(value: Any) -> float:
+    """`value` as seconds a person may be out of sight, or a `ValueError` saying what it takes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value >= 0:
+        raise ValueError(f"`max_gap` must be a number of seconds >= 0, got {value!r}.")
+    if not np.isfinite(value):
+        raise ValueError(f"`max_gap` must be a finite number of seconds, got {value!r}.")
+    return float(value)
+
+
+@dataclass
+class Track:
+    """One person's track.
+
+    Attributes:
+        number: the track's number in the results (`"track"`).
+        box: `xyxy` box on the frame it was last seen on, at `time` (seconds).
+        velocity: px/s of each box coordinate, from its last two sightings (0 after a gap).
+        feature: unit identity feature, a running mean of its faces' seen clear of other faces (`None` without
+            features).
+        row: its face's position among the previous frame's faces, or -1 when it was not seen there.
+        clean: whether `feature` comes from a face seen clear of others (else from a crowded one, until a clear
+            view replaces it).
+    """
+
+    number: int
+    box: np.ndarray
+    time: float
+    velocity: np.ndarray
+    feature: np.ndarray | None
+    row: int = -1
+    clean: bool = True
+
+    def predicted(self, time: float) -> np.ndarray:
+        """Where its box is expected at `time`: moved on at its speed, for at most `MAX_PREDICTION` seconds."""
+        return self.box + self.velocity * min(max(time - self.time, 0.0), MAX_PREDICTION)
+
+
+class FaceIdentities:
+    """Track numbers for the faces of consecutive frames (see the module docstring for how they are decided).
+
+    Args:
+        max_gap: seconds a track may go unseen and still be taken up again (`DEFAULT_MAX_GAP`, 2).
+        same_person, other_person: similarity limits of the identity features (`SAME_PERSON`, `OTHER_PERSON`).
+
+    Attributes:
+        tracks: the open tracks (seen within `max_gap`), by number.
+        opened: how many tracks were opened so far (the last number given).
+    """
+
+    def __init__(self, max_gap: float = DEFAULT_MAX_GAP, same_person: float = SAME_PERSON,
+                 other_person: float = OTHER_PERSON):  # fmt: skip
+        self.max_gap = check_max_gap(max_gap)
+        self.same_person, self.other_person = float(same_person), float(other_person)
+        self.tracks: dict[int, Track] = {}
+        self.opened = 0
+
+    def __call__(self, time: float, boxes: Any, features: Any = None, followed_from: Any = None) -> list[int]:
+        """The track number of each face of the frame at `time` (seconds), in their order.
+
+        Args:
+            time: the frame's time; frames come in order.
+            boxes: `(N, 4)` `xyxy` face boxes.
+            features: `(N, D)` identity features (any scale: they are made unit here), or `None`.
+            followed_from: for each face, the position among the previous frame's faces of the face it was followed
+                from (`mf2.face_tracking`), or -1 for a face found by a search; `None`: all searched.
+        """
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        count = len(boxes)
+        if features is not None:
+            features = unit(np.asarray(features, np.float32).reshape(count, -1)) if count else None
+        sources = [-1] * count if followed_from is None else [int(value) for value in followed_from]
+        time = float(time)
+        for number in [n for n, track in self.tracks.items() if time - track.time > self.max_gap + 1e-9]:
+            del self.tracks[number]  # gone too long: closed for good
+        tracks = list(self.tracks.values())
+        similarity = None
+        if features is not None and tracks and all(track.feature is not None for track in tracks):
+            similarity = features @ np.stack([track.feature for track in tracks]).T
+        # A face near another (a crossing) has some of the other in its crop: its appearance ranks the candidates but
+        # refuses none, and does not become its track's.
+        crowded = crowded_faces(boxes)
+        owners: list[Track | None] = [None] * count
+
+        # 1. Motion and overlap: faces against the tracks seen on the previous frame.
+        pairs = []
+        by_row = {track.row: k for k, track in enumerate(tracks) if track.row >= 0}
+        for i in range(count):
+            for k, track in enumerate(tracks):
+                if track.row < 0:
+                    continue
+                linked = by_row.get(sources[i]) == k
+                overlap = box_iou(track.predicted(time), boxes[i])
+                if not linked and overlap < MIN_OVERLAP:
+                    continue
+                alike = None if similarity is None else float(similarity[i, k])
+                if alike is not None and alike < self.other_person and track.clean and not crowded[i]:
+                    continue  # two people, however well the boxes agree
+                pairs.append((i, k, (1.0 if linked else 0.0) + overlap, alike))
+        for i, k in _best_pairs(pairs):
+            owners[i] = tracks[k]
+
+        # 2. Appearance: the faces left against the tracks left, unseen on the previous frame or not. A crowded face
+        # (or any, without features) may also take up the track expected where it is.
+        taken = {id(owner) for owner in owners if owner is not None}
+        candidates = []
+        for i in range(count):
+            if owners[i] is not None:
+                continue
+            for k, track in enumerate(tracks):
+                if id(track) in taken:
+                    continue
+                alike = None if similarity is None else float(similarity[i, k])
+                expected = box_iou(track.predicted(time), boxes[i])
+                if (alike is not None and alike >= self.same_person) or (
+                    (alike is None or crowded[i]) and expected >= MIN_OVERLAP
+                ):
+                    candidates.append((expected + APPEARANCE_WEIGHT * (alike or 0.0), i, k))
+        for _, i, k in sorted(candidates, key=lambda item: -item[0]):
+            if owners[i] is None and id(tracks[k]) not in taken:
+                owners[i] = tracks[k]
+                taken.add(id(tracks[k]))
+
+        # New tracks for the faces no track takes; every track's sighting recorded.
+        for track in tracks:
+            track.row = -1
+        numbers = []
+        for i in range(count):
+            feature = None if features is None else features[i]
+            track = owners[i]
+            if track is None:
+                self.opened += 1
+                track = Track(self.opened, boxes[i].copy(), time, np.zeros(4), feature, i, not crowded[i])
+                self.tracks[track.number] = track
+            else:
+                k = tracks.index(track)
+                alike = None if similarity is None else float(similarity[i, k])
+                clean = not crowded[i] and (alike is None or alike >= self.other_person or not track.clean)
+                self._seen(track, boxes[i], time, feature, i, clean)
+            numbers.append(track.number)
+        return numbers
+
+    @staticmethod
+    def _seen(track: Track, box: np.ndarray, time: float, feature: np.ndarray | None, row: int, clean: bool) -> None:
+        elapsed = time - track.time
+        continuing = 0 < elapsed <= MAX_PREDICTION
+        speed = (box - track.box) / elapsed if continuing else np.zeros(4)
+        track.velocity = 0.5 * track.velocity + 0.5 * speed if continuing else speed
+        track.box, track.time, track.row = box.copy(), time, row
+        if feature is None:
+            return
+        if track.feature is None or (clean and not track.clean):  # a first feature, or a first clear view
+            track.feature, track.clean = feature, clean
+        elif clean:
+            track.feature = unit(FEATURE_MOMENTUM * track.feature + (1 - FEATURE_MOMENTUM) * feature)
+
+
+def crowded_faces(boxes: np.ndarray, margin: float = CROWD_MARGIN) -> list[bool]:
+    """Whether each face's box, grown `margin` times about its centre (about what its aligned crop holds), overlaps
+    another face's grown box: its crop then shows some of the other face."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * margin / 2
+    grown = np.concatenate([centres - sizes, centres + sizes], axis=1)
+    return [any(box_iou(grown[i], grown[j]) > 0 for j in range(len(boxes)) if j != i) for i in range(len(boxes))]
+
+
+def _best_pairs(pairs: list[tuple[int, int, float, float | None]]) -> list[tuple[int, int]]:
+    """The `(face, track)` pairs of the motion pass to keep, each face and track in one pair at most: as many pairs
+    as can be, and among those the highest total score, a pair's score being its motion (1 for the face followed
+    from the track's, plus the overlap) plus `APPEARANCE_WEIGHT` times the similarity. Where a face could continue
+    two tracks (a crossing), a clear difference in appearance outweighs the motion, a slight one (two people alike)
+    does not. Searched exhaustively for the few faces of a frame; greedily, best first, past `EXHAUSTIVE_PAIRS`."""
+    scored = sorted(((motion + APPEARANCE_WEIGHT * (alike or 0.0), i, k) for i, k, motion, alike in pairs),
+                    key=lambda item: -item[0])  # fmt: skip
+    if len(scored) > EXHAUSTIVE_PAIRS:
+        chosen, faces, tracks = [], set(), set()
+        for _, i, k in scored:
+            if i not in faces and k not in tracks:
+                chosen.append((i, k))
+                faces.add(i)
+                tracks.add(k)
+        return chosen
+    best: tuple[tuple[int, float], list[tuple[int, int]]] = ((0, 0.0), [])
+
+    def search(start: int, faces: frozenset, tracks: frozenset, chosen: list, total: float) -> None:
+        nonlocal best
+        if (len(chosen), total) > best[0]:
+            best = ((len(chosen), total), list(chosen))
+        for position in range(start, len(scored)):
+            score, i, k = scored[position]
+            if i not in faces and k not in tracks:
+                chosen.append((i, k))
+                search(position + 1, faces | {i}, tracks | {k}, chosen, total + score)
+                chosen.pop()
+
+    search(0, frozenset(), frozenset(), [], 0.0)
+    return best[1]
+
+
+__all__ = [
+    "APPEARANCE_WEIGHT", "CROWD_MARGIN", "DEFAULT_MAX_GAP", "EXHAUSTIVE_PAIRS", "FEATURE_MOMENTUM", "MAX_PREDICTION", "MIN_OVERLAP", "OTHER_PERSON", "PIXEL_LIMITS",
+    "SAME_PERSON", "FaceIdentities", "Track", "check_max_gap", "crowded_faces", "pixel_feature", "unit",
+]  # fmt: skip
