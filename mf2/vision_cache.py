@@ -125,8 +125,12 @@ class VisionTokenDataset(Dataset):
         rows: the rows the entry was built from, in the same order; their caption columns (`emotion_caption`,
             `au_caption`) travel with the example when given (pretraining).
         augment: draw one of the entry's views at random (original, flipped, augmented; torch's global generator,
-            which `Trainer` seeds); off, always the original (evaluation).
+            which `Trainer` seeds); off, always `view` (evaluation).
         dtype: dtype the tokens are handed to the model in.
+        augmented_views: draw from at most this many of the entry's augmented views (`None`: all it has), so a
+            comparison can leave them out without building another cache.
+        view: the view read when `augment` is off: `"tokens"` (the original) or `"flipped_tokens"` (the mirror image,
+            for a flip test-time average).
     """
 
     def __init__(
@@ -135,6 +139,8 @@ class VisionTokenDataset(Dataset):
         rows: Any | None = None,
         augment: bool = True,
         dtype: torch.dtype = torch.float32,
+        augmented_views: int | None = None,
+        view: str = "tokens",
     ):
         if rows is not None and len(rows) != len(cached):
             raise ValueError(
@@ -142,11 +148,12 @@ class VisionTokenDataset(Dataset):
             )
         if augment and "flipped_tokens" not in cached.feature_names:
             raise ValueError("augment=True needs a cache entry with flipped views (VisionTokenCache(flips=True)).")
-        self.cached, self.rows, self.augment, self.dtype = cached, rows, augment, dtype
+        if view not in cached.feature_names:
+            raise ValueError(f"view {view!r} is not in this cache entry; it has {sorted(cached.feature_names)}.")
+        self.cached, self.rows, self.augment, self.dtype, self.view = cached, rows, augment, dtype, view
         names = set(cached.feature_names)
-        self.views = [name for name in VIEW_NAMES if name in names] + [
-            name for view in range(1, len(names) + 1) if (name := augmented_view_names(view)[0]) in names
-        ]
+        augmented = [name for number in range(1, len(names) + 1) if (name := augmented_view_names(number)[0]) in names]
+        self.views = [name for name in VIEW_NAMES if name in names] + augmented[:augmented_views]
         self._captions = None
         if rows is not None:
             columns = [name for name in ("emotion_caption", "au_caption") if name in rows.column_names]
@@ -158,7 +165,7 @@ class VisionTokenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.cached[index]
         features = example.pop("cached_features")
-        view = self.views[int(torch.randint(len(self.views), ()).item())] if self.augment else "tokens"
+        view = self.views[int(torch.randint(len(self.views), ()).item())] if self.augment else self.view
         example["vision_tokens"] = features[view].to(self.dtype)
         if "au_boxes" in example and view != "tokens":
             boxes = features.get(view.replace("_tokens", "_au_boxes"))

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -92,6 +92,9 @@ class Recipe(CKPlusStages):
     def __init__(self, data_dir: Path, output_dir: Path, export_dir: Path, settings: RecipeSettings, device: str):
         self.data_dir, self.output_dir, self.export_dir = data_dir, output_dir, export_dir
         self.settings, self.device = settings, device
+        # Pre-processed rows and vision tokens. A dataset's fingerprint (part of a token entry's key) follows the path
+        # of its pre-processed file, so a run sharing another run's caches must name this same folder.
+        self.cache_dir = output_dir / "cache"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = self._read("timings.json") or {}
         self._datasets: dict[str, Any] = {}
@@ -158,16 +161,18 @@ class Recipe(CKPlusStages):
             spec = files[name].format(self.data_dir)
             if limits[name] is not None:
                 spec += f",max_samples={limits[name]}"
-            dataset, summary = prepare_data([spec], self.processor.image_processor, self.output_dir / "cache")
+            dataset, summary = prepare_data([spec], self.processor.image_processor, self.cache_dir)
             self._datasets[name] = dataset
             self._datasets[f"{name}_summary"] = summary
         return self._datasets[name]
 
-    def tokens(self, model, name: str, flips: bool, rows=None):
+    def tokens(self, model, name: str, flips: bool, rows=None, views: int | None = None):
         """The cached vision tokens of dataset `name` (or of `rows`, a selection of it) for `model`'s frozen vision
-        part (built on first use). Training sets (`flips`, all rows) also get `augmented_views` seeded views."""
-        views = self.settings.augmented_views if flips and rows is None else 0
-        cache = VisionTokenCache(model, self.output_dir / "cache" / "vision-tokens", flips=flips, augmented_views=views)
+        part (built on first use), with `views` seeded augmented views (default: training sets, `flips` and all rows,
+        get `augmented_views`)."""
+        if views is None:
+            views = self.settings.augmented_views if flips and rows is None else 0
+        cache = VisionTokenCache(model, self.cache_dir / "vision-tokens", flips=flips, augmented_views=views)
         collator = MF2DataCollator(self.processor, with_captions=False)
         rows = self.dataset(name) if rows is None else rows
         fingerprint = f"{rows._fingerprint}|{collator.fingerprint()}"
@@ -225,10 +230,12 @@ class Recipe(CKPlusStages):
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
 
-    def predict(self, model, cached) -> dict[str, np.ndarray]:
-        """AU probabilities and emotion logits of every cached example (original view), with its labels."""
+    def predict(self, model, cached, view: str = "tokens") -> dict[str, np.ndarray]:
+        """AU probabilities and emotion logits of every cached example (its original `view`, or `"flipped_tokens"`),
+        with its labels."""
         model.eval().to(self.device)
-        loader = DataLoader(VisionTokenDataset(cached, augment=False), batch_size=64, collate_fn=VisionTokenCollator())
+        examples = VisionTokenDataset(cached, augment=False, view=view)
+        loader = DataLoader(examples, batch_size=64, collate_fn=VisionTokenCollator())
         parts: dict[str, list[np.ndarray]] = {
             "au_probs": [],
             "emotion_logits": [],
@@ -269,9 +276,8 @@ class Recipe(CKPlusStages):
     # ------------------------------------------------------------------------------------------- emotion stage
     def stage_emotion(self) -> None:
         directory = self.stage_dir("emotion")
-        model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("pretrain") / "model"))
-        model.mf2.apply_vision_freezing()
-        train = VisionTokenDataset(self.tokens(model, "ferplus_train", True))
+        model = self.emotion_start_model()
+        train = self.emotion_training_set(model)
         collator, loss = self.emotion_targets()
         settings = self.settings
         vision = [p for p in model.mf2.vision_model.parameters() if p.requires_grad]
@@ -291,6 +297,16 @@ class Recipe(CKPlusStages):
         metrics = self.emotion_metrics(model)
         self._write("emotion/metrics.json", metrics)
         logger.info("FER+ valid after the emotion stage: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+    def emotion_start_model(self) -> MF2ForFacialStateRecognition:
+        """The emotion stage's starting point: the pretrained model, frozen as its config says."""
+        model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("pretrain") / "model"))
+        model.mf2.apply_vision_freezing()
+        return model
+
+    def emotion_training_set(self, model) -> Dataset:
+        """What the emotion stage learns from: every FER+ train image, a random cached view per read."""
+        return VisionTokenDataset(self.tokens(model, "ferplus_train", True))
 
     def emotion_targets(self):
         """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
