@@ -64,4 +64,9 @@ else:
     )
     from . import registration
 
+    # Registering at once would import transformers (seconds), so `registration.install()` puts a finder on
+    # `sys.meta_path` (`mf2.import_hooks`) that runs each registration when transformers' module it extends is
+    # imported, then removes itself. It only wraps loaders in memory and writes nothing to disk; the short names
+    # resolve to the shipped folder at their first use, in memory too (`mf2.default_model`), so `import mf2` creates
+    # no file (tests/test_package_imports.py checks the Hugging Face caches and `MF2_HOME`).
     registration.install()

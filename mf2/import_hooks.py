@@ -9,6 +9,7 @@ So a callback runs only when no watched import (any `transformers` or `mf2` modu
 the end of the outermost one.
 
 `when_imported(triggers, callback)` is the whole interface; the finder removes itself once every callback has run.
+It works in memory only (it wraps loaders, it never creates a module or a file), so `import mf2` writes nothing to disk.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -54,38 +54,45 @@ def check_extra_inputs(model_name: str, kwargs: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- outputs
+# Shapes name the config's sizes: `hidden_size` is the Q-Formers' (`config.qformer_config.hidden_size`),
+# `vision_hidden_size` the vision encoder's, `num_tokens` its tokens (class token, registers, patches), `k` the boxes
+# per AU and `num_labels` the emotions (`config.id2label`).
+#
+# Every MF² output ends with the same per-layer fields, defined once in `MF2LayerOutputs`. A dataclass puts its bases'
+# fields before its own, so each output takes its leading fields from a private base listed after `MF2LayerOutputs`:
+# the fields, and so the `return_dict=False` tuple, keep their order (loss and logits first, per-layer fields last).
 @dataclass
-class MF2ModelOutput(ModelOutput):
-    """Image features of MF².
+class MF2LayerOutputs(ModelOutput):
+    """The per-layer outputs that every MF² output carries last, each None unless asked for
+    (`output_hidden_states=True`, `output_attentions=True`, or the config's flags).
 
     Args:
-        emotion_embeds (`(batch, hidden)`): global face feature, the Emo-VL queries averaged (None without Emo-VL).
-        au_embeds (`(batch, num_aus, hidden)`): one local feature per AU, its AU-VL queries averaged.
-        emotion_query_output (`(batch, num_query_tokens, hidden)`): Emo-VL query outputs.
-        au_query_output (`(batch, num_aus, num_au_query_tokens, hidden)`): AU-VL query outputs.
-        image_embeds (`(batch, tokens, vision_hidden)`): the vision encoder's last hidden state.
-        au_region_embeds (`(batch, num_aus, k * roi^2, vision_hidden)`): patch tokens pooled inside the AU boxes.
-        hidden_states (`tuple` of `(batch, tokens, vision_hidden)`, *optional*): the vision encoder's embeddings and
-            the output of each of its layers, with `output_hidden_states=True` (as transformers' vision models give).
-        emotion_qformer_hidden_states (`tuple` of `(batch, num_query_tokens, hidden)`, *optional*): Emo-VL's
-            Q-Former states (its input and each layer's output), with `output_hidden_states=True`.
-        au_qformer_hidden_states (`tuple` of `(batch * num_aus, num_au_query_tokens, hidden)`, *optional*): AU-VL's,
-            likewise, one row per (image, AU) pair.
-        attentions (`tuple` of `(batch, heads, tokens, tokens)`, *optional*): the vision encoder's self-attention
-            weights per layer, with `output_attentions=True` (attention weights need `attn_implementation="eager"`).
-        emotion_qformer_attentions, au_qformer_attentions (`tuple`, *optional*): the Q-Formers' self-attention
-            weights per layer, with `output_attentions=True`.
-        emotion_qformer_cross_attentions, au_qformer_cross_attentions (`tuple`, *optional*): the Q-Formers' attention
-            from the queries to the vision tokens (AU-VL: to the AU region tokens), per cross-attention layer, with
-            `output_attentions=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            The vision encoder's embeddings and the output of each of its layers, each of shape
+            `(batch_size, num_tokens, vision_hidden_size)`.
+        emotion_qformer_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            Emo-VL's Q-Former input and the output of each of its layers, each of shape
+            `(batch_size, num_query_tokens, hidden_size)`.
+        au_qformer_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            AU-VL's Q-Former input and the output of each of its layers, one row per (image, AU) pair, each of shape
+            `(batch_size * num_aus, num_au_query_tokens, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            The vision encoder's self-attention weights, one per layer, each of shape
+            `(batch_size, num_heads, num_tokens, num_tokens)`; attention weights need `attn_implementation="eager"`.
+        emotion_qformer_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            Emo-VL's Q-Former self-attention weights, one per layer, each of shape
+            `(batch_size, num_heads, num_query_tokens, num_query_tokens)`.
+        au_qformer_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            AU-VL's Q-Former self-attention weights, one per layer, each of shape
+            `(batch_size * num_aus, num_heads, num_au_query_tokens, num_au_query_tokens)`.
+        emotion_qformer_cross_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            Emo-VL's attention from the queries to the vision tokens, one per cross-attention layer, each of shape
+            `(batch_size, num_heads, num_query_tokens, num_tokens)`.
+        au_qformer_cross_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            AU-VL's attention from the queries to the AU region tokens, one per cross-attention layer, each of shape
+            `(batch_size * num_aus, num_heads, num_au_query_tokens, k * au_roi_size**2)`.
     """
 
-    emotion_embeds: torch.FloatTensor | None = None
-    au_embeds: torch.FloatTensor | None = None
-    emotion_query_output: torch.FloatTensor | None = None
-    au_query_output: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    au_region_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -95,41 +102,57 @@ class MF2ModelOutput(ModelOutput):
     emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
-    @property
-    def vision_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
-        """The former name of `hidden_states` (the vision encoder's per-layer states)."""
-        return self.hidden_states
-
     def per_layer_outputs(self) -> dict:
         """The per-layer fields (`PER_LAYER_FIELDS`), which the heads' outputs pass on."""
         return {name: getattr(self, name) for name in PER_LAYER_FIELDS}
 
 
-PER_LAYER_FIELDS: tuple[str, ...] = (
-    "hidden_states", "emotion_qformer_hidden_states", "au_qformer_hidden_states", "attentions",
-    "emotion_qformer_attentions", "au_qformer_attentions", "emotion_qformer_cross_attentions",
-    "au_qformer_cross_attentions",
-)  # fmt: skip
-"""The fields every MF² output carries on request (`output_hidden_states`, `output_attentions`), as in `MF2ModelOutput`."""
+PER_LAYER_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(MF2LayerOutputs))
+"""The fields every MF² output carries on request (`output_hidden_states`, `output_attentions`)."""
 
 
 @dataclass
-class MF2RecognitionOutput(ModelOutput):
-    """Output of `MF2ForFacialStateRecognition`.
+class _MF2ModelFields(ModelOutput):
+    """`MF2ModelOutput`'s leading fields (documented there)."""
+
+    emotion_embeds: torch.FloatTensor | None = None
+    au_embeds: torch.FloatTensor | None = None
+    emotion_query_output: torch.FloatTensor | None = None
+    au_query_output: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    au_region_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class MF2ModelOutput(MF2LayerOutputs, _MF2ModelFields):
+    """Image features of MF² (`MF2Model`); a branch not built, or skipped (`branches=`), leaves its fields None.
 
     Args:
-        loss: weighted `au_loss + emotion_loss`, when labels are given.
-        au_loss: binary cross-entropy over known AU labels.
-        emotion_loss: cross-entropy over known emotion labels.
-        au_logits (`(batch, num_aus)`): AU presence logits (sigmoid gives probabilities).
-        emotion_logits (`(batch, num_emotions)`): emotion logits.
-        emotion_embeds, au_embeds: the features the recognisers read.
-        logits (`(batch, num_emotions)`): `emotion_logits` under the name image classifiers use. The model's
-            single-label classes are the emotions (`config.id2label`), so `AutoModelForImageClassification` users and
-            the `image-classification` pipeline read them here; the AU recogniser is a second, multi-label head.
-        hidden_states, attentions, emotion_qformer_*, au_qformer_*: per-layer outputs on request, as in
-            `MF2ModelOutput`.
+        emotion_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`, *optional*):
+            The global face feature: Emo-VL's query outputs averaged.
+        au_embeds (`torch.FloatTensor` of shape `(batch_size, num_aus, hidden_size)`, *optional*):
+            One local feature per AU: its AU-VL query outputs averaged.
+        emotion_query_output (`torch.FloatTensor` of shape `(batch_size, num_query_tokens, hidden_size)`, *optional*):
+            Emo-VL's query outputs.
+        au_query_output (`torch.FloatTensor` of shape `(batch_size, num_aus, num_au_query_tokens, hidden_size)`):
+            AU-VL's query outputs, per AU (*optional*).
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, num_tokens, vision_hidden_size)`):
+            The vision encoder's last hidden state.
+        au_region_embeds (`torch.FloatTensor` of shape `(batch_size, num_aus, k * au_roi_size**2, vision_hidden_size)`):
+            The patch tokens pooled inside each AU's boxes, which AU-VL reads (*optional*).
+
+    The per-layer fields of `MF2LayerOutputs` follow, documented there.
     """
+
+    @property
+    def vision_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        """The former name of `hidden_states` (the vision encoder's per-layer states)."""
+        return self.hidden_states
+
+
+@dataclass
+class _MF2RecognitionFields(ModelOutput):
+    """`MF2RecognitionOutput`'s leading fields (documented there)."""
 
     loss: torch.FloatTensor | None = None
     au_loss: torch.FloatTensor | None = None
@@ -139,30 +162,39 @@ class MF2RecognitionOutput(ModelOutput):
     emotion_embeds: torch.FloatTensor | None = None
     au_embeds: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
-class MF2PreTrainingOutput(ModelOutput):
-    """Output of `MF2ForPreTraining`: the weighted total and every term on its own.
+class MF2RecognitionOutput(MF2LayerOutputs, _MF2RecognitionFields):
+    """Output of `MF2ForFacialStateRecognition`.
 
     Args:
-        loss: weighted sum of the terms present (weights from `config.loss_weights`).
-        emo_itc, emo_itm, emo_itg: Emo-VL contrastive, matching and generation losses (need emotion captions).
-        au_itc, au_itm, au_itg: AU-VL losses over the (image, AU) pairs that have a caption.
-        au_loss, emotion_loss: recogniser losses over the known labels.
-        au_logits (`(batch, num_aus)`), emotion_logits (`(batch, num_emotions)`): recogniser outputs.
-        emotion_embeds, au_embeds: image features.
-        hidden_states, attentions, emotion_qformer_*, au_qformer_*: per-layer outputs of the image path on request,
-            as in `MF2ModelOutput`.
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `au_labels` or `emotion_labels` is given):
+            `au_loss` and `emotion_loss` weighted by `config.loss_weights`.
+        au_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `au_labels` is given):
+            Binary cross-entropy over the known AU labels.
+        emotion_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `emotion_labels` is given):
+            Cross-entropy over the known emotion labels.
+        au_logits (`torch.FloatTensor` of shape `(batch_size, num_aus)`):
+            AU presence logits (a sigmoid gives probabilities).
+        emotion_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Emotion logits.
+        emotion_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The global face feature the recognisers read (`MF2ModelOutput.emotion_embeds`).
+        au_embeds (`torch.FloatTensor` of shape `(batch_size, num_aus, hidden_size)`):
+            The per-AU features the recognisers read (`MF2ModelOutput.au_embeds`).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            `emotion_logits` under the name image classifiers use. The model's single-label classes are the emotions
+            (`config.id2label`), so `AutoModelForImageClassification` users and the `image-classification` pipeline
+            read them here; the AU recogniser is a second, multi-label head.
+
+    The per-layer fields of `MF2LayerOutputs` follow, documented there.
     """
+
+
+@dataclass
+class _MF2PreTrainingFields(ModelOutput):
+    """`MF2PreTrainingOutput`'s leading fields (documented there)."""
 
     loss: torch.FloatTensor | None = None
     emo_itc: torch.FloatTensor | None = None
@@ -177,14 +209,43 @@ class MF2PreTrainingOutput(ModelOutput):
     emotion_logits: torch.FloatTensor | None = None
     emotion_embeds: torch.FloatTensor | None = None
     au_embeds: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_attentions: tuple[torch.FloatTensor, ...] | None = None
-    emotion_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    au_qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MF2PreTrainingOutput(MF2LayerOutputs, _MF2PreTrainingFields):
+    """Output of `MF2ForPreTraining`: the weighted total and every term on its own.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when labels or captions are given):
+            The terms present, weighted by `config.loss_weights`.
+        emo_itc (`torch.FloatTensor` of shape `()`, *optional*, returned when emotion captions are given):
+            Emo-VL's image-text contrastive loss.
+        emo_itm (`torch.FloatTensor` of shape `()`, *optional*, returned when emotion captions are given):
+            Emo-VL's image-text matching loss.
+        emo_itg (`torch.FloatTensor` of shape `()`, *optional*, returned when emotion captions are given):
+            Emo-VL's image-grounded caption generation loss.
+        au_itc (`torch.FloatTensor` of shape `()`, *optional*, returned when AU captions are given):
+            AU-VL's image-text contrastive loss over the (image, AU) pairs that have a caption.
+        au_itm (`torch.FloatTensor` of shape `()`, *optional*, returned when AU captions are given):
+            AU-VL's image-text matching loss over those pairs.
+        au_itg (`torch.FloatTensor` of shape `()`, *optional*, returned when AU captions are given):
+            AU-VL's caption generation loss over those pairs.
+        au_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `au_labels` is given):
+            Binary cross-entropy over the known AU labels.
+        emotion_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `emotion_labels` is given):
+            Cross-entropy over the known emotion labels.
+        au_logits (`torch.FloatTensor` of shape `(batch_size, num_aus)`):
+            AU presence logits.
+        emotion_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Emotion logits.
+        emotion_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The global face feature (`MF2ModelOutput.emotion_embeds`).
+        au_embeds (`torch.FloatTensor` of shape `(batch_size, num_aus, hidden_size)`):
+            The per-AU features (`MF2ModelOutput.au_embeds`).
+
+    The per-layer fields of `MF2LayerOutputs` follow (of the image path; the caption passes are not returned),
+    documented there.
+    """
 
 
 # --------------------------------------------------------------------------------------------------- building blocks
@@ -859,19 +920,21 @@ def _copy_text_encoder_into_branch(text_state: dict, branch: MF2QFormerBranch, a
             embeddings.position_embeddings.weight.copy_(positions[: embeddings.position_embeddings.weight.shape[0]])
 
 
-class MF2ForFacialStateRecognition(MF2PreTrainedModel):
-    """MF² for inference and fine-tuning from images alone: AU presence logits and emotion logits.
+class MF2RecognitionPreTrainedModel(MF2PreTrainedModel):
+    """What `MF2ForFacialStateRecognition` and `MF2ForPreTraining` share: the MF² core (`mf2`, an `MF2Model`), the AU
+    and emotion recognisers (`heads`), the steps from images to features, logits and recogniser losses, and
+    `from_encoders`. Each subclass says whether the Q-Formers get their text FFN, adds its own parts and then calls
+    `post_init()`; this class is not a model of its own (no Auto class loads it)."""
 
-    Loads the image path and the recognisers of an `MF2ForPreTraining` checkpoint; the text side is left out.
-    """
-
-    _keys_to_ignore_on_load_unexpected = [_TEXT_FFN_PATTERN, r"alignment\."]
-
-    def __init__(self, config: MF2Config):
+    def __init__(self, config: MF2Config, with_text_ffn: bool):
         super().__init__(config)
-        self.mf2 = MF2Model(config, with_text_ffn=False)
+        self.mf2 = MF2Model(config, with_text_ffn=with_text_ffn)
         self.heads = MF2RecognitionHeads(config)
-        self.post_init()
+
+    def text_alignment(self, branch: str) -> MF2TextAlignment | None:
+        """The text side of `branch` (`"emotion"` or `"au"`): None in an image-only model; `MF2ForPreTraining` has one
+        per branch it builds."""
+        return None
 
     @classmethod
     def from_encoders(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **config_overrides):
@@ -914,7 +977,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         for name in ("emotion", "au"):
             branch = getattr(model.mf2, f"{name}_branch")
             if branch is not None:
-                _copy_text_encoder_into_branch(text_state, branch, getattr(model, f"{name}_alignment", None))
+                _copy_text_encoder_into_branch(text_state, branch, model.text_alignment(name))
         model.mf2.apply_vision_freezing()
         model.config._name_or_path = ""
         return model
@@ -946,6 +1009,19 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         if emotion_labels is not None and emotion_logits is not None:
             losses["emotion_loss"] = masked_emotion_loss(emotion_logits, emotion_labels)
         return losses
+
+
+class MF2ForFacialStateRecognition(MF2RecognitionPreTrainedModel):
+    """MF² for inference and fine-tuning from images alone: AU presence logits and emotion logits.
+
+    Loads the image path and the recognisers of an `MF2ForPreTraining` checkpoint; the text side is left out.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [_TEXT_FFN_PATTERN, r"alignment\."]
+
+    def __init__(self, config: MF2Config):
+        super().__init__(config, with_text_ffn=False)
+        self.post_init()
 
     @can_return_tuple
     def forward(
@@ -987,7 +1063,7 @@ class MF2ForFacialStateRecognition(MF2PreTrainedModel):
         )
 
 
-class MF2ForPreTraining(MF2ForFacialStateRecognition):
+class MF2ForPreTraining(MF2RecognitionPreTrainedModel):
     """MF² pretraining: Emo-VL and AU-VL, each with ITC, ITM and ITG, plus the AU and emotion recognisers.
 
     Inputs that a batch lacks are skipped, not faked: no emotion caption (none given, or an all-padding row) → that
@@ -995,12 +1071,8 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
     pair whose `au_caption_mask` is 0 takes no part in AU-VL alignment; labels of -1 are left out of the recognisers.
     """
 
-    _keys_to_ignore_on_load_unexpected = None
-
     def __init__(self, config: MF2Config):
-        MF2PreTrainedModel.__init__(self, config)
-        self.mf2 = MF2Model(config, with_text_ffn=True)
-        self.heads = MF2RecognitionHeads(config)
+        super().__init__(config, with_text_ffn=True)
         self.emotion_alignment = MF2TextAlignment(config) if config.use_emotion_branch else None
         self.au_alignment = MF2TextAlignment(config) if config.use_au_branch else None
         self._tied_weights_keys = {
@@ -1012,6 +1084,9 @@ class MF2ForPreTraining(MF2ForFacialStateRecognition):
             if enabled
         }
         self.post_init()
+
+    def text_alignment(self, branch: str) -> MF2TextAlignment | None:
+        return self.emotion_alignment if branch == "emotion" else self.au_alignment
 
     def _au_pairs(self, features: MF2ModelOutput, au_input_ids, au_attention_mask, au_caption_mask):
         """Flatten the (image, AU) pairs that carry a caption into M aligned rows."""
@@ -1109,9 +1184,11 @@ __all__ = [
     "MF2ModelOutput",
     "MF2PreTrainedModel",
     "MF2PreTrainingOutput",
+    "MF2LayerOutputs",
     "MF2QFormerBranch",
     "MF2RecognitionHeads",
     "MF2RecognitionOutput",
+    "MF2RecognitionPreTrainedModel",
     "MF2TextAlignment",
     "PER_LAYER_FIELDS",
     "PROCESSOR_ONLY_FIELDS",

@@ -404,6 +404,35 @@ def test_qformers_hold_the_configs_qformer_config(config):
     assert config.qformer_config.use_qformer_text_input  # the config still says what pretraining builds
 
 
+def test_both_heads_initialise_one_shared_base(config):
+    from mf2.modeling_mf2 import MF2RecognitionPreTrainedModel
+
+    assert not issubclass(MF2ForPreTraining, MF2ForFacialStateRecognition)  # siblings, each through super().__init__
+    for model_class, has_text in ((MF2ForFacialStateRecognition, False), (MF2ForPreTraining, True)):
+        model = model_class(config)
+        assert isinstance(model, MF2RecognitionPreTrainedModel)
+        assert isinstance(model.mf2, MF2Model) and model.heads is not None
+        assert all((model.text_alignment(branch) is not None) == has_text for branch in ("emotion", "au"))
+
+
+def test_outputs_share_the_per_layer_fields_and_keep_their_order():
+    from dataclasses import fields
+
+    from mf2.modeling_mf2 import (
+        PER_LAYER_FIELDS,
+        MF2LayerOutputs,
+        MF2ModelOutput,
+        MF2PreTrainingOutput,
+        MF2RecognitionOutput,
+    )
+
+    firsts = {MF2ModelOutput: "emotion_embeds", MF2RecognitionOutput: "loss", MF2PreTrainingOutput: "loss"}
+    for output_class, first in firsts.items():
+        names = [field.name for field in fields(output_class)]
+        assert issubclass(output_class, MF2LayerOutputs) and names[0] == first  # `return_dict=False`: loss first
+        assert tuple(names[-len(PER_LAYER_FIELDS) :]) == PER_LAYER_FIELDS and len(set(names)) == len(names)
+
+
 def test_losses_are_deterministic_in_eval_mode(config, batch):
     model = _model(config).eval()
     with torch.no_grad():

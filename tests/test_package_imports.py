@@ -5,6 +5,7 @@ Speed is measured in `benchmarks/benchmark_import.py`; these tests check only wh
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,8 +94,8 @@ def test_public_names_are_lazy_and_importable():
         mf2.no_such_name  # noqa: B018
 
 
-def _run(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+def _run(code: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> dict:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -147,3 +148,23 @@ def test_registrations_run_at_import_when_transformers_came_first():
         "print(json.dumps({'task': 'facial-state' in PIPELINE_REGISTRY.get_supported_tasks(), 'pending': pending()}))\n"
     )
     assert values == {"task": True, "pending": []}
+
+
+# Variables that would send a cache somewhere other than the folders the test watches.
+CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE",
+                   "HF_XET_CACHE", "HF_ASSETS_CACHE", "XDG_CACHE_HOME", "MF2_HOME")  # fmt: skip
+
+
+def test_import_mf2_writes_nothing_to_disk(tmp_path):
+    """`import mf2` (its lazy module, its post-import finder) creates no file: the Hugging Face home and Hub cache,
+    `MF2_HOME`, the home folder and the working directory stay as they were. What a short name needs is resolved at
+    its first use, in memory (`mf2.default_model`)."""
+    folders = {"HF_HOME": tmp_path / "hf-home", "HF_HUB_CACHE": tmp_path / "hf-hub-cache", "MF2_HOME": tmp_path / "mf2"}
+    for folder in folders.values():
+        folder.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in CACHE_VARIABLES}
+    env.update({key: str(folder) for key, folder in folders.items()}, HOME=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    values = _run("import json\nimport mf2\nprint(json.dumps({'file': mf2.__file__}))\n", env=env, cwd=tmp_path)
+    assert Path(values["file"]).resolve().parent == PACKAGE_DIR  # the package under test, not another install
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["hf-home", "hf-hub-cache", "mf2"]

@@ -10,16 +10,12 @@
 | `cache.py`      | `DFNFeatureCache`, the on-disk cache of `DFNFeatures`                             |
 | `loading.py`    | `load_adapter` / `load_dfn_model`: a trained adapter folder on a base model       |
 
-Importing this package registers `peft_type="DFN"` with PEFT (here, once), so `get_peft_model`,
-`PeftModel.from_pretrained` and `PeftConfig.from_pretrained` accept DFN adapters.
-
-PEFT 0.21 has no supported registration for methods outside its tree: `peft.utils.register_peft_method` accepts only
-members of the closed `PeftType` enum. `PeftType` is a `str` enum, though, and PEFT looks methods up in three plain
-dicts of `peft.mapping`, so a string key there works next to the built-in ones. This relies on semi-private mappings,
-which is why `pyproject.toml` pins `peft==0.21.*`. A process that has not imported `mf2.dfn` fails on a DFN adapter
-with `KeyError: 'DFN'`.
+Importing this package registers `peft_type="DFN"` with PEFT (`register_dfn_with_peft`, here, once), so
+`get_peft_model`, `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` accept DFN adapters. A process that has
+not imported `mf2.dfn` fails on a DFN adapter with `KeyError: 'DFN'`.
 """
 
+import peft
 import peft.mapping
 
 from .cache import DFNCachedDataset, DFNFeatureCache, collate_cached_features
@@ -39,26 +35,33 @@ class DFNRegistrationError(RuntimeError):
         super().__init__(f"PEFT already maps {peft_type!r} to {registered!r}; refusing to overwrite it.")
 
 
-def _peft_entries() -> tuple[tuple[dict, object], ...]:
-    return (
-        (peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING, DFNConfig),
-        (peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING, DFNTuner),
+def register_dfn_with_peft() -> None:
+    """Register `peft_type="DFN"` with PEFT: its config class, its tuner and its key prefix (idempotent).
+
+    The one place where mf2 writes into PEFT. PEFT's registration function, `peft.utils.register_peft_method`, is for
+    methods inside PEFT's tree: it accepts only members of its closed `PeftType` enum, and PEFT 0.21.2 (the newest
+    release) has no registration for a method defined elsewhere. PEFT does take a `peft_type` given as a plain string
+    (`PeftConfig.peft_type`: `PeftType` or `str`) and finds every method through the three dicts below, so DFN's
+    entries sit beside the built-in ones. The config and tuner dicts are public (`peft.__all__`); the prefix dict is
+    `peft.mapping`'s only: with `mf2.dfn.model`'s imports of PEFT internals, that is why pyproject.toml pins
+    `peft==0.21.*`. Switch to `register_peft_method` once PEFT accepts names outside `PeftType` there.
+    """
+    entries = (
+        (peft.PEFT_TYPE_TO_CONFIG_MAPPING, DFNConfig),
+        (peft.PEFT_TYPE_TO_TUNER_MAPPING, DFNTuner),
         (peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING, DFNTuner.prefix),
     )
-
-
-def register_dfn_with_peft() -> None:
-    """Register `peft_type="DFN"` in PEFT's config, tuner and prefix mappings (idempotent)."""
-    for mapping, value in _peft_entries():
+    for mapping, value in entries:
         registered = mapping.get(DFN_PEFT_TYPE)
         if registered is not None and registered is not value and registered != value:
             raise DFNRegistrationError(DFN_PEFT_TYPE, registered, value)
+    for mapping, value in entries:  # all three or none: a refused entry leaves PEFT as it was
         mapping[DFN_PEFT_TYPE] = value
 
 
 def is_dfn_registered() -> bool:
-    """Whether PEFT's mappings currently know DFN."""
-    return peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING.get(DFN_PEFT_TYPE) is DFNTuner
+    """Whether PEFT currently maps `peft_type="DFN"` to DFN's tuner."""
+    return peft.PEFT_TYPE_TO_TUNER_MAPPING.get(DFN_PEFT_TYPE) is DFNTuner
 
 
 register_dfn_with_peft()

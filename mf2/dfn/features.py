@@ -15,27 +15,44 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ModelOutput, au_caption_rows
+from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionPreTrainedModel, au_caption_rows
 from .config import DFNConfig
 
 
 @dataclass
 class DFNFeatures(ModelOutput):
     """Per-example backbone features of a DFN-adapted MF² (first dimension = batch; A = AUs, N = cells, H = Q-Former
-    width, E = ITC width, L = caption tokens). Fields a configuration does not need stay None.
+    width, Q = queries, E = ITC width, L = caption tokens). Fields a configuration does not need stay None.
 
     Args:
-        emotion_embeds (`(B, H)`), au_embeds (`(B, A, H)`): the base task representations.
-        emotion_image_states (`(B, N, H)`), au_image_states (`(B, A, N, H)`): query outputs of the read Q-Former
-            layers, mean-pooled over the queries (the task representation is the query mean, so the correction is
-            per example or per AU, not per query).
-        emotion_image_proj (`(B, Q, E)`), au_image_proj (`(B, A, Q, E)`): the frozen ITC projection of the query
-            outputs (text cells only).
-        emotion_text_cls (`(B, H)`), au_text_cls (`(B, A, H)`): the caption's CLS state after the last layer.
-        emotion_text_states (`(B, N, H)`), au_text_states (`(B, A, N, H)`): the caption's CLS state at the read layers.
-        emotion_caption_tokens (`(B, L)`), au_caption_tokens (`(B, A, L)`): token ids with padding -1, right-padded
-            to the configured maximum length (two captions are ITC positives when these are equal).
-        au_caption_present (`(B, A)`): which (image, AU) pairs carry a caption.
+        emotion_embeds (`torch.FloatTensor` of shape `(B, H)`):
+            The base emotion representation (`MF2ModelOutput.emotion_embeds`).
+        au_embeds (`torch.FloatTensor` of shape `(B, A, H)`):
+            The base per-AU representations (`MF2ModelOutput.au_embeds`).
+        emotion_image_states (`torch.FloatTensor` of shape `(B, N, H)`):
+            Emo-VL's query outputs at the read Q-Former layers, mean-pooled over the queries (the task representation
+            is the query mean, so the correction is per example, not per query).
+        au_image_states (`torch.FloatTensor` of shape `(B, A, N, H)`):
+            AU-VL's query outputs at the read layers, mean-pooled over the queries (a correction per AU).
+        emotion_image_proj (`torch.FloatTensor` of shape `(B, Q, E)`, *optional*):
+            The frozen ITC projection of Emo-VL's query outputs (text cells only).
+        emotion_text_cls (`torch.FloatTensor` of shape `(B, H)`, *optional*):
+            The emotion caption's CLS state after the last layer (text cells only).
+        emotion_text_states (`torch.FloatTensor` of shape `(B, N, H)`, *optional*):
+            The emotion caption's CLS state at the read layers (text cells only).
+        emotion_caption_tokens (`torch.LongTensor` of shape `(B, L)`, *optional*):
+            The emotion caption's token ids with padding -1, right-padded to the configured maximum length (two
+            captions are ITC positives when these are equal).
+        au_image_proj (`torch.FloatTensor` of shape `(B, A, Q, E)`, *optional*):
+            The frozen ITC projection of AU-VL's query outputs (text cells only).
+        au_text_cls (`torch.FloatTensor` of shape `(B, A, H)`, *optional*):
+            Each AU caption's CLS state after the last layer (text cells only).
+        au_text_states (`torch.FloatTensor` of shape `(B, A, N, H)`, *optional*):
+            Each AU caption's CLS state at the read layers (text cells only).
+        au_caption_tokens (`torch.LongTensor` of shape `(B, A, L)`, *optional*):
+            The AU captions' token ids, padded as `emotion_caption_tokens`.
+        au_caption_present (`torch.BoolTensor` of shape `(B, A)`, *optional*):
+            Which (image, AU) pairs carry a caption.
     """
 
     emotion_embeds: torch.FloatTensor | None = None
@@ -111,7 +128,7 @@ def add_emotion_caption_features(features, model, output, input_ids, attention_m
     """Emo-VL's text-cell inputs (`emotion_image_proj`, `emotion_text_*`, `emotion_caption_tokens`) into `features`."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    alignment = model.emotion_alignment
+    alignment = model.text_alignment("emotion")
     features.emotion_image_proj = alignment.vision_proj(output.emotion_query_output)
     features.emotion_text_cls, features.emotion_text_states = caption_states(
         model.mf2.emotion_branch, alignment, input_ids, attention_mask, indices
@@ -126,7 +143,7 @@ def add_au_caption_features(features, model, output, input_ids, attention_mask, 
     for the (image, AU) pairs that carry a caption, the others stay zero."""
     batch, num_aus = output.au_embeds.shape[:2]
     attention_mask, present = au_caption_rows(input_ids, attention_mask, caption_mask, batch, num_aus)
-    alignment = model.au_alignment
+    alignment = model.text_alignment("au")
     hidden = output.au_embeds.shape[-1]
     cls = output.au_embeds.new_zeros(batch, num_aus, hidden)
     states = output.au_embeds.new_zeros(batch, num_aus, len(indices), hidden)
@@ -143,7 +160,7 @@ def add_au_caption_features(features, model, output, input_ids, attention_mask, 
 
 @torch.no_grad()
 def extract_features(
-    model: MF2ForFacialStateRecognition,
+    model: MF2RecognitionPreTrainedModel,
     config: DFNConfig,
     pixel_values: torch.Tensor,
     au_boxes: torch.Tensor | None = None,

@@ -21,7 +21,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_
 from torch import nn
 
 from ..losses_mf2 import itc_loss, weighted_loss
-from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ModelOutput, MF2RecognitionOutput
+from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionOutput, MF2RecognitionPreTrainedModel
 from .config import BRANCHES, DFN_PREFIX, DFNConfig
 from .features import DFNFeatures, extract_features, image_features
 from .layer import DFNSideNetwork, default_layer_indices
@@ -32,10 +32,13 @@ _LOSS_PREFIX = {"emotion": "emo", "au": "au"}
 
 @dataclass
 class DFNOutput(MF2RecognitionOutput):
-    """Output of a DFN-adapted MF²: `MF2RecognitionOutput` plus the ITC terms that train the text cells.
+    """Output of a DFN-adapted MF²: the fields of `MF2RecognitionOutput`, then the ITC terms that train the text cells.
 
     Args:
-        emo_itc, au_itc: image-text contrastive losses on adapted features (only with text cells and captions).
+        emo_itc (`torch.FloatTensor` of shape `()`, *optional*, returned with Emo-VL text cells and emotion captions):
+            Emo-VL's image-text contrastive loss on the adapted features.
+        au_itc (`torch.FloatTensor` of shape `()`, *optional*, returned with AU-VL text cells and AU captions):
+            AU-VL's image-text contrastive loss on the adapted features, over the (image, AU) pairs with a caption.
     """
 
     emo_itc: torch.FloatTensor | None = None
@@ -78,7 +81,7 @@ class DFNTuner(BaseTuner):
 
         Replaces `BaseTuner.inject_adapter`, which matches and replaces target modules; DFN has none.
         """
-        if not isinstance(model, MF2ForFacialStateRecognition):
+        if not isinstance(model, MF2RecognitionPreTrainedModel):
             raise TypeError(
                 "DFN adapts MF² recognition models (MF2ForFacialStateRecognition or MF2ForPreTraining), "
                 f"got {type(model).__name__}."
@@ -267,7 +270,7 @@ class DFNTuner(BaseTuner):
     def _itc(self, branch: str, features: DFNFeatures, corrections, side) -> torch.Tensor | None:
         """ITC between the adapted image queries and the adapted caption of one branch (paper eq. 3)."""
         model = self.model
-        alignment = model.emotion_alignment if branch == "emotion" else model.au_alignment
+        alignment = model.text_alignment(branch)
         image = features.branch(branch, "image_proj")
         correction = corrections.get(f"{branch}_image")
         if correction is not None:
@@ -374,7 +377,7 @@ def _request_hidden_states(module: nn.Module, args: tuple, kwargs: dict):
     return args, kwargs
 
 
-def resolve_dfn_config(config: DFNConfig, model: MF2ForFacialStateRecognition) -> DFNConfig:
+def resolve_dfn_config(config: DFNConfig, model: MF2RecognitionPreTrainedModel) -> DFNConfig:
     """Fill in the model-dependent defaults of `config` (branches, modalities, layer indices) and check them."""
     present = [name for name, enabled in (("emotion", model.config.use_emotion_branch),
                                           ("au", model.config.use_au_branch)) if enabled]  # fmt: skip
@@ -383,7 +386,7 @@ def resolve_dfn_config(config: DFNConfig, model: MF2ForFacialStateRecognition) -
     missing = sorted(set(config.branches) - set(present))
     if missing:
         raise ValueError(f"DFN: the base model has no {missing} branch; available: {present}.")
-    has_text = all(getattr(model, f"{branch}_alignment", None) is not None for branch in config.branches)
+    has_text = all(model.text_alignment(branch) is not None for branch in config.branches)
     # A text side built but not loaded (MF2ForPreTraining on a checkpoint without text weights, as the shipped
     # mf2-base) is random: text cells trained by ITC against it would learn nothing, and recognition never reads them.
     text_loaded = has_text and checkpoint_has_text_weights(getattr(model, "name_or_path", None)) is not False
@@ -427,13 +430,10 @@ def checkpoint_has_text_weights(name_or_path: str | os.PathLike | None) -> bool 
     return any("alignment." in name for name in names)
 
 
-def backbone_modules(model: MF2ForFacialStateRecognition) -> list[nn.Module]:
+def backbone_modules(model: MF2RecognitionPreTrainedModel) -> list[nn.Module]:
     """The frozen modules that DFN's features come from: the image path and, for pretraining models, the caption path."""
-    modules = [model.mf2]
-    for name in ("emotion_alignment", "au_alignment"):
-        if getattr(model, name, None) is not None:
-            modules.append(getattr(model, name))
-    return modules
+    alignments = (model.text_alignment(branch) for branch in ("emotion", "au"))
+    return [model.mf2, *(alignment for alignment in alignments if alignment is not None)]
 
 
 __all__ = ["DFNOutput", "DFNTuner", "backbone_modules", "checkpoint_has_text_weights", "resolve_dfn_config"]

@@ -77,3 +77,19 @@ def test_config_round_trip(tmp_path):
     assert saved["peft_type"] == "DFN" and saved["gate_scaling"] == 0.2
     loaded = DFNConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, DFNConfig) and loaded.to_dict() == config.to_dict()
+
+
+def test_registration_is_idempotent_and_refuses_to_overwrite_all_or_nothing(monkeypatch):
+    import peft
+    import peft.mapping
+
+    from mf2.dfn import DFN_PEFT_TYPE, DFNRegistrationError, DFNTuner, is_dfn_registered, register_dfn_with_peft
+
+    register_dfn_with_peft()  # again: a no-op
+    assert is_dfn_registered() and peft.PEFT_TYPE_TO_CONFIG_MAPPING[DFN_PEFT_TYPE] is DFNConfig
+    assert peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING[DFN_PEFT_TYPE] == DFNTuner.prefix
+    monkeypatch.setitem(peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING, DFN_PEFT_TYPE, "other_")
+    monkeypatch.delitem(peft.PEFT_TYPE_TO_TUNER_MAPPING, DFN_PEFT_TYPE)
+    with pytest.raises(DFNRegistrationError) as error:
+        register_dfn_with_peft()
+    assert error.value.registered == "other_" and not is_dfn_registered()  # the tuner entry was not written either
