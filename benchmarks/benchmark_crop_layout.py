@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 def layout(points: np.ndarray) -> str:
     """Eye-centre height, eye distance, mouth-centre height and chin height of `(68, 2)` unit-crop landmarks."""
     left, right = points[36:42].mean(0), points[42:48].mean(0)
-    return (f"eyes y {(left[1] + right[1]) / 2:.3f}, eye distance {np.linalg.norm(right - left):.3f}, "
-            f"mouth y {points[48:68, 1].mean():.3f}, chin y {points[8, 1]:.3f}")  # fmt: skip
+    return (
+        f"eyes y {(left[1] + right[1]) / 2:.3f}, eye distance {np.linalg.norm(right - left):.3f}, "
+        f"mouth y {points[48:68, 1].mean():.3f}, chin y {points[8, 1]:.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     side = images[0].width
     raw = np.stack([(features["landmarks"][i] + 0.5) / side for i in found])
     canonical = canonical_landmarks()
-    print(f"FER+ {args.split}: dlib found {len(found)} of {len(images)} faces (upscaled to "
-          f"{processor.min_detection_size} px for detection)")  # fmt: skip
+    print(
+        f"FER+ {args.split}: dlib found {len(found)} of {len(images)} faces (upscaled to "
+        f"{processor.min_detection_size} px for detection)"
+    )
     print(f"  canonical layout:        {layout(canonical)}")
     print(f"  FER+ crops, median:      {layout(np.median(raw, axis=0))}")
     fits = []
@@ -60,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         centre = matrix @ np.array([0.5, 0.5, 1.0])
         fits.append((np.sqrt(abs(np.linalg.det(matrix[:, :2]))), *centre))
     fits = np.array(fits)
-    print("  canonical -> crop similarity, median (quartiles): scale {:.3f} ({:.3f}-{:.3f}), centre x {:.3f} "
-          "({:.3f}-{:.3f}), y {:.3f} ({:.3f}-{:.3f})".format(
-              *np.array([np.median(fits, 0), *np.percentile(fits, [25, 75], 0)]).T.ravel()))  # fmt: skip
+    print(
+        "  canonical -> crop similarity, median (quartiles): scale {:.3f} ({:.3f}-{:.3f}), centre x {:.3f} "
+        "({:.3f}-{:.3f}), y {:.3f} ({:.3f}-{:.3f})".format(
+            *np.array([np.median(fits, 0), *np.percentile(fits, [25, 75], 0)]).T.ravel()
+        )
+    )
     aligned = np.stack([(apply_affine(features["alignment"][i], features["landmarks"][i]) + 0.5) / 112 for i in found])
     print(f"  aligned crops, median:   {layout(np.median(aligned, axis=0))}")
     print(f"  mean |aligned median - canonical|: {np.abs(np.median(aligned, 0) - canonical).mean():.4f} crop widths")

@@ -57,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     scores = emotion_scores(predicted, labels, len(EMOTION_LABELS))
     found = np.mean([face.get("landmark_backend") == "dlib" for face in faces])
     print(f"model {args.model}; FER+ valid, {len(images)} faces, {'template' if args.template else 'default path'}")
-    print(f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}, "
-          f"mean class accuracy {scores['mean_class_accuracy']:.4f}; faces found {found:.1%}; "
-          f"{len(images) / seconds:.1f} faces/s")  # fmt: skip
-    print("per class: " + ", ".join(f"{name} {value:.3f}"
-                                    for name, value in zip(EMOTION_LABELS, scores["per_class_accuracy"])))  # fmt: skip
+    print(
+        f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}, "
+        f"mean class accuracy {scores['mean_class_accuracy']:.4f}; faces found {found:.1%}; "
+        f"{len(images) / seconds:.1f} faces/s"
+    )
+    print(
+        "per class: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in zip(EMOTION_LABELS, scores["per_class_accuracy"]))
+    )
     return 0
 
 

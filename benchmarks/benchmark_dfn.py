@@ -68,13 +68,29 @@ def build_config(small: bool):
         return MF2Config()  # ViT-B/16 at 224 px, BERT-base text encoder, BERT-base-sized Q-Formers (12 layers)
     # A quick smoke-test size (not the paper's); 8 Q-Former layers so that N=7 still fits.
     return MF2Config(
-        vision_config=dict(model_type="vit", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, image_size=64, patch_size=16),
-        text_config=dict(model_type="bert", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, vocab_size=1000),
+        vision_config=dict(
+            model_type="vit",
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            image_size=64,
+            patch_size=16,
+        ),
+        text_config=dict(
+            model_type="bert",
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=1000,
+        ),
         qformer_config=dict(hidden_size=64, num_hidden_layers=8, num_attention_heads=4, intermediate_size=128),
-        num_query_tokens=8, num_au_query_tokens=4, au_caption_max_length=32, emotion_caption_max_length=16,
-    )  # fmt: skip
+        num_query_tokens=8,
+        num_au_query_tokens=4,
+        au_caption_max_length=32,
+        emotion_caption_max_length=16,
+    )
 
 
 def make_batch(config, batch_size: int, device, with_captions: bool) -> dict:
@@ -89,8 +105,12 @@ def make_batch(config, batch_size: int, device, with_captions: bool) -> dict:
         vocab = config.text_config.vocab_size
         emotion = torch.randint(5, vocab, (batch_size, config.emotion_caption_max_length), generator=generator)
         au = torch.randint(5, vocab, (batch_size, config.num_aus, config.au_caption_max_length), generator=generator)
-        batch.update(emotion_input_ids=emotion, emotion_attention_mask=torch.ones_like(emotion),
-                     au_input_ids=au, au_attention_mask=torch.ones_like(au))  # fmt: skip
+        batch.update(
+            emotion_input_ids=emotion,
+            emotion_attention_mask=torch.ones_like(emotion),
+            au_input_ids=au,
+            au_attention_mask=torch.ones_like(au),
+        )
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -158,8 +178,11 @@ def worker(args) -> dict:
             def forward():
                 collated = collate_cached_features([cached[i] for i in range(len(cached))])
                 features = {key: value.to(device) for key, value in collated["cached_features"].items()}
-                return runner(cached_features=features, au_labels=collated["au_labels"].to(device),
-                              emotion_labels=collated["emotion_labels"].to(device))  # fmt: skip
+                return runner(
+                    cached_features=features,
+                    au_labels=collated["au_labels"].to(device),
+                    emotion_labels=collated["emotion_labels"].to(device),
+                )
 
     # Fused AdamW is `Trainer`'s default (`optim="adamw_torch_fused"` for torch >= 2.8); the for-loop AdamW is ~50x
     # slower on this CPU and would dominate every step.
@@ -189,9 +212,24 @@ def worker(args) -> dict:
 
 
 def run_mode(mode: str, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--device", args.device,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--num-layers", str(args.num_layers), "--bottleneck-size", str(args.bottleneck_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        mode,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--num-layers",
+        str(args.num_layers),
+        "--bottleneck-size",
+        str(args.bottleneck_size),
+    ]
     if mode == "pretrain":
         command[command.index("--steps") + 1] = str(args.pretrain_steps)
     if args.small:
@@ -210,19 +248,29 @@ def report(results: dict[str, dict], args) -> None:
     full, dfn = results["full"], results["dfn"]
     steps_per_epoch = math.ceil(MFA_TRAIN_IMAGES / args.batch_size)
     memory = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS (ru_maxrss) of the mode's process"
-    size = "smoke-test size (--small), NOT the paper size" if args.small else (
-        "paper size: ViT-B/16 @224 px (frozen), two BERT-base-sized 12-layer Q-Formers, text side of MF2ForPreTraining"
-    )  # fmt: skip
+    size = (
+        "smoke-test size (--small), NOT the paper size"
+        if args.small
+        else (
+            "paper size: ViT-B/16 @224 px (frozen), two BERT-base-sized 12-layer Q-Formers, text side of MF2ForPreTraining"
+        )
+    )
     print(f"MF² DFN benchmark — {size}")
-    print(f"device {args.device}, {full['threads']} torch threads, torch {torch.__version__}, batch {args.batch_size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps per mode (median), each mode in its own process")  # fmt: skip
-    print(f"DFN: N={args.num_layers} cells per side network, {dfn['dfn_cells']} cells in all, bottleneck "
-          f"{args.bottleneck_size}, reading Q-Former layers {dfn['layer_indices']}")  # fmt: skip
+    print(
+        f"device {args.device}, {full['threads']} torch threads, torch {torch.__version__}, batch {args.batch_size}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps per mode (median), each mode in its own process"
+    )
+    print(
+        f"DFN: N={args.num_layers} cells per side network, {dfn['dfn_cells']} cells in all, bottleneck "
+        f"{args.bottleneck_size}, reading Q-Former layers {dfn['layer_indices']}"
+    )
     print()
-    print(f"trainable parameters: full {full['trainable'] / 1e6:.2f}M, DFN {dfn['trainable'] / 1e6:.2f}M "
-          f"= {100 * dfn['trainable'] / full['trainable']:.1f}% of full "
-          f"(paper: {PAPER['full_params_m']}M vs {PAPER['dfn_params_m']}M, "
-          f"{100 * PAPER['dfn_params_m'] / PAPER['full_params_m']:.1f}%; target <= 14%)")  # fmt: skip
+    print(
+        f"trainable parameters: full {full['trainable'] / 1e6:.2f}M, DFN {dfn['trainable'] / 1e6:.2f}M "
+        f"= {100 * dfn['trainable'] / full['trainable']:.1f}% of full "
+        f"(paper: {PAPER['full_params_m']}M vs {PAPER['dfn_params_m']}M, "
+        f"{100 * PAPER['dfn_params_m'] / PAPER['full_params_m']:.1f}%; target <= 14%)"
+    )
     print()
     header = (
         f"{'mode':<12}{'step (s)':>10}{'min (s)':>9}{'speed-up':>10}{'epoch (min)':>13}{'peak MiB':>10}{'net MiB':>9}"
@@ -244,10 +292,14 @@ def report(results: dict[str, dict], args) -> None:
             f"{mode:<12}{result['step_s']:>10.3f}{fastest:>9.3f}{speedup:>9.1f}x{epoch_min:>13.1f}{peak:>10.0f}{net:>9.0f}"
         )
     print()
-    print(f"epoch = {steps_per_epoch} steps of {args.batch_size} (MFA train split, {MFA_TRAIN_IMAGES:,} images), "
-          "extrapolated from the step time; paper (RTX A6000, batch 56): full 62.3 min, DFN 12.6 min (4.9x)")  # fmt: skip
-    print(f"memory: {memory}; 'net' = peak minus the resident size after building the model "
-          "(optimizer state, gradients, activations)")  # fmt: skip
+    print(
+        f"epoch = {steps_per_epoch} steps of {args.batch_size} (MFA train split, {MFA_TRAIN_IMAGES:,} images), "
+        "extrapolated from the step time; paper (RTX A6000, batch 56): full 62.3 min, DFN 12.6 min (4.9x)"
+    )
+    print(
+        f"memory: {memory}; 'net' = peak minus the resident size after building the model "
+        "(optimizer state, gradients, activations)"
+    )
     if "dfn_cached" in results:
         cached = results["dfn_cached"]
         build_min = cached["extract_s"] * steps_per_epoch / 60
@@ -255,14 +307,18 @@ def report(results: dict[str, dict], args) -> None:
         amortized = (epochs * full["step_s"] * steps_per_epoch / 60) / (
             build_min + epochs * cached["step_s"] * steps_per_epoch / 60
         )
-        print(f"feature cache: building costs one backbone pass per example ({cached['extract_s']:.2f} s per batch of "
-              f"{args.batch_size}, ~{build_min:.1f} min for the epoch-0 pass) plus hashing the backbone "
-              f"({cached['backbone_hash_s']:.1f} s); {cached['cache_bytes_per_example'] / 1024:.0f} KiB per example "
-              f"on disk; over {epochs} epochs (Table VI) incl. the build: {amortized:.1f}x vs full")  # fmt: skip
+        print(
+            f"feature cache: building costs one backbone pass per example ({cached['extract_s']:.2f} s per batch of "
+            f"{args.batch_size}, ~{build_min:.1f} min for the epoch-0 pass) plus hashing the backbone "
+            f"({cached['backbone_hash_s']:.1f} s); {cached['cache_bytes_per_example'] / 1024:.0f} KiB per example "
+            f"on disk; over {epochs} epochs (Table VI) incl. the build: {amortized:.1f}x vs full"
+        )
     if "step_s" in results.get("pretrain", {}):
-        print(f"pretrain row: full MF2ForPreTraining step with captions (ITC+ITM+ITG+recognition), "
-              f"{args.pretrain_steps} timed step(s); speed-up of DFN vs it: "
-              f"{results['pretrain']['step_s'] / dfn['step_s']:.1f}x")  # fmt: skip
+        print(
+            f"pretrain row: full MF2ForPreTraining step with captions (ITC+ITM+ITG+recognition), "
+            f"{args.pretrain_steps} timed step(s); speed-up of DFN vs it: "
+            f"{results['pretrain']['step_s'] / dfn['step_s']:.1f}x"
+        )
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         # For reference, not a target: the first use of transformers' pipelines pays for what it registers.
         "import mf2 + transformers.pipeline": minimum(
             [python, "-c", "import mf2; from transformers import pipeline"], args.runs
-        ),  # fmt: skip
+        ),
     }
     for name, seconds in figures.items():
         print(f"{name:<34} {seconds:6.3f} s  (minimum of {args.runs})")
@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     help_ok = figures["mf2 --help"] < HELP_TARGET_S
     import_ok = over_torch <= IMPORT_OVER_TORCH_TARGET_S
     print(f"mf2 --help < {HELP_TARGET_S:.1f} s: {'yes' if help_ok else 'NO'}")
-    print(f"import mf2 - import torch = {over_torch:+.3f} s <= {IMPORT_OVER_TORCH_TARGET_S:.1f} s: "
-          f"{'yes' if import_ok else 'NO'}")  # fmt: skip
+    print(
+        f"import mf2 - import torch = {over_torch:+.3f} s <= {IMPORT_OVER_TORCH_TARGET_S:.1f} s: "
+        f"{'yes' if import_ok else 'NO'}"
+    )
     return 0 if help_ok and import_ok else 1
 
 

@@ -73,8 +73,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--workers", type=int, help="detection threads (default: the processor's)")
     parser.add_argument("--size", type=int, help="face crop side in px (default: the processor's, 224)")
-    parser.add_argument("--no-settle", action="store_true",
-                        help="dlib's landmarks of the detector's box, not settled (what settling costs)")  # fmt: skip
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="dlib's landmarks of the detector's box, not settled (what settling costs)",
+    )
     args = parser.parse_args()
 
     torch.set_flush_denormal(True)

@@ -91,9 +91,13 @@ class StepRecipe(Recipe):
         self.predictions: list[dict[str, np.ndarray]] = []
         super().stage_emotion()  # scores FER+ valid, then CK+ dev (`emotion_metrics`)
         valid, ckplus = self.predictions
-        np.savez(self.stage_dir("emotion") / "predictions.npz", valid_logits=valid["emotion_logits"],
-                 valid_labels=valid["emotion_labels"], ckplus_logits=ckplus["emotion_logits"],
-                 ckplus_labels=ckplus["emotion_labels"])  # fmt: skip
+        np.savez(
+            self.stage_dir("emotion") / "predictions.npz",
+            valid_logits=valid["emotion_logits"],
+            valid_labels=valid["emotion_labels"],
+            ckplus_logits=ckplus["emotion_logits"],
+            ckplus_labels=ckplus["emotion_labels"],
+        )
 
 
 def link_run(run: Path, output: Path) -> None:
@@ -189,7 +193,9 @@ def table(rows: list[dict[str, Any]], flip: dict[str, Any] | None, rounds: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a finished `mf2 recipe` output folder (data, pretrain)")
+    parser.add_argument(
+        "--run", type=Path, required=True, help="a finished `mf2 recipe` output folder (data, pretrain)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="the data folder the run was made with, as given")
     parser.add_argument("--output", type=Path, default=Path("outputs/steps"))
     parser.add_argument("--samples", type=int, default=8000, help="FER+ train images each row learns from")
@@ -206,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output / slug(step.name)
         link_run(args.run, output)
         settings = replace(run_settings, emotion_epochs=args.epochs, **step.changes)
-        recipe = StepRecipe(step, args.samples, data_dir=args.data, output_dir=output, export_dir=output / "export",
-                            settings=settings, device="cpu")  # fmt: skip
+        recipe = StepRecipe(
+            step,
+            args.samples,
+            data_dir=args.data,
+            output_dir=output,
+            export_dir=output / "export",
+            settings=settings,
+            device="cpu",
+        )
         recipe.cache_dir = args.run / "cache"
         recipe.run(("emotion",))
         done = json.loads((recipe.stage_dir("emotion") / "done.json").read_text())
@@ -217,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         if step is STEPS[0]:
             flip = flip_average(recipe)
     text = table(rows, flip, args.bootstrap)
-    header = (f"Emotion stage only, {args.samples} FER+ train images x {args.epochs:g} epochs from the run "
-              f"`{args.run}`'s pretrained model; settings of that run but for each row's step.")  # fmt: skip
+    header = (
+        f"Emotion stage only, {args.samples} FER+ train images x {args.epochs:g} epochs from the run "
+        f"`{args.run}`'s pretrained model; settings of that run but for each row's step."
+    )
     (args.output / "steps.md").write_text(header + "\n\n" + text + "\n")
-    (args.output / "steps.json").write_text(json.dumps({"samples": args.samples, "epochs": args.epochs,
-                                                        "run_settings": asdict(run_settings)}, indent=2))  # fmt: skip
+    (args.output / "steps.json").write_text(
+        json.dumps({"samples": args.samples, "epochs": args.epochs, "run_settings": asdict(run_settings)}, indent=2)
+    )
     print(header + "\n\n" + text)
     return 0
 

@@ -69,10 +69,15 @@ def analyse(pipe, images: list[Image.Image]) -> list[dict]:
 def compare(before: list[dict], after: list[dict]) -> dict[str, float]:
     same_aus = np.mean([set(a["active_action_units"]) == set(b["active_action_units"]) for a, b in zip(before, after)])
     same_emotion = np.mean([a["emotion"]["label"] == b["emotion"]["label"] for a, b in zip(before, after)])
-    deltas = np.array([[abs(a["action_units"][k] - b["action_units"][k]) for k in a["action_units"]]
-                       for a, b in zip(before, after)])  # fmt: skip
-    return {"same active AUs": same_aus, "same emotion": same_emotion,
-            "p95 |dAU|": float(np.percentile(deltas, 95)), "max |dAU|": float(deltas.max())}  # fmt: skip
+    deltas = np.array(
+        [[abs(a["action_units"][k] - b["action_units"][k]) for k in a["action_units"]] for a, b in zip(before, after)]
+    )
+    return {
+        "same active AUs": same_aus,
+        "same emotion": same_emotion,
+        "p95 |dAU|": float(np.percentile(deltas, 95)),
+        "max |dAU|": float(deltas.max()),
+    }
 
 
 def moving_clip(pipe, frames: int = 30, step: int = 2) -> dict[str, tuple[float, float]]:
@@ -84,8 +89,10 @@ def moving_clip(pipe, frames: int = 30, step: int = 2) -> dict[str, tuple[float,
         background.paste(photo, (step * frame, 0))
         canvas.append(background)
     faces = analyse(pipe, canvas)
-    return {name: (min(f["action_units"][name] for f in faces), max(f["action_units"][name] for f in faces))
-            for name in faces[0]["action_units"]}  # fmt: skip
+    return {
+        name: (min(f["action_units"][name] for f in faces), max(f["action_units"][name] for f in faces))
+        for name in faces[0]["action_units"]
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, change in CHANGES.items():
         figures = compare(reference, analyse(pipe, [change(image) for image in images]))
-        print(f"| {name} | {figures['same active AUs']:.1%} | {figures['same emotion']:.1%} | "
-              f"{figures['p95 |dAU|']:.3f} | {figures['max |dAU|']:.3f} |")  # fmt: skip
+        print(
+            f"| {name} | {figures['same active AUs']:.1%} | {figures['same emotion']:.1%} | "
+            f"{figures['p95 |dAU|']:.3f} | {figures['max |dAU|']:.3f} |"
+        )
     ranges = moving_clip(pipe)
     print("astronaut moving 2 px a frame, 30 frames, AU probability range:")
     print(", ".join(f"{name} {low:.2f}-{high:.2f}" for name, (low, high) in ranges.items()))

@@ -71,8 +71,12 @@ def main() -> None:
     pixels = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = {"emotion_labels": torch.randint(0, 8, (batch,), generator=generator).to(device)}
     _, text = fetch_encoders()
-    processor = MF2Processor(MF2ImageProcessor(size=size), AutoTokenizer.from_pretrained(str(text)),
-                             emotion_caption_max_length=EMOTION_CAPTION_LENGTH, au_caption_max_length=AU_CAPTION_LENGTH)  # fmt: skip
+    processor = MF2Processor(
+        MF2ImageProcessor(size=size),
+        AutoTokenizer.from_pretrained(str(text)),
+        emotion_caption_max_length=EMOTION_CAPTION_LENGTH,
+        au_caption_max_length=AU_CAPTION_LENGTH,
+    )
     captions = {key: value.to(device) for key, value in caption_batch(processor, batch, au_captions, generator).items()}
     au_labels = torch.randint(0, 2, (batch, 12), generator=generator).to(device)
 
@@ -108,8 +112,10 @@ def main() -> None:
     start = time.perf_counter()
     pretraining.mf2.frozen_vision_tokens(torch.cat([pixels, pixels.flip(-1)]))
     cache_rate = 2 * batch / (time.perf_counter() - start)
-    print(f"preset {args.preset}, device {args.device}, batch {batch}, {size} px, {au_captions} AU captions per "
-          f"AU-captioned image, threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"preset {args.preset}, device {args.device}, batch {batch}, {size} px, {au_captions} AU captions per "
+        f"AU-captioned image, threads {torch.get_num_threads()}"
+    )
     print(f"{'step':<20} {'s/step':>8} {'images/s':>9}")
     results = {}
     for name, step in runs.items():

@@ -92,15 +92,32 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--size", type=int, default=128, help="side of the gradient's (and faceless) frames")
     parser.add_argument("--model", default=None, help="default: the shipped mf2-base")
-    parser.add_argument("--clip", choices=("gradient", "face", "faceless"), default="gradient",
-                        help="what the video shows, and how it is analysed (see above)")  # fmt: skip
+    parser.add_argument(
+        "--clip",
+        choices=("gradient", "face", "faceless"),
+        default="gradient",
+        help="what the video shows, and how it is analysed (see above)",
+    )
     parser.add_argument("--annotate", action="store_true", help="also write an annotated PNG per frame")
-    parser.add_argument("--reports", action="store_true", help="also --all-faces --summary and --plot (each track's "
-                        "running sums and timeline are held until the video ends)")  # fmt: skip
-    parser.add_argument("--report-every", type=float, default=30.0, metavar="SECONDS",
-                        help="seconds between two progress lines (default 30)")  # fmt: skip
-    parser.add_argument("--workdir", default=None, help="where the video, the output and the PNGs go (a temporary "
-                        "folder inside it, removed at the end; default: the system's temporary folder)")  # fmt: skip
+    parser.add_argument(
+        "--reports",
+        action="store_true",
+        help="also --all-faces --summary and --plot (each track's "
+        "running sums and timeline are held until the video ends)",
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between two progress lines (default 30)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where the video, the output and the PNGs go (a temporary "
+        "folder inside it, removed at the end; default: the system's temporary folder)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         video, output = Path(folder) / "long.mp4", Path(folder) / "out.jsonl"
@@ -116,8 +133,11 @@ def main() -> None:
             write_video(video, args.frames, args.size)
             if args.clip == "gradient":
                 command += ["--landmark-backend", "template"]
-        print(f"{args.clip} video of {args.frames} frames written in {time.perf_counter() - written:.0f} s "
-              f"({video.stat().st_size / 1e6:.1f} MB)", flush=True)  # fmt: skip
+        print(
+            f"{args.clip} video of {args.frames} frames written in {time.perf_counter() - written:.0f} s "
+            f"({video.stat().st_size / 1e6:.1f} MB)",
+            flush=True,
+        )
         if annotated is not None:
             command += ["--annotate", str(annotated)]
         if args.reports:
@@ -152,8 +172,11 @@ def main() -> None:
                     counted_to, records = count_lines(output, counted_to, records)
                     reports.append((now - start, file_size(output), records))
                     pngs = f", {count_pngs(annotated)} PNGs" if annotated is not None else ""
-                    print(f"  {now - start:6.0f} s: resident {value or 0:.0f} MB, output {file_size(output) / 1e6:.2f}"
-                          f" MB, {records} records{pngs}", flush=True)  # fmt: skip
+                    print(
+                        f"  {now - start:6.0f} s: resident {value or 0:.0f} MB, output {file_size(output) / 1e6:.2f}"
+                        f" MB, {records} records{pngs}",
+                        flush=True,
+                    )
                 time.sleep(0.5)
         message = stderr_file.read_text(errors="replace")
         counted_to, records = count_lines(output, counted_to, records)
@@ -170,24 +193,32 @@ def main() -> None:
     since = first_record if first_record is not None else 0.0
     first_minute = max(value for time_, value in samples if time_ <= since + FIRST_MINUTE)
     drawn = f"; {pngs} annotated PNGs, {png_bytes / 1e6:.1f} MB" if annotated is not None else ""
-    print(f"{records} records from {args.frames} frames in {seconds:.0f} s ({args.frames / seconds:.1f} frames/s); "
-          f"output {final_size / 1e6:.2f} MB{drawn}")  # fmt: skip
+    print(
+        f"{records} records from {args.frames} frames in {seconds:.0f} s ({args.frames / seconds:.1f} frames/s); "
+        f"output {final_size / 1e6:.2f} MB{drawn}"
+    )
     if seconds > since + FIRST_MINUTE:
         minute = f"first minute's (to {since + FIRST_MINUTE:.0f} s, the first record at {since:.0f} s)"
     else:
         minute = f"whole run's ({seconds:.0f} s: not a minute after the first record at {since:.0f} s)"
-    print(f"resident memory: peak {peak:.0f} MB, {peak - first_minute:+.0f} MB over the {minute} peak of "
-          f"{first_minute:.0f} MB; second quarter max {early:.0f} MB, last quarter max {late:.0f} MB (growth "
-          f"{late - early:+.0f} MB)")  # fmt: skip
+    print(
+        f"resident memory: peak {peak:.0f} MB, {peak - first_minute:+.0f} MB over the {minute} peak of "
+        f"{first_minute:.0f} MB; second quarter max {early:.0f} MB, last quarter max {late:.0f} MB (growth "
+        f"{late - early:+.0f} MB)"
+    )
     sizes = [size for _, size, _ in reports]
     grew = sum(later > earlier for earlier, later in zip(sizes, sizes[1:]))
     if len(sizes) >= 2:
-        print(f"output file during the run: {sizes[0] / 1e6:.2f} MB at {reports[0][0]:.0f} s to {sizes[-1] / 1e6:.2f} "
-              f"MB at {reports[-1][0]:.0f} s; grew from each report to the next in {grew} of {len(sizes) - 1}, "
-              f"{final_size / 1e6:.2f} MB at the end")  # fmt: skip
+        print(
+            f"output file during the run: {sizes[0] / 1e6:.2f} MB at {reports[0][0]:.0f} s to {sizes[-1] / 1e6:.2f} "
+            f"MB at {reports[-1][0]:.0f} s; grew from each report to the next in {grew} of {len(sizes) - 1}, "
+            f"{final_size / 1e6:.2f} MB at the end"
+        )
     else:
-        print(f"output file during the run: {len(sizes)} report(s) only (the run is shorter than two "
-              f"--report-every periods); {final_size / 1e6:.2f} MB at the end")  # fmt: skip
+        print(
+            f"output file during the run: {len(sizes)} report(s) only (the run is shorter than two "
+            f"--report-every periods); {final_size / 1e6:.2f} MB at the end"
+        )
 
 
 if __name__ == "__main__":

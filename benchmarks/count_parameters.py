@@ -53,7 +53,10 @@ def main() -> None:
         print(f"  {name:<52}{count(part) / 1e6:>8.1f}")
     with torch.device("meta"):
         wide = MF2ForPreTraining(
-            MF2Config(use_emotion_branch=False, vision_config={"model_type": "vit", "hidden_size": 1408, "num_attention_heads": 16})
+            MF2Config(
+                use_emotion_branch=False,
+                vision_config={"model_type": "vit", "hidden_size": 1408, "num_attention_heads": 16},
+            )
         )
     print(
         f"\none branch with cross-attention reading 1408-wide tokens (BLIP-2's EVA ViT-g): trainable "

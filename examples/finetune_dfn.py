@@ -50,11 +50,25 @@ def main(argv: list[str] | None = None):
 
     build_mfa_dataset(labels, output / "data" / "train")
     command = [
-        "--model_name_or_path", args.model, "--train_data", f"mfa:{output / 'data' / 'train' / 'train.parquet'}",
-        "--output_dir", str(output / "adapter"), "--num_train_epochs", str(args.epochs),
-        "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-        "--warmup_steps", "0", "--save_strategy", "no", "--report_to", "none",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        args.model,
+        "--train_data",
+        f"mfa:{output / 'data' / 'train' / 'train.parquet'}",
+        "--output_dir",
+        str(output / "adapter"),
+        "--num_train_epochs",
+        str(args.epochs),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--warmup_steps",
+        "0",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+    ]
     if args.eval_labels:
         build_mfa_dataset(args.eval_labels, output / "data" / "eval")
         command += ["--eval_data", f"mfa:{output / 'data' / 'eval' / 'train.parquet'}", "--tune_thresholds"]
@@ -64,8 +78,10 @@ def main(argv: list[str] | None = None):
     pipe = pipeline("facial-state", model=model, processor=load_saved_processor(args.model))
     image = str(next(iter(sorted(labels.parent.glob("*.png"))), labels))
     face = pipe(image, explain=True)[0]
-    print(f"{image}: {face['emotion']['label']} ({face['emotion']['score']:.2f}); active AUs "
-          f"{face['active_action_units']}\n{face['explanation']}")  # fmt: skip
+    print(
+        f"{image}: {face['emotion']['label']} ({face['emotion']['score']:.2f}); active AUs "
+        f"{face['active_action_units']}\n{face['explanation']}"
+    )
     return face
 
 

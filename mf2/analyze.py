@@ -153,8 +153,10 @@ def check_detection_size(image_processor, value: int | None) -> None:
         return
     smallest = int(image_processor.min_detection_size)
     if value < smallest:
-        raise UsageError(f"--max-detection-size {value} is under the model's min_detection_size ({smallest} px, the "
-                         f"size small images are searched at); give {smallest} or more")  # fmt: skip
+        raise UsageError(
+            f"--max-detection-size {value} is under the model's min_detection_size ({smallest} px, the "
+            f"size small images are searched at); give {smallest} or more"
+        )
     try:
         image_processor.resolve_options(max_detection_size=value)
     except ValueError as error:
@@ -168,9 +170,12 @@ class _Run:
         self.args, self.pipe, self.writer, self.common = args, pipe, writer, common
         self.annotate_dir = Path(args.annotate) if args.annotate else None
         self.call: dict[str, Any] = {
-            "top_k": args.top_k, "return_landmarks": args.landmarks, "explain": args.explain,
-            "no_face": args.no_face, "multiple_faces": "all" if args.all_faces else "largest",
-        }  # fmt: skip
+            "top_k": args.top_k,
+            "return_landmarks": args.landmarks,
+            "explain": args.explain,
+            "no_face": args.no_face,
+            "multiple_faces": "all" if args.all_faces else "largest",
+        }
         if args.landmark_backend:
             self.call["landmark_backend"] = args.landmark_backend
         if args.max_detection_size is not None:
@@ -213,8 +218,10 @@ class _Run:
             try:
                 self.plot_dir.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise AnalyzeError(f"cannot create the --plot folder {self.plot_dir} ({error.strerror or error}); give "
-                                   "--plot a writable place") from error  # fmt: skip
+                raise AnalyzeError(
+                    f"cannot create the --plot folder {self.plot_dir} ({error.strerror or error}); give "
+                    "--plot a writable place"
+                ) from error
 
     def close(self) -> None:
         if self.summary is not None:
@@ -271,8 +278,10 @@ class _Run:
         try:
             write_summary_rows(self.summary, rows, self.summary_columns, header)
         except OSError as error:
-            raise AnalyzeError(f"cannot write the summary {self.args.summary} ({error.strerror or error}); free some "
-                               "space and run again") from error  # fmt: skip
+            raise AnalyzeError(
+                f"cannot write the summary {self.args.summary} ({error.strerror or error}); free some "
+                "space and run again"
+            ) from error
 
     def report(self, path: Path, tracks: VideoTracks) -> None:
         """A video's `--summary` rows and `--plot` timelines, once the video is done (or stopped by a decode error)."""
@@ -284,8 +293,13 @@ class _Run:
         stem = self.plot_stems.get(str(path)) or path.stem or "video"
         for number in sorted(tracks.tracks):
             title = f"{path.name} - track {number}"
-            self._save_png(tracks.image(number, title, self.thresholds), self.plot_dir, f"{stem}_track{number}.png",
-                           "--plot", "timeline")  # fmt: skip
+            self._save_png(
+                tracks.image(number, title, self.thresholds),
+                self.plot_dir,
+                f"{stem}_track{number}.png",
+                "--plot",
+                "timeline",
+            )
 
     def run(self, files: list[InputPath]) -> None:
         """Every input in the order given: each stretch of images streams through the pipeline together, each video
@@ -330,8 +344,11 @@ class _Run:
                 write_failed_reads()
                 entry = in_flight.popleft()  # results come out in input order
                 del fed[position]
-                records = _with_warnings(face_records(faces, {"path": str(entry.path)}, self.common),
-                                         self.search_note(entry.size), entry.warning)  # fmt: skip
+                records = _with_warnings(
+                    face_records(faces, {"path": str(entry.path)}, self.common),
+                    self.search_note(entry.size),
+                    entry.warning,
+                )
                 if keep_images:  # drawn first: an image whose records are out has its PNG (--resume skips it)
                     self.save_annotation(entry.image, faces, entry.path)
                 self.emit(records)
@@ -373,10 +390,15 @@ class _Run:
         if call["no_face"] == "error":
             call["no_face"] = "skip"  # one face-less frame must not end a video: it gives a face-less record
         frames = self.pipe.video(
-            path, fps=args.video_fps, every=args.every_n_frames, batch_size=args.batch_size,
-            return_frames=self.annotate_dir is not None, detect_every=args.detect_every,
-            max_gap=getattr(args, "max_gap", DEFAULT_MAX_GAP), **call,
-        )  # fmt: skip
+            path,
+            fps=args.video_fps,
+            every=args.every_n_frames,
+            batch_size=args.batch_size,
+            return_frames=self.annotate_dir is not None,
+            detect_every=args.detect_every,
+            max_gap=getattr(args, "max_gap", DEFAULT_MAX_GAP),
+            **call,
+        )
         tracks = None
         if self.summary is not None or self.plot_dir is not None:
             tracks = VideoTracks(self.au_names, self.emotion_labels)
@@ -446,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mf2 analyze: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mf2 analyze: interrupted; the output holds the inputs done so far, whole (--resume goes on)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "mf2 analyze: interrupted; the output holds the inputs done so far, whole (--resume goes on)",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -474,16 +498,24 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if (processes.distributed or args.resume) and args.output == "-":
         raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
     if (processes.distributed or args.resume) and (args.summary is not None or args.plot is not None):
-        raise UsageError(f"{'--summary' if args.summary is not None else '--plot'} needs one whole run over the "
-                         "videos: drop --resume, and run in one process")  # fmt: skip
+        raise UsageError(
+            f"{'--summary' if args.summary is not None else '--plot'} needs one whole run over the "
+            "videos: drop --resume, and run in one process"
+        )
     args.device = device_for(processes, args.device)
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
     if processes.distributed or args.resume:  # each process's share into its part, merged by process 0
         names = annotation_names(files)  # the same PNG names in every process, and in every resumed run
-        done, counts = run_sharded(processes, Path(args.output), fmt, files, args.resume,
-                                   lambda output, share: _analyse(args, pipe, output, fmt, common, share, names))  # fmt: skip
+        done, counts = run_sharded(
+            processes,
+            Path(args.output),
+            fmt,
+            files,
+            args.resume,
+            lambda output, share: _analyse(args, pipe, output, fmt, common, share, names),
+        )
         if done is None:  # not process 0, which reports for all
             return 1 if counts["errors"] else 0
     else:
@@ -503,13 +535,23 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         summary += f"; {counts['tracks']} track(s), {' and '.join(where)}"
     print(f"mf2 analyze: {summary}", file=sys.stderr)
     if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
-        print(f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
-              'the probabilities are not predictions; records say "model_trained": false.', file=sys.stderr)  # fmt: skip
+        print(
+            f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
+            'the probabilities are not predictions; records say "model_trained": false.',
+            file=sys.stderr,
+        )
     return 1 if counts["errors"] else 0
 
 
-def _analyse(args, pipe, output: TextIO, fmt: str, common: dict[str, Any], files: list[InputPath],
-             names: dict[str, str] | None = None) -> dict[str, int]:  # fmt: skip
+def _analyse(
+    args,
+    pipe,
+    output: TextIO,
+    fmt: str,
+    common: dict[str, Any],
+    files: list[InputPath],
+    names: dict[str, str] | None = None,
+) -> dict[str, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnimatedImageWarning)  # records of animated images carry a "warning"
         writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)

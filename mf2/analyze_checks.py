@@ -150,8 +150,13 @@ def check_annotation_target(folder: Path, name: str, option: str = "--annotate")
     `ANNOTATION_MARK`): `--annotate` and `--plot` never replace a file they did not write."""
     target = folder / name
     if (target.exists() or target.is_symlink()) and not is_annotation(target):
-        raise OutputClashError(option, str(folder), "would overwrite", str(target), "it is not a PNG mf2 analyze "
-                               f"wrote; move it, or give {option} another folder")  # fmt: skip
+        raise OutputClashError(
+            option,
+            str(folder),
+            "would overwrite",
+            str(target),
+            f"it is not a PNG mf2 analyze wrote; move it, or give {option} another folder",
+        )
 
 
 def _key(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -195,18 +200,24 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
         key = _key(output)
         clash = next((path for path in local if key is not None and _key(path) == key), None)
         if clash is not None:
-            raise OutputClashError(option, name, "is the input", str(clash), f"write {what[option]} to a file "
-                                   "outside the inputs")  # fmt: skip
+            raise OutputClashError(
+                option, name, "is the input", str(clash), f"write {what[option]} to a file outside the inputs"
+            )
         listed = output.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS  # the name a folder's listing takes
         folder = _within(output, folders, recursive) if listed else None
         if folder is not None:
-            raise OutputClashError(option, name, "is an image or video name inside the input folder", folder,
-                                   f"a later run would read it as an input: write {what[option]} outside the input "
-                                   "folders")  # fmt: skip
+            raise OutputClashError(
+                option,
+                name,
+                "is an image or video name inside the input folder",
+                folder,
+                f"a later run would read it as an input: write {what[option]} outside the input folders",
+            )
     summary = getattr(args, "summary", None)
     if summary is not None and args.output != "-" and _same_place(summary, args.output):
-        raise OutputClashError("--summary", summary, "is the --output file", args.output, "give the summary a file "
-                               "of its own")  # fmt: skip
+        raise OutputClashError(
+            "--summary", summary, "is the --output file", args.output, "give the summary a file of its own"
+        )
     if args.annotate is not None:
         annotate = Path(args.annotate)
         _check_png_folder("--annotate", annotate, folders, local)
@@ -233,19 +244,37 @@ def _check_png_folder(option: str, folder: Path, inputs: dict, local: list[Path]
     """A folder of PNGs (`--annotate`, `--plot`) is not an input folder, nor inside one, and holds no input."""
     within = _within(folder / "_", inputs, deep=True)  # the folder itself, or one above it
     if within is not None:
-        raise OutputClashError(option, str(folder), "is, or is inside, the input folder", within, "its PNGs could "
-                               f"replace the inputs and a later run would analyse them: give {option} a folder "
-                               "outside the inputs")  # fmt: skip
+        raise OutputClashError(
+            option,
+            str(folder),
+            "is, or is inside, the input folder",
+            within,
+            "its PNGs could "
+            f"replace the inputs and a later run would analyse them: give {option} a folder "
+            "outside the inputs",
+        )
     key = _key(folder)
     if key is None:  # a new folder: nothing in it to overwrite
         return
     clash = next((path for path in local if _key(path.parent) == key), None)
     if clash is not None:
-        raise OutputClashError(option, str(folder), "holds the input", str(clash), f"give {option} a folder without "
-                               "inputs")  # fmt: skip
+        raise OutputClashError(
+            option, str(folder), "holds the input", str(clash), f"give {option} a folder without inputs"
+        )
 
 
 __all__ = [
-    "ANNOTATION_MARK", "AnalyzeError", "OutputClashError", "UsageError", "check_annotate", "check_annotation_target",
-    "check_device", "check_model", "check_outputs", "check_reports", "check_runtime", "is_annotation", "plot_names",
-]  # fmt: skip
+    "ANNOTATION_MARK",
+    "AnalyzeError",
+    "OutputClashError",
+    "UsageError",
+    "check_annotate",
+    "check_annotation_target",
+    "check_device",
+    "check_model",
+    "check_outputs",
+    "check_reports",
+    "check_runtime",
+    "is_annotation",
+    "plot_names",
+]

@@ -93,64 +93,124 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mf2 analyze",
         description="Analyse faces in images, folders and videos: AU probabilities, emotion, optional explanation.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos "
-                        "or image URLs")  # fmt: skip
-    parser.add_argument("--model", help=f"MF² checkpoint folder or Hub id (default: {DEFAULT_MODEL_NAME}, the trained "
-                        "model shipped with mf2)")  # fmt: skip
-    parser.add_argument("--adapter", type=_adapter, metavar="DIR", help="a DFN adapter to run on the model: the "
-                        "--output_dir of `mf2 finetune` (its tuned AU thresholds too)")  # fmt: skip
-    parser.add_argument("--output", "-o", default="-", help="output file (default: standard output); never an input, "
-                        "nor an image or video name inside an input folder")  # fmt: skip
-    parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's "
-                        "extension, else jsonl)")  # fmt: skip
-    parser.add_argument("--annotate", metavar="DIR", help="write annotated PNGs into the folder DIR, outside the "
-                        "input folders and holding no input; it replaces only PNGs that mf2 annotated (marked in the "
-                        "PNG: a repeated or --resume'd run's) and refuses to run over any other file of the same "
-                        "name")  # fmt: skip
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos or image URLs"
+    )
+    parser.add_argument(
+        "--model",
+        help=f"MF² checkpoint folder or Hub id (default: {DEFAULT_MODEL_NAME}, the trained model shipped with mf2)",
+    )
+    parser.add_argument(
+        "--adapter",
+        type=_adapter,
+        metavar="DIR",
+        help="a DFN adapter to run on the model: the --output_dir of `mf2 finetune` (its tuned AU thresholds too)",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        default="-",
+        help="output file (default: standard output); never an input, "
+        "nor an image or video name inside an input folder",
+    )
+    parser.add_argument(
+        "--format", choices=("jsonl", "csv"), help="output format (default: from --output's extension, else jsonl)"
+    )
+    parser.add_argument(
+        "--annotate",
+        metavar="DIR",
+        help="write annotated PNGs into the folder DIR, outside the "
+        "input folders and holding no input; it replaces only PNGs that mf2 annotated (marked in the "
+        "PNG: a repeated or --resume'd run's) and refuses to run over any other file of the same "
+        "name",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="model weights dtype")  # fmt: skip
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="what runs the network: "
-                        "PyTorch (default) or onnxruntime on the model's float32 ONNX export (needs mf2[onnx]; "
-                        "exported into $MF2_HOME/onnx/ on first use)")  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="model weights dtype"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the network: "
+        "PyTorch (default) or onnxruntime on the model's float32 ONNX export (needs mf2[onnx]; "
+        "exported into $MF2_HOME/onnx/ on first use)",
+    )
     parser.add_argument("--onnx-model", metavar="FILE", help="with --runtime onnx: this `mf2 export` file instead")
-    parser.add_argument("--quantize", choices=("int8",), help="with --runtime onnx: the int8 version of the graph "
-                        "(about twice as fast on a CPU; accuracy in the README)")  # fmt: skip
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="with --runtime onnx: the int8 version of the graph "
+        "(about twice as fast on a CPU; accuracy in the README)",
+    )
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--video-fps", type=_positive_float, help="sample this many frames per second of video")
     sampling.add_argument("--every-n-frames", type=_positive_int, help="sample every N-th video frame")
-    parser.add_argument("--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, help="in videos, search "
-                        f"for faces every N sampled frames and follow them in between (default {DEFAULT_DETECT_EVERY}; "
-                        "1 searches every frame)")  # fmt: skip
-    parser.add_argument("--max-gap", type=_seconds, default=DEFAULT_MAX_GAP, metavar="SECONDS", help="in videos, "
-                        "how long a person may be out of sight (occluded, missed, out of view) and come back with "
-                        f"their track (default {DEFAULT_MAX_GAP:g})")  # fmt: skip
-    parser.add_argument("--summary", metavar="FILE.csv", help="videos: one CSV row per video and track (person): "
-                        "first and last time, frames seen, each AU's mean probability and share of frames active, "
-                        "each emotion's share of frames")  # fmt: skip
-    parser.add_argument("--plot", metavar="DIR", help="videos: a PNG timeline per video and track in the folder DIR "
-                        "(outside the input folders): the 12 AUs and the emotion over time")  # fmt: skip
-    parser.add_argument("--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 "
-                        "(default: the model's)")  # fmt: skip
+    parser.add_argument(
+        "--detect-every",
+        type=_positive_int,
+        default=DEFAULT_DETECT_EVERY,
+        help="in videos, search "
+        f"for faces every N sampled frames and follow them in between (default {DEFAULT_DETECT_EVERY}; "
+        "1 searches every frame)",
+    )
+    parser.add_argument(
+        "--max-gap",
+        type=_seconds,
+        default=DEFAULT_MAX_GAP,
+        metavar="SECONDS",
+        help="in videos, "
+        "how long a person may be out of sight (occluded, missed, out of view) and come back with "
+        f"their track (default {DEFAULT_MAX_GAP:g})",
+    )
+    parser.add_argument(
+        "--summary",
+        metavar="FILE.csv",
+        help="videos: one CSV row per video and track (person): "
+        "first and last time, frames seen, each AU's mean probability and share of frames active, "
+        "each emotion's share of frames",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="videos: a PNG timeline per video and track in the folder DIR "
+        "(outside the input folders): the 12 AUs and the emotion over time",
+    )
+    parser.add_argument(
+        "--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 (default: the model's)"
+    )
     parser.add_argument("--top-k", type=_positive_int, default=3, help="emotions listed per face (default 3)")
     parser.add_argument("--landmarks", action="store_true", help="include the 68 landmarks")
     parser.add_argument("--explain", action="store_true", help="include a sentence naming the deciding AUs")
     parser.add_argument("--all-faces", action="store_true", help="every face of an image, not only the largest")
-    parser.add_argument("--no-face", choices=("skip", "fallback", "error"), default="skip",
-                        help="image without a face: a face-less record (skip, default), analyse the whole image "
-                        "(fallback), or stop (error)")  # fmt: skip
-    parser.add_argument("--landmark-backend", type=_backend_name, help="dlib (default), face_alignment, mediapipe "
-                        "or template")  # fmt: skip
-    parser.add_argument("--max-detection-size", type=_detection_size, metavar="N", help="search for faces on a copy "
-                        "of each image or frame downscaled to N px on its longest side (default: the model's "
-                        "processor's, 1024), where faces under about 40 px of the copy (~160 px in a 4032x3024 "
-                        "photo) are not seen; N of at least the images' longest side searches at full resolution "
-                        "(slower)")  # fmt: skip
+    parser.add_argument(
+        "--no-face",
+        choices=("skip", "fallback", "error"),
+        default="skip",
+        help="image without a face: a face-less record (skip, default), analyse the whole image "
+        "(fallback), or stop (error)",
+    )
+    parser.add_argument(
+        "--landmark-backend", type=_backend_name, help="dlib (default), face_alignment, mediapipe or template"
+    )
+    parser.add_argument(
+        "--max-detection-size",
+        type=_detection_size,
+        metavar="N",
+        help="search for faces on a copy "
+        "of each image or frame downscaled to N px on its longest side (default: the model's "
+        "processor's, 1024), where faces under about 40 px of the copy (~160 px in a 4032x3024 "
+        "photo) are not seen; N of at least the images' longest side searches at full resolution "
+        "(slower)",
+    )
     parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--resume", action="store_true", help="analyse only the inputs not yet in --output (a "
-                        "killed run's unfinished last input again)")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="analyse only the inputs not yet in --output (a killed run's unfinished last input again)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
 

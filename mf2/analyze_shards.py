@@ -294,8 +294,14 @@ def shard(files: list[InputPath], done: set[str], processes: Processes) -> tuple
     return todo, todo[processes.rank :: processes.world_size]
 
 
-def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputPath], resume: bool,
-                analyse: Callable[[TextIO, list[InputPath]], dict[str, int]]) -> tuple[str | None, dict[str, int]]:  # fmt: skip
+def run_sharded(
+    processes: Processes,
+    output: Path,
+    fmt: str,
+    files: list[InputPath],
+    resume: bool,
+    analyse: Callable[[TextIO, list[InputPath]], dict[str, int]],
+) -> tuple[str | None, dict[str, int]]:
     """Analyse this process's share into its part file, then (process 0) merge the parts into `output`.
 
     `analyse(stream, share)` writes the records of `share` into `stream` and returns its counters. Returns the
@@ -338,6 +344,13 @@ def run_sharded(processes: Processes, output: Path, fmt: str, files: list[InputP
 
 
 __all__ = [
-    "Processes", "annotation_names", "device_for", "launched", "merge", "read_lines", "run_sharded",
-    "without_last_input", "without_unfinished_input",
-]  # fmt: skip
+    "Processes",
+    "annotation_names",
+    "device_for",
+    "launched",
+    "merge",
+    "read_lines",
+    "run_sharded",
+    "without_last_input",
+    "without_unfinished_input",
+]

@@ -7,18 +7,43 @@ from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 AU_NAMES: tuple[str, ...] = (
-    "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26",
-)  # fmt: skip
+    "AU1",
+    "AU2",
+    "AU4",
+    "AU6",
+    "AU7",
+    "AU10",
+    "AU12",
+    "AU15",
+    "AU23",
+    "AU24",
+    "AU25",
+    "AU26",
+)
 """The 12 Action Units of Aff-Wild2 / MFA, in the order every tensor of the package uses."""
 
 EMOTION_LABELS: tuple[str, ...] = (
-    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other",
-)  # fmt: skip
+    "neutral",
+    "anger",
+    "disgust",
+    "fear",
+    "happiness",
+    "sadness",
+    "surprise",
+    "other",
+)
 """The 8 emotion classes of MFA, in class-index order."""
 
 LOSS_NAMES: tuple[str, ...] = (
-    "emo_itc", "emo_itm", "emo_itg", "au_itc", "au_itm", "au_itg", "au_loss", "emotion_loss",
-)  # fmt: skip
+    "emo_itc",
+    "emo_itm",
+    "emo_itg",
+    "au_itc",
+    "au_itm",
+    "au_itg",
+    "au_loss",
+    "emotion_loss",
+)
 """Every loss term of `MF2ForPreTraining`; `MF2Config.loss_weights` is keyed by these names."""
 
 DEFAULT_AU_THRESHOLD = 0.5
@@ -112,10 +137,19 @@ class MF2Config(PreTrainedConfig):
     # Trainer's prediction step ignores these output fields, so predictions are just (au_logits, emotion_logits):
     # `logits` repeats `emotion_logits` (the image-classification name), the rest are features and per-layer outputs.
     keys_to_ignore_at_inference: ClassVar[list[str]] = [
-        *LOSS_NAMES, "image_embeds", "emotion_embeds", "au_embeds", "logits", "hidden_states", "attentions",
-        *(f"{branch}_qformer_{kind}" for branch in ("emotion", "au")
-          for kind in ("hidden_states", "attentions", "cross_attentions")),
-    ]  # fmt: skip
+        *LOSS_NAMES,
+        "image_embeds",
+        "emotion_embeds",
+        "au_embeds",
+        "logits",
+        "hidden_states",
+        "attentions",
+        *(
+            f"{branch}_qformer_{kind}"
+            for branch in ("emotion", "au")
+            for kind in ("hidden_states", "attentions", "cross_attentions")
+        ),
+    ]
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None

@@ -31,9 +31,13 @@ SHORT_NAMES = (DEFAULT_MODEL_NAME, "mf2")
 """Bare names that mean the shipped model (`mf2` is an alias of the shipped default)."""
 
 MODEL_FILES = (
-    "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
     "README.md",
-)  # fmt: skip
+)
 """What a complete shipped model folder holds (more files may be present)."""
 
 
@@ -90,8 +94,13 @@ def model_identity(config: Any, name_or_path: str | os.PathLike | None = None) -
     }
 
 
-def load_pipeline(model: str | os.PathLike, device: str | None = None, dtype: str | None = None,
-                  trust_remote_code: bool = False, **options):  # fmt: skip
+def load_pipeline(
+    model: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    **options,
+):
     """The facial-state pipeline of `model`: `pipeline("facial-state", model=model, ...)` (importing `mf2` registered
     the task), where `model` may be the short name of the shipped model (`resolve_model`) and `dtype` a name
     ("float16"; "auto" or `None` keeps the checkpoint's)."""

@@ -56,8 +56,10 @@ def _message(text: str, error: bool = False) -> str:
 def _unexpected(error: Exception) -> str:
     """An error no check foresaw: logged in full on the server, one line in the page, and the server goes on."""
     logger.exception("mf2 demo: analysis failed")
-    return _message(f"Something went wrong while analysing this input ({type(error).__name__}). Please try "
-                    "another file.", error=True)  # fmt: skip
+    return _message(
+        f"Something went wrong while analysing this input ({type(error).__name__}). Please try another file.",
+        error=True,
+    )
 
 
 def photo_handler(pipe, workdir: Path):
@@ -89,8 +91,14 @@ def video_handler(pipe, workdir: Path):
         record_file = str(write_record(update.records, workdir, "mf2-video")) if final and update.records else None
         curves = pd.DataFrame(update.curves or [], columns=["time", "AU", "probability"])
         timelines = update.timelines or None
-        return (_message(update.message), pd.DataFrame(update.rows), curves, record_file, pd.DataFrame(update.people),
-                timelines)  # fmt: skip
+        return (
+            _message(update.message),
+            pd.DataFrame(update.rows),
+            curves,
+            record_file,
+            pd.DataFrame(update.people),
+            timelines,
+        )
 
     def handle(path: str | None, fps: float, progress=gr.Progress()):  # noqa: B008 - Gradio's documented idiom
         def report(count: int, total: int | None) -> None:
@@ -125,8 +133,12 @@ def _face_tabs(faces: list[tuple[dict[str, Any], Any]], au_thresholds: dict[str,
             with gr.Tab(f"Face #{number}: {face['emotion']['label']}"):
                 with gr.Row():
                     gr.Image(crop, label=f"Face #{number}", type="pil", format="png", interactive=False, scale=2)
-                    gr.Label(emotion_scores(face), label="Emotion probabilities", num_top_classes=len(face["emotions"]),
-                             scale=3)  # fmt: skip
+                    gr.Label(
+                        emotion_scores(face),
+                        label="Emotion probabilities",
+                        num_top_classes=len(face["emotions"]),
+                        scale=3,
+                    )
                 gr.HTML(au_bars_html(face, au_thresholds), elem_classes="mf2-au-panel")
                 gr.Markdown(f"**Why:** {face.get('explanation', '')}", elem_classes="mf2-explanation")
 
@@ -138,13 +150,15 @@ def _photo_tab(pipe, workdir: Path, examples: list[str]) -> None:
         with gr.Column():
             upload = gr.File(label="Upload a photo", file_types=["image"], type="filepath", elem_id="mf2-upload")
             examples_row = gr.Column()
-        webcam = gr.Image(label="…or take a webcam snapshot", sources=["webcam"], type="pil", elem_id="mf2-webcam",
-                          height=260)  # fmt: skip
+        webcam = gr.Image(
+            label="…or take a webcam snapshot", sources=["webcam"], type="pil", elem_id="mf2-webcam", height=260
+        )
     status = gr.Markdown("Upload a photo, take a webcam snapshot or click an example.", elem_id="mf2-status")
     faces = gr.State([])
     with gr.Row():
-        annotated = gr.Image(label="Faces, landmarks, AU regions", type="pil", interactive=False, format="png",
-                             elem_id="mf2-annotated")  # fmt: skip
+        annotated = gr.Image(
+            label="Faces, landmarks, AU regions", type="pil", interactive=False, format="png", elem_id="mf2-annotated"
+        )
         with gr.Column():
             au_thresholds = thresholds(pipe)
 
@@ -162,8 +176,15 @@ def _photo_tab(pipe, workdir: Path, examples: list[str]) -> None:
     webcam.change(handle, inputs=webcam, outputs=outputs)  # a snapshot taken (or cleared: the prompt again)
     if examples:
         with examples_row:  # under the upload field, created last: they need the outputs
-            gr.Examples([[path] for path in examples], inputs=upload, outputs=outputs, fn=handle, run_on_click=True,
-                        cache_examples=False, label="Example photos (click one)")  # fmt: skip
+            gr.Examples(
+                [[path] for path in examples],
+                inputs=upload,
+                outputs=outputs,
+                fn=handle,
+                run_on_click=True,
+                cache_examples=False,
+                label="Example photos (click one)",
+            )
 
 
 def _video_tab(pipe, workdir: Path) -> None:
@@ -176,18 +197,31 @@ def _video_tab(pipe, workdir: Path) -> None:
         with gr.Column():
             fps = gr.Slider(1, 15, value=VIDEO_FPS, step=1, label="Frames analysed per second of video")
             start = gr.Button("Analyse the video", variant="primary")
-            status = gr.Markdown("Every face of each sampled frame is analysed and followed from frame to frame: "
-                                 "`track` numbers the people.", elem_id="mf2-video-status")  # fmt: skip
+            status = gr.Markdown(
+                "Every face of each sampled frame is analysed and followed from frame to frame: "
+                "`track` numbers the people.",
+                elem_id="mf2-video-status",
+            )
     people = gr.Dataframe(label="People (tracks)", interactive=False, wrap=True)
-    curves = gr.LinePlot(x="time", y="probability", color="AU", y_lim=[0, 1],
-                         title="AU probabilities over time (the person seen most)", x_title="time (s)",
-                         height=320)  # fmt: skip
-    timelines = gr.Gallery(label="Timeline of each person: AUs (red: active) and emotion over time", columns=1,
-                           height="auto", format="png")  # fmt: skip
+    curves = gr.LinePlot(
+        x="time",
+        y="probability",
+        color="AU",
+        y_lim=[0, 1],
+        title="AU probabilities over time (the person seen most)",
+        x_title="time (s)",
+        height=320,
+    )
+    timelines = gr.Gallery(
+        label="Timeline of each person: AUs (red: active) and emotion over time", columns=1, height="auto", format="png"
+    )
     table = gr.Dataframe(label="Results per face and frame", interactive=False, wrap=True)
     record_file = gr.File(label="JSON lines (download)", interactive=False)
-    start.click(video_handler(pipe, workdir), inputs=[video, fps],
-                outputs=[status, table, curves, record_file, people, timelines])  # fmt: skip
+    start.click(
+        video_handler(pipe, workdir),
+        inputs=[video, fps],
+        outputs=[status, table, curves, record_file, people, timelines],
+    )
 
 
 def build_demo(pipe, workdir: str | Path, examples: list[str] | None = None):
@@ -253,15 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # analysis failures, not HTTP chatter
     if args.model and args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().is_dir():
-        print(f"mf2 demo: no model folder at {args.model}; give --model an MF² checkpoint folder or a Hub id",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mf2 demo: no model folder at {args.model}; give --model an MF² checkpoint folder or a Hub id",
+            file=sys.stderr,
+        )
         return 2
     workdir = private_upload_folder()
     try:
         pipe = load(args.model, args.device)
     except Exception as error:  # noqa: BLE001 - one line, never a traceback
-        print(f"mf2 demo: cannot load the model {args.model or 'mf2-base'}: {str(error).splitlines()[0]}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mf2 demo: cannot load the model {args.model or 'mf2-base'}: {str(error).splitlines()[0]}", file=sys.stderr
+        )
         return 1
     import gradio as gr
 
@@ -272,9 +309,17 @@ def main(argv: list[str] | None = None) -> int:
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                    max_file_size=f"{args.max_upload_mb:g}mb", allowed_paths=examples, footer_links=[],
-                    theme=theme, css=CSS)  # fmt: skip
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            ssr_mode=False,
+            max_file_size=f"{args.max_upload_mb:g}mb",
+            allowed_paths=examples,
+            footer_links=[],
+            theme=theme,
+            css=CSS,
+        )
     except OSError as error:  # port taken, address not available
         print(f"mf2 demo: cannot serve on {args.host}:{args.port}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -129,8 +129,15 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
         image = str(check_upload(image))
     emotions = len(pipe.model.config.id2label)
     try:
-        faces = pipe(image, explain=True, return_landmarks=True, return_features=True, multiple_faces="all",
-                     no_face="skip", top_k=emotions)  # fmt: skip
+        faces = pipe(
+            image,
+            explain=True,
+            return_landmarks=True,
+            return_features=True,
+            multiple_faces="all",
+            no_face="skip",
+            top_k=emotions,
+        )
     except ValueError as error:  # the pipeline's input errors (unreadable data, non-finite output) are ValueErrors
         raise DemoInputError(_pipeline_message(error)) from error
     if not faces:
@@ -140,8 +147,9 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
     annotated.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.LANCZOS)  # only ever shrinks
     faces = [{key: value for key, value in face.items() if key != "features"} for face in faces]
     record = {**model_identity(pipe), "input": name, "faces": faces}
-    summary = ", ".join(f"#{n + 1} {face['emotion']['label']} ({face['emotion']['score']:.2f})"
-                        for n, face in enumerate(faces))  # fmt: skip
+    summary = ", ".join(
+        f"#{n + 1} {face['emotion']['label']} ({face['emotion']['score']:.2f})" for n, face in enumerate(faces)
+    )
     plural = "s" if len(faces) > 1 else ""
     return ImageResult(f"Found {len(faces)} face{plural}: {summary}.", annotated, faces, record, crops)
 
@@ -271,9 +279,14 @@ def expected_frames(path: str | Path, fps: float, max_frames: int) -> int | None
     return min(max_frames, math.ceil(seconds * fps)) if seconds > 0 else None
 
 
-def analyze_video(pipe, path: str | Path | None, fps: float = VIDEO_FPS, max_frames: int = MAX_VIDEO_FRAMES,
-                  progress: Callable[[int, int | None], None] | None = None,
-                  every: int = 10) -> Iterator[VideoUpdate]:  # fmt: skip
+def analyze_video(
+    pipe,
+    path: str | Path | None,
+    fps: float = VIDEO_FPS,
+    max_frames: int = MAX_VIDEO_FRAMES,
+    progress: Callable[[int, int | None], None] | None = None,
+    every: int = 10,
+) -> Iterator[VideoUpdate]:
     """Stream a video through `pipe.video`, yielding the results so far every `every` frames and at the end.
 
     Every face is analysed and followed from frame to frame (`track`, `mf2.face_identity`): the table has a row per
@@ -310,8 +323,10 @@ def analyze_video(pipe, path: str | Path | None, fps: float = VIDEO_FPS, max_fra
     frames_seen = len(update.records)
     with_face = sum(1 for record in update.records if record["faces"])
     people = len(tracks.tracks)
-    update.message += (f"Analysed {frames_seen} frame(s) at {fps:g} fps, {with_face} with a face; "
-                       f"{people} {'person' if people == 1 else 'people'} (tracks).")  # fmt: skip
+    update.message += (
+        f"Analysed {frames_seen} frame(s) at {fps:g} fps, {with_face} with a face; "
+        f"{people} {'person' if people == 1 else 'people'} (tracks)."
+    )
     if update.main_track is not None and people > 1:
         update.message += f" The curves follow track {update.main_track}, seen most."
     if frames_seen >= max_frames:
@@ -344,8 +359,12 @@ def _add_frame(update: VideoUpdate, result: dict[str, Any], tracks) -> None:
         rows = update.rows if main != update.main_track else update.rows[-max(len(faces), 1) :]
         if main != update.main_track:
             update.main_track, update.curves = main, []
-        update.curves.extend({"time": row["time"], "AU": name, "probability": row[name]}
-                             for row in rows if row["track"] == main for name in tracks.au_names)  # fmt: skip
+        update.curves.extend(
+            {"time": row["time"], "AU": name, "probability": row[name]}
+            for row in rows
+            if row["track"] == main
+            for name in tracks.au_names
+        )
     update.people = [_person(stats) for _, stats in sorted(tracks.tracks.items())]
 
 
@@ -355,10 +374,13 @@ def _person(stats) -> dict[str, Any]:
     emotion = stats.emotion_labels[int(stats.emotions.argmax())]
     active = sorted(zip(stats.active / frames, stats.au_names), reverse=True)
     return {
-        "track": stats.number, "from (s)": round(stats.first, 2), "to (s)": round(stats.last, 2),
-        "frames": stats.frames, "emotion (most frames)": f"{emotion} ({stats.emotions.max() / frames:.0%})",
+        "track": stats.number,
+        "from (s)": round(stats.first, 2),
+        "to (s)": round(stats.last, 2),
+        "frames": stats.frames,
+        "emotion (most frames)": f"{emotion} ({stats.emotions.max() / frames:.0%})",
         "most active AUs": ", ".join(f"{name} {share:.0%}" for share, name in active[:3] if share > 0),
-    }  # fmt: skip
+    }
 
 
 __all__ = [

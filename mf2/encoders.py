@@ -117,9 +117,14 @@ def convert_dinov2_onnx(onnx_path: Path, output_dir: Path) -> Path:
         converted[name] = torch.tensor(np.asarray(array, dtype=np.float32))
 
     config = Dinov2Config(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
         layerscale_value=1.0,
-    )  # fmt: skip
+    )
     model = Dinov2Model(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if set(missing) - {"embeddings.mask_token"} or unexpected:

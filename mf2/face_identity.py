@@ -68,8 +68,9 @@ EXHAUSTIVE_PAIRS = 12
 def pixel_feature(pixel_values: Any, size: int = 16) -> np.ndarray:
     """`(N, 3 * size**2)` unit identity features of aligned face crops `(N, 3, H, W)` (normalised pixels): the crops
     averaged down to `size` x `size`, centred. For runtimes that give no image feature (onnxruntime)."""
-    values = np.asarray(pixel_values.detach().cpu().float() if hasattr(pixel_values, "detach") else pixel_values,
-                        np.float32)  # fmt: skip
+    values = np.asarray(
+        pixel_values.detach().cpu().float() if hasattr(pixel_values, "detach") else pixel_values, np.float32
+    )
     if len(values) == 0:
         return np.zeros((0, 3 * size * size), np.float32)
     batch, channels, height, width = values.shape
@@ -135,8 +136,9 @@ class FaceIdentities:
         opened: how many tracks were opened so far (the last number given).
     """
 
-    def __init__(self, max_gap: float = DEFAULT_MAX_GAP, same_person: float = SAME_PERSON,
-                 other_person: float = OTHER_PERSON):  # fmt: skip
+    def __init__(
+        self, max_gap: float = DEFAULT_MAX_GAP, same_person: float = SAME_PERSON, other_person: float = OTHER_PERSON
+    ):
         self.max_gap = check_max_gap(max_gap)
         self.same_person, self.other_person = float(same_person), float(other_person)
         self.tracks: dict[int, Track] = {}
@@ -257,8 +259,10 @@ def _best_pairs(pairs: list[tuple[int, int, float, float | None]]) -> list[tuple
     from the track's, plus the overlap) plus `APPEARANCE_WEIGHT` times the similarity. Where a face could continue
     two tracks (a crossing), a clear difference in appearance outweighs the motion, a slight one (two people alike)
     does not. Searched exhaustively for the few faces of a frame; greedily, best first, past `EXHAUSTIVE_PAIRS`."""
-    scored = sorted(((motion + APPEARANCE_WEIGHT * (alike or 0.0), i, k) for i, k, motion, alike in pairs),
-                    key=lambda item: -item[0])  # fmt: skip
+    scored = sorted(
+        ((motion + APPEARANCE_WEIGHT * (alike or 0.0), i, k) for i, k, motion, alike in pairs),
+        key=lambda item: -item[0],
+    )
     if len(scored) > EXHAUSTIVE_PAIRS:
         chosen, faces, tracks = [], set(), set()
         for _, i, k in scored:
@@ -285,6 +289,20 @@ def _best_pairs(pairs: list[tuple[int, int, float, float | None]]) -> list[tuple
 
 
 __all__ = [
-    "APPEARANCE_WEIGHT", "CROWD_MARGIN", "DEFAULT_MAX_GAP", "EXHAUSTIVE_PAIRS", "FEATURE_MOMENTUM", "MAX_PREDICTION", "MIN_OVERLAP", "OTHER_PERSON", "PIXEL_LIMITS",
-    "SAME_PERSON", "FaceIdentities", "Track", "check_max_gap", "crowded_faces", "pixel_feature", "unit",
-]  # fmt: skip
+    "APPEARANCE_WEIGHT",
+    "CROWD_MARGIN",
+    "DEFAULT_MAX_GAP",
+    "EXHAUSTIVE_PAIRS",
+    "FEATURE_MOMENTUM",
+    "MAX_PREDICTION",
+    "MIN_OVERLAP",
+    "OTHER_PERSON",
+    "PIXEL_LIMITS",
+    "SAME_PERSON",
+    "FaceIdentities",
+    "Track",
+    "check_max_gap",
+    "crowded_faces",
+    "pixel_feature",
+    "unit",
+]

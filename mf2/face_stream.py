@@ -59,8 +59,16 @@ class InputError(ValueError):
         frame, time: the video frame's index and seconds, when the input is a video frame (else `None`).
     """
 
-    def __init__(self, index: int, path: str | None, reason: str, where: str | None = None, message: str | None = None,
-                 frame: int | None = None, time: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        index: int,
+        path: str | None,
+        reason: str,
+        where: str | None = None,
+        message: str | None = None,
+        frame: int | None = None,
+        time: float | None = None,
+    ):
         self.index, self.path, self.reason = index, path, reason
         self.frame, self.time = frame, time
         self.where = where if where is not None else f"input {index}"
@@ -105,10 +113,18 @@ class FaceStream:
             results already.
     """
 
-    def __init__(self, pipeline, batch_size: int, workers: int | None, preprocess_params: dict, forward_params: dict,
-                 postprocess_params: dict, preprocess: Callable[..., dict] | None = None,
-                 max_pixels: int = MAX_PIXELS_IN_FLIGHT,
-                 identify: Callable[[dict[str, Any], dict[str, Any]], list] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        pipeline,
+        batch_size: int,
+        workers: int | None,
+        preprocess_params: dict,
+        forward_params: dict,
+        postprocess_params: dict,
+        preprocess: Callable[..., dict] | None = None,
+        max_pixels: int = MAX_PIXELS_IN_FLIGHT,
+        identify: Callable[[dict[str, Any], dict[str, Any]], list] | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         self.pipeline, self.batch_size = pipeline, batch_size

@@ -93,8 +93,12 @@ class FaceTracker:
         frames, searches: frames seen and frames on which the whole frame was searched.
     """
 
-    def __init__(self, preprocess: Callable[..., dict[str, Any]], backend: LandmarkBackend,
-                 detect_every: int = DEFAULT_DETECT_EVERY):  # fmt: skip
+    def __init__(
+        self,
+        preprocess: Callable[..., dict[str, Any]],
+        backend: LandmarkBackend,
+        detect_every: int = DEFAULT_DETECT_EVERY,
+    ):
         self.preprocess, self.backend = preprocess, backend
         self.detect_every = check_detect_every(detect_every)
         self.faces: list[TrackedFace] = []

@@ -33,67 +33,91 @@ ACTION_UNITS: dict[str, ActionUnit] = {
     unit.code: unit
     for unit in (
         ActionUnit(
-            "AU1", "inner brow raiser", "frontalis, medial part",
+            "AU1",
+            "inner brow raiser",
+            "frontalis, medial part",
             "the inner ends of the eyebrows are lifted, which can crease the middle of the forehead",
             "the inner ends of the eyebrows stay level",
         ),
         ActionUnit(
-            "AU2", "outer brow raiser", "frontalis, lateral part",
+            "AU2",
+            "outer brow raiser",
+            "frontalis, lateral part",
             "the outer ends of the eyebrows are lifted, arching the brows",
             "the outer ends of the eyebrows stay at rest",
         ),
         ActionUnit(
-            "AU4", "brow lowerer", "corrugator and depressor supercilii, procerus",
+            "AU4",
+            "brow lowerer",
+            "corrugator and depressor supercilii, procerus",
             "the eyebrows are pulled down and drawn together, with vertical lines between them",
             "the eyebrows are neither lowered nor drawn together",
         ),
         ActionUnit(
-            "AU6", "cheek raiser", "orbicularis oculi, orbital part",
+            "AU6",
+            "cheek raiser",
+            "orbicularis oculi, orbital part",
             "the cheeks are lifted, narrowing the eyes from below and creasing their outer corners",
             "the cheeks are not lifted",
         ),
         ActionUnit(
-            "AU7", "lid tightener", "orbicularis oculi, palpebral part",
+            "AU7",
+            "lid tightener",
+            "orbicularis oculi, palpebral part",
             "the eyelids are tightened, narrowing the eye opening",
             "the eyelids are not tightened",
         ),
         ActionUnit(
-            "AU10", "upper lip raiser", "levator labii superioris",
+            "AU10",
+            "upper lip raiser",
+            "levator labii superioris",
             "the upper lip is drawn upwards, deepening the fold beside the nose",
             "the upper lip is not drawn upwards",
         ),
         ActionUnit(
-            "AU12", "lip corner puller", "zygomaticus major",
+            "AU12",
+            "lip corner puller",
+            "zygomaticus major",
             "the lip corners are pulled up and back",
             "the lip corners are not pulled up",
         ),
         ActionUnit(
-            "AU15", "lip corner depressor", "depressor anguli oris",
+            "AU15",
+            "lip corner depressor",
+            "depressor anguli oris",
             "the lip corners are pulled downwards",
             "the lip corners are not pulled down",
         ),
         ActionUnit(
-            "AU23", "lip tightener", "orbicularis oris",
+            "AU23",
+            "lip tightener",
+            "orbicularis oris",
             "the lips are tightened and narrowed, their red parts looking thinner",
             "the lips are not tightened",
         ),
         ActionUnit(
-            "AU24", "lip pressor", "orbicularis oris",
+            "AU24",
+            "lip pressor",
+            "orbicularis oris",
             "the lips are pressed firmly together",
             "the lips are not pressed together",
         ),
         ActionUnit(
-            "AU25", "lips part", "depressor labii inferioris, relaxed mentalis",
+            "AU25",
+            "lips part",
+            "depressor labii inferioris, relaxed mentalis",
             "the lips are parted",
             "the lips are not parted",
         ),
         ActionUnit(
-            "AU26", "jaw drop", "relaxed masseter and temporalis",
+            "AU26",
+            "jaw drop",
+            "relaxed masseter and temporalis",
             "the jaw is lowered, opening the mouth",
             "the jaw is not lowered",
         ),
     )
-}  # fmt: skip
+}
 """The 12 AUs of `AU_NAMES`, keyed by code."""
 
 EMOTION_PROTOTYPES: dict[str, tuple[str, ...]] = {

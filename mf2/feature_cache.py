@@ -309,9 +309,11 @@ class CachedFeatureDataset(Dataset):
 def collate_cached_features(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack `CachedFeatureDataset` examples into `{"cached_features": {...}, <labels>}`."""
     batch: dict[str, Any] = {
-        "cached_features": {name: torch.stack([ex["cached_features"][name] for ex in examples])
-                            for name in examples[0]["cached_features"]}
-    }  # fmt: skip
+        "cached_features": {
+            name: torch.stack([ex["cached_features"][name] for ex in examples])
+            for name in examples[0]["cached_features"]
+        }
+    }
     for name in examples[0]:
         if name != "cached_features":
             batch[name] = torch.stack([torch.as_tensor(ex[name]) for ex in examples])

@@ -58,8 +58,16 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 FALLBACK_LABEL = "template-fallback"
 
 # Fields of the image processor's output, in order.
-IMAGE_FEATURES = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend",
-                  "detection_scale")  # fmt: skip
+IMAGE_FEATURES = (
+    "pixel_values",
+    "au_boxes",
+    "landmarks",
+    "face_boxes",
+    "image_index",
+    "alignment",
+    "landmark_backend",
+    "detection_scale",
+)
 SMALLEST_FACE_SEEN = 40
 """About the smallest face (px) the detectors find in the image they search (dlib's HOG, upsampled once): on a copy
 scaled by `s < 1` (`max_detection_size`), faces under about `SMALLEST_FACE_SEEN / s` px of the image are not seen."""
@@ -89,9 +97,14 @@ MF2ImagesKwargs = MF2ImageProcessorKwargs
 
 # Every option: the six of `ImagesKwargs` the processor honours, then MF²'s own (`ImagesKwargs` declares many more).
 OPTION_NAMES: tuple[str, ...] = (
-    "size", "image_mean", "image_std", "do_normalize", "do_convert_rgb", "input_data_format",
+    "size",
+    "image_mean",
+    "image_std",
+    "do_normalize",
+    "do_convert_rgb",
+    "input_data_format",
     *(name for name in MF2ImageProcessorKwargs.__annotations__ if name not in ImagesKwargs.__annotations__),
-)  # fmt: skip
+)
 # Options for which an explicit `None` is a value (off / inferred) and is kept, as transformers keeps it; for the others
 # `None` means the default.
 NONE_IS_A_VALUE = ("do_normalize", "do_convert_rgb", "input_data_format")
@@ -482,9 +495,12 @@ class MF2ImageProcessor(BaseImageProcessor):
     def _collate(faces: list[dict], options: dict, return_tensors) -> BatchFeature:
         size, num_aus = options["size"], len(options["au_names"])
         empty = {
-            "pixel_values": (3, size, size), "au_boxes": (num_aus, 2, 4), "landmarks": (68, 2), "face_boxes": (4,),
+            "pixel_values": (3, size, size),
+            "au_boxes": (num_aus, 2, 4),
+            "landmarks": (68, 2),
+            "face_boxes": (4,),
             "alignment": (2, 3),
-        }  # fmt: skip
+        }
         data = {}
         channels = {face["pixel_values"].shape[0] for face in faces}
         if len(channels) > 1:

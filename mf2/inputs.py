@@ -11,10 +11,27 @@ from PIL import Image
 from .image_loading import ImageInputError, load_image
 from .video import VIDEO_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-    ".avif", ".heic", ".heif",
-})  # fmt: skip
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".avif",
+        ".heic",
+        ".heif",
+    }
+)
 """The image files a folder's listing takes: the same names are analysed when given one by one. AVIF is read by PIL;
 HEIC / HEIF with `pillow-heif` installed (`mf2.image_loading`), else each is an error record saying so, never skipped
 unseen."""

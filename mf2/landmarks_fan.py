@@ -84,8 +84,14 @@ class FaceAlignmentBackend(LandmarkBackend):
     name = "face_alignment"
     _lock = threading.Lock()
 
-    def __init__(self, device: str = "cpu", flip_input: bool = False, upsample: int | None = None, threshold=0.0,
-                 allow_download: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        device: str = "cpu",
+        flip_input: bool = False,
+        upsample: int | None = None,
+        threshold=0.0,
+        allow_download: bool = True,
+    ):
         fa = require_module("face_alignment", "fan", "face_alignment")
         require_module("dlib", "dlib", "face_alignment")
         self.weights_path = fan_weights_path()

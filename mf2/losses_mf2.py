@@ -140,9 +140,10 @@ def masked_au_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch
     if not known.any():
         return logits.sum() * 0.0  # keeps the graph connected (data-parallel needs every head in every step)
     return F.binary_cross_entropy_with_logits(
-        logits[known].float(), labels[known].float(),
+        logits[known].float(),
+        labels[known].float(),
         pos_weight=None if pos_weight is None else pos_weight.expand_as(labels)[known],
-    )  # fmt: skip
+    )
 
 
 def masked_emotion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

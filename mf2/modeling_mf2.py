@@ -41,8 +41,13 @@ _REMOTE_AUTO_MAP = {
 # What `MF2ImageProcessor` returns beside the model inputs (the face geometry the pipeline and `visualize` read).
 # The models accept and ignore these, so `model(**processor(images))` works; any other unknown keyword is an error.
 PROCESSOR_ONLY_FIELDS: tuple[str, ...] = (
-    "landmarks", "face_boxes", "image_index", "alignment", "landmark_backend", "detection_scale",
-)  # fmt: skip
+    "landmarks",
+    "face_boxes",
+    "image_index",
+    "alignment",
+    "landmark_backend",
+    "detection_scale",
+)
 
 
 def check_extra_inputs(model_name: str, kwargs: dict) -> None:
@@ -343,9 +348,11 @@ class MF2QFormerBranch(nn.Module):
     ):
         """Run `queries` `(N, Q, H)` against `encoder_hidden_states` `(N, T, D)`; returns the Q-Former output."""
         output = self.qformer(
-            query_embeds=queries, encoder_hidden_states=encoder_hidden_states,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )  # fmt: skip
+            query_embeds=queries,
+            encoder_hidden_states=encoder_hidden_states,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         if output.attentions is not None and output.cross_attentions:
             # transformers' Blip2QFormerModel records the cross-attention weights among `attentions` too (its
             # ".attention" recorder also matches ".crossattention.attention"): keep the self-attention ones, one per layer.
@@ -529,9 +536,11 @@ class MF2TextAlignment(nn.Module):
         joint = torch.cat([queries, text_embeds.to(queries.dtype)], dim=1)
         generation_mask = multimodal_causal_mask(num_queries, attention_mask, joint.dtype)
         generated = branch.qformer(
-            query_embeds=joint, query_length=num_queries, attention_mask=generation_mask,
+            query_embeds=joint,
+            query_length=num_queries,
+            attention_mask=generation_mask,
             encoder_hidden_states=encoder_hidden_states,
-        )  # fmt: skip
+        )
         itg = itg_loss(
             generated.last_hidden_state[:, num_queries:], input_ids, attention_mask, itg_label_smoothing, self.lm_head
         )
@@ -559,9 +568,11 @@ class MF2TextAlignment(nn.Module):
         joint = torch.cat([queries, text_embeds.to(queries.dtype)], dim=1)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], num_queries), attention_mask], dim=1)
         output = branch.qformer(
-            query_embeds=joint, query_length=num_queries, attention_mask=mask,
+            query_embeds=joint,
+            query_length=num_queries,
+            attention_mask=mask,
             encoder_hidden_states=encoder_hidden_states,
-        )  # fmt: skip
+        )
         return self.itm_head(output.last_hidden_state[:, :num_queries]).mean(dim=1)
 
     def itm_loss(self, branch, queries, encoder_hidden_states, text_embeds, attention_mask, similarity, positives):
@@ -597,8 +608,13 @@ class MF2PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # A branch holds bare parameters (its queries, AU-VL's RoI position embeddings) used in its forward: it must stay
     # whole on one device, so that an offloading device map loads them with the branch (likewise the heads).
-    _no_split_modules = ["MF2QFormerBranch", "MF2AUBranch", "MF2RecognitionHeads", "Blip2QFormerLayer",
-                         "Blip2TextEmbeddings"]  # fmt: skip
+    _no_split_modules = [
+        "MF2QFormerBranch",
+        "MF2AUBranch",
+        "MF2RecognitionHeads",
+        "Blip2QFormerLayer",
+        "Blip2TextEmbeddings",
+    ]
     # Trainer must not pass `num_items_in_batch` nor skip dividing the loss by the accumulation steps.
     accepts_loss_kwargs = False
 
@@ -772,9 +788,11 @@ class MF2Model(MF2PreTrainedModel):
         frozen = not any(p.requires_grad for p in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             return self.vision_model(
-                pixel_values=pixel_values, output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions, **kwargs,
-            )  # fmt: skip
+                pixel_values=pixel_values,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
 
     def patch_grid(
         self, image_embeds: torch.Tensor, height: int | None = None, width: int | None = None
@@ -850,8 +868,10 @@ class MF2Model(MF2PreTrainedModel):
             self._check_pixel_values(pixel_values)
             vision = self.encode_image(pixel_values, output_hidden_states, output_attentions)
             image_embeds, vision_hidden_states, vision_attentions = (
-                vision.last_hidden_state, vision.hidden_states, vision.attentions
-            )  # fmt: skip
+                vision.last_hidden_state,
+                vision.hidden_states,
+                vision.attentions,
+            )
             height, width = pixel_values.shape[2], pixel_values.shape[3]
         batch = image_embeds.shape[0]
 
@@ -907,12 +927,18 @@ def _copy_text_encoder_into_branch(text_state: dict, branch: MF2QFormerBranch, a
                 "output_query.LayerNorm": "output.LayerNorm",
             }
             if hasattr(layer, "intermediate"):
-                pieces.update({"intermediate.dense": "intermediate.dense", "output.dense": "output.dense",
-                               "output.LayerNorm": "output.LayerNorm"})  # fmt: skip
+                pieces.update(
+                    {
+                        "intermediate.dense": "intermediate.dense",
+                        "output.dense": "output.dense",
+                        "output.LayerNorm": "output.LayerNorm",
+                    }
+                )
             for target, origin in pieces.items():
                 module = layer.get_submodule(target)
-                module.load_state_dict({"weight": text_state[f"{source}{origin}.weight"],
-                                        "bias": text_state[f"{source}{origin}.bias"]})  # fmt: skip
+                module.load_state_dict(
+                    {"weight": text_state[f"{source}{origin}.weight"], "bias": text_state[f"{source}{origin}.bias"]}
+                )
         if alignment is not None:
             embeddings = alignment.embeddings
             embeddings.word_embeddings.weight.copy_(text_state["embeddings.word_embeddings.weight"])
@@ -964,9 +990,11 @@ class MF2RecognitionPreTrainedModel(MF2PreTrainedModel):
                 "must match the text encoder's (and it cannot have more layers)."
             )
         config = cls.config_class(
-            vision_config=vision.config.to_dict(), text_config=text_config.to_dict(), qformer_config=qformer,
+            vision_config=vision.config.to_dict(),
+            text_config=text_config.to_dict(),
+            qformer_config=qformer,
             **config_overrides,
-        )  # fmt: skip
+        )
         model = cls(config)
         missing, unexpected = model.mf2.vision_model.load_state_dict(vision.state_dict(), strict=False)
         missing = [key for key in missing if key != "embeddings.mask_token"]
@@ -992,9 +1020,14 @@ class MF2RecognitionPreTrainedModel(MF2PreTrainedModel):
         output_attentions=None,
     ) -> MF2ModelOutput:
         return self.mf2(
-            pixel_values=pixel_values, au_boxes=au_boxes, output_hidden_states=output_hidden_states,
-            vision_tokens=vision_tokens, branches=branches, output_attentions=output_attentions, return_dict=True,
-        )  # fmt: skip
+            pixel_values=pixel_values,
+            au_boxes=au_boxes,
+            output_hidden_states=output_hidden_states,
+            vision_tokens=vision_tokens,
+            branches=branches,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
 
     def forward_head(self, features: MF2ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(features.emotion_embeds, features.au_embeds)
@@ -1148,10 +1181,14 @@ class MF2ForPreTraining(MF2RecognitionPreTrainedModel):
             if captioned.any():
                 queries = self.mf2.emotion_branch.query_tokens.expand(int(captioned.sum()), -1, -1)
                 terms = self.emotion_alignment.losses(
-                    self.mf2.emotion_branch, queries, features.emotion_query_output[captioned],
-                    features.image_embeds[captioned], emotion_input_ids[captioned],
-                    emotion_attention_mask[captioned], *smoothing,
-                )  # fmt: skip
+                    self.mf2.emotion_branch,
+                    queries,
+                    features.emotion_query_output[captioned],
+                    features.image_embeds[captioned],
+                    emotion_input_ids[captioned],
+                    emotion_attention_mask[captioned],
+                    *smoothing,
+                )
                 losses.update({f"emo_{name}": value for name, value in terms.items()})
 
         if self.au_alignment is not None and au_input_ids is not None:

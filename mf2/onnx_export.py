@@ -124,10 +124,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
-                graph, _example_inputs(source, image_size), str(partial), dynamo=False, opset_version=opset,
-                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
+                graph,
+                _example_inputs(source, image_size),
+                str(partial),
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic,
                 do_constant_folding=True,
-            )  # fmt: skip
+            )
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -160,8 +166,13 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(source), str(partial), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8)  # fmt: skip
+        quantize_dynamic(
+            str(source),
+            str(partial),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
         os.replace(partial, path)
     finally:
         logger.setLevel(level)
@@ -176,8 +187,13 @@ def cached_onnx_path(model: nn.Module, image_size: int, opset: int = OPSET, quan
     return mf2_home() / "onnx" / f"{weights_fingerprint(model)[:16]}-opset{opset}-{image_size}px{suffix}.onnx"
 
 
-def ensure_onnx(model: nn.Module, image_size: int, path: str | os.PathLike | None = None,
-                quantize: str | None = None, opset: int = OPSET) -> Path:  # fmt: skip
+def ensure_onnx(
+    model: nn.Module,
+    image_size: int,
+    path: str | os.PathLike | None = None,
+    quantize: str | None = None,
+    opset: int = OPSET,
+) -> Path:
     """An ONNX file of `model` (`quantize="int8"`: its int8 version, made from the cached float32 one): `path` when it
     exists (written there when not), else the cache's, written once."""
     target = Path(path) if path is not None else cached_onnx_path(model, image_size, opset, quantize)
@@ -236,15 +252,18 @@ class ONNXRecognitionModel:
         array = np.ascontiguousarray(value, dtype=np.float32)
         fixed = self.input_shapes[name][1:]
         if array.ndim != len(fixed) + 1 or any(isinstance(s, int) and s != a for s, a in zip(fixed, array.shape[1:])):
-            raise ValueError(f"{name} must be (batch, {', '.join(map(str, fixed))}) for {self.path.name}, "
-                             f"got {tuple(array.shape)}.")  # fmt: skip
+            raise ValueError(
+                f"{name} must be (batch, {', '.join(map(str, fixed))}) for {self.path.name}, got {tuple(array.shape)}."
+            )
         return array
 
     def __call__(self, pixel_values: Any = None, au_boxes: Any = None, **kwargs: Any) -> ONNXRecognitionOutput:
         if pixel_values is None or au_boxes is None:
             raise ValueError("The ONNX runner needs both pixel_values and au_boxes.")
-        feeds = {"pixel_values": self._array("pixel_values", pixel_values),
-                 "au_boxes": self._array("au_boxes", au_boxes)}  # fmt: skip
+        feeds = {
+            "pixel_values": self._array("pixel_values", pixel_values),
+            "au_boxes": self._array("au_boxes", au_boxes),
+        }
         if len(feeds["pixel_values"]) != len(feeds["au_boxes"]):
             raise ValueError("pixel_values and au_boxes must have the same batch size.")
         au_logits, emotion_logits = self.session.run(list(OUTPUT_NAMES), feeds)
@@ -263,15 +282,22 @@ def providers_for(device: Any) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mf2 export", description="Write the MF² recognition model as ONNX "
-                                     f"(opset {OPSET}, float32, dynamic batch) for onnxruntime.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="mf2 export",
+        description=f"Write the MF² recognition model as ONNX (opset {OPSET}, float32, dynamic batch) for onnxruntime.",
+    )
     parser.add_argument("--model", help="MF² checkpoint folder or Hub id (default: the shipped mf2-base)")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
-    parser.add_argument("--output", "-o", help="the .onnx file (default: the cache `mf2 analyze --runtime onnx` "
-                        "reads, $MF2_HOME/onnx/)")  # fmt: skip
+    parser.add_argument(
+        "--output", "-o", help="the .onnx file (default: the cache `mf2 analyze --runtime onnx` reads, $MF2_HOME/onnx/)"
+    )
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; 16 at least)")
-    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, help="also quantize the graph: int8 weights, "
-                        "dynamic int8 activations (2x faster on CPUs; see the README for its accuracy)")  # fmt: skip
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="also quantize the graph: int8 weights, "
+        "dynamic int8 activations (2x faster on CPUs; see the README for its accuracy)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
 
@@ -297,14 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mf2 export: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}", file=sys.stderr)
         return 1
     kind = "int8 weights, dynamic int8 activations" if args.quantize else "float32"
-    print(f"mf2 export: wrote {output} (opset {args.opset}, {kind}, dynamic batch, {size}x{size} px crops)",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"mf2 export: wrote {output} (opset {args.opset}, {kind}, dynamic batch, {size}x{size} px crops)",
+        file=sys.stderr,
+    )
     print(output)
     return 0
 
 
-def onnx_runner(model: nn.Module, image_size: int, device: Any, path: str | os.PathLike | None = None,
-                quantize: str | None = None):  # fmt: skip
+def onnx_runner(
+    model: nn.Module, image_size: int, device: Any, path: str | os.PathLike | None = None, quantize: str | None = None
+):
     """The onnxruntime runner of `model` (`quantize="int8"`: of its int8 version): the graph at `path`, else the
     weights-keyed cache (written on first use)."""
     require_onnxruntime()  # before a (slow) export that could not run
@@ -312,7 +341,22 @@ def onnx_runner(model: nn.Module, image_size: int, device: Any, path: str | os.P
 
 
 __all__ = [
-    "INPUT_NAMES", "OPSET", "OUTPUT_NAMES", "QUANTIZE_CHOICES", "MissingONNXRuntimeError", "ONNXRecognitionModel",
-    "ONNXRecognitionOutput", "build_parser", "cached_onnx_path", "check_quantize", "ensure_onnx", "export_onnx",
-    "main", "onnx_runner", "providers_for", "quantize_onnx", "require_onnxruntime", "weights_fingerprint",
-]  # fmt: skip
+    "INPUT_NAMES",
+    "OPSET",
+    "OUTPUT_NAMES",
+    "QUANTIZE_CHOICES",
+    "MissingONNXRuntimeError",
+    "ONNXRecognitionModel",
+    "ONNXRecognitionOutput",
+    "build_parser",
+    "cached_onnx_path",
+    "check_quantize",
+    "ensure_onnx",
+    "export_onnx",
+    "main",
+    "onnx_runner",
+    "providers_for",
+    "quantize_onnx",
+    "require_onnxruntime",
+    "weights_fingerprint",
+]

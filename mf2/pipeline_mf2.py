@@ -45,13 +45,25 @@ RUNTIMES = ("torch", "onnx")  # what runs the network: PyTorch, or onnxruntime o
 
 # Per-call options of each pipeline stage (anything else is rejected with the list of valid names).
 PREPROCESS_OPTIONS = (
-    "no_face", "multiple_faces", "landmark_backend", "max_detection_size", "min_detection_size", "backend_kwargs",
+    "no_face",
+    "multiple_faces",
+    "landmark_backend",
+    "max_detection_size",
+    "min_detection_size",
+    "backend_kwargs",
     "channel_order",
-)  # fmt: skip
+)
 POSTPROCESS_OPTIONS = ("top_k", "threshold", "return_landmarks", "explain", "return_features")
 # `pipe(video_path, video_fps=...)` names → `FacialStatePipeline.video` arguments.
-VIDEO_OPTIONS = {"video_fps": "fps", "every_n_frames": "every", "start_time": "start", "end_time": "end",
-                 "max_frames": "max_frames", "detect_every": "detect_every", "max_gap": "max_gap"}  # fmt: skip
+VIDEO_OPTIONS = {
+    "video_fps": "fps",
+    "every_n_frames": "every",
+    "start_time": "start",
+    "end_time": "end",
+    "max_frames": "max_frames",
+    "detect_every": "detect_every",
+    "max_gap": "max_gap",
+}
 # Image processor outputs the pipeline carries from `preprocess` to `postprocess` beside the model inputs.
 _FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend", "detection_scale")
 
@@ -140,8 +152,15 @@ class FacialStatePipeline(Pipeline):
     _load_tokenizer = False
     _load_video_processor = False
 
-    def __init__(self, *args, runtime: str = "torch", onnx_path: str | os.PathLike | None = None,
-                 quantize: str | None = None, adapter: str | os.PathLike | None = None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        runtime: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        quantize: str | None = None,
+        adapter: str | os.PathLike | None = None,
+        **kwargs,
+    ):
         if runtime not in RUNTIMES:
             raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, got {runtime!r}.")
         if quantize is not None and runtime != "onnx":
@@ -451,8 +470,16 @@ class FacialStatePipeline(Pipeline):
         if check_detect_every(detect_every) > 1 and backend.fits_boxes:
             tracker = FaceTracker(self.preprocess, backend, detect_every)
         forward_params = {**forward_params, "identity_features": True}
-        stream = FaceStream(self, batch_size, num_workers, preprocess_params, forward_params, postprocess_params,
-                            preprocess=tracker, identify=partial(_identify, identities))  # fmt: skip
+        stream = FaceStream(
+            self,
+            batch_size,
+            num_workers,
+            preprocess_params,
+            forward_params,
+            postprocess_params,
+            preprocess=tracker,
+            identify=partial(_identify, identities),
+        )
         return self._video_results(frames, stream, return_frames)
 
     @staticmethod
@@ -522,9 +549,12 @@ class FacialStatePipeline(Pipeline):
         copied = [Path(name).name for name in custom_object_save(cls, folder) or []]
         config = json.loads(config_file.read_text(encoding="utf-8"))
         config["custom_pipelines"] = {
-            REMOTE_TASK: {"impl": f"{Path(__file__).stem}.{cls.__name__}", "pt": ["AutoModelForImageClassification"],
-                          "type": "image"}
-        }  # fmt: skip
+            REMOTE_TASK: {
+                "impl": f"{Path(__file__).stem}.{cls.__name__}",
+                "pt": ["AutoModelForImageClassification"],
+                "type": "image",
+            }
+        }
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return copied
 

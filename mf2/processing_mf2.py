@@ -47,8 +47,14 @@ class MF2Processor(ProcessorMixin):
         au_caption_max_length (`int`, *optional*, defaults to 169): AU captions are truncated to this.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, emotion_caption_max_length: int = 61,
-                 au_caption_max_length: int = 169, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        emotion_caption_max_length: int = 61,
+        au_caption_max_length: int = 169,
+        **kwargs,
+    ):
         self.emotion_caption_max_length = int(emotion_caption_max_length)
         self.au_caption_max_length = int(au_caption_max_length)
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -73,9 +79,14 @@ class MF2Processor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return [
-            "pixel_values", "au_boxes", "emotion_input_ids", "emotion_attention_mask", "au_input_ids",
-            "au_attention_mask", "au_caption_mask",
-        ]  # fmt: skip
+            "pixel_values",
+            "au_boxes",
+            "emotion_input_ids",
+            "emotion_attention_mask",
+            "au_input_ids",
+            "au_attention_mask",
+            "au_caption_mask",
+        ]
 
     def __call__(
         self,

@@ -45,8 +45,10 @@ class OutputWriteError(AnalyzeError):
 
     def __init__(self, target: str, error: OSError):
         self.target, self.reason, self.errno = target, error.strerror or str(error), error.errno
-        super().__init__(f"cannot write the records to {target} ({self.reason}); the inputs before are in it, whole: "
-                         "free some space and rerun with --resume")  # fmt: skip
+        super().__init__(
+            f"cannot write the records to {target} ({self.reason}); the inputs before are in it, whole: "
+            "free some space and rerun with --resume"
+        )
 
 
 def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,11 +80,30 @@ class RecordWriter:
 
     def columns(self) -> list[str]:
         return [
-            "path", "frame", "time", "face", "faces", "error", "warning", "x1", "y1", "x2", "y2", "emotion",
+            "path",
+            "frame",
+            "time",
+            "face",
+            "faces",
+            "error",
+            "warning",
+            "x1",
+            "y1",
+            "x2",
+            "y2",
+            "emotion",
             "emotion_score",
-            *[f"emotion_{label}" for label in self.emotion_labels], *self.au_names, "active_action_units",
-            "landmark_backend", "explanation", "model", "model_version", "model_trained", "detection_scale", "track",
-        ]  # fmt: skip
+            *[f"emotion_{label}" for label in self.emotion_labels],
+            *self.au_names,
+            "active_action_units",
+            "landmark_backend",
+            "explanation",
+            "model",
+            "model_version",
+            "model_trained",
+            "detection_scale",
+            "track",
+        ]
 
     def write(self, record: dict[str, Any]) -> None:
         """One record on its own (an input with one record)."""
@@ -122,9 +143,24 @@ class RecordWriter:
         if self._csv is None:  # the header goes out with the first row
             self._csv = csv.DictWriter(self._rows, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
-        row = {key: record.get(key) for key in ("path", "frame", "time", "face", "faces", "error", "warning",
-                                                "landmark_backend", "explanation", "model", "model_version", "model_trained",
-                                                "track")}  # fmt: skip
+        row = {
+            key: record.get(key)
+            for key in (
+                "path",
+                "frame",
+                "time",
+                "face",
+                "faces",
+                "error",
+                "warning",
+                "landmark_backend",
+                "explanation",
+                "model",
+                "model_version",
+                "model_trained",
+                "track",
+            )
+        }
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
         if record.get("emotion"):

@@ -79,8 +79,9 @@ def register_processors() -> None:
 
     from .default_model import accept_short_names
 
-    config_class, image_processor, processor = (_public(name) for name in
-                                                ("MF2Config", "MF2ImageProcessor", "MF2Processor"))  # fmt: skip
+    config_class, image_processor, processor = (
+        _public(name) for name in ("MF2Config", "MF2ImageProcessor", "MF2Processor")
+    )
     AutoImageProcessor.register(
         config_class, image_processor_classes={"pil": image_processor, "torchvision": image_processor}, exist_ok=True
     )
@@ -100,9 +101,12 @@ def register_pipeline() -> None:
     from .default_model import accept_short_names_in_pipelines, default_model_path
 
     PIPELINE_REGISTRY.register_pipeline(
-        PIPELINE_TASK, pipeline_class=_public("FacialStatePipeline"), pt_model=AutoModelForImageClassification,
-        type="image", default={"model": (str(default_model_path()), None)},
-    )  # fmt: skip
+        PIPELINE_TASK,
+        pipeline_class=_public("FacialStatePipeline"),
+        pt_model=AutoModelForImageClassification,
+        type="image",
+        default={"model": (str(default_model_path()), None)},
+    )
     accept_short_names_in_pipelines(transformers.pipelines)
 
 

@@ -25,10 +25,16 @@ from .facs import au_label
 MAX_BINS = 1024
 """Time bins a track's timeline keeps at most (the picture is about 900 px wide)."""
 EMOTION_COLOURS = {
-    "neutral": (170, 170, 170), "anger": (214, 39, 40), "disgust": (120, 150, 30), "fear": (148, 103, 189),
-    "happiness": (255, 170, 0), "sadness": (31, 119, 180), "surprise": (23, 190, 207), "other": (140, 86, 75),
+    "neutral": (170, 170, 170),
+    "anger": (214, 39, 40),
+    "disgust": (120, 150, 30),
+    "fear": (148, 103, 189),
+    "happiness": (255, 170, 0),
+    "sadness": (31, 119, 180),
+    "surprise": (23, 190, 207),
+    "other": (140, 86, 75),
     "contempt": (227, 119, 194),
-}  # fmt: skip
+}
 _SPARE_COLOURS = ((188, 189, 34), (127, 127, 127), (255, 152, 150), (197, 176, 213))
 _ACTIVE, _INACTIVE = (220, 60, 40), (140, 165, 205)
 
@@ -38,9 +44,15 @@ def summary_columns(au_names: Sequence[str], emotion_labels: Sequence[str]) -> l
     track was seen on), then `mean_<AU>` (mean probability) and `active_<AU>` (share of its frames where the AU was
     active) for each AU, and `share_<emotion>` (share of its frames with that emotion on top) for each emotion."""
     return [
-        "path", "track", "first_time", "last_time", "frames", *[f"mean_{name}" for name in au_names],
-        *[f"active_{name}" for name in au_names], *[f"share_{label}" for label in emotion_labels],
-    ]  # fmt: skip
+        "path",
+        "track",
+        "first_time",
+        "last_time",
+        "frames",
+        *[f"mean_{name}" for name in au_names],
+        *[f"active_{name}" for name in au_names],
+        *[f"share_{label}" for label in emotion_labels],
+    ]
 
 
 class Timeline:
@@ -122,14 +134,23 @@ class TrackStats:
     def row(self, path: str, digits: int = 6) -> dict[str, Any]:
         """The track's `--summary` row (`summary_columns`)."""
         frames = max(self.frames, 1)
-        row: dict[str, Any] = {"path": path, "track": self.number, "first_time": _round(self.first, digits),
-                               "last_time": _round(self.last, digits), "frames": self.frames}  # fmt: skip
+        row: dict[str, Any] = {
+            "path": path,
+            "track": self.number,
+            "first_time": _round(self.first, digits),
+            "last_time": _round(self.last, digits),
+            "frames": self.frames,
+        }
         row.update({f"mean_{name}": _round(value / frames, digits) for name, value in zip(self.au_names, self.au_sums)})
         row.update(
             {f"active_{name}": _round(value / frames, digits) for name, value in zip(self.au_names, self.active)}
         )
-        row.update({f"share_{label}": _round(value / frames, digits)
-                    for label, value in zip(self.emotion_labels, self.emotions)})  # fmt: skip
+        row.update(
+            {
+                f"share_{label}": _round(value / frames, digits)
+                for label, value in zip(self.emotion_labels, self.emotions)
+            }
+        )
         return row
 
 
@@ -212,8 +233,13 @@ def _clock(seconds: float, step: float) -> str:
     return f"{seconds:.1f} s" if step < 1 else f"{seconds:.0f} s"
 
 
-def timeline_image(stats: TrackStats, title: str, thresholds: Sequence[float] | None = None,
-                   step: float | None = None, width: int = 1200) -> Image.Image:  # fmt: skip
+def timeline_image(
+    stats: TrackStats,
+    title: str,
+    thresholds: Sequence[float] | None = None,
+    step: float | None = None,
+    width: int = 1200,
+) -> Image.Image:
     """One track over time, readable at a glance: a row per AU named in full ("AU6 cheek raiser") with its mean
     probability and share of frames active, its probability over time (red where it reaches its threshold, which is
     the dashed line), the top emotion over time as a colour strip, a time axis, and each emotion's share of frames.
@@ -252,11 +278,16 @@ def timeline_image(stats: TrackStats, title: str, thresholds: Sequence[float] | 
 
     draw.text((pad, pad), title, fill=(0, 0, 0), font=title_font)
     seen = f"seen {stats.first:.2f}-{stats.last:.2f} s on {stats.frames} frames" if stats.frames else "never seen"
-    draw.text((pad, pad + 26), f"{seen}. AU probability over time (0 to 1); dashed: the AU's threshold; red: active.",
-              fill=(70, 70, 70), font=small_font)  # fmt: skip
+    draw.text(
+        (pad, pad + 26),
+        f"{seen}. AU probability over time (0 to 1); dashed: the AU's threshold; red: active.",
+        fill=(70, 70, 70),
+        font=small_font,
+    )
     # A bin spans its sightings and one frame after the last: consecutive frames touch, a gap shows as one.
-    columns = [(math.floor(x_of(start)), max(math.ceil(x_of(end + step)) - 1, math.floor(x_of(start))))
-               for start, end in times]  # fmt: skip
+    columns = [
+        (math.floor(x_of(start)), max(math.ceil(x_of(end + step)) - 1, math.floor(x_of(start)))) for start, end in times
+    ]
     frames = max(stats.frames, 1)
     y = top
     for k, (label, threshold) in enumerate(zip(labels, thresholds)):
@@ -270,8 +301,12 @@ def timeline_image(stats: TrackStats, title: str, thresholds: Sequence[float] | 
             draw.line([x, level, min(x + 5, right), level], fill=(40, 40, 40), width=1)
         draw.text((pad, y + (row_height - 15) / 2), label, fill=(0, 0, 0), font=label_font)
         mean, active = stats.au_sums[k] / frames, stats.active[k] / frames
-        draw.text((right + pad, y + (row_height - 12) / 2), f"mean {mean:.2f}  active {active:.0%}",
-                  fill=(60, 60, 60), font=small_font)  # fmt: skip
+        draw.text(
+            (right + pad, y + (row_height - 12) / 2),
+            f"mean {mean:.2f}  active {active:.0%}",
+            fill=(60, 60, 60),
+            font=small_font,
+        )
         y = bottom + row_gap
     draw.rectangle([left, y, right, y + strip_height], fill=(246, 246, 246), outline=(200, 200, 200))
     for (x1, x2), emotion in zip(columns, emotions):
@@ -307,6 +342,13 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 __all__ = [
-    "EMOTION_COLOURS", "MAX_BINS", "Timeline", "TrackStats", "VideoTracks", "emotion_colour", "summary_columns",
-    "timeline_image", "write_summary_rows",
-]  # fmt: skip
+    "EMOTION_COLOURS",
+    "MAX_BINS",
+    "Timeline",
+    "TrackStats",
+    "VideoTracks",
+    "emotion_colour",
+    "summary_columns",
+    "timeline_image",
+    "write_summary_rows",
+]

@@ -284,6 +284,13 @@ def write_video(path: str | os.PathLike, frames, fps: float = 25.0, codec: str =
 
 
 __all__ = [
-    "VIDEO_EXTENSIONS", "VideoDecodeError", "VideoFrame", "display_rotation", "is_video", "read_frames", "upright",
-    "video_info", "write_video",
-]  # fmt: skip
+    "VIDEO_EXTENSIONS",
+    "VideoDecodeError",
+    "VideoFrame",
+    "display_rotation",
+    "is_video",
+    "read_frames",
+    "upright",
+    "video_info",
+    "write_video",
+]

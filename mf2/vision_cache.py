@@ -104,11 +104,15 @@ class VisionTokenCache(FeatureCache):
             features["flipped_tokens"] = self.mf2.frozen_vision_tokens(pixels.flip(-1)).to(self.dtype)
         if self.augmented_views:
             if batch.get("example_ids") is None or batch.get("au_boxes") is None:
-                raise ValueError("VisionTokenCache(augmented_views=...) needs `example_ids` and `au_boxes` in each batch.")
+                raise ValueError(
+                    "VisionTokenCache(augmented_views=...) needs `example_ids` and `au_boxes` in each batch."
+                )
             ids, boxes = batch["example_ids"].tolist(), batch["au_boxes"]
             for view in range(1, self.augmented_views + 1):
-                views = [augmented_view(pixels[i].cpu(), boxes[i], view_generator(ids[i], view), self.jitter)
-                         for i in range(len(ids))]  # fmt: skip
+                views = [
+                    augmented_view(pixels[i].cpu(), boxes[i], view_generator(ids[i], view), self.jitter)
+                    for i in range(len(ids))
+                ]
                 tokens_name, boxes_name = augmented_view_names(view)
                 features[tokens_name] = self.mf2.frozen_vision_tokens(
                     torch.stack([pixels for pixels, _ in views]).to(device)
@@ -218,4 +222,11 @@ class VisionTokenCollator:
         return batch
 
 
-__all__ = ["VIEW_NAMES", "VisionTokenCache", "augmented_view_names", "VisionTokenCollator", "VisionTokenDataset", "flip_au_boxes"]
+__all__ = [
+    "VIEW_NAMES",
+    "VisionTokenCache",
+    "augmented_view_names",
+    "VisionTokenCollator",
+    "VisionTokenDataset",
+    "flip_au_boxes",
+]

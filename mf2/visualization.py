@@ -18,10 +18,24 @@ from .facs import au_label
 from .image_loading import load_image
 
 _PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180),
-)  # fmt: skip
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+)
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -76,8 +90,12 @@ def draw_face(canvas: Image.Image, features, index: int = 0, au_names: Sequence[
     labels = features.get("landmark_backend") if hasattr(features, "get") else None
     draw.rectangle([float(v) for v in face_box], outline=(255, 255, 255), width=width + 1)
     if labels is not None:
-        draw.text((float(face_box[0]), float(face_box[1]) - font.size - 2), str(labels[index]), fill=(255, 255, 255),
-                  font=font)  # fmt: skip
+        draw.text(
+            (float(face_box[0]), float(face_box[1]) - font.size - 2),
+            str(labels[index]),
+            fill=(255, 255, 255),
+            font=font,
+        )
     for k, name in enumerate(au_names):
         colour = _PALETTE[k % len(_PALETTE)]
         for side in range(boxes.shape[1]):

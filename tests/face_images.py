@@ -179,8 +179,12 @@ class Actor:
         return x - self.patch.width / 2, y - self.patch.height / 2, x + self.patch.width / 2, y + self.patch.height / 2
 
 
-def scene(actors: Sequence[Actor], count: int, size: tuple[int, int] = (640, 480),
-          occluders: Sequence[tuple[int, int, tuple[int, int, int, int]]] = ()) -> Iterator[np.ndarray]:  # fmt: skip
+def scene(
+    actors: Sequence[Actor],
+    count: int,
+    size: tuple[int, int] = (640, 480),
+    occluders: Sequence[tuple[int, int, tuple[int, int, int, int]]] = (),
+) -> Iterator[np.ndarray]:
     """`count` frames `(height, width, 3)` of `actors` on a grey-blue `size` canvas, generated one at a time;
     `occluders` are `(first frame, end frame, xyxy)` grey boards drawn over everything on frames first..end-1."""
     from PIL import ImageDraw

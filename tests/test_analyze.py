@@ -34,13 +34,26 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_example_images_to_jsonl_with_annotations(checkpoint, tmp_path, capsys):
     output, annotated = tmp_path / "faces.jsonl", tmp_path / "annotated"
-    argv = ["analyze", str(EXAMPLES), "--model", str(checkpoint), "-o", str(output), "--annotate", str(annotated),
-            "--all-faces", "--explain", "--landmarks"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(EXAMPLES),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(output),
+        "--annotate",
+        str(annotated),
+        "--all-faces",
+        "--explain",
+        "--landmarks",
+    ]
     assert cli_main(argv) == 0
     records = read_jsonl(output)
     assert [(Path(r["path"]).name, r["face"]) for r in records] == [
-        ("astronaut.png", 0), ("two_faces.png", 0), ("two_faces.png", 1)
-    ]  # fmt: skip
+        ("astronaut.png", 0),
+        ("two_faces.png", 0),
+        ("two_faces.png", 1),
+    ]
     for record in records:
         # A random tiny model: its config says untrained, and it has no published name.
         assert record["model_trained"] is False and record["model"] == str(checkpoint)
@@ -55,8 +68,21 @@ def test_example_images_to_jsonl_with_annotations(checkpoint, tmp_path, capsys):
 
 def test_csv_has_one_column_per_au_and_emotion(checkpoint, tmp_path):
     output = tmp_path / "faces.csv"
-    assert cli_main(["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output),
-                     "--threshold", "0.0"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "analyze",
+                str(EXAMPLES / "astronaut.png"),
+                "--model",
+                str(checkpoint),
+                "-o",
+                str(output),
+                "--threshold",
+                "0.0",
+            ]
+        )
+        == 0
+    )
     with output.open() as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 1
@@ -156,8 +182,14 @@ def test_records_keep_input_order_and_name_each_input(checkpoint, tmp_path):
     output = tmp_path / "out.jsonl"
     assert cli_main(["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--no-progress"]) == 1
     records = read_jsonl(output)
-    assert [Path(r["path"]).name for r in records] == ["a.png", "b_broken.jpg", "c_clip.mp4", "c_clip.mp4", "d.png",
-                                                       "e_broken.png"]  # fmt: skip
+    assert [Path(r["path"]).name for r in records] == [
+        "a.png",
+        "b_broken.jpg",
+        "c_clip.mp4",
+        "c_clip.mp4",
+        "d.png",
+        "e_broken.png",
+    ]
     assert "input 1 (" in records[1]["error"] and "input 4 (" in records[5]["error"]
     assert "image 0" not in records[1]["error"] + records[5]["error"]
 
@@ -202,8 +234,17 @@ def test_videos_that_cannot_be_fully_decoded_are_error_records_and_the_run_goes_
     shutil.move(_cut(_h264(tmp_path / "clip.mkv", 60), 0.5), folder / "d_half.mkv")
     shutil.copy(source, folder / "e_good.mp4")
     output = tmp_path / "out.jsonl"
-    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--every-n-frames", "30",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(folder),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(output),
+        "--every-n-frames",
+        "30",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 1
     records = read_jsonl(output)
     by_file: dict[str, list[dict]] = {}
@@ -246,8 +287,17 @@ def test_no_progress_silences_the_weight_loading_bar(checkpoint, tmp_path, capsy
 def test_no_face_error_stops_with_the_file_named(checkpoint, tmp_path, capsys):
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(blank)
-    argv = ["analyze", str(EXAMPLES / "astronaut.png"), str(blank), "--model", str(checkpoint), "--no-face", "error",
-            "-o", str(tmp_path / "out.jsonl")]  # fmt: skip
+    argv = [
+        "analyze",
+        str(EXAMPLES / "astronaut.png"),
+        str(blank),
+        "--model",
+        str(checkpoint),
+        "--no-face",
+        "error",
+        "-o",
+        str(tmp_path / "out.jsonl"),
+    ]
     assert cli_main(argv) == 1
     message = capsys.readouterr().err
     assert f"{blank}: no face found" in message and "--no-face skip" in message and "no_face=" not in message
@@ -263,8 +313,25 @@ def test_video_records_per_sampled_frame_and_annotated_frames(checkpoint, tmp_pa
     video = tmp_path / "clip.mp4"
     write_video(video, frames, fps=10)
     output, annotated = tmp_path / "video.jsonl", tmp_path / "frames"
-    assert cli_main(["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--every-n-frames", "5",
-                     "--annotate", str(annotated), "--batch-size", "4"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "analyze",
+                str(video),
+                "--model",
+                str(checkpoint),
+                "-o",
+                str(output),
+                "--every-n-frames",
+                "5",
+                "--annotate",
+                str(annotated),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     records = read_jsonl(output)
     assert [(r["frame"], r["face"]) for r in records] == [(0, 0), (5, None)]
     assert records[0]["time"] == pytest.approx(0.0) and records[1]["time"] == pytest.approx(0.5)
@@ -272,8 +339,22 @@ def test_video_records_per_sampled_frame_and_annotated_frames(checkpoint, tmp_pa
     # Every frame, searched every 3rd frame and followed in between, or searched every frame: a record per frame, the
     # faceless one included (the tracker searches when the face is gone).
     for detect_every in ("3", "1"):
-        assert cli_main(["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--detect-every",
-                         detect_every, "--no-progress"]) == 0  # fmt: skip
+        assert (
+            cli_main(
+                [
+                    "analyze",
+                    str(video),
+                    "--model",
+                    str(checkpoint),
+                    "-o",
+                    str(output),
+                    "--detect-every",
+                    detect_every,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert [r["face"] for r in read_jsonl(output)] == [0, 0, 0, 0, 0, None, 0, 0, 0, 0]
 
 
@@ -348,8 +429,9 @@ def _clash_cases():
 
 
 @pytest.mark.parametrize(("paths", "extra", "words"), _clash_cases())
-def test_outputs_that_would_touch_an_input_are_refused_before_the_run(checkpoint, tmp_path, capsys, paths, extra,
-                                                                      words):  # fmt: skip
+def test_outputs_that_would_touch_an_input_are_refused_before_the_run(
+    checkpoint, tmp_path, capsys, paths, extra, words
+):
     """`-o` or `--annotate` onto an input, or into an input folder: one line, exit 2, the inputs byte for byte."""
     folder = tmp_path / "d"
     (folder / "sub").mkdir(parents=True)
@@ -374,14 +456,24 @@ def test_outputs_beside_the_inputs_run_and_a_rerun_replaces_only_its_own_annotat
     folder.mkdir()
     shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
     photo = (folder / "a.png").read_bytes()
-    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(folder / "records.jsonl"), "--annotate",
-            str(annotated), "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(folder),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(folder / "records.jsonl"),
+        "--annotate",
+        str(annotated),
+        "--no-progress",
+    ]
     for _ in range(2):
         assert cli_main(argv) == 0
         assert [Path(r["path"]).name for r in read_jsonl(folder / "records.jsonl")] == ["a.png"]
         assert (folder / "a.png").read_bytes() == photo and sorted(p.name for p in folder.iterdir()) == [
-            "a.png", "records.jsonl"
-        ]  # fmt: skip
+            "a.png",
+            "records.jsonl",
+        ]
         assert Image.open(annotated / "a.png").info.get("Software") == "mf2 analyze"
 
 
@@ -410,9 +502,12 @@ def test_a_run_killed_at_any_byte_resumes_to_the_uninterrupted_output(checkpoint
     lines = data.splitlines(keepends=True)
     records = read_jsonl(whole) if fmt == "jsonl" else list(csv.DictReader(whole.open(newline="")))
     assert [(Path(r["path"]).name, str(r["face"]), str(r["faces"])) for r in records] == [
-        ("a.png", "0", "2"), ("a.png", "1", "2"), ("b_blank.png", "None" if fmt == "jsonl" else "", "0"),
-        ("c.png", "0", "2"), ("c.png", "1", "2"),
-    ]  # fmt: skip
+        ("a.png", "0", "2"),
+        ("a.png", "1", "2"),
+        ("b_blank.png", "None" if fmt == "jsonl" else "", "0"),
+        ("c.png", "0", "2"),
+        ("c.png", "1", "2"),
+    ]
     ends = np.cumsum([len(line) for line in lines]).tolist()
     starts = [0, *ends[:-1]]
     middles = [(start + end) // 2 for start, end in zip(starts, ends)]
@@ -446,8 +541,19 @@ def test_a_faceless_stretch_is_written_as_it_goes_and_its_images_let_go(checkpoi
         return entry, image
 
     monkeypatch.setattr(analyze, "read_image", read_and_look)
-    argv = ["analyze", str(folder), "--model", str(checkpoint), "-o", str(output), "--annotate",
-            str(tmp_path / "annotated"), "--batch-size", "2", "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(folder),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(output),
+        "--annotate",
+        str(tmp_path / "annotated"),
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     assert len(read_jsonl(output)) == 40
     bound = 2 + 2 * 4 + 2 + 2  # the batch, the pipeline's look-ahead (up to 4 threads), a pass's inputs, in hand
@@ -514,8 +620,9 @@ def _failing_write(monkeypatch, failure: BaseException, at: int):
         (KeyboardInterrupt(), 130, "interrupted"),
     ],
 )
-def test_a_full_disk_or_ctrl_c_ends_in_one_line_and_whole_records(checkpoint, tmp_path, capsys, monkeypatch,
-                                                                   failure, status, words):  # fmt: skip
+def test_a_full_disk_or_ctrl_c_ends_in_one_line_and_whole_records(
+    checkpoint, tmp_path, capsys, monkeypatch, failure, status, words
+):
     output = tmp_path / "out.jsonl"
     argv = ["analyze", str(EXAMPLES), "--model", str(checkpoint), "--all-faces", "--no-progress", "-o", str(output)]
     _failing_write(monkeypatch, failure, at=2)
@@ -539,8 +646,17 @@ def test_a_full_disk_for_annotate_leaves_no_cut_png(checkpoint, tmp_path, capsys
         return save(image, target, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", save_half)
-    argv = ["analyze", str(EXAMPLES), "--model", str(checkpoint), "--no-progress", "-o", str(output), "--annotate",
-            str(annotated)]  # fmt: skip
+    argv = [
+        "analyze",
+        str(EXAMPLES),
+        "--model",
+        str(checkpoint),
+        "--no-progress",
+        "-o",
+        str(output),
+        "--annotate",
+        str(annotated),
+    ]
     assert cli_main(argv) == 1
     assert "cannot write the annotated image" in _one_line(capsys)
     assert sorted(path.name for path in annotated.iterdir()) == ["astronaut.png"]
@@ -578,8 +694,7 @@ def test_a_damaged_model_is_one_line(checkpoint, tmp_path, capsys, how):
     assert "could not load the model" in _one_line(capsys)
 
 
-def test_a_non_finite_video_frame_is_its_error_record_and_the_run_goes_on(checkpoint, tmp_path, monkeypatch,
-                                                                          capsys):  # fmt: skip
+def test_a_non_finite_video_frame_is_its_error_record_and_the_run_goes_on(checkpoint, tmp_path, monkeypatch, capsys):
     pytest.importorskip("av")
     load, passes = analyze.load_pipeline, []
 
@@ -600,13 +715,27 @@ def test_a_non_finite_video_frame_is_its_error_record_and_the_run_goes_on(checkp
     monkeypatch.setattr(analyze, "load_pipeline", second_pass_poisoned)
     video = _h264(tmp_path / "clip.mp4", 60)
     output = tmp_path / "out.jsonl"
-    argv = ["analyze", str(video), str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "-o", str(output),
-            "--every-n-frames", "20", "--batch-size", "1", "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(video),
+        str(EXAMPLES / "astronaut.png"),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(output),
+        "--every-n-frames",
+        "20",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 1
     records = read_jsonl(output)
     assert [(Path(r["path"]).name, r.get("frame"), "error" in r) for r in records] == [
-        ("clip.mp4", 0, False), ("clip.mp4", 20, True), ("astronaut.png", None, False)
-    ]  # fmt: skip
+        ("clip.mp4", 0, False),
+        ("clip.mp4", 20, True),
+        ("astronaut.png", None, False),
+    ]
     assert "not finite" in records[1]["error"] and records[1]["time"] == pytest.approx(0.8)
     assert "1 error(s)" in _one_line(capsys)
 
@@ -618,8 +747,17 @@ def test_a_huge_video_fps_samples_every_frame(checkpoint, tmp_path, capsys):
     video = tmp_path / "slow.mp4"
     write_video(video, _face_frames(10), fps=4.0)  # 2.5 s: 2.5 * 1e308 is infinite
     output = tmp_path / "out.jsonl"
-    argv = ["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--video-fps", "1e308",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        str(video),
+        "--model",
+        str(checkpoint),
+        "-o",
+        str(output),
+        "--video-fps",
+        "1e308",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     assert [record["frame"] for record in read_jsonl(output)] == list(range(10))
     assert "0 error(s)" in _one_line(capsys)

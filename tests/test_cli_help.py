@@ -53,8 +53,10 @@ def test_a_bad_training_command_line_is_one_line_with_exit_status_2(capsys):
         main(["finetune", "--no_such_option", "1"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("usage: mf2 finetune ") and err[1] == "mf2 finetune: error: unrecognized arguments: " \
-        "--no_such_option 1"  # fmt: skip
+    assert (
+        err[0].startswith("usage: mf2 finetune ")
+        and err[1] == "mf2 finetune: error: unrecognized arguments: --no_such_option 1"
+    )
     assert main(["finetune", "--model_name_or_path", "mf2-base", "--train_data", "mfa:x"]) == 2
     assert capsys.readouterr().err == "mf2 finetune: --output_dir is required (`mf2 finetune --help`).\n"
 

@@ -9,8 +9,10 @@ def test_default_config_is_paper_size():
     config = MF2Config()
     assert isinstance(config.vision_config, ViTConfig)
     assert (config.vision_config.hidden_size, config.vision_config.patch_size, config.vision_config.image_size) == (
-        768, 16, 224,
-    )  # fmt: skip
+        768,
+        16,
+        224,
+    )
     assert config.text_config.model_type == "bert" and config.text_config.hidden_size == 768
     assert isinstance(config.qformer_config, Blip2QFormerConfig)
     assert config.qformer_config.hidden_size == 768 and config.qformer_config.num_hidden_layers == 12

@@ -40,8 +40,11 @@ def pipe():
 def write_reference() -> None:
     """Regenerate the reference file (run by hand after re-training: `python tests/test_default_model.py`)."""
     face = pipeline("facial-state", device="cpu")(str(ASTRONAUT))[0]
-    values = {"box": face["box"], "action_units": face["action_units"],
-              "emotions": {item["label"]: item["score"] for item in face["emotions"]}}  # fmt: skip
+    values = {
+        "box": face["box"],
+        "action_units": face["action_units"],
+        "emotions": {item["label"]: item["score"] for item in face["emotions"]},
+    }
     REFERENCE.parent.mkdir(exist_ok=True)
     REFERENCE.write_text(json.dumps(values, indent=2) + "\n")
 
@@ -65,8 +68,10 @@ def test_names_resolve_to_the_shipped_folder(tmp_path, monkeypatch):
     assert resolve_model(DEFAULT_MODEL_NAME) == str(default_model_path())
     assert resolve_model(f"./{DEFAULT_MODEL_NAME}") == f"./{DEFAULT_MODEL_NAME}"
     assert model_identity(mf2.MF2Config(), "some/folder") == {
-        "model": "some/folder", "model_version": None, "model_trained": False
-    }  # fmt: skip
+        "model": "some/folder",
+        "model_version": None,
+        "model_trained": False,
+    }
 
 
 def test_a_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch):

@@ -163,10 +163,18 @@ def _chrome(chromium: str, driver: str):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1400,1900", "--disable-extensions", "--no-first-run",
-                     # a synthetic camera (a test pattern, no face) for the webcam snapshot
-                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):  # fmt: skip
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1900",
+        "--disable-extensions",
+        "--no-first-run",
+        # a synthetic camera (a test pattern, no face) for the webcam snapshot
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(driver), options=options)
 
@@ -207,8 +215,13 @@ def server(tmp_path):
     port = _free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
-    process = subprocess.Popen([sys.executable, "-m", "mf2.demo", "--port", str(port)], env=env, cwd=REPO_ROOT,
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mf2.demo", "--port", str(port)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     yield process, f"http://127.0.0.1:{port}/", temp, Path(log.name)
     if process.poll() is None:
         process.terminate()

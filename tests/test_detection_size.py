@@ -64,8 +64,9 @@ def test_search_scale_and_warning():
         "max_detection_size=4032 to search at full resolution"
     )
     assert search_warning(4032, np.float32(1024 / 4032)) == warning  # as the pipeline reads it back
-    assert search_warning(10000, 0.1024, "--max-detection-size ").endswith("pass --max-detection-size 10000 to "
-                                                                           "search at full resolution")  # fmt: skip
+    assert search_warning(10000, 0.1024, "--max-detection-size ").endswith(
+        "pass --max-detection-size 10000 to search at full resolution"
+    )
     assert search_warning(512, 1.0) is None and search_warning(48, 4.0) is None
 
 
@@ -169,9 +170,12 @@ def test_analyze_says_so_and_searches_at_full_resolution_with_the_flag(checkpoin
 
 @pytest.mark.parametrize(
     ("value", "words"),
-    [("10", "--max-detection-size: must be a whole number of pixels >= 64"), ("ten", "must be a whole number"),
-     ("100", "--max-detection-size 100 is under the model's min_detection_size (192 px")],
-)  # fmt: skip
+    [
+        ("10", "--max-detection-size: must be a whole number of pixels >= 64"),
+        ("ten", "must be a whole number"),
+        ("100", "--max-detection-size 100 is under the model's min_detection_size (192 px"),
+    ],
+)
 def test_analyze_max_detection_size_is_checked_as_the_processor_does(checkpoint, tmp_path, capsys, value, words):
     argv = ["analyze", str(tmp_path), "--model", str(checkpoint), "--max-detection-size", value, "--no-progress"]
     Image.fromarray(astronaut()).save(tmp_path / "a.png")
@@ -191,6 +195,20 @@ def test_analyze_faceless_video_frames_searched_on_a_downscaled_copy_say_so(chec
     records = read_jsonl(output)
     assert [record["face"] for record in records] == [None, None]
     assert all("searched on a 1024-px copy of this 1280-px image" in record["warning"] for record in records)
-    assert cli_main(["analyze", str(video), "--model", str(checkpoint), "-o", str(output), "--no-progress",
-                     "--max-detection-size", "1280"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "analyze",
+                str(video),
+                "--model",
+                str(checkpoint),
+                "-o",
+                str(output),
+                "--no-progress",
+                "--max-detection-size",
+                "1280",
+            ]
+        )
+        == 0
+    )
     assert not any("warning" in record for record in read_jsonl(output))

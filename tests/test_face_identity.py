@@ -102,9 +102,18 @@ def test_memory_is_bounded_however_long_the_video():
         numbers = identities(time, faces, [feature(person)] if faces else None)
         most = max(most, len(identities.tracks))
         probability = 0.25 + 0.5 * (frame % 2)
-        tracks.add(time, [{"track": number, "action_units": {"AU1": probability, "AU2": 0.0},
-                           "active_action_units": ["AU1"] if probability > 0.5 else [],
-                           "emotion": {"label": "neutral", "score": 1.0}} for number in numbers])  # fmt: skip
+        tracks.add(
+            time,
+            [
+                {
+                    "track": number,
+                    "action_units": {"AU1": probability, "AU2": 0.0},
+                    "active_action_units": ["AU1"] if probability > 0.5 else [],
+                    "emotion": {"label": "neutral", "score": 1.0},
+                }
+                for number in numbers
+            ],
+        )
     assert identities.opened == frames // (10 * FPS) and most <= 2
     assert len(tracks.tracks) == identities.opened
     stats = tracks.tracks[1]
@@ -113,8 +122,17 @@ def test_memory_is_bounded_however_long_the_video():
     assert times[0, 0] == 0.0 and times[-1, 1] == (8 * FPS - 1) / FPS and means[:2, 0].tolist() == [0.25, 0.75]
     long = VideoTracks(["AU1"], ["neutral"])
     for frame in range(frames):
-        long.add(frame / FPS, [{"track": 1, "action_units": {"AU1": (frame % 4) / 4}, "active_action_units": [],
-                                "emotion": {"label": "neutral", "score": 1.0}}])  # fmt: skip
+        long.add(
+            frame / FPS,
+            [
+                {
+                    "track": 1,
+                    "action_units": {"AU1": (frame % 4) / 4},
+                    "active_action_units": [],
+                    "emotion": {"label": "neutral", "score": 1.0},
+                }
+            ],
+        )
     timeline = long.tracks[1].timeline
     assert timeline.size <= MAX_BINS and timeline.counts[: timeline.size].sum() == frames
     np.testing.assert_allclose(timeline.bins()[1][:-1, 0], 0.375)  # whole bins hold whole cycles of 4 frames
@@ -294,8 +312,18 @@ def crossing_run(pipe, tmp_path_factory):
     folder = tmp_path_factory.mktemp("crossing")
     clip, actors = write_clip(folder, "crossing")
     out = folder / "out"
-    argv = ["analyze", str(clip), "--all-faces", "--no-progress", "-o", str(out / "records.jsonl"),
-            "--summary", str(out / "summary.csv"), "--plot", str(out / "timelines")]  # fmt: skip
+    argv = [
+        "analyze",
+        str(clip),
+        "--all-faces",
+        "--no-progress",
+        "-o",
+        str(out / "records.jsonl"),
+        "--summary",
+        str(out / "summary.csv"),
+        "--plot",
+        str(out / "timelines"),
+    ]
     assert cli_main(argv) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     return clip, actors, out, records
@@ -362,8 +390,14 @@ def test_csv_records_have_a_track_column():
 
     stream = io.StringIO()
     writer = RecordWriter(stream, "csv", ["AU1"], ["neutral"])
-    face = {"track": 3, "box": [0.0, 0.0, 1.0, 1.0], "emotion": {"label": "neutral", "score": 1.0},
-            "emotions": [{"label": "neutral", "score": 1.0}], "action_units": {"AU1": 0.5}, "active_action_units": []}  # fmt: skip
+    face = {
+        "track": 3,
+        "box": [0.0, 0.0, 1.0, 1.0],
+        "emotion": {"label": "neutral", "score": 1.0},
+        "emotions": [{"label": "neutral", "score": 1.0}],
+        "action_units": {"AU1": 0.5},
+        "active_action_units": [],
+    }
     writer.write_input([{"path": "v.mp4", "frame": 0, "time": 0.0, "face": 0, "faces": 1, **face}])
     writer.write({"path": "photo.png", "face": 0, "faces": 1, **{k: v for k, v in face.items() if k != "track"}})
     rows = list(csv.DictReader(io.StringIO(stream.getvalue())))

@@ -98,8 +98,9 @@ def test_a_face_that_leaves_is_not_followed_and_one_that_jumps_is_found(pipe, fr
     jumped[:, 200:] = frames[0][:, :-200]
     moved = follow(jumped, no_face="skip")
     assert follow.searches == 4
-    np.testing.assert_allclose(moved["face_boxes"][0].numpy(), first["face_boxes"][0].numpy() + [200, 0, 200, 0],
-                               atol=12)  # fmt: skip
+    np.testing.assert_allclose(
+        moved["face_boxes"][0].numpy(), first["face_boxes"][0].numpy() + [200, 0, 200, 0], atol=12
+    )
 
 
 def test_frames_without_the_face_give_no_face_while_tracking(pipe, frames, tmp_path):

@@ -38,7 +38,10 @@ def test_explain_names_only_active_key_aus():
 
 def test_parsers():
     assert find_au_codes("**AU06 (Cheek Raiser)** with AU 12, action unit 25 and AU12 again; AU5, AUs") == [
-        "AU6", "AU12", "AU25", "AU5",
-    ]  # fmt: skip
+        "AU6",
+        "AU12",
+        "AU25",
+        "AU5",
+    ]
     assert names_emotion("She looks happy.", "happiness") and not names_emotion("unhappy?", "happiness")
     assert mentioned_emotions("Fearful, even surprised, together") == ["fear", "surprise"]

@@ -33,8 +33,13 @@ def make_faces(folder: Path) -> None:
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MF2_HOME": str(cwd / "mf2-home"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MF2_HOME": str(cwd / "mf2-home"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -90,9 +95,16 @@ def test_mf2_analyze_runs_the_adapter(walkthrough):
     done = run(["mf2", "analyze", "my_faces/smile.png", "--adapter", "outputs/my-dfn", "--no-progress"], folder)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(done.stdout.splitlines()[0])
-    adapted = run([sys.executable, "-c", "import json, mf2; from transformers import pipeline; print(json.dumps("
-                   "pipeline('facial-state', model='mf2-base', adapter='outputs/my-dfn')('my_faces/smile.png')[0]"
-                   "['action_units']))"], folder)  # fmt: skip
+    adapted = run(
+        [
+            sys.executable,
+            "-c",
+            "import json, mf2; from transformers import pipeline; print(json.dumps("
+            "pipeline('facial-state', model='mf2-base', adapter='outputs/my-dfn')('my_faces/smile.png')[0]"
+            "['action_units']))",
+        ],
+        folder,
+    )
     expected = json.loads(adapted.stdout.splitlines()[-1])
     assert record["action_units"] == pytest.approx(expected, abs=1e-5)
     refused = run(["mf2", "analyze", "my_faces/smile.png", "--adapter", "my_faces"], folder)
@@ -127,5 +139,7 @@ def test_text_cells_need_text_weights(tmp_path):
     random_text = MF2ForPreTraining.from_pretrained(tmp_path / "image-only")
     assert get_dfn_model(random_text, DFNConfig(num_layers=2)).dfn_config.modalities == ["image"]
     with pytest.raises(ValueError, match="holds no text weights"):
-        get_dfn_model(MF2ForPreTraining.from_pretrained(tmp_path / "image-only"),
-                      DFNConfig(num_layers=2, modalities=["image", "text"]))  # fmt: skip
+        get_dfn_model(
+            MF2ForPreTraining.from_pretrained(tmp_path / "image-only"),
+            DFNConfig(num_layers=2, modalities=["image", "text"]),
+        )

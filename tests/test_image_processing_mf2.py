@@ -273,7 +273,12 @@ def test_several_faces_largest_or_all():
     np.testing.assert_allclose(every["au_boxes"][0], every["au_boxes"][1], atol=0.04)
 
 
-ASTRONAUT_FACE_BOX = [172, 72, 275, 176]  # the box her settled landmarks are placed in; the suit's badge is at ~[123, 330]
+ASTRONAUT_FACE_BOX = [
+    172,
+    72,
+    275,
+    176,
+]  # the box her settled landmarks are placed in; the suit's badge is at ~[123, 330]
 
 
 @needs_dlib

@@ -75,8 +75,9 @@ def test_neighbours_that_both_give_themselves_back_settle_on_the_lower(axis):
     # The face lies on the boundary between two lattice boxes along `axis`; pulled a third of the way to its box, the
     # model gives each of the two boxes back.
     lower, _ = nearest_box(np.array([250.0, 180.0, np.log(100.0)]))
-    upper = LatticeBox(*[index + (i == axis) for i, index in enumerate((lower.side_index, lower.x_index,
-                                                                         lower.y_index))])  # fmt: skip
+    upper = LatticeBox(
+        *[index + (i == axis) for i, index in enumerate((lower.side_index, lower.x_index, lower.y_index))]
+    )
     if axis == 0:  # a larger side moves the centre's lattice: keep the centre where the lower box has it
         upper = nearest_box(np.array([*box_position(lower.box())[:2], (lower.side_index + 1) / LATTICE_STEPS]))[0]
     boundary = (box_position(lower.box()) + box_position(upper.box())) / 2

@@ -161,11 +161,13 @@ def test_fan_runs_with_local_weights(monkeypatch, tmp_path):
     with torch.device("meta"):  # shapes only: skips FAN's own (slow) initialisation
         shapes = FAN(4).state_dict()
     state = {
-        key: torch.ones(value.shape) if key.endswith("running_var")
-        else torch.zeros(value.shape, dtype=value.dtype) if key.endswith("num_batches_tracked")
+        key: torch.ones(value.shape)
+        if key.endswith("running_var")
+        else torch.zeros(value.shape, dtype=value.dtype)
+        if key.endswith("num_batches_tracked")
         else torch.randn(value.shape, generator=generator) * 0.05
         for key, value in shapes.items()
-    }  # fmt: skip
+    }
     path = lm.fan_weights_path()
     path.parent.mkdir(parents=True)
     torch.save(state, path)

@@ -101,10 +101,12 @@ def test_recognition_losses_mask_unknown_labels():
     labels = torch.tensor([[1, -1, 0], [-1, 1, -1]])
     known = [(0, 0, 1), (0, 2, 0), (1, 1, 1)]
     expected = sum(
-        -(y * math.log(1 / (1 + math.exp(-logits[r, c].item())))
-          + (1 - y) * math.log(1 - 1 / (1 + math.exp(-logits[r, c].item()))))
+        -(
+            y * math.log(1 / (1 + math.exp(-logits[r, c].item())))
+            + (1 - y) * math.log(1 - 1 / (1 + math.exp(-logits[r, c].item())))
+        )
         for r, c, y in known
-    ) / len(known)  # fmt: skip
+    ) / len(known)
     assert masked_au_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
     unknown = masked_au_loss(logits, torch.full_like(labels, -1))
     assert unknown.item() == 0.0 and unknown.requires_grad

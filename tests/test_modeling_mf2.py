@@ -59,10 +59,14 @@ def test_model_and_recognition_shapes(config, batch):
 def test_dinov2_vision_encoder_works(batch):
     config = tiny_config(
         vision_config=dict(
-            model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+            model_type="dinov2",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=28,
             patch_size=7,
         )
-    )  # fmt: skip
+    )
     output = _model(config)(**{**batch, "pixel_values": torch.randn(4, 3, 28, 28)})
     assert torch.isfinite(output.loss) and output.au_logits.shape == (4, 12)
 
@@ -80,10 +84,16 @@ def test_gradients_reach_both_qformers_and_heads_not_frozen_vision(config, batch
     model(**batch).loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     for prefix in (
-        "mf2.emotion_branch.qformer.", "mf2.au_branch.qformer.", "mf2.emotion_branch.query_tokens",
-        "mf2.au_branch.au_query_embeddings", "heads.au_weight", "heads.emotion_classifier",
-        "emotion_alignment.itm_head", "au_alignment.lm_head.dense", "emotion_alignment.temperature",
-    ):  # fmt: skip
+        "mf2.emotion_branch.qformer.",
+        "mf2.au_branch.qformer.",
+        "mf2.emotion_branch.query_tokens",
+        "mf2.au_branch.au_query_embeddings",
+        "heads.au_weight",
+        "heads.emotion_classifier",
+        "emotion_alignment.itm_head",
+        "au_alignment.lm_head.dense",
+        "emotion_alignment.temperature",
+    ):
         hit = [g for n, g in grads.items() if n.startswith(prefix) and g is not None and g.abs().sum() > 0]
         assert hit, f"no gradient reached {prefix}"
     assert all(p.grad is None for p in model.mf2.vision_model.parameters())
@@ -119,11 +129,17 @@ def test_itc_itm_itg_match_independent_computation(config, batch):
         text_features = []
         for i in range(count):
             length = int(mask[i].sum())
-            hidden = branch.qformer(query_embeds=alignment.embeddings(input_ids=ids[i : i + 1, :length]), query_length=0)
+            hidden = branch.qformer(
+                query_embeds=alignment.embeddings(input_ids=ids[i : i + 1, :length]), query_length=0
+            )
             text_features.append(F.normalize(alignment.text_proj(hidden.last_hidden_state[0, 0]), dim=-1))
         image_features = F.normalize(alignment.vision_proj(features.emotion_query_output), dim=-1)
-        sim = torch.tensor([[max(float(image_features[i, q] @ text_features[j]) for q in range(4)) for j in range(count)]
-                            for i in range(count)])  # fmt: skip
+        sim = torch.tensor(
+            [
+                [max(float(image_features[i, q] @ text_features[j]) for q in range(4)) for j in range(count)]
+                for i in range(count)
+            ]
+        )
         smoothing = config.itc_label_smoothing
         positives = caption_positive_mask(ids, mask)
         itc = 0.0
@@ -143,7 +159,9 @@ def test_itc_itm_itg_match_independent_computation(config, batch):
         for image, text, label in pairs:
             length = int(mask[text].sum())
             joint = torch.cat([queries[:1], alignment.embeddings(input_ids=ids[text : text + 1, :length])], dim=1)
-            hidden = branch.qformer(query_embeds=joint, query_length=4, encoder_hidden_states=features.image_embeds[image : image + 1])
+            hidden = branch.qformer(
+                query_embeds=joint, query_length=4, encoder_hidden_states=features.image_embeds[image : image + 1]
+            )
             logits = alignment.itm_head(hidden.last_hidden_state[0, :4]).mean(0)
             itm -= float(F.log_softmax(logits, dim=0)[label])
         assert output.emo_itm.item() == pytest.approx(itm / len(pairs), rel=1e-4)
@@ -160,12 +178,18 @@ def test_itc_itm_itg_match_independent_computation(config, batch):
                 allowed[row, 4 : row + 1] = True
             additive = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
             joint = torch.cat([queries[:1], alignment.embeddings(input_ids=ids[i : i + 1, :length])], dim=1)
-            hidden = branch.qformer(query_embeds=joint, query_length=4, attention_mask=additive,
-                                    encoder_hidden_states=features.image_embeds[i : i + 1])  # fmt: skip
+            hidden = branch.qformer(
+                query_embeds=joint,
+                query_length=4,
+                attention_mask=additive,
+                encoder_hidden_states=features.image_embeds[i : i + 1],
+            )
             log_probs = F.log_softmax(alignment.lm_head(hidden.last_hidden_state[0, 4:]), dim=-1)
             for t in range(length - 1):
                 target = int(ids[i, t + 1])
-                token_losses.append(-(1 - smoothing) * float(log_probs[t, target]) - smoothing * float(log_probs[t].mean()))
+                token_losses.append(
+                    -(1 - smoothing) * float(log_probs[t, target]) - smoothing * float(log_probs[t].mean())
+                )
         assert output.emo_itg.item() == pytest.approx(sum(token_losses) / len(token_losses), rel=1e-4)
 
 
@@ -272,8 +296,15 @@ def test_overfits_eight_examples():
 
 
 def test_activation_checkpointing_gives_same_gradients(batch):
-    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_hidden_layers=2,
-                      num_attention_heads=4, hidden_size=32, intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    no_dropout = dict(
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     config = tiny_config(qformer_config=no_dropout, classifier_dropout=0.0)
     model = _model(config).train()  # checkpointing only acts in training mode
     torch.manual_seed(5)
@@ -305,8 +336,15 @@ def test_save_and_auto_load_in_fresh_process(tmp_path, config, batch):
     with torch.no_grad():
         expected = model(**batch)
         features = model.mf2(batch["pixel_values"], batch["au_boxes"])
-    torch.save({"loss": expected.loss, "au_logits": expected.au_logits, "emotion_embeds": features.emotion_embeds,
-                "au_embeds": features.au_embeds}, tmp_path / "expected.pt")  # fmt: skip
+    torch.save(
+        {
+            "loss": expected.loss,
+            "au_logits": expected.au_logits,
+            "emotion_embeds": features.emotion_embeds,
+            "au_embeds": features.au_embeds,
+        },
+        tmp_path / "expected.pt",
+    )
     _run(f"""
         import torch, mf2
         from transformers import AutoModel, AutoModelForPreTraining, AutoModelForImageClassification

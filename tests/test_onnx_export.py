@@ -70,8 +70,10 @@ def test_onnx_probabilities_match_pytorch_on_real_faces(exported, faces, torch_p
         reference = torch_pipe.model(pixel_values=pixel_values, au_boxes=au_boxes)
     output = onnx_export.ONNXRecognitionModel(exported)(pixel_values=pixel_values, au_boxes=au_boxes)
     assert output.au_logits.shape == reference.au_logits.shape and output.au_logits.dtype == torch.float32
-    for ours, theirs in zip(probabilities(output.au_logits, output.emotion_logits),
-                            probabilities(reference.au_logits, reference.emotion_logits)):  # fmt: skip
+    for ours, theirs in zip(
+        probabilities(output.au_logits, output.emotion_logits),
+        probabilities(reference.au_logits, reference.emotion_logits),
+    ):
         assert np.abs(ours - theirs).max() <= TOLERANCE
 
 
@@ -176,8 +178,15 @@ def test_roi_align_tokens_exports_exactly(tmp_path):
 
     path = tmp_path / "roi.onnx"
     with torch.no_grad():
-        torch.onnx.export(RoI(), (grid[:1], boxes[:1]), str(path), dynamo=False, opset_version=onnx_export.OPSET,
-                          input_names=["f", "b"], dynamic_axes={"f": {0: "n"}, "b": {0: "n"}})  # fmt: skip
+        torch.onnx.export(
+            RoI(),
+            (grid[:1], boxes[:1]),
+            str(path),
+            dynamo=False,
+            opset_version=onnx_export.OPSET,
+            input_names=["f", "b"],
+            dynamic_axes={"f": {0: "n"}, "b": {0: "n"}},
+        )
     session = onnx_export.require_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     result = session.run(None, {"f": grid.numpy(), "b": boxes.numpy()})[0]
     assert np.abs(result - RoI()(grid, boxes).numpy()).max() <= 1e-6
@@ -201,8 +210,10 @@ def test_int8_graph_quantizes_the_matmuls_and_keeps_the_answers(int8_graph, face
     output = onnx_export.ONNXRecognitionModel(int8_graph)(pixel_values=faces[0], au_boxes=faces[1])
     with torch.no_grad():
         reference = torch_pipe.model(pixel_values=faces[0], au_boxes=faces[1])
-    (au, emotion), (au_ref, emotion_ref) = (probabilities(output.au_logits, output.emotion_logits),
-                                            probabilities(reference.au_logits, reference.emotion_logits))  # fmt: skip
+    (au, emotion), (au_ref, emotion_ref) = (
+        probabilities(output.au_logits, output.emotion_logits),
+        probabilities(reference.au_logits, reference.emotion_logits),
+    )
     assert (emotion.argmax(-1) == emotion_ref.argmax(-1)).all()
     assert np.abs(emotion - emotion_ref).max() <= 0.02
     # The largest single difference depends on the faces: AU6 of the astronaut sits where the model is steepest

@@ -20,11 +20,27 @@ REPO_ROOT = PACKAGE_DIR.parent
 
 # `mf2.__all__` before the package became lazy: every one of these must stay importable from `mf2`.
 PUBLIC_NAMES = [
-    "DEFAULT_MODEL_NAME", "FacialStatePipeline", "AU_NAMES", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config",
-    "MF2ForFacialStateRecognition", "MF2ForPreTraining", "MF2ImageProcessor", "MF2Processor", "MF2Model",
-    "MF2ModelOutput", "MF2PreTrainedModel", "MF2PreTrainingOutput", "MF2RecognitionOutput", "au_boxes_from_landmarks",
-    "canonical_landmarks", "default_au_boxes", "default_model_path", "visualize",
-]  # fmt: skip
+    "DEFAULT_MODEL_NAME",
+    "FacialStatePipeline",
+    "AU_NAMES",
+    "EMOTION_LABELS",
+    "LOSS_NAMES",
+    "MF2Config",
+    "MF2ForFacialStateRecognition",
+    "MF2ForPreTraining",
+    "MF2ImageProcessor",
+    "MF2Processor",
+    "MF2Model",
+    "MF2ModelOutput",
+    "MF2PreTrainedModel",
+    "MF2PreTrainingOutput",
+    "MF2RecognitionOutput",
+    "au_boxes_from_landmarks",
+    "canonical_landmarks",
+    "default_au_boxes",
+    "default_model_path",
+    "visualize",
+]
 
 
 def _module_name(path: Path) -> str:
@@ -133,9 +149,13 @@ def test_registrations_run_when_transformers_is_used():
         "    'pending': pending()}))\n"
     )
     assert values == {
-        "config": "MF2Config", "model": "MF2Model", "classifier": "MF2ForFacialStateRecognition", "task": True,
-        "auto_class": ["AutoModel", "AutoProcessor"], "pending": [],
-    }  # fmt: skip
+        "config": "MF2Config",
+        "model": "MF2Model",
+        "classifier": "MF2ForFacialStateRecognition",
+        "task": True,
+        "auto_class": ["AutoModel", "AutoProcessor"],
+        "pending": [],
+    }
 
 
 def test_registrations_run_at_import_when_transformers_came_first():
@@ -151,8 +171,17 @@ def test_registrations_run_at_import_when_transformers_came_first():
 
 
 # Variables that would send a cache somewhere other than the folders the test watches.
-CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE",
-                   "HF_XET_CACHE", "HF_ASSETS_CACHE", "XDG_CACHE_HOME", "MF2_HOME")  # fmt: skip
+CACHE_VARIABLES = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "HF_MODULES_CACHE",
+    "HF_XET_CACHE",
+    "HF_ASSETS_CACHE",
+    "XDG_CACHE_HOME",
+    "MF2_HOME",
+)
 
 
 def test_import_mf2_writes_nothing_to_disk(tmp_path):

@@ -237,8 +237,9 @@ def test_dtype_and_device_are_passed_through(checkpoint, pipe):
         list(faces["action_units"].values()), list(reference["action_units"].values()), atol=0.05
     )
     model = MF2ForFacialStateRecognition.from_pretrained(checkpoint)
-    direct = FacialStatePipeline(model=model, image_processor=pipe.image_processor, device=torch.device("cpu"),
-                                 dtype=torch.bfloat16)  # fmt: skip
+    direct = FacialStatePipeline(
+        model=model, image_processor=pipe.image_processor, device=torch.device("cpu"), dtype=torch.bfloat16
+    )
     assert direct.model.dtype == torch.bfloat16 and isinstance(direct(astronaut())[0]["box"][0], float)
 
 
@@ -248,9 +249,12 @@ def test_save_pretrained_keeps_the_processor(pipe, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     # Exported under its own name, so loading with the installed package needs no `trust_remote_code`.
     assert config["custom_pipelines"] == {
-        REMOTE_TASK: {"impl": "pipeline_mf2.FacialStatePipeline", "pt": ["AutoModelForImageClassification"],
-                      "type": "image"}
-    }  # fmt: skip
+        REMOTE_TASK: {
+            "impl": "pipeline_mf2.FacialStatePipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
     reloaded = pipeline("facial-state", model=str(tmp_path), device="cpu")
     assert type(reloaded) is FacialStatePipeline
     assert isinstance(reloaded.processor, MF2Processor)
@@ -304,8 +308,13 @@ def test_saved_pipeline_loads_as_remote_code_without_the_package(pipe, tmp_path,
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     done = subprocess.run(
         [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(image)],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["refused"] and result["class"].startswith("transformers_modules.")

@@ -81,8 +81,12 @@ def test_captions_are_tokenised_per_face_with_the_config_lengths():
 def test_captions_repeat_for_every_face_of_an_image():
     image, _ = two_faces()
     proc = MF2Processor(MF2ImageProcessor(size=32), tiny_tokenizer())
-    out = proc([image, astronaut()], emotion_captions=["a face", "the person is smiling"],
-               au_captions=[["smiling"] * 12, [""] * 12], multiple_faces="all")  # fmt: skip
+    out = proc(
+        [image, astronaut()],
+        emotion_captions=["a face", "the person is smiling"],
+        au_captions=[["smiling"] * 12, [""] * 12],
+        multiple_faces="all",
+    )
     rows = out["image_index"].tolist()
     assert rows[:2] == [0, 0] and rows[-1] == 1
     assert torch.equal(out["emotion_input_ids"][0], out["emotion_input_ids"][1])

@@ -93,9 +93,15 @@ def run_quickstart(picture: Path | None = None) -> dict:
             f"_mark = _PngInfo()\n_mark.add_text({PICTURE_KEY!r}, {model_fingerprint()!r})\n"
             f"_annotate(_Image.open({str(PHOTO)!r}), _faces, pipe.image_processor, pipe.thresholds())"
             f".save({str(picture)!r}, pnginfo=_mark, optimize=True)\n"
-        )  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", quickstart_block() + epilogue], cwd=REPO, env={**os.environ, **OFFLINE},
-                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", quickstart_block() + epilogue],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("QUICKSTART-RECORD "))
     return json.loads(line.removeprefix("QUICKSTART-RECORD "))
@@ -139,10 +145,11 @@ def record_differences(shown: dict, output: dict) -> list[str]:
         differences.append(f"emotion: README {shown['emotion']}, output {output['emotion']}")
     probabilities = {
         "emotion score": ({"score": shown["emotion"]["score"]}, {"score": output["emotion"]["score"]}),
-        "emotions": tuple({item["label"]: item["score"] for item in record.get("emotions", [])}
-                          for record in (shown, output)),  # a label missing in one (a swap among tiny ones): 0
+        "emotions": tuple(
+            {item["label"]: item["score"] for item in record.get("emotions", [])} for record in (shown, output)
+        ),  # a label missing in one (a swap among tiny ones): 0
         "action_units": (shown.get("action_units", {}), output.get("action_units", {})),
-    }  # fmt: skip
+    }
     for field, (mine, theirs) in probabilities.items():
         for name in sorted(set(mine) | set(theirs)):
             if abs(mine.get(name, 0.0) - theirs.get(name, 0.0)) > TOLERANCE:
@@ -194,8 +201,9 @@ def test_readme_python_blocks_run(tmp_path):
     script = tmp_path / "readme_blocks.py"
     script.write_text("\n\n".join(readme_python_blocks() + docs_python_blocks()))
     env = {**os.environ, **OFFLINE}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "a_regions.png").is_file()  # docs/analysis.md's processor block
 
@@ -264,8 +272,11 @@ def test_the_readme_names_every_extra_and_every_command():
     table = set(re.findall(r"^\| `([\w-]+)` \|", text, flags=re.M))
     assert set(extras) <= table, set(extras) - table
     tree = ast.parse((REPO / "mf2" / "cli.py").read_text())
-    commands = next(ast.literal_eval(node.value) for node in tree.body
-                    if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "COMMANDS")  # fmt: skip
+    commands = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "COMMANDS"
+    )
     listed = re.findall(r"^\| `mf2 (\w+)[^`]*` \|", text, flags=re.M)
     assert sorted(listed) == sorted(commands), (listed, sorted(commands))
 
@@ -273,9 +284,12 @@ def test_the_readme_names_every_extra_and_every_command():
 def test_the_space_front_matter_says_the_weights_licence():
     card = (MODEL / "README.md").read_text()
     card_licence = re.search(r"^license_name: (.+)$", card, flags=re.M).group(1)
-    front_matters = [block for page in [README, *DOCS.glob("*.md")]
-                     for block in re.findall(r"^```yaml\n---\n(.*?)^---\n```", page.read_text(), flags=re.S | re.M)
-                     if "sdk: gradio" in block]  # fmt: skip
+    front_matters = [
+        block
+        for page in [README, *DOCS.glob("*.md")]
+        for block in re.findall(r"^```yaml\n---\n(.*?)^---\n```", page.read_text(), flags=re.S | re.M)
+        if "sdk: gradio" in block
+    ]
     assert front_matters
     for block in front_matters:
         assert "license: other" in block and f"license_name: {card_licence}" in block, block

@@ -8,11 +8,15 @@ from pathlib import Path
 from mf2.records import RecordWriter, annotation_name, face_records
 
 FACE = {
-    "box": [1.23456, 2.0, 30.0, 40.0], "emotion": {"label": "happiness", "score": 0.912345678},
+    "box": [1.23456, 2.0, 30.0, 40.0],
+    "emotion": {"label": "happiness", "score": 0.912345678},
     "emotions": [{"label": "happiness", "score": 0.912345678}, {"label": "neutral", "score": 0.05}],
-    "action_units": {"AU6": 0.7, "AU12": 0.9}, "active_action_units": ["AU6", "AU12"], "landmark_backend": "dlib",
-    "features": {"not": "written"}, "image_index": 0,
-}  # fmt: skip
+    "action_units": {"AU6": 0.7, "AU12": 0.9},
+    "active_action_units": ["AU6", "AU12"],
+    "landmark_backend": "dlib",
+    "features": {"not": "written"},
+    "image_index": 0,
+}
 
 
 def test_face_records_number_faces_and_a_faceless_image_gives_one_record():

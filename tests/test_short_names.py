@@ -27,8 +27,11 @@ from mf2.default_model import DEFAULT_MODEL_NAME, SHORT_NAMES, default_model_pat
 REPO = Path(__file__).resolve().parents[1]
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback, a connection is refused at once
 EXTRA_SECONDS = 30  # what a load by short name may take beyond the same load by path
-HUB_TROUBLE = re.compile(r"retr(y|ying|ies)\b|connect(ion)?[ _]?(error|refused|reset)|max retries|couldn't connect|"
-                         r"offline mode|not a valid model identifier", re.I)  # fmt: skip
+HUB_TROUBLE = re.compile(
+    r"retr(y|ying|ies)\b|connect(ion)?[ _]?(error|refused|reset)|max retries|couldn't connect|"
+    r"offline mode|not a valid model identifier",
+    re.I,
+)
 
 # Run first in each process: records every network socket the process connects (none is allowed).
 RECORD_CONNECTIONS = """
@@ -51,8 +54,17 @@ def hub_env(tmp_path: Path, endpoint: str, offline: bool = False) -> tuple[dict[
     """The environment of a fresh process: the given Hub endpoint, online unless `offline`, an empty HF_HOME."""
     home = tmp_path / "hf-home"
     home.mkdir()
-    drop = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE",
-            "HF_MODULES_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE", "HF_TOKEN_PATH")  # fmt: skip
+    drop = (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "TRANSFORMERS_CACHE",
+        "HF_MODULES_CACHE",
+        "HF_XET_CACHE",
+        "HF_ASSETS_CACHE",
+        "HF_TOKEN_PATH",
+    )
     env = {key: value for key, value in os.environ.items() if key not in drop}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home))
     if offline:
@@ -85,10 +97,12 @@ def test_the_readme_block_loads_the_short_name_without_the_network(tmp_path):
     assert 'model="mf2-base"' in block and block.index("import mf2") < block.index("from transformers import")
     Image.open(PHOTO).convert("RGB").save(tmp_path / "photo.jpg")
     by_path = block.replace('"mf2-base"', repr(str(default_model_path())))
-    code = (RECORD_CONNECTIONS + f"by_path = timed({by_path!r}, {{}})\n"  # imports, warm-up: the load by path
-            f"scope = {{}}\nby_name = timed({block!r}, scope)\n"
-            "print(json.dumps({'by_path': by_path, 'by_name': by_name, 'connections': connections,\n"
-            "    'model': scope['pipe'].model.config._name_or_path, 'faces': len(scope['faces'])}))\n")  # fmt: skip
+    code = (
+        RECORD_CONNECTIONS + f"by_path = timed({by_path!r}, {{}})\n"  # imports, warm-up: the load by path
+        f"scope = {{}}\nby_name = timed({block!r}, scope)\n"
+        "print(json.dumps({'by_path': by_path, 'by_name': by_name, 'connections': connections,\n"
+        "    'model': scope['pipe'].model.config._name_or_path, 'faces': len(scope['faces'])}))\n"
+    )
     env, home = hub_env(tmp_path, CLOSED_PORT)
     values = run(code, env, tmp_path)
     assert values["connections"] == []
@@ -99,13 +113,15 @@ def test_the_readme_block_loads_the_short_name_without_the_network(tmp_path):
 
 def test_automodel_loads_both_short_names_without_the_network(tmp_path):
     """`from transformers import AutoModel` before `import mf2` (the class is patched in place, not re-imported)."""
-    code = (RECORD_CONNECTIONS + "from transformers import AutoModel\nimport mf2\n"
-            f"times, names = {{}}, {{}}\n"
-            f"for name in [{str(default_model_path())!r}, 'mf2', 'mf2-base']:\n"
-            "    scope = {'AutoModel': AutoModel, 'name': name}\n"
-            "    times[name] = timed('model = AutoModel.from_pretrained(name)', scope)\n"
-            "    names[name] = [type(scope['model']).__name__, scope['model'].config.model_name]\n"
-            "print(json.dumps({'times': times, 'names': names, 'connections': connections}))\n")  # fmt: skip
+    code = (
+        RECORD_CONNECTIONS + "from transformers import AutoModel\nimport mf2\n"
+        f"times, names = {{}}, {{}}\n"
+        f"for name in [{str(default_model_path())!r}, 'mf2', 'mf2-base']:\n"
+        "    scope = {'AutoModel': AutoModel, 'name': name}\n"
+        "    times[name] = timed('model = AutoModel.from_pretrained(name)', scope)\n"
+        "    names[name] = [type(scope['model']).__name__, scope['model'].config.model_name]\n"
+        "print(json.dumps({'times': times, 'names': names, 'connections': connections}))\n"
+    )
     env, home = hub_env(tmp_path, CLOSED_PORT)
     values = run(code, env, tmp_path)
     assert values["connections"] == []
@@ -154,18 +170,24 @@ except OSError as error:
         found = run(short, env, tmp_path)
         assert hub.requests == []
         assert files_under(home) == []
-        done = subprocess.run([sys.executable, "-c", hub_id], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", hub_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "someone/model" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
         assert any("someone/model" in path for _, path in hub.requests), hub.requests
     assert found == {
-        "AutoConfig": "mf2-base", "MF2Config": "mf2-base", "AutoProcessor": "MF2Processor",
-        "AutoImageProcessor": "MF2ImageProcessor", "MF2Processor": "MF2Processor",
-        "MF2ImageProcessor": "MF2ImageProcessor", "AutoModelForPreTraining": "MF2ForPreTraining",
+        "AutoConfig": "mf2-base",
+        "MF2Config": "mf2-base",
+        "AutoProcessor": "MF2Processor",
+        "AutoImageProcessor": "MF2ImageProcessor",
+        "MF2Processor": "MF2Processor",
+        "MF2ImageProcessor": "MF2ImageProcessor",
+        "AutoModelForPreTraining": "MF2ForPreTraining",
         "AutoModelForImageClassification": "MF2ForFacialStateRecognition",
-        "MF2ForFacialStateRecognition": "MF2ForFacialStateRecognition", "pipeline": "mf2-base",
-    }  # fmt: skip
+        "MF2ForFacialStateRecognition": "MF2ForFacialStateRecognition",
+        "pipeline": "mf2-base",
+    }
 
 
 def test_importing_and_loading_write_nothing_to_the_hugging_face_home(tmp_path):

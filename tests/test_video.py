@@ -258,8 +258,13 @@ def test_display_rotation_rounds_to_quarter_turns():
     from mf2.video import display_rotation, upright
 
     assert [display_rotation(SimpleNamespace(rotation=d)) for d in (0, 90, -90, 180, -180, 89.9)] == [
-        0, 90, 270, 180, 180, 90
-    ]  # fmt: skip
+        0,
+        90,
+        270,
+        180,
+        180,
+        90,
+    ]
     assert display_rotation(SimpleNamespace()) == 0 and display_rotation(SimpleNamespace(rotation=None)) == 0
     image = np.arange(6).reshape(2, 3)
     assert upright(image, SimpleNamespace(rotation=-90)).tolist() == np.rot90(image, -1).tolist()

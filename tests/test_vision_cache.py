@@ -10,8 +10,15 @@ from mf2.vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenD
 
 
 def _config(**overrides):
-    vision = dict(model_type="vit", hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-                  image_size=32, patch_size=8)  # fmt: skip
+    vision = dict(
+        model_type="vit",
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+    )
     return tiny_config(vision_config=vision, **overrides)
 
 
@@ -34,8 +41,13 @@ def _stack(rows):
 
 def _cached_batch(model, batch, tmp_path, flips=False, dtype=torch.float32):
     cache = VisionTokenCache(model, tmp_path / "tokens", dtype=dtype, flips=flips)
-    entry = cache.build(_Rows(batch), collate_fn=_stack, batch_size=3, fingerprint="tiny",
-                        label_names=("au_labels", "emotion_labels", "au_boxes"))  # fmt: skip
+    entry = cache.build(
+        _Rows(batch),
+        collate_fn=_stack,
+        batch_size=3,
+        fingerprint="tiny",
+        label_names=("au_labels", "emotion_labels", "au_boxes"),
+    )
     examples = [VisionTokenDataset(entry, augment=False)[i] for i in range(len(entry))]
     return cache, entry, VisionTokenCollator()(examples)
 
@@ -50,8 +62,13 @@ def test_cached_and_uncached_pretraining_losses_agree(tmp_path, trainable_layers
     torch.manual_seed(1)
     direct = model(**batch)
     torch.manual_seed(1)  # the hard-negative draw is the only random step in eval mode: replay it
-    replayed = model(vision_tokens=cached["vision_tokens"], au_boxes=cached["au_boxes"], au_labels=cached["au_labels"],
-                     emotion_labels=cached["emotion_labels"], **captions)  # fmt: skip
+    replayed = model(
+        vision_tokens=cached["vision_tokens"],
+        au_boxes=cached["au_boxes"],
+        au_labels=cached["au_labels"],
+        emotion_labels=cached["emotion_labels"],
+        **captions,
+    )
     for name in ("loss", "emo_itc", "emo_itm", "emo_itg", "au_itc", "au_itm", "au_itg", "au_loss", "emotion_loss"):
         assert getattr(replayed, name).item() == pytest.approx(getattr(direct, name).item(), rel=1e-5, abs=1e-6), name
 
@@ -66,10 +83,18 @@ def test_cached_recognition_trains_only_the_top_blocks(tmp_path):
     model.eval()
     batch = tiny_batch(model.config)
     _, _, cached = _cached_batch(model, batch, tmp_path)
-    direct = model(pixel_values=batch["pixel_values"], au_boxes=batch["au_boxes"], emotion_labels=batch["emotion_labels"],
-                   au_labels=batch["au_labels"])  # fmt: skip
-    replayed = model(vision_tokens=cached["vision_tokens"], au_boxes=cached["au_boxes"],
-                     emotion_labels=cached["emotion_labels"], au_labels=cached["au_labels"])  # fmt: skip
+    direct = model(
+        pixel_values=batch["pixel_values"],
+        au_boxes=batch["au_boxes"],
+        emotion_labels=batch["emotion_labels"],
+        au_labels=batch["au_labels"],
+    )
+    replayed = model(
+        vision_tokens=cached["vision_tokens"],
+        au_boxes=cached["au_boxes"],
+        emotion_labels=cached["emotion_labels"],
+        au_labels=cached["au_labels"],
+    )
     assert replayed.loss.item() == pytest.approx(direct.loss.item(), rel=1e-5)
     replayed.loss.backward()
     assert all(p.grad is None for p in layers[0].parameters())
@@ -153,8 +178,9 @@ def test_augmented_views_are_stored_replayable_and_drawn_with_their_boxes(tmp_pa
 
     def build(folder):
         cache = VisionTokenCache(model, tmp_path / folder, dtype=torch.float32, augmented_views=2)
-        return cache.build(_Rows(batch), collate_fn=_stack, batch_size=3, fingerprint="tiny",
-                           label_names=("au_boxes", "example_ids"))  # fmt: skip
+        return cache.build(
+            _Rows(batch), collate_fn=_stack, batch_size=3, fingerprint="tiny", label_names=("au_boxes", "example_ids")
+        )
 
     entry, rebuilt = build("a"), build("b")
     assert {"view1_tokens", "view1_au_boxes", "view2_tokens", "view2_au_boxes"} <= set(entry.feature_names)
@@ -174,5 +200,9 @@ def test_augmented_views_are_stored_replayable_and_drawn_with_their_boxes(tmp_pa
         pytest.fail("the first augmented view was never drawn")
     with pytest.raises(ValueError, match="example_ids"):
         VisionTokenCache(model, tmp_path / "c", augmented_views=1).build(
-            _Rows(tiny_batch(model.config)), collate_fn=_stack, batch_size=4, fingerprint="no-ids",
-            label_names=("au_boxes",))  # fmt: skip
+            _Rows(tiny_batch(model.config)),
+            collate_fn=_stack,
+            batch_size=4,
+            fingerprint="no-ids",
+            label_names=("au_boxes",),
+        )

@@ -11,15 +11,28 @@ def tiny_config(**overrides) -> MF2Config:
     """A 2-layer MF² small enough to run a training step in well under a second on a CPU."""
     options = dict(
         vision_config=dict(
-            model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            image_size=32, patch_size=8,
+            model_type="vit",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
         ),
         text_config=dict(
-            model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            vocab_size=VOCAB_SIZE, max_position_embeddings=64,
+            model_type="bert",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            vocab_size=VOCAB_SIZE,
+            max_position_embeddings=64,
         ),
         qformer_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
             max_position_embeddings=64,
         ),
         num_query_tokens=4,
@@ -28,7 +41,7 @@ def tiny_config(**overrides) -> MF2Config:
         image_text_hidden_size=16,
         au_caption_max_length=12,
         emotion_caption_max_length=12,
-    )  # fmt: skip
+    )
     options.update(overrides)
     return MF2Config(**options)
 

@@ -178,8 +178,11 @@ def build_affwild2_mfa(
     )
     logger.info(
         "Aff-Wild2 → MFA: %d labelled frames, %d after balancing, %d train / %d validation.",
-        len(frames), len(kept), len(train), len(validation),
-    )  # fmt: skip
+        len(frames),
+        len(kept),
+        len(train),
+        len(validation),
+    )
 
     def to_dataset(indices: list[int]) -> Dataset:
         rows = (mfa_row(f.image, f.au, f.emotion, f.video, f.frame, SOURCE) for f in (kept[i] for i in indices))

@@ -58,9 +58,16 @@ def make_captioner(
         return TemplateCaptioner()
     if kind == "llm":
         return LLMCaptioner(
-            base_url, model, api_key, cache=cache, workers=workers, timeout=timeout, max_retries=max_retries,
-            backoff=backoff, show_progress=show_progress,
-        )  # fmt: skip
+            base_url,
+            model,
+            api_key,
+            cache=cache,
+            workers=workers,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            show_progress=show_progress,
+        )
     raise ValueError(f"Unknown captioner {kind!r}; use 'auto', 'template' or 'llm'.")
 
 
@@ -86,9 +93,11 @@ def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Datase
     files = sorted(path.glob("*.parquet"))
     if files:
         return DatasetDict(
-            {file.stem: load_dataset("parquet", data_files=str(file), split="train", cache_dir=cache_dir)
-             for file in files}
-        )  # fmt: skip
+            {
+                file.stem: load_dataset("parquet", data_files=str(file), split="train", cache_dir=cache_dir)
+                for file in files
+            }
+        )
     labels = find_labels_file(path)
     if labels is not None:
         return load_image_folder(labels)
@@ -232,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--format", choices=FORMATS, default="parquet", help="output format (default: parquet)")
     parser.add_argument(
-        "--captioner", choices=("auto", "template", "llm"), default="auto",
+        "--captioner",
+        choices=("auto", "template", "llm"),
+        default="auto",
         help="'auto' uses the LLM when an endpoint is configured (--base-url, MF2_LLM_BASE_URL, OPENAI_BASE_URL)",
-    )  # fmt: skip
+    )
     parser.add_argument("--base-url", help="OpenAI-compatible API root, e.g. https://api.openai.com/v1")
     parser.add_argument("--model", help="model name (default: $MF2_LLM_MODEL, $OPENAI_MODEL or gpt-4o)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent LLM requests (default: 8)")
@@ -253,15 +264,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output)
     captioner = make_captioner(
-        args.captioner, base_url=args.base_url, model=args.model, workers=args.workers,
-        cache=args.cache or output / CACHE_FILE, timeout=args.timeout, max_retries=args.max_retries,
-        backoff=args.backoff, show_progress=not args.no_progress,
-    )  # fmt: skip
+        args.captioner,
+        base_url=args.base_url,
+        model=args.model,
+        workers=args.workers,
+        cache=args.cache or output / CACHE_FILE,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        backoff=args.backoff,
+        show_progress=not args.no_progress,
+    )
     try:
         caption_dataset(
-            args.input, output, captioner, output_format=args.format, chunk_size=args.chunk_size,
+            args.input,
+            output,
+            captioner,
+            output_format=args.format,
+            chunk_size=args.chunk_size,
             progress=not args.no_progress,
-        )  # fmt: skip
+        )
     finally:
         if isinstance(captioner, LLMCaptioner):
             captioner.cache.close()

@@ -88,8 +88,10 @@ def _records(labels_file: Path) -> Iterator[tuple[int, dict]]:
         _check_columns(labels_file, reader.fieldnames)
         for record in reader:
             if None in record:
-                raise DataError(f"{labels_file}:{reader.line_num}: more values than the header has columns "
-                                f"({len(reader.fieldnames)}); quote values that hold commas.")  # fmt: skip
+                raise DataError(
+                    f"{labels_file}:{reader.line_num}: more values than the header has columns "
+                    f"({len(reader.fieldnames)}); quote values that hold commas."
+                )
             if any(value not in (None, "") for value in record.values()):
                 yield reader.line_num, record
 
@@ -111,8 +113,10 @@ def check_labelled(dataset: Dataset, labels_file: str | os.PathLike) -> None:
     if all(value == UNKNOWN for value in dataset["emotion"]) and all(
         value == UNKNOWN for row in dataset["au"] for value in row
     ):
-        raise DataError(f"{labels_file}: no labels (every emotion and AU is empty or absent); give an `emotion` column "
-                        f"and/or AU columns ({_FORMAT}).")  # fmt: skip
+        raise DataError(
+            f"{labels_file}: no labels (every emotion and AU is empty or absent); give an `emotion` column "
+            f"and/or AU columns ({_FORMAT})."
+        )
 
 
 def _au_list(value) -> list:
@@ -132,8 +136,10 @@ def _row_aus(record: Mapping) -> list[int]:
             try:
                 values[AU_NAMES.index(f"AU{int(match.group(1))}")] = au_value(value)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"column {column}: {value!r} is not a label (1 active, 0 absent, empty unknown; "
-                                 "an intensity > 0 counts as active)") from error  # fmt: skip
+                raise ValueError(
+                    f"column {column}: {value!r} is not a label (1 active, 0 absent, empty unknown; "
+                    "an intensity > 0 counts as active)"
+                ) from error
     return values
 
 
@@ -143,8 +149,10 @@ def _emotion(value, emotion_map: Mapping[str, str | None] | None) -> int:
     try:
         return map_emotion(value, emotion_map)
     except ValueError as error:
-        raise ValueError(f"emotion {value!r} is not one of {', '.join(EMOTION_LABELS)} (or a spelling such as happy, "
-                         "angry, contempt → other); leave it empty when unknown") from error  # fmt: skip
+        raise ValueError(
+            f"emotion {value!r} is not one of {', '.join(EMOTION_LABELS)} (or a spelling such as happy, "
+            "angry, contempt → other); leave it empty when unknown"
+        ) from error
 
 
 def _row(record: Mapping, image_dir: Path, emotion_map, source: str) -> tuple[str, dict]:
@@ -157,8 +165,9 @@ def _row(record: Mapping, image_dir: Path, emotion_map, source: str) -> tuple[st
         frame = int(float(frame)) if frame not in (None, "") else -1
     except (TypeError, ValueError):
         raise ValueError(f"frame {frame!r} is not a whole number (empty for a still image)") from None
-    row = mfa_row(str(image_dir / name), _row_aus(record), _emotion(record.get("emotion"), emotion_map), group, frame,
-                  source)  # fmt: skip
+    row = mfa_row(
+        str(image_dir / name), _row_aus(record), _emotion(record.get("emotion"), emotion_map), group, frame, source
+    )
     return name, row
 
 
@@ -205,8 +214,10 @@ def load_image_folder(
         rows.append(row)
         stats.append((stat.st_size, stat.st_mtime_ns))
     if missing:
-        raise MissingDataError(f"{labels_file}: {len(missing)} listed image(s) not found in {image_dir}, e.g. "
-                               f"{missing[:3]}; `file_name` is relative to the label file's folder.")  # fmt: skip
+        raise MissingDataError(
+            f"{labels_file}: {len(missing)} listed image(s) not found in {image_dir}, e.g. "
+            f"{missing[:3]}; `file_name` is relative to the label file's folder."
+        )
     if not rows:
         raise DataError(f"{labels_file}: no rows; add one line per image below the header.")
     columns = rows_to_columns(rows)

@@ -33,9 +33,14 @@ DFNCachedDataset = CachedFeatureDataset
 
 # Batch keys that `DFNTuner.extract_features` reads.
 _BACKBONE_INPUTS = (
-    "pixel_values", "au_boxes", "emotion_input_ids", "emotion_attention_mask", "au_input_ids", "au_attention_mask",
+    "pixel_values",
+    "au_boxes",
+    "emotion_input_ids",
+    "emotion_attention_mask",
+    "au_input_ids",
+    "au_attention_mask",
     "au_caption_mask",
-)  # fmt: skip
+)
 
 
 class DFNFeatureCache(FeatureCache):

@@ -176,11 +176,13 @@ def extract_features(
     features = image_features(output, config)
     if "text" in config.modalities:
         if "emotion" in config.branches and emotion_input_ids is not None:
-            add_emotion_caption_features(features, model, output, emotion_input_ids, emotion_attention_mask,
-                                         config.layer_indices)  # fmt: skip
+            add_emotion_caption_features(
+                features, model, output, emotion_input_ids, emotion_attention_mask, config.layer_indices
+            )
         if "au" in config.branches and au_input_ids is not None:
-            add_au_caption_features(features, model, output, au_input_ids, au_attention_mask, au_caption_mask,
-                                    config.layer_indices)  # fmt: skip
+            add_au_caption_features(
+                features, model, output, au_input_ids, au_attention_mask, au_caption_mask, config.layer_indices
+            )
     return features
 
 

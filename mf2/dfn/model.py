@@ -97,9 +97,14 @@ class DFNTuner(BaseTuner):
         for branch in config.branches:
             for modality in config.modalities:
                 network = DFNSideNetwork(
-                    hidden_size, config.num_layers, config.bottleneck_size, config.activation,
-                    config.gate_activation, config.gate_scaling, config.gate_init,
-                )  # fmt: skip
+                    hidden_size,
+                    config.num_layers,
+                    config.bottleneck_size,
+                    config.activation,
+                    config.gate_activation,
+                    config.gate_scaling,
+                    config.gate_init,
+                )
                 network.reset_parameters(config.init_weights)
                 side[f"{branch}_{modality}"] = network
         reference = next(model.mf2.parameters())
@@ -288,9 +293,12 @@ class DFNTuner(BaseTuner):
             return None
         positives = (tokens[:, None, :] == tokens[None, :, :]).all(dim=-1)
         loss, _ = itc_loss(
-            F.normalize(image, dim=-1), F.normalize(alignment.text_proj(text), dim=-1), alignment.clamped_temperature,
-            positives, model.config.itc_label_smoothing,
-        )  # fmt: skip
+            F.normalize(image, dim=-1),
+            F.normalize(alignment.text_proj(text), dim=-1),
+            alignment.clamped_temperature,
+            positives,
+            model.config.itc_label_smoothing,
+        )
         return loss
 
     def forward(
@@ -328,9 +336,14 @@ class DFNTuner(BaseTuner):
             if pixel_values is None:
                 raise ValueError("DFN forward needs `pixel_values` or `cached_features`.")
             cached_features = self.extract_features(
-                pixel_values, au_boxes, emotion_input_ids, emotion_attention_mask, au_input_ids, au_attention_mask,
+                pixel_values,
+                au_boxes,
+                emotion_input_ids,
+                emotion_attention_mask,
+                au_input_ids,
+                au_attention_mask,
                 au_caption_mask,
-            )  # fmt: skip
+            )
         output = self.forward_from_features(cached_features, au_labels, emotion_labels)
         return output if (self.model.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
@@ -379,8 +392,11 @@ def _request_hidden_states(module: nn.Module, args: tuple, kwargs: dict):
 
 def resolve_dfn_config(config: DFNConfig, model: MF2RecognitionPreTrainedModel) -> DFNConfig:
     """Fill in the model-dependent defaults of `config` (branches, modalities, layer indices) and check them."""
-    present = [name for name, enabled in (("emotion", model.config.use_emotion_branch),
-                                          ("au", model.config.use_au_branch)) if enabled]  # fmt: skip
+    present = [
+        name
+        for name, enabled in (("emotion", model.config.use_emotion_branch), ("au", model.config.use_au_branch))
+        if enabled
+    ]
     if config.branches is None:
         config.branches = present
     missing = sorted(set(config.branches) - set(present))

@@ -323,32 +323,89 @@ def _yaml_defaults(path: str | os.PathLike, dataclass_types: tuple[type, ...]) -
 
 
 _DATA_OPTIONS = (
-    "image_size", "landmark_backend", "no_face", "pixel_format", "preprocessing_num_workers", "preprocessing_batch_size",
+    "image_size",
+    "landmark_backend",
+    "no_face",
+    "pixel_format",
+    "preprocessing_num_workers",
+    "preprocessing_batch_size",
     "cache_dir",
-)  # fmt: skip
+)
 _TRAINER_OPTIONS = (
-    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "gradient_accumulation_steps", "learning_rate", "warmup_steps", "weight_decay", "save_steps", "save_strategy",
-    "logging_steps", "eval_strategy", "seed", "use_cpu", "bf16", "report_to",
-)  # fmt: skip
+    "output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_steps",
+    "weight_decay",
+    "save_steps",
+    "save_strategy",
+    "logging_steps",
+    "eval_strategy",
+    "seed",
+    "use_cpu",
+    "bf16",
+    "report_to",
+)
 HELP_OPTIONS: dict[str, tuple[str, ...]] = {
     "mf2 train": (
-        "model_name_or_path", "config_name", "vision_encoder", "text_encoder", "tokenizer_name", "config_overrides",
-        "stage", "train_data", "eval_data", "validation_fraction", "captioner", "max_au_captions_per_image",
-        *_DATA_OPTIONS, "max_train_samples", "max_eval_samples", "tune_thresholds", "save_predictions",
-        "mixed_precision", "resume", *_TRAINER_OPTIONS,
+        "model_name_or_path",
+        "config_name",
+        "vision_encoder",
+        "text_encoder",
+        "tokenizer_name",
+        "config_overrides",
+        "stage",
+        "train_data",
+        "eval_data",
+        "validation_fraction",
+        "captioner",
+        "max_au_captions_per_image",
+        *_DATA_OPTIONS,
+        "max_train_samples",
+        "max_eval_samples",
+        "tune_thresholds",
+        "save_predictions",
+        "mixed_precision",
+        "resume",
+        *_TRAINER_OPTIONS,
     ),
     "mf2 finetune": (
-        "model_name_or_path", "train_data", "eval_data", "validation_fraction", *_DATA_OPTIONS, "max_train_samples",
-        "max_eval_samples", "tune_thresholds", "save_predictions", "mixed_precision", "resume",
-        *(item.name for item in dataclasses.fields(MF2FinetuneArguments)), *_TRAINER_OPTIONS,
+        "model_name_or_path",
+        "train_data",
+        "eval_data",
+        "validation_fraction",
+        *_DATA_OPTIONS,
+        "max_train_samples",
+        "max_eval_samples",
+        "tune_thresholds",
+        "save_predictions",
+        "mixed_precision",
+        "resume",
+        *(item.name for item in dataclasses.fields(MF2FinetuneArguments)),
+        *_TRAINER_OPTIONS,
     ),
     "mf2 evaluate": (
-        "model_name_or_path", "adapter_name_or_path", "eval_data", *_DATA_OPTIONS, "max_eval_samples",
-        "tune_thresholds", "store_thresholds", "save_predictions", "mixed_precision", "output_dir",
-        "per_device_eval_batch_size", "dataloader_num_workers", "use_cpu", "bf16", "report_to",
+        "model_name_or_path",
+        "adapter_name_or_path",
+        "eval_data",
+        *_DATA_OPTIONS,
+        "max_eval_samples",
+        "tune_thresholds",
+        "store_thresholds",
+        "save_predictions",
+        "mixed_precision",
+        "output_dir",
+        "per_device_eval_batch_size",
+        "dataloader_num_workers",
+        "use_cpu",
+        "bf16",
+        "report_to",
     ),
-}  # fmt: skip
+}
 """The options each command's `--help` lists, one line each (`MF2ArgumentParser`); `--help-all` lists them all, with
 every other option these commands accept (the other `TrainingArguments`, options of the other commands)."""
 
@@ -400,8 +457,12 @@ class MF2ArgumentParser(HfArgumentParser):
         super().__init__(dataclass_types, add_help=False, **kwargs)
         self._help_options = tuple(HELP_OPTIONS.get(self.prog, ()) if help_options is None else help_options)
         self.add_argument("-h", "--help", action=_HelpAction, help="show the main options and exit")
-        self.add_argument("--help-all", action=_HelpAction, full=True,
-                          help="show every option (all TrainingArguments too), in full, and exit")  # fmt: skip
+        self.add_argument(
+            "--help-all",
+            action=_HelpAction,
+            full=True,
+            help="show every option (all TrainingArguments too), in full, and exit",
+        )
 
     def _sections(self) -> list[tuple[str, list[argparse.Action]]]:
         """`(title, actions)` of `--help`: the general options, then one section per dataclass."""
@@ -431,8 +492,10 @@ class MF2ArgumentParser(HfArgumentParser):
             return super().format_usage()
         width = max(80, min(shutil.get_terminal_size((120, 24)).columns, 160))
         usage = "usage: " + self.usage % {"prog": self.prog}
-        return "\n".join(textwrap.wrap(usage, width, subsequent_indent=" " * (len(self.prog) + 8),
-                                        break_on_hyphens=False)) + "\n"  # fmt: skip
+        return (
+            "\n".join(textwrap.wrap(usage, width, subsequent_indent=" " * (len(self.prog) + 8), break_on_hyphens=False))
+            + "\n"
+        )
 
     def format_help(self) -> str:
         """`--help-all`: argparse's help of every option, under the wrapped usage line."""
@@ -448,13 +511,16 @@ class MF2ArgumentParser(HfArgumentParser):
         for title, actions in self._sections():
             if actions:
                 lines += ["", f"{title}:", *(_summary(action, width) for action in actions)]
-        more = (f"{self.count_hidden()} more options (the rest of transformers' TrainingArguments, e.g. "
-                f"--gradient_checkpointing) and each option's full text: `{self.prog} --help-all`.")  # fmt: skip
+        more = (
+            f"{self.count_hidden()} more options (the rest of transformers' TrainingArguments, e.g. "
+            f"--gradient_checkpointing) and each option's full text: `{self.prog} --help-all`."
+        )
         return "\n".join([*lines, "", *textwrap.wrap(more, width)]) + "\n"
 
 
-def check_command(prog: str, script_args: MF2ScriptArguments, training_args: TrainingArguments, *,
-                  required: tuple[str, ...] = ()) -> None:  # fmt: skip
+def check_command(
+    prog: str, script_args: MF2ScriptArguments, training_args: TrainingArguments, *, required: tuple[str, ...] = ()
+) -> None:
     """Refuse a command line that lacks `--output_dir` or a `required` option of `MF2ScriptArguments`, and check the
     data specs (`mf2.training.preprocess.check_data_specs`): all before any model is loaded.
 
@@ -496,8 +562,13 @@ def parse_args(
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = MF2ArgumentParser(dataclass_types, prog=prog, description=description, help_options=help_options,
-                               usage=None if usage is None else f"{prog or '%(prog)s'} {usage}")  # fmt: skip
+    parser = MF2ArgumentParser(
+        dataclass_types,
+        prog=prog,
+        description=description,
+        help_options=help_options,
+        usage=None if usage is None else f"{prog or '%(prog)s'} {usage}",
+    )
     parser.add_argument("--config", default=None, help="YAML file of options; the command line overrides it.")
     if known.config:
         parser.set_defaults(**_yaml_defaults(known.config, dataclass_types))

@@ -91,5 +91,10 @@ def soft_emotion_loss(weights: np.ndarray | None = None) -> Callable:
     return loss
 
 
-__all__ = ["FERPLUS_VOTE_ORDER", "SoftEmotionTargets", "class_weights", "ferplus_vote_distributions",
-           "soft_emotion_loss"]  # fmt: skip
+__all__ = [
+    "FERPLUS_VOTE_ORDER",
+    "SoftEmotionTargets",
+    "class_weights",
+    "ferplus_vote_distributions",
+    "soft_emotion_loss",
+]

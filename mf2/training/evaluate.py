@@ -73,9 +73,13 @@ def score(
         `(metrics, thresholds)`; `thresholds` is None without `tune` or when no AU is labelled.
     """
     kwargs = dict(
-        au_probs=parts["au_probs"], au_labels=parts["au_labels"], emotion_predictions=parts["emotion_logits"],
-        emotion_labels=parts["emotion_labels"], au_names=config.au_names, emotion_names=config.emotion_labels,
-    )  # fmt: skip
+        au_probs=parts["au_probs"],
+        au_labels=parts["au_labels"],
+        emotion_predictions=parts["emotion_logits"],
+        emotion_labels=parts["emotion_labels"],
+        au_names=config.au_names,
+        emotion_names=config.emotion_labels,
+    )
     metrics = {f"{prefix}_{k}": v for k, v in compute_mf2_metrics(au_thresholds=config.au_thresholds, **kwargs).items()}
     thresholds = None
     labels = parts["au_labels"]
@@ -139,24 +143,33 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
     start = time.perf_counter()
     with training_args.main_process_first(desc="pre-processing"):
         dataset, summary = prepare_data(
-            script_args.eval_data, processor.image_processor, script_args.resolved_cache_dir,
-            default_backend=script_args.landmark_backend, no_face=script_args.no_face, captioner="none",
-            pixel_format=script_args.pixel_format, batch_size=script_args.preprocessing_batch_size,
+            script_args.eval_data,
+            processor.image_processor,
+            script_args.resolved_cache_dir,
+            default_backend=script_args.landmark_backend,
+            no_face=script_args.no_face,
+            captioner="none",
+            pixel_format=script_args.pixel_format,
+            batch_size=script_args.preprocessing_batch_size,
             num_proc=script_args.preprocessing_num_workers,
-        )  # fmt: skip
+        )
     if script_args.max_eval_samples is not None:
         dataset = dataset.select(range(min(script_args.max_eval_samples, len(dataset))))
     preprocess_seconds = time.perf_counter() - start
     dataset = dataset.with_format("numpy")
     collator = MF2DataCollator(processor, with_captions=False)
     trainer = MF2Trainer(
-        model=model, args=training_args, data_collator=collator, compute_metrics=make_compute_metrics(config),
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        compute_metrics=make_compute_metrics(config),
+    )
     start = time.perf_counter()
     parts, _ = predict(trainer, dataset)
     metrics, thresholds = score(parts, config, tune=script_args.tune_thresholds)
-    metrics.update(eval_samples=len(dataset), eval_seconds=time.perf_counter() - start,
-                   preprocess_seconds=preprocess_seconds)  # fmt: skip
+    metrics.update(
+        eval_samples=len(dataset), eval_seconds=time.perf_counter() - start, preprocess_seconds=preprocess_seconds
+    )
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         payload = {**metrics, "data": summary}
@@ -182,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     """`mf2 evaluate`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad
     command line or data is one line on stderr, exit status 2."""
     script_args, training_args = parse_args(
-        (MF2ScriptArguments, MF2TrainingArguments), argv, description="Evaluate an MF² checkpoint.",
-        prog="mf2 evaluate", usage=USAGE,
-    )  # fmt: skip
+        (MF2ScriptArguments, MF2TrainingArguments),
+        argv,
+        description="Evaluate an MF² checkpoint.",
+        prog="mf2 evaluate",
+        usage=USAGE,
+    )
     try:
-        check_command("mf2 evaluate", script_args, training_args,
-                      required=("model_name_or_path", "eval_data"))  # fmt: skip
+        check_command("mf2 evaluate", script_args, training_args, required=("model_name_or_path", "eval_data"))
         run_evaluation(script_args, training_args)
     except DataError as error:
         print(f"mf2 evaluate: {error}", file=sys.stderr)
@@ -195,8 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["THRESHOLDS_FILE", "load_recognition_model", "main", "predict", "read_thresholds", "run_evaluation", "score",
-           "store_thresholds"]  # fmt: skip
+__all__ = [
+    "THRESHOLDS_FILE",
+    "load_recognition_model",
+    "main",
+    "predict",
+    "read_thresholds",
+    "run_evaluation",
+    "score",
+    "store_thresholds",
+]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")

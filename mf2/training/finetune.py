@@ -81,10 +81,16 @@ def make_finetune_model(base: MF2ForFacialStateRecognition, finetune_args: MF2Fi
 
     layers = base.config.qformer_config.num_hidden_layers
     if finetune_args.dfn_num_layers > layers:
-        logger.warning("DFN: %d cells requested, the Q-Former has %d layers; using %d.", finetune_args.dfn_num_layers,
-                       layers, layers)  # fmt: skip
-    options: dict[str, Any] = {"num_layers": min(finetune_args.dfn_num_layers, layers),
-                               "gate_scaling": finetune_args.dfn_gate_scaling}  # fmt: skip
+        logger.warning(
+            "DFN: %d cells requested, the Q-Former has %d layers; using %d.",
+            finetune_args.dfn_num_layers,
+            layers,
+            layers,
+        )
+    options: dict[str, Any] = {
+        "num_layers": min(finetune_args.dfn_num_layers, layers),
+        "gate_scaling": finetune_args.dfn_gate_scaling,
+    }
     if finetune_args.dfn_bottleneck_size:
         options["bottleneck_size"] = finetune_args.dfn_bottleneck_size
     return get_dfn_model(base, DFNConfig(**options))
@@ -102,8 +108,9 @@ def cached_features(model, dataset, collator: MF2DataCollator, cache_dir: Path, 
     # The pre-processed dataset's fingerprint plus the collator's settings identify the inputs: no hashing pass.
     fingerprint = f"{dataset._fingerprint}|{collator.fingerprint()}"
     with training_args.main_process_first(desc="DFN feature cache"):
-        return cache.build(dataset, collate_fn=collator, batch_size=batch_size, fingerprint=fingerprint,
-                           label_names=CACHE_LABELS)  # fmt: skip
+        return cache.build(
+            dataset, collate_fn=collator, batch_size=batch_size, fingerprint=fingerprint, label_names=CACHE_LABELS
+        )
 
 
 def _trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -176,16 +183,21 @@ def fit_and_score(
         tune_parts, _ = predict(trainer, tune_set)
         labels = tune_parts["au_labels"]
         if labels is not None and tune_parts["au_probs"] is not None and (labels == 1).any():
-            result.thresholds = tune_au_thresholds(tune_parts["au_probs"], labels,
-                                                   default=config.au_decision_thresholds)  # fmt: skip
+            result.thresholds = tune_au_thresholds(
+                tune_parts["au_probs"], labels, default=config.au_decision_thresholds
+            )
     result.parts, result.trainer_metrics = predict(trainer, score_set)
     result.metrics, tuned = score(result.parts, config, tune=tune and tune_set is None, prefix=prefix)
     if tune_set is None:
         result.thresholds = tuned
     elif result.thresholds is not None:
         parts = result.parts
-        tuned_metrics = compute_mf2_metrics(au_probs=parts["au_probs"], au_labels=parts["au_labels"],
-                                            au_thresholds=result.thresholds, au_names=config.au_names)  # fmt: skip
+        tuned_metrics = compute_mf2_metrics(
+            au_probs=parts["au_probs"],
+            au_labels=parts["au_labels"],
+            au_thresholds=result.thresholds,
+            au_names=config.au_names,
+        )
         result.metrics.update(
             {f"{prefix}_{key}_train_tuned": value for key, value in tuned_metrics.items() if key.startswith("au_f1")}
         )
@@ -206,8 +218,9 @@ def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], 
     """The cross-validation report (per-fold metrics, their mean, pooled metrics) and the pooled predictions."""
     merged = _merge(pooled)
     pooled_metrics, _ = score(merged, config, prefix="pooled")
-    tuned = compute_mf2_metrics(au_probs=merged["au_probs"] >= merged["thresholds"], au_labels=merged["au_labels"],
-                                au_names=config.au_names)  # fmt: skip
+    tuned = compute_mf2_metrics(
+        au_probs=merged["au_probs"] >= merged["thresholds"], au_labels=merged["au_labels"], au_names=config.au_names
+    )
     pooled_metrics.update(
         {f"pooled_{key}_train_tuned": value for key, value in tuned.items() if key.startswith("au_f1")}
     )
@@ -231,9 +244,14 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
     full_features = None
     if uses_feature_cache(finetune_args):
         # One backbone for every fold, so one cache entry serves them all.
-        full_features = cached_features(make_finetune_model(copy.deepcopy(base), finetune_args), dataset, collator,
-                                        script_args.resolved_cache_dir, training_args.per_device_eval_batch_size,
-                                        training_args)  # fmt: skip
+        full_features = cached_features(
+            make_finetune_model(copy.deepcopy(base), finetune_args),
+            dataset,
+            collator,
+            script_args.resolved_cache_dir,
+            training_args.per_device_eval_batch_size,
+            training_args,
+        )
     results, pooled = [], []
     for fold, test_rows in enumerate(folds):
         train_rows = np.sort(np.concatenate([rows for other, rows in enumerate(folds) if other != fold]))
@@ -243,17 +261,30 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
         fold_args = dataclasses.replace(
             training_args, output_dir=str(output_dir / f"fold-{fold}"), save_strategy="no", eval_strategy="no"
         )
-        trainer = MF2Trainer(model=model, args=fold_args, train_dataset=train_part, data_collator=data_collator,
-                             compute_metrics=make_compute_metrics(config))  # fmt: skip
+        trainer = MF2Trainer(
+            model=model,
+            args=fold_args,
+            train_dataset=train_part,
+            data_collator=data_collator,
+            compute_metrics=make_compute_metrics(config),
+        )
         fit = fit_and_score(trainer, config, test_part, prefix="test", tune_set=train_part)
         thresholds, metrics = fit.thresholds, fit.metrics
         groups = sorted(set(np.asarray(dataset.select(test_rows)["group"]).tolist()))
-        results.append({"fold": fold, "test_groups": groups, "train_rows": len(train_rows), "test_rows": len(test_rows),
-                        "train_seconds": fit.train_seconds, "au_thresholds": thresholds, **metrics})  # fmt: skip
+        results.append(
+            {
+                "fold": fold,
+                "test_groups": groups,
+                "train_rows": len(train_rows),
+                "test_rows": len(test_rows),
+                "train_seconds": fit.train_seconds,
+                "au_thresholds": thresholds,
+                **metrics,
+            }
+        )
         test_parts = fit.parts
         test_parts["fold"] = np.full(len(test_rows), fold)
-        test_parts["thresholds"] = np.tile(np.asarray(thresholds or config.au_decision_thresholds),
-                                           (len(test_rows), 1))  # fmt: skip
+        test_parts["thresholds"] = np.tile(np.asarray(thresholds or config.au_decision_thresholds), (len(test_rows), 1))
         pooled.append(test_parts)
         logger.info(
             "Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k.endswith(("au_f1", "accuracy"))}
@@ -286,8 +317,9 @@ def _finetune_sets(model, train, evaluation, collator, script_args, finetune_arg
         return train, evaluation, collator
     cache_dir, batch = script_args.resolved_cache_dir, training_args.per_device_eval_batch_size
     train_set = cached_features(model, train, collator, cache_dir, batch, training_args)
-    eval_set = None if evaluation is None else cached_features(model, evaluation, collator, cache_dir, batch,
-                                                               training_args)  # fmt: skip
+    eval_set = (
+        None if evaluation is None else cached_features(model, evaluation, collator, cache_dir, batch, training_args)
+    )
     return train_set, eval_set, _cached_collator()
 
 
@@ -305,9 +337,10 @@ def _save_training(fit: FitResult, facts: dict[str, Any], summary: dict, finetun
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        write_json(Path(trainer.args.output_dir) / TRAINING_DATA_FILE,
-                   {"stage": f"finetune-{'full' if finetune_args.full else 'dfn'}", "task": finetune_args.task,
-                    **summary})  # fmt: skip
+        write_json(
+            Path(trainer.args.output_dir) / TRAINING_DATA_FILE,
+            {"stage": f"finetune-{'full' if finetune_args.full else 'dfn'}", "task": finetune_args.task, **summary},
+        )
     return metrics
 
 
@@ -358,29 +391,50 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     config, output_dir = base.config, Path(training_args.output_dir)
     model = make_finetune_model(base, finetune_args)
     trainable, total = _trainable_parameters(model)
-    logger.info("%s: %d of %d parameters train (%.2f%%).", "Full fine-tuning" if finetune_args.full else "DFN",
-                trainable, total, 100 * trainable / total)  # fmt: skip
+    logger.info(
+        "%s: %d of %d parameters train (%.2f%%).",
+        "Full fine-tuning" if finetune_args.full else "DFN",
+        trainable,
+        total,
+        100 * trainable / total,
+    )
     start = time.perf_counter()
-    train_set, eval_set, data_collator = _finetune_sets(model, train, evaluation, collator, script_args,
-                                                        finetune_args, training_args)  # fmt: skip
+    train_set, eval_set, data_collator = _finetune_sets(
+        model, train, evaluation, collator, script_args, finetune_args, training_args
+    )
     cache_seconds = time.perf_counter() - start
     trainer = MF2Trainer(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, data_collator=data_collator,
-        processing_class=processor, compute_metrics=make_compute_metrics(config),
-    )  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=data_collator,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(config),
+    )
     base_metrics = (
         _evaluate_base(trainer, eval_set, config) if finetune_args.evaluate_base and eval_set is not None else {}
     )
-    facts = dict(train_samples=len(train), preprocess_seconds=preprocess_seconds, feature_cache_seconds=cache_seconds,
-                 trainable_parameters=trainable, total_parameters=total)  # fmt: skip
+    facts = dict(
+        train_samples=len(train),
+        preprocess_seconds=preprocess_seconds,
+        feature_cache_seconds=cache_seconds,
+        trainable_parameters=trainable,
+        total_parameters=total,
+    )
     metrics: dict[str, Any] = {}
-    checkpoint = resolve_resume_checkpoint(script_args.resume, training_args.resume_from_checkpoint,
-                                           training_args.output_dir)  # fmt: skip
+    checkpoint = resolve_resume_checkpoint(
+        script_args.resume, training_args.resume_from_checkpoint, training_args.output_dir
+    )
     fit = fit_and_score(
-        trainer, config, eval_set, tune=script_args.tune_thresholds, resume=checkpoint,
+        trainer,
+        config,
+        eval_set,
+        tune=script_args.tune_thresholds,
+        resume=checkpoint,
         after_training=lambda fit: metrics.update(_save_training(fit, facts, summary, finetune_args)),
         predictions_file=output_dir / "eval_predictions.jsonl" if script_args.save_predictions else None,
-    )  # fmt: skip
+    )
     if eval_set is not None:
         metrics.update(_eval_metrics(fit, eval_set, config, script_args, finetune_args))
     return {**base_metrics, **metrics}
@@ -393,14 +447,15 @@ def main(argv: list[str] | None = None) -> int:
     """`mf2 finetune`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad
     command line or data (a missing folder, a label file with a missing column) is one line on stderr, exit status 2."""
     script_args, finetune_args, training_args = parse_args(
-        (MF2ScriptArguments, MF2FinetuneArguments, MF2TrainingArguments), argv,
+        (MF2ScriptArguments, MF2FinetuneArguments, MF2TrainingArguments),
+        argv,
         description="DFN (or full) fine-tuning of an MF² checkpoint. Data: `--train_data mfa:FOLDER` for a folder of "
         "images with a labels.csv (docs/finetuning.md), or 'ferplus:FILE', 'ckplus:FILE', 'mfa:DATASET'.",
-        prog="mf2 finetune", usage=USAGE,
-    )  # fmt: skip
+        prog="mf2 finetune",
+        usage=USAGE,
+    )
     try:
-        check_command("mf2 finetune", script_args, training_args,
-                      required=("model_name_or_path", "train_data"))  # fmt: skip
+        check_command("mf2 finetune", script_args, training_args, required=("model_name_or_path", "train_data"))
         run_finetuning(script_args, finetune_args, training_args)
     except DataError as error:
         print(f"mf2 finetune: {error}", file=sys.stderr)

@@ -129,8 +129,11 @@ def metrics_table(results: list[tuple[str, dict[str, Any]]]) -> str:
                 count = flat.get("emotion_count" if key.startswith("emotion") else "au_count")
                 suffix = f" (n={int(count)})" if count else ""
                 lines.append(f"| {label} | {title}{suffix} | {100 * flat[key]:.2f}% |")
-        aus = {key[len("au_f1_") :]: value for key, value in flat.items()
-               if key.startswith("au_f1_AU") and not key.endswith("tuned")}  # fmt: skip
+        aus = {
+            key[len("au_f1_") :]: value
+            for key, value in flat.items()
+            if key.startswith("au_f1_AU") and not key.endswith("tuned")
+        }
         if aus:
             per_au.append((label, aus))
     if len(lines) == 2:
@@ -160,9 +163,16 @@ def training_data_entries(folders: Sequence[Path]) -> list[dict[str, Any]]:
                 continue
             seen.add(key)
             info = DATA_LICENCES.get(part.get("source"), UNKNOWN_LICENCE)
-            entries.append({"name": info.get("name", part.get("name")), "file": part.get("name"),
-                            "rows": part.get("rows"), "used_for": data.get("stage", folder.name),
-                            "license": info["license"], **({"citation": info["citation"]} if "citation" in info else {})})  # fmt: skip
+            entries.append(
+                {
+                    "name": info.get("name", part.get("name")),
+                    "file": part.get("name"),
+                    "rows": part.get("rows"),
+                    "used_for": data.get("stage", folder.name),
+                    "license": info["license"],
+                    **({"citation": info["citation"]} if "citation" in info else {}),
+                }
+            )
     return entries
 
 
@@ -195,10 +205,16 @@ def _eval_results(results: list[tuple[str, dict[str, Any]]]) -> list[EvalResult]
         dataset_name, dataset_type = _dataset_of(label)
         for key, metric_type, metric_name in _INDEXED:
             if key in flat:
-                eval_results.append(EvalResult(
-                    task_type="image-classification", dataset_type=dataset_type, dataset_name=dataset_name,
-                    metric_type=metric_type, metric_name=metric_name, metric_value=round(100 * float(flat[key]), 2),
-                ))  # fmt: skip
+                eval_results.append(
+                    EvalResult(
+                        task_type="image-classification",
+                        dataset_type=dataset_type,
+                        dataset_name=dataset_name,
+                        metric_type=metric_type,
+                        metric_name=metric_name,
+                        metric_value=round(100 * float(flat[key]), 2),
+                    )
+                )
     return eval_results
 
 
@@ -238,8 +254,13 @@ adapted = DFNModel.from_pretrained(model, "{repo_id}", subfolder="{ADAPTER_SUBFO
 
 def _licence_lines(training_data: list[dict[str, Any]]) -> str:
     """One Markdown bullet per training dataset with its licence (or `- not recorded`)."""
-    return "\n".join(f"- **{entry['name']}** ({entry['file']}, {entry['rows']} rows, {entry['used_for']}): "
-                     f"{entry['license']}." for entry in training_data) or "- not recorded"  # fmt: skip
+    return (
+        "\n".join(
+            f"- **{entry['name']}** ({entry['file']}, {entry['rows']} rows, {entry['used_for']}): {entry['license']}."
+            for entry in training_data
+        )
+        or "- not recorded"
+    )
 
 
 def _card_markdown(
@@ -419,8 +440,15 @@ def main(argv: list[str] | None = None) -> int:
         path = stage_repository(args.model_dir, args.output_dir, args.repo_id, args.adapter_dir, args.metrics)
         print(f"Repository content written to {path}")
         return 0
-    url = push_to_hub(args.model_dir, args.repo_id, args.adapter_dir, args.metrics, private=args.private,
-                      token=args.token, commit_message=args.commit_message)  # fmt: skip
+    url = push_to_hub(
+        args.model_dir,
+        args.repo_id,
+        args.adapter_dir,
+        args.metrics,
+        private=args.private,
+        token=args.token,
+        commit_message=args.commit_message,
+    )
     print(f"Pushed to {url}")
     return 0
 

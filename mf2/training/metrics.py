@@ -161,9 +161,11 @@ def compute_mf2_metrics(
 
 
 def tune_au_thresholds(
-    au_probs: np.ndarray, au_labels: np.ndarray, grid: Sequence[float] | np.ndarray | None = None,
+    au_probs: np.ndarray,
+    au_labels: np.ndarray,
+    grid: Sequence[float] | np.ndarray | None = None,
     default: float | Sequence[float] = DEFAULT_THRESHOLD,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     """Per-AU decision thresholds that maximise each AU's F1 on (validation) data.
 
     Each AU is tuned on its own labelled rows over `grid` (default 0.02, 0.03, ..., 0.98). Ties go to the threshold

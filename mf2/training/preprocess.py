@@ -87,16 +87,20 @@ class DataSpec:
         """The spec `text` names; a `DataError` (a `ValueError`) saying what is wrong otherwise."""
         source, separator, rest = text.partition(":")
         if not separator or source not in SOURCES or not rest:
-            raise DataError(f"data spec {text!r}: expected 'SOURCE:PATH[,key=value...]' with SOURCE in {SOURCES}, "
-                            "e.g. 'mfa:my_faces' for a folder of images with a labels.csv.")  # fmt: skip
+            raise DataError(
+                f"data spec {text!r}: expected 'SOURCE:PATH[,key=value...]' with SOURCE in {SOURCES}, "
+                "e.g. 'mfa:my_faces' for a folder of images with a labels.csv."
+            )
         path, *options = rest.split(",")
         values: dict[str, Any] = {}
         names = {item.name for item in fields(cls)}
         for option in options:
             key, equals, value = option.partition("=")
             if not equals or key not in names or key in ("source", "path"):
-                raise DataError(f"data spec {text!r}: bad option {option!r}; keys: split, max_samples, seed, "
-                                "landmark_backend, no_face.")  # fmt: skip
+                raise DataError(
+                    f"data spec {text!r}: bad option {option!r}; keys: split, max_samples, seed, "
+                    "landmark_backend, no_face."
+                )
             try:
                 values[key] = int(value) if key in ("max_samples", "seed") else value
             except ValueError:
@@ -269,10 +273,17 @@ def _preprocess_fingerprint(
 
     `no_face` is the processor's own setting ("fallback" or "error"): "skip" filters afterwards, from the same file."""
     payload = json.dumps(
-        {"data": dataset._fingerprint, "processor": processor_fingerprint(image_processor), "version": PREPROCESS_VERSION,
-         "pixel_format": pixel_format, "no_face": no_face, "keep_image": keep_image},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+        {
+            "data": dataset._fingerprint,
+            "processor": processor_fingerprint(image_processor),
+            "version": PREPROCESS_VERSION,
+            "pixel_format": pixel_format,
+            "no_face": no_face,
+            "keep_image": keep_image,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -288,10 +299,12 @@ def _drop_faceless(processed: Dataset, cache_file: str | None, fingerprint: str)
     """`no_face="skip"`: the rows with a detected face (cached next to the pre-processed file)."""
     before = len(processed)
     processed = processed.filter(
-        lambda found: found, input_columns=["face_found"], batched=False,
+        lambda found: found,
+        input_columns=["face_found"],
+        batched=False,
         cache_file_name=None if cache_file is None else cache_file.replace(".arrow", "-faces.arrow"),
         new_fingerprint=f"{fingerprint}-faces",
-    )  # fmt: skip
+    )
     logger.info("Dropped %d of %d rows without a detected face.", before - len(processed), before)
     return processed
 
@@ -328,8 +341,12 @@ def preprocess_dataset(
     if pixel_format not in ("uint8", "float32"):
         raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}.")
     features = _processed_features(dataset, image_processor.resolve_options(), pixel_format, keep_image)
-    call_options = {"return_tensors": None, "do_normalize": pixel_format == "float32", "multiple_faces": "largest",
-                    "no_face": "error" if no_face == "error" else "fallback"}  # fmt: skip
+    call_options = {
+        "return_tensors": None,
+        "do_normalize": pixel_format == "float32",
+        "multiple_faces": "largest",
+        "no_face": "error" if no_face == "error" else "fallback",
+    }
     fingerprint = _preprocess_fingerprint(dataset, image_processor, pixel_format, call_options["no_face"], keep_image)
     cache_file = _cache_file(cache_dir, fingerprint)
     processed = dataset.map(
@@ -394,12 +411,24 @@ def prepare_data(
         if backend != image_processor.landmark_backend:
             processor = MF2ImageProcessor.from_dict({**image_processor.to_dict(), "landmark_backend": backend})
         processed = preprocess_dataset(
-            dataset, processor, Path(cache_dir) / "preprocess", no_face=spec.no_face or no_face,
-            pixel_format=pixel_format, batch_size=batch_size, num_proc=num_proc, desc=f"pre-processing {spec.name}",
-        )  # fmt: skip
+            dataset,
+            processor,
+            Path(cache_dir) / "preprocess",
+            no_face=spec.no_face or no_face,
+            pixel_format=pixel_format,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            desc=f"pre-processing {spec.name}",
+        )
         parts.append(processed)
-        summary.append({"name": spec.name, "source": spec.source, "rows": len(processed),
-                        "landmark_backends": face_statistics(processed)})  # fmt: skip
+        summary.append(
+            {
+                "name": spec.name,
+                "source": spec.source,
+                "rows": len(processed),
+                "landmark_backends": face_statistics(processed),
+            }
+        )
     if not parts:
         raise ValueError("No data given.")
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)

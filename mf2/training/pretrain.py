@@ -68,10 +68,13 @@ def build_pretraining_model(script_args: MF2ScriptArguments, stage: Stage, visio
 def load_splits(script_args: MF2ScriptArguments, training_args, processor):
     """Pre-processed training and evaluation datasets (evaluation may be None) and the data summary."""
     options = dict(
-        default_backend=script_args.landmark_backend, no_face=script_args.no_face, captioner=script_args.captioner,
-        pixel_format=script_args.pixel_format, batch_size=script_args.preprocessing_batch_size,
+        default_backend=script_args.landmark_backend,
+        no_face=script_args.no_face,
+        captioner=script_args.captioner,
+        pixel_format=script_args.pixel_format,
+        batch_size=script_args.preprocessing_batch_size,
         num_proc=script_args.preprocessing_num_workers,
-    )  # fmt: skip
+    )
     cache_dir = script_args.resolved_cache_dir
     summary: dict[str, list] = {"train": [], "eval": []}
     # The main process fills the cache; the others then read the same files instead of detecting faces again.
@@ -79,8 +82,9 @@ def load_splits(script_args: MF2ScriptArguments, training_args, processor):
         train, summary["train"] = prepare_data(script_args.train_data, processor.image_processor, cache_dir, **options)
         evaluation = None
         if script_args.eval_data:
-            evaluation, summary["eval"] = prepare_data(script_args.eval_data, processor.image_processor, cache_dir,
-                                                       **options)  # fmt: skip
+            evaluation, summary["eval"] = prepare_data(
+                script_args.eval_data, processor.image_processor, cache_dir, **options
+            )
     if evaluation is None and script_args.validation_fraction > 0:
         train, evaluation = split_validation(train, script_args.validation_fraction, seed=training_args.seed)
     if script_args.max_train_samples is not None:
@@ -134,8 +138,13 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
     start = time.perf_counter()
     train, evaluation, summary = load_splits(script_args, training_args, processor)
     preprocess_seconds = time.perf_counter() - start
-    logger.info("Stage %s (%s): %d training rows, %s evaluation rows.", stage.name, stage.description, len(train),
-                len(evaluation) if evaluation is not None else 0)  # fmt: skip
+    logger.info(
+        "Stage %s (%s): %d training rows, %s evaluation rows.",
+        stage.name,
+        stage.description,
+        len(train),
+        len(evaluation) if evaluation is not None else 0,
+    )
 
     collator = MF2DataCollator(
         processor,
@@ -144,11 +153,17 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
         max_au_captions=script_args.max_au_captions_per_image,
     )
     trainer = MF2Trainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
-        processing_class=processor, compute_metrics=make_compute_metrics(model.config),
-    )  # fmt: skip
-    checkpoint = resolve_resume_checkpoint(script_args.resume, training_args.resume_from_checkpoint,
-                                           training_args.output_dir)  # fmt: skip
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collator,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(model.config),
+    )
+    checkpoint = resolve_resume_checkpoint(
+        script_args.resume, training_args.resume_from_checkpoint, training_args.output_dir
+    )
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
     metrics.update(
@@ -160,8 +175,10 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        write_json(Path(training_args.output_dir) / TRAINING_DATA_FILE,
-                   {"stage": stage.name, "stage_description": stage.description, **summary})  # fmt: skip
+        write_json(
+            Path(training_args.output_dir) / TRAINING_DATA_FILE,
+            {"stage": stage.name, "stage_description": stage.description, **summary},
+        )
     if evaluation is not None:
         metrics.update(finish_evaluation(trainer, evaluation, processor, script_args, training_args.output_dir))
     return metrics
@@ -177,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     """`mf2 train`: see the module docstring; `--help` lists the main options, `--help-all` every option. A bad command
     line or data is one line on stderr, exit status 2."""
     script_args, training_args = parse_args(
-        (MF2ScriptArguments, MF2TrainingArguments), argv, description="MF² pretraining.", prog="mf2 train",
+        (MF2ScriptArguments, MF2TrainingArguments),
+        argv,
+        description="MF² pretraining.",
+        prog="mf2 train",
         usage=USAGE,
-    )  # fmt: skip
+    )
     try:
         check_command("mf2 train", script_args, training_args, required=("train_data",))
         run_pretraining(script_args, training_args)

@@ -78,12 +78,16 @@ def build_base_model(settings: RecipeSettings) -> MF2ForPreTraining:
     """The untrained MF² the recipe starts from: the offline encoders (`mf2 encoders`), the Q-Formers initialised from
     MiniLM's first `qformer_layers` layers; the only way the package builds an untrained model (for training)."""
     return MF2ForPreTraining.from_encoders(
-        str(vision_encoder_path()), str(text_encoder_path()),
+        str(vision_encoder_path()),
+        str(text_encoder_path()),
         qformer_config={"num_hidden_layers": settings.qformer_layers},
-        num_query_tokens=settings.num_query_tokens, num_au_query_tokens=settings.num_au_query_tokens,
-        vision_trainable_layers=settings.vision_trainable_layers, emotion_reads_au_features=False,
-        au_caption_max_length=AU_CAPTION_LENGTH, emotion_caption_max_length=EMOTION_CAPTION_LENGTH,
-    )  # fmt: skip
+        num_query_tokens=settings.num_query_tokens,
+        num_au_query_tokens=settings.num_au_query_tokens,
+        vision_trainable_layers=settings.vision_trainable_layers,
+        emotion_reads_au_features=False,
+        au_caption_max_length=AU_CAPTION_LENGTH,
+        emotion_caption_max_length=EMOTION_CAPTION_LENGTH,
+    )
 
 
 class Recipe(CKPlusStages):
@@ -146,18 +150,26 @@ class Recipe(CKPlusStages):
             tokenizer = AutoTokenizer.from_pretrained(str(text_encoder_path()))
             image_processor = MF2ImageProcessor(size=self.settings.image_size)
             self._datasets["processor"] = MF2Processor(
-                image_processor, tokenizer, emotion_caption_max_length=EMOTION_CAPTION_LENGTH,
+                image_processor,
+                tokenizer,
+                emotion_caption_max_length=EMOTION_CAPTION_LENGTH,
                 au_caption_max_length=AU_CAPTION_LENGTH,
-            )  # fmt: skip
+            )
         return self._datasets["processor"]
 
     def dataset(self, name: str):
         """Pre-processed rows of `ferplus_train`, `ferplus_valid` or `ckplus` (cached Arrow files)."""
         if name not in self._datasets:
-            limits = {"ferplus_train": self.settings.max_ferplus_train, "ferplus_valid": self.settings.max_ferplus_valid,
-                      "ckplus": self.settings.max_ckplus}  # fmt: skip
-            files = {"ferplus_train": "ferplus:{}/ferplus/train.parquet", "ferplus_valid": "ferplus:{}/ferplus/valid.parquet",
-                     "ckplus": "ckplus:{}/ckplus/dev.parquet"}  # fmt: skip
+            limits = {
+                "ferplus_train": self.settings.max_ferplus_train,
+                "ferplus_valid": self.settings.max_ferplus_valid,
+                "ckplus": self.settings.max_ckplus,
+            }
+            files = {
+                "ferplus_train": "ferplus:{}/ferplus/train.parquet",
+                "ferplus_valid": "ferplus:{}/ferplus/valid.parquet",
+                "ckplus": "ckplus:{}/ckplus/dev.parquet",
+            }
             spec = files[name].format(self.data_dir)
             if limits[name] is not None:
                 spec += f",max_samples={limits[name]}"
@@ -177,10 +189,13 @@ class Recipe(CKPlusStages):
         rows = self.dataset(name) if rows is None else rows
         fingerprint = f"{rows._fingerprint}|{collator.fingerprint()}"
         return cache.build(
-            rows, collate_fn=collator, batch_size=self.settings.cache_batch_size, fingerprint=fingerprint,
+            rows,
+            collate_fn=collator,
+            batch_size=self.settings.cache_batch_size,
+            fingerprint=fingerprint,
             label_names=("au_labels", "emotion_labels", "au_boxes", "example_ids"),
             progress=Progress(f"vision tokens of {name}"),
-        )  # fmt: skip
+        )
 
     def stage_data(self) -> None:
         base = self.stage_dir("data") / "base"
@@ -200,23 +215,44 @@ class Recipe(CKPlusStages):
         return {"datasets": summary}
 
     # ------------------------------------------------------------------------------------------- training helpers
-    def training_arguments(self, output_dir: Path, epochs: float, batch_size: int, learning_rate: float,
-                           steps_per_epoch: int) -> TrainingArguments:  # fmt: skip
+    def training_arguments(
+        self, output_dir: Path, epochs: float, batch_size: int, learning_rate: float, steps_per_epoch: int
+    ) -> TrainingArguments:
         total = max(1, math.ceil(epochs * steps_per_epoch))
         return TrainingArguments(
-            output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate, weight_decay=0.05, warmup_steps=max(1, total // 20), lr_scheduler_type="cosine",
-            logging_steps=max(1, min(50, total // 20)), save_steps=max(10, min(200, total // 8)), save_total_limit=1,
-            save_strategy="steps", report_to=[], seed=self.settings.seed, dataloader_num_workers=0,
-            remove_unused_columns=False, use_cpu=self.device == "cpu", disable_tqdm=False,
-            bf16=self.device == "cuda", max_grad_norm=1.0,
-        )  # fmt: skip
+            output_dir=str(output_dir),
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            weight_decay=0.05,
+            warmup_steps=max(1, total // 20),
+            lr_scheduler_type="cosine",
+            logging_steps=max(1, min(50, total // 20)),
+            save_steps=max(10, min(200, total // 8)),
+            save_total_limit=1,
+            save_strategy="steps",
+            report_to=[],
+            seed=self.settings.seed,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            use_cpu=self.device == "cpu",
+            disable_tqdm=False,
+            bf16=self.device == "cuda",
+            max_grad_norm=1.0,
+        )
 
-    def train(self, model, dataset, collator, args: TrainingArguments, optimizer=None, compute_loss_func=None,
-              callbacks=None) -> None:  # fmt: skip
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          optimizers=(optimizer, None) if optimizer is not None else (None, None),
-                          compute_loss_func=compute_loss_func, callbacks=callbacks)  # fmt: skip
+    def train(
+        self, model, dataset, collator, args: TrainingArguments, optimizer=None, compute_loss_func=None, callbacks=None
+    ) -> None:
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            optimizers=(optimizer, None) if optimizer is not None else (None, None),
+            compute_loss_func=compute_loss_func,
+            callbacks=callbacks,
+        )
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
@@ -267,9 +303,13 @@ class Recipe(CKPlusStages):
             self.processor, with_captions=True, max_au_captions=self.settings.max_au_captions
         )
         settings = self.settings
-        args = self.training_arguments(directory / "checkpoints", settings.pretrain_epochs, settings.pretrain_batch_size,
-                                       settings.pretrain_learning_rate,
-                                       math.ceil(len(dataset) / settings.pretrain_batch_size))  # fmt: skip
+        args = self.training_arguments(
+            directory / "checkpoints",
+            settings.pretrain_epochs,
+            settings.pretrain_batch_size,
+            settings.pretrain_learning_rate,
+            math.ceil(len(dataset) / settings.pretrain_batch_size),
+        )
         self.train(model, dataset, collator, args)
         self.save_final(model, directory / "model")
 
@@ -284,12 +324,19 @@ class Recipe(CKPlusStages):
         vision_ids = {id(p) for p in vision}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in vision_ids]
         optimizer = torch.optim.AdamW(
-            [{"params": vision, "lr": settings.vision_learning_rate}, {"params": rest, "lr": settings.emotion_learning_rate}],
+            [
+                {"params": vision, "lr": settings.vision_learning_rate},
+                {"params": rest, "lr": settings.emotion_learning_rate},
+            ],
             weight_decay=0.05,
-        )  # fmt: skip
-        args = self.training_arguments(directory / "checkpoints", settings.emotion_epochs, settings.emotion_batch_size,
-                                       settings.emotion_learning_rate,
-                                       math.ceil(len(train) / settings.emotion_batch_size))  # fmt: skip
+        )
+        args = self.training_arguments(
+            directory / "checkpoints",
+            settings.emotion_epochs,
+            settings.emotion_batch_size,
+            settings.emotion_learning_rate,
+            math.ceil(len(train) / settings.emotion_batch_size),
+        )
         # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
         callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
         self.train(model, train, collator, args, optimizer=optimizer, compute_loss_func=loss, callbacks=callbacks)
@@ -326,17 +373,24 @@ class Recipe(CKPlusStages):
         peak frames (another lab, posed, 128 px)."""
         parts = self.predict(model, self.tokens(model, "ferplus_valid", False))
         scores = emotion_scores(parts["emotion_logits"], parts["emotion_labels"], len(model.config.id2label))
-        metrics = {"ferplus_valid_accuracy": float(scores["accuracy"]), "ferplus_valid_macro_f1": float(scores["macro_f1"]),
-                   "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
-                   "ferplus_valid_rows": int(len(parts["emotion_labels"]))}  # fmt: skip
+        metrics = {
+            "ferplus_valid_accuracy": float(scores["accuracy"]),
+            "ferplus_valid_macro_f1": float(scores["macro_f1"]),
+            "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
+            "ferplus_valid_rows": int(len(parts["emotion_labels"])),
+        }
         if not transfer:
             return metrics
         ckplus = self.predict(model, self.tokens(model, "ckplus", True))
         peak = ckplus["emotion_labels"] != model.config.label2id["neutral"]  # CK+ says neutral only on onset frames
-        accuracy = emotion_scores(ckplus["emotion_logits"][peak], ckplus["emotion_labels"][peak],
-                                  len(model.config.id2label))  # fmt: skip
-        return {**metrics, "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
-                "ckplus_peak_rows": int(peak.sum())}  # fmt: skip
+        accuracy = emotion_scores(
+            ckplus["emotion_logits"][peak], ckplus["emotion_labels"][peak], len(model.config.id2label)
+        )
+        return {
+            **metrics,
+            "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
+            "ckplus_peak_rows": int(peak.sum()),
+        }
 
     # ------------------------------------------------------------------------------------------- export
     def stage_export(self) -> None:
@@ -373,8 +427,9 @@ class Recipe(CKPlusStages):
         os.replace(staging, self.export_dir)
         timings = {stage: self.timings[stage] for stage in STAGES if stage in self.timings}
         # In place: the card names its results by the folder.
-        write_card_inputs(self.export_dir, record, emotion, cv, self.settings, timings,
-                          transfer=self._read("emotion/metrics.json"))  # fmt: skip
+        write_card_inputs(
+            self.export_dir, record, emotion, cv, self.settings, timings, transfer=self._read("emotion/metrics.json")
+        )
         logger.info("exported %s to %s", SHIPPED_NAME, self.export_dir)
 
 
@@ -399,8 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args.preset, args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     data = Path(args.data)
-    missing = [name for name in ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
-               if not (data / name).is_file()]  # fmt: skip
+    missing = [
+        name
+        for name in ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
+        if not (data / name).is_file()
+    ]
     if missing:
         print(
             f"mf2 recipe: {data} lacks {', '.join(missing)}; pass --data the development data folder.", file=sys.stderr
@@ -418,8 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["AU_CAPTION_LENGTH", "EMOTION_CAPTION_LENGTH", "PRESETS", "STAGES", "Recipe", "RecipeSettings",
-           "build_base_model", "main"]  # fmt: skip
+__all__ = [
+    "AU_CAPTION_LENGTH",
+    "EMOTION_CAPTION_LENGTH",
+    "PRESETS",
+    "STAGES",
+    "Recipe",
+    "RecipeSettings",
+    "build_base_model",
+    "main",
+]
 
 
 if __name__ == "__main__":

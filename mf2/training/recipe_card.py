@@ -11,6 +11,7 @@ from .recipe_settings import RecipeSettings
 
 SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "2.0"
 
+
 def shipped_limitations(cv: dict[str, Any]) -> tuple[str, ...]:
     """The model card's limitations particular to the shipped model (`cv`: the CK+ cross-validation's means)."""
     peak = cv.get("mean_emotion_accuracy_peak")
@@ -31,10 +32,12 @@ def training_data_record(rows: dict[str, int]) -> dict[str, Any]:
     """`training_data.json`: the sets the recipe trained and evaluated on, with their row counts."""
     return {
         "stage": "mf2 recipe (pretrain, emotion, au, emotion_head)",
-        "train": [{"name": "ferplus:train.parquet", "source": "ferplus", "rows": rows["ferplus_train"]},
-                  {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": rows["ckplus"]}],
+        "train": [
+            {"name": "ferplus:train.parquet", "source": "ferplus", "rows": rows["ferplus_train"]},
+            {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": rows["ckplus"]},
+        ],
         "eval": [{"name": "ferplus:valid.parquet", "source": "ferplus", "rows": rows["ferplus_valid"]}],
-    }  # fmt: skip
+    }
 
 
 def write_card_inputs(
@@ -51,10 +54,12 @@ def write_card_inputs(
     from .hub import build_model_card
 
     (folder / "training_data.json").write_text(json.dumps(training_data, indent=2))
-    results = {"eval_emotion_accuracy": emotion["ferplus_valid_accuracy"],
-               "eval_emotion_macro_f1": emotion["ferplus_valid_macro_f1"],
-               "eval_emotion_mean_class_accuracy": emotion["ferplus_valid_mean_class_accuracy"],
-               "eval_emotion_count": emotion["ferplus_valid_rows"]}  # fmt: skip
+    results = {
+        "eval_emotion_accuracy": emotion["ferplus_valid_accuracy"],
+        "eval_emotion_macro_f1": emotion["ferplus_valid_macro_f1"],
+        "eval_emotion_mean_class_accuracy": emotion["ferplus_valid_mean_class_accuracy"],
+        "eval_emotion_count": emotion["ferplus_valid_rows"],
+    }
     (folder / "eval_results.json").write_text(json.dumps(results, indent=2))
     if cv:
         mean = {
@@ -62,11 +67,24 @@ def write_card_inputs(
             "emotion_accuracy": cv["mean_emotion_accuracy_peak"],
             **{key.removeprefix("mean_"): value for key, value in cv.items() if key.startswith("mean_au_f1_")},
         }
-        (folder / "cv_results.json").write_text(json.dumps(
-            {"dataset": "ckplus:dev.parquet", "num_folds": len(cv["folds"]), "mean": mean, "pooled": {},
-             "folds": cv["folds"]}, indent=2))  # fmt: skip
-    card = build_model_card(folder, SHIPPED_NAME, extra_sections=card_sections(settings, timings, transfer or {}),
-                            limitations=shipped_limitations(cv))  # fmt: skip
+        (folder / "cv_results.json").write_text(
+            json.dumps(
+                {
+                    "dataset": "ckplus:dev.parquet",
+                    "num_folds": len(cv["folds"]),
+                    "mean": mean,
+                    "pooled": {},
+                    "folds": cv["folds"],
+                },
+                indent=2,
+            )
+        )
+    card = build_model_card(
+        folder,
+        SHIPPED_NAME,
+        extra_sections=card_sections(settings, timings, transfer or {}),
+        limitations=shipped_limitations(cv),
+    )
     card.save(str(folder / "README.md"))
 
 
@@ -74,16 +92,20 @@ def card_sections(settings: RecipeSettings, timings: dict[str, float], transfer:
     """The model card's section on the shipped model: architecture, recipe (with its wall time), evaluation rows."""
     spent = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timings.items())
     total = sum(timings.values()) / 60
-    targets = (f"cross-entropy on the FER+ vote distributions with class weights (1 / share)^{settings.class_weight_power:g}"
-               if settings.soft_targets else "the majority labels")  # fmt: skip
+    targets = (
+        f"cross-entropy on the FER+ vote distributions with class weights (1 / share)^{settings.class_weight_power:g}"
+        if settings.soft_targets
+        else "the majority labels"
+    )
     ema = f", an exponential moving average of the weights (decay {settings.ema_decay:g})" if settings.ema_decay else ""
     proxy = transfer.get("ckplus_peak_accuracy_of_ferplus_model")
     proxy_text = (
         f"\n- **Faces it never saw (dev proxy):** the emotion stage's model, trained on FER+ alone, reads CK+ dev's "
         f"peak frames (another lab, posed, 128 px) with {100 * proxy:.1f}% accuracy ({int(transfer['ckplus_peak_rows'])} "
         f"frames; 1.1: 48.4%)."
-        if proxy is not None else ""
-    )  # fmt: skip
+        if proxy is not None
+        else ""
+    )
     return f"""
 ## The shipped model
 
@@ -116,5 +138,11 @@ no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it of
 """
 
 
-__all__ = ["SHIPPED_NAME", "SHIPPED_VERSION", "card_sections", "shipped_limitations", "training_data_record",
-           "write_card_inputs"]  # fmt: skip
+__all__ = [
+    "SHIPPED_NAME",
+    "SHIPPED_VERSION",
+    "card_sections",
+    "shipped_limitations",
+    "training_data_record",
+    "write_card_inputs",
+]

@@ -46,8 +46,13 @@ class CKPlusStages:
     def fit_au(self, model, cached, indices: list[int], directory: Path) -> None:
         settings = self.settings
         train = Subset(VisionTokenDataset(cached), indices)
-        args = self.training_arguments(directory, settings.au_epochs, settings.au_batch_size, settings.au_learning_rate,
-                                       math.ceil(len(train) / settings.au_batch_size))  # fmt: skip
+        args = self.training_arguments(
+            directory,
+            settings.au_epochs,
+            settings.au_batch_size,
+            settings.au_learning_rate,
+            math.ceil(len(train) / settings.au_batch_size),
+        )
         collator = VisionTokenCollator(branches=("emotion", "au"))
         self.train(model, train, _WithoutEmotionLabels(collator), args)
 
@@ -72,9 +77,14 @@ class CKPlusStages:
                 everything = self.predict(model, cached)
                 train_part = {k: v[train_rows] for k, v in everything.items()}
                 thresholds = tune_au_thresholds(train_part["au_probs"], train_part["au_labels"])
-                save_npz(predictions_file, test_rows=test_rows, thresholds=np.asarray(thresholds),
-                         train_au_probs=train_part["au_probs"], train_au_labels=train_part["au_labels"],
-                         **{k: v[test_rows] for k, v in everything.items()})  # fmt: skip
+                save_npz(
+                    predictions_file,
+                    test_rows=test_rows,
+                    thresholds=np.asarray(thresholds),
+                    train_au_probs=train_part["au_probs"],
+                    train_au_labels=train_part["au_labels"],
+                    **{k: v[test_rows] for k, v in everything.items()},
+                )
                 shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
             held_out.append(dict(np.load(predictions_file)))
         metrics = self.cv_metrics(held_out, template.config, peak)
@@ -96,15 +106,25 @@ class CKPlusStages:
         per_fold = []
         for part in held_out:
             thresholds = [float(t) for t in part["thresholds"]]
-            metrics = compute_mf2_metrics(au_probs=part["au_probs"], au_labels=part["au_labels"], au_thresholds=thresholds,
-                                          au_names=config.au_names)  # fmt: skip
+            metrics = compute_mf2_metrics(
+                au_probs=part["au_probs"],
+                au_labels=part["au_labels"],
+                au_thresholds=thresholds,
+                au_names=config.au_names,
+            )
             rows = part["test_rows"]
             is_peak = peak[rows]
-            emotion = emotion_scores(part["emotion_logits"][is_peak], part["emotion_labels"][is_peak],
-                                     len(config.id2label))  # fmt: skip
-            per_fold.append({"au_f1": float(metrics["au_f1"]), "emotion_accuracy_peak": float(emotion["accuracy"]),
-                             "peak_rows": int(is_peak.sum()),
-                             **{f"au_f1_{name}": float(metrics[f"au_f1_{name}"]) for name in config.au_names}})  # fmt: skip
+            emotion = emotion_scores(
+                part["emotion_logits"][is_peak], part["emotion_labels"][is_peak], len(config.id2label)
+            )
+            per_fold.append(
+                {
+                    "au_f1": float(metrics["au_f1"]),
+                    "emotion_accuracy_peak": float(emotion["accuracy"]),
+                    "peak_rows": int(is_peak.sum()),
+                    **{f"au_f1_{name}": float(metrics[f"au_f1_{name}"]) for name in config.au_names},
+                }
+            )
         mean = {key: float(np.nanmean([fold[key] for fold in per_fold])) for key in per_fold[0]}
         return {"folds": per_fold, **{f"mean_{key}": value for key, value in mean.items()}}
 
@@ -134,11 +154,15 @@ class CKPlusStages:
         """The emotion recogniser fitted on the FER+ sample and the given CK+ rows (both views); CK+ as a whole weighs
         `ckplus_weight` of FER+."""
         settings = self.settings
-        ckplus = (np.concatenate([features["ckplus.tokens"][ckplus_rows], features["ckplus.flipped_tokens"][ckplus_rows]]),
-                  np.concatenate([features["ckplus.labels"][ckplus_rows]] * 2), settings.ckplus_weight)  # fmt: skip
+        ckplus = (
+            np.concatenate([features["ckplus.tokens"][ckplus_rows], features["ckplus.flipped_tokens"][ckplus_rows]]),
+            np.concatenate([features["ckplus.labels"][ckplus_rows]] * 2),
+            settings.ckplus_weight,
+        )
         ferplus = (features["ferplus_head.tokens"], features["ferplus_head.labels"], 1.0)
-        return fit_emotion_head([ferplus, ckplus], num_classes, settings.head_steps, settings.head_learning_rate,
-                                seed=settings.seed)  # fmt: skip
+        return fit_emotion_head(
+            [ferplus, ckplus], num_classes, settings.head_steps, settings.head_learning_rate, seed=settings.seed
+        )
 
     def stage_emotion_head(self) -> dict[str, Any]:
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("au") / "model"))
@@ -159,13 +183,19 @@ class CKPlusStages:
         features = dict(np.load(self.stage_dir("au") / "features.npz"))
         head = self.fit_head(features, np.arange(len(rows)), num_classes)
         install_emotion_head(model, head)
-        valid = emotion_scores(head_logits(head, features["ferplus_valid.tokens"]), features["ferplus_valid.labels"],
-                               num_classes)  # fmt: skip
-        metrics = {"ckplus_cv_emotion_accuracy_peak_folds": per_fold,
-                   "ckplus_cv_mean_emotion_accuracy_peak": float(np.mean(per_fold)),
-                   # The au stage scored the same folds with the emotion stage's recogniser (it leaves it as it was).
-                   "ckplus_cv_mean_emotion_accuracy_peak_before_refit": self._read("au/cv_results.json")["mean_emotion_accuracy_peak"],
-                   "ferplus_valid_accuracy": float(valid["accuracy"]), "ferplus_valid_macro_f1": float(valid["macro_f1"])}  # fmt: skip
+        valid = emotion_scores(
+            head_logits(head, features["ferplus_valid.tokens"]), features["ferplus_valid.labels"], num_classes
+        )
+        metrics = {
+            "ckplus_cv_emotion_accuracy_peak_folds": per_fold,
+            "ckplus_cv_mean_emotion_accuracy_peak": float(np.mean(per_fold)),
+            # The au stage scored the same folds with the emotion stage's recogniser (it leaves it as it was).
+            "ckplus_cv_mean_emotion_accuracy_peak_before_refit": self._read("au/cv_results.json")[
+                "mean_emotion_accuracy_peak"
+            ],
+            "ferplus_valid_accuracy": float(valid["accuracy"]),
+            "ferplus_valid_macro_f1": float(valid["macro_f1"]),
+        }
         self._write("emotion_head/metrics.json", metrics)
         logger.info("emotion head refit: %s", metrics)
         self.save_final(model, self.stage_dir("emotion_head") / "model")

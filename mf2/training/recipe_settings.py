@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_au_captions": 12,
         "emotion_epochs": 8.0,
         "au_epochs": 30.0,
-    },  # fmt: skip
+    },
     # A few examples of each set, for CI and tests (minutes on a CPU): the mechanics, not the model.
     "smoke": {
         "max_ferplus_train": 48,
@@ -77,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cv_folds": 2,
         "cache_batch_size": 16,
         "augmented_views": 1,
-    },  # fmt: skip
+    },
 }
 
 

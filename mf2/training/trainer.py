@@ -110,8 +110,9 @@ class MF2Trainer(Trainer):
             labels = (*labels, example_ids) if isinstance(labels, tuple) else (labels, example_ids)
         return loss, logits, labels
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval") -> EvalLoopOutput:  # fmt: skip
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ) -> EvalLoopOutput:
         self._part_sums["eval"] = None
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._drain_parts("eval", prefix=f"{metric_key_prefix}_"))
@@ -140,11 +141,14 @@ def make_compute_metrics(config) -> Callable:
     def compute_metrics(eval_prediction) -> dict[str, float]:
         parts = split_predictions(eval_prediction.predictions, eval_prediction.label_ids)
         return compute_mf2_metrics(
-            au_probs=parts["au_probs"], au_labels=parts["au_labels"],
-            emotion_predictions=parts["emotion_logits"], emotion_labels=parts["emotion_labels"],
-            au_thresholds=getattr(config, "au_thresholds", None), au_names=config.au_names,
+            au_probs=parts["au_probs"],
+            au_labels=parts["au_labels"],
+            emotion_predictions=parts["emotion_logits"],
+            emotion_labels=parts["emotion_labels"],
+            au_thresholds=getattr(config, "au_thresholds", None),
+            au_names=config.au_names,
             emotion_names=config.emotion_labels,
-        )  # fmt: skip
+        )
 
     return compute_metrics
 
@@ -243,9 +247,13 @@ def load_processor(script_args, config, text_encoder: str | None = None):
     """The `MF2Processor` of a run (`mf2.processing_mf2.load_processor`) from its `--model_name_or_path`,
     `--tokenizer_name`, `--landmark_backend` and `--image_size`."""
     return _load_processor(
-        config, script_args.model_name_or_path, tokenizer_name=script_args.tokenizer_name, text_encoder=text_encoder,
-        landmark_backend=script_args.landmark_backend, image_size=script_args.image_size,
-    )  # fmt: skip
+        config,
+        script_args.model_name_or_path,
+        tokenizer_name=script_args.tokenizer_name,
+        text_encoder=text_encoder,
+        landmark_backend=script_args.landmark_backend,
+        image_size=script_args.image_size,
+    )
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:

@@ -104,9 +104,12 @@ class ChatServer:
                 self._send(handler, b'{"choices": [{"message": {"content": "AU1 (inner')
                 return
             reply = _reply(caption_type, emotion, active, inactive, fault)
-            answer = {"id": "x", "object": "chat.completion", "model": payload.get("model"),
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                   "finish_reason": "stop"}]}  # fmt: skip
+            answer = {
+                "id": "x",
+                "object": "chat.completion",
+                "model": payload.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            }
             self._send(handler, json.dumps(answer).encode())
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (the scripted timeout)

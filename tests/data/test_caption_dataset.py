@@ -55,8 +55,19 @@ def test_template_to_parquet_and_disk(tmp_path):
             assert row["emotion_caption"] and row["key_au_caption"]
 
     data["train"].save_to_disk(str(tmp_path / "raw"))
-    code = main(["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "disk"), "--format", "disk",
-                 "--captioner", "template", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "--input",
+            str(tmp_path / "raw"),
+            "--output",
+            str(tmp_path / "disk"),
+            "--format",
+            "disk",
+            "--captioner",
+            "template",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     on_disk = load_from_disk(str(tmp_path / "disk"))
     assert on_disk.features == MFA_FEATURES and on_disk["emotion_caption"] == captioned["train"]["emotion_caption"]
@@ -81,10 +92,29 @@ def test_llm_run_killed_halfway_resumes_without_asking_twice(chat_server, tmp_pa
     chat_server.delay = 0.15  # slow enough to kill the run in the middle
     output, cache = tmp_path / "out", tmp_path / "cache.jsonl"
     command = [
-        sys.executable, "-m", "mf2.data.caption_dataset", "--input", str(tmp_path / "raw"), "--output", str(output),
-        "--captioner", "llm", "--base-url", chat_server.url, "--model", "test-model", "--workers", "2",
-        "--cache", str(cache), "--timeout", "10", "--backoff", "0.01", "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mf2.data.caption_dataset",
+        "--input",
+        str(tmp_path / "raw"),
+        "--output",
+        str(output),
+        "--captioner",
+        "llm",
+        "--base-url",
+        chat_server.url,
+        "--model",
+        "test-model",
+        "--workers",
+        "2",
+        "--cache",
+        str(cache),
+        "--timeout",
+        "10",
+        "--backoff",
+        "0.01",
+        "--no-progress",
+    ]
     env = {**os.environ, "MF2_LLM_API_KEY": "k", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
 
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

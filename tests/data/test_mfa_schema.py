@@ -9,8 +9,16 @@ from mf2.data.schema import MFA_FEATURES, active_aus, au_vector, map_emotion, mf
 
 def test_columns_and_types_follow_the_contract():
     assert list(MFA_FEATURES) == [
-        "image", "au", "emotion", "au_caption", "emotion_caption", "key_au_caption", "group", "frame", "source",
-    ]  # fmt: skip
+        "image",
+        "au",
+        "emotion",
+        "au_caption",
+        "emotion_caption",
+        "key_au_caption",
+        "group",
+        "frame",
+        "source",
+    ]
     assert MFA_FEATURES["image"] == Image()
     assert MFA_FEATURES["au"] == List(Value("int8"), length=12)
     assert MFA_FEATURES["emotion"] == ClassLabel(names=list(EMOTION_LABELS))

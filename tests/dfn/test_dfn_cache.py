@@ -14,8 +14,10 @@ def as_dataset(batch: dict) -> list[dict]:
 
 
 def first_batches(dataset, batch_size):
-    return [collate_cached_features([dataset[i] for i in range(start, start + batch_size)])
-            for start in range(0, len(dataset), batch_size)]  # fmt: skip
+    return [
+        collate_cached_features([dataset[i] for i in range(start, start + batch_size)])
+        for start in range(0, len(dataset), batch_size)
+    ]
 
 
 @pytest.mark.parametrize("model_class", [MF2ForFacialStateRecognition, MF2ForPreTraining])

@@ -21,10 +21,20 @@ REPO_DIR = os.path.dirname(TESTS_DIR)
 
 def arguments(output_dir, **overrides) -> TrainingArguments:
     options = dict(
-        output_dir=str(output_dir), use_cpu=True, report_to=[], label_names=["au_labels", "emotion_labels"],
-        remove_unused_columns=False, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=3,
-        learning_rate=1e-2, weight_decay=0.05, logging_steps=1, save_strategy="no", disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to=[],
+        label_names=["au_labels", "emotion_labels"],
+        remove_unused_columns=False,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        weight_decay=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     options.update(overrides)
     return TrainingArguments(**options)
 
@@ -138,10 +148,21 @@ def test_accelerate_launch_two_processes_without_find_unused_parameters(tmp_path
     script = tmp_path / "train_dfn.py"
     script.write_text(DDP_SCRIPT.format(tests_dir=TESTS_DIR, output_dir=str(tmp_path / "run")))
     command = [
-        os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(script),
-    ]  # fmt: skip
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -57,8 +57,9 @@ class LoopbackHub:
                 self._reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json"}, head)
 
             def _missing(self, code: str, head: bool = False):
-                self._reply(404, b'{"error": "not found"}', {"X-Error-Code": code, "Content-Type": "application/json"},
-                            head)  # fmt: skip
+                self._reply(
+                    404, b'{"error": "not found"}', {"X-Error-Code": code, "Content-Type": "application/json"}, head
+                )
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -127,8 +128,14 @@ class LoopbackHub:
         if self._repo(match["repo"]) is None:
             return handler._missing("RepoNotFound")
         files = json.loads(body)["files"]
-        handler._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                                      for f in files]})  # fmt: skip
+        handler._json(
+            200,
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                ]
+            },
+        )
 
     def _post_commit(self, handler, match, body):
         repo = self._repo(match["repo"])
@@ -152,16 +159,34 @@ class LoopbackHub:
                     raise NotImplementedError("the loopback hub accepts regular uploads only")
             repo["sha"] = digest.hexdigest()
             repo["commits"].append(repo["sha"])
-        handler._json(200, {"commitUrl": f"{self.url}/{match['repo']}/commit/{repo['sha']}", "commitOid": repo["sha"],
-                            "pullRequestUrl": None})  # fmt: skip
+        handler._json(
+            200,
+            {
+                "commitUrl": f"{self.url}/{match['repo']}/commit/{repo['sha']}",
+                "commitOid": repo["sha"],
+                "pullRequestUrl": None,
+            },
+        )
 
     def _get_info(self, handler, match, head):
         repo = self._repo(match["repo"])
         if repo is None:
             return handler._missing("RepoNotFound", head)
         siblings = [{"rfilename": path, "size": len(data)} for path, data in sorted(repo["files"].items())]
-        handler._json(200, {"id": match["repo"], "modelId": match["repo"], "sha": repo["sha"], "private": False,
-                            "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}, head)  # fmt: skip
+        handler._json(
+            200,
+            {
+                "id": match["repo"],
+                "modelId": match["repo"],
+                "sha": repo["sha"],
+                "private": False,
+                "siblings": siblings,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+            },
+            head,
+        )
 
     def _get_tree(self, handler, match, head):
         repo = self._repo(match["repo"])
@@ -188,8 +213,12 @@ class LoopbackHub:
         if data is None:
             return handler._missing("EntryNotFound", head)
         etag = hashlib.sha1(data).hexdigest()
-        handler._reply(200, data, {"X-Repo-Commit": repo["sha"], "ETag": f'"{etag}"',
-                                   "Content-Type": "application/octet-stream"}, head)  # fmt: skip
+        handler._reply(
+            200,
+            data,
+            {"X-Repo-Commit": repo["sha"], "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"},
+            head,
+        )
 
 
 __all__ = ["LoopbackHub"]

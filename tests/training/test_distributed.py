@@ -17,14 +17,29 @@ def test_two_process_training_and_gathered_evaluation(tmp_path):
     setup = write_setup(tmp_path, train_size=24, eval_size=EVAL_SIZE)
     output = tmp_path / "out"
     launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
         "mf2.training.pretrain",
-    ]  # fmt: skip
-    argv = pretrain_argv(setup, output, eval_data=f"mfa:{setup['eval']}", save_predictions=True,
-                         per_device_eval_batch_size=3)  # fmt: skip
-    result = subprocess.run([*launch, *argv], env=subprocess_env(), cwd=REPO_DIR, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    ]
+    argv = pretrain_argv(
+        setup, output, eval_data=f"mfa:{setup['eval']}", save_predictions=True, per_device_eval_batch_size=3
+    )
+    result = subprocess.run(
+        [*launch, *argv], env=subprocess_env(), cwd=REPO_DIR, capture_output=True, text=True, timeout=600
+    )
     log = result.stdout[-4000:] + result.stderr[-4000:]
     assert result.returncode == 0, log
 

@@ -14,8 +14,14 @@ def _cached_rows(model, batch):
     """What a `VisionTokenCache` entry serves for `batch`: frozen tokens of both views, boxes and labels."""
     tokens = model.mf2.frozen_vision_tokens(batch["pixel_values"])
     flipped = model.mf2.frozen_vision_tokens(batch["pixel_values"].flip(-1))
-    return [{"cached_features": {"tokens": tokens[i], "flipped_tokens": flipped[i]}, "au_boxes": batch["au_boxes"][i],
-             "emotion_labels": batch["emotion_labels"][i]} for i in range(len(tokens))]  # fmt: skip
+    return [
+        {
+            "cached_features": {"tokens": tokens[i], "flipped_tokens": flipped[i]},
+            "au_boxes": batch["au_boxes"][i],
+            "emotion_labels": batch["emotion_labels"][i],
+        }
+        for i in range(len(tokens))
+    ]
 
 
 def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_does():
@@ -27,8 +33,9 @@ def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_
     hidden = model.config.qformer_config.hidden_size
     assert inputs["tokens"].shape == (len(inputs["labels"]), 2 * hidden)
     np.testing.assert_array_equal(inputs["labels"], batch["emotion_labels"].numpy())
-    head = fit_emotion_head([(inputs["tokens"], inputs["labels"], 1.0)], len(model.config.id2label), steps=5,
-                            learning_rate=1e-2)  # fmt: skip
+    head = fit_emotion_head(
+        [(inputs["tokens"], inputs["labels"], 1.0)], len(model.config.id2label), steps=5, learning_rate=1e-2
+    )
     install_emotion_head(model, head)
     assert model.config.emotion_reads_au_features is True
     output = model(pixel_values=batch["pixel_values"], au_boxes=batch["au_boxes"])
@@ -36,8 +43,9 @@ def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_
     torch.testing.assert_close(output.au_logits, au_before)  # the AU recogniser is kept as it was
     # The mirrored view reads the mirrored image with mirrored AU boxes.
     mirrored = model(pixel_values=batch["pixel_values"].flip(-1), au_boxes=flip_au_boxes(batch["au_boxes"]))
-    np.testing.assert_allclose(mirrored.emotion_logits.detach().numpy(), head_logits(head, inputs["flipped_tokens"]),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        mirrored.emotion_logits.detach().numpy(), head_logits(head, inputs["flipped_tokens"]), atol=1e-5
+    )
 
 
 def test_fit_weighs_each_set_by_its_mean_loss():

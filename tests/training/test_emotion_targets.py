@@ -17,8 +17,12 @@ from mf2.training.emotion_targets import (
 
 def _votes_file(tmp_path):
     # FER+ order: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
-    table = pa.table({"file_name": ["fer0000001.png", "fer0000002.png"],
-                      "votes": [[6, 0, 0, 0, 0, 0, 0, 2, 2, 0], [0, 0, 0, 0, 5, 5, 0, 0, 0, 0]]})  # fmt: skip
+    table = pa.table(
+        {
+            "file_name": ["fer0000001.png", "fer0000002.png"],
+            "votes": [[6, 0, 0, 0, 0, 0, 0, 2, 2, 0], [0, 0, 0, 0, 5, 5, 0, 0, 0, 0]],
+        }
+    )
     pq.write_table(table, tmp_path / "train.parquet")
     return tmp_path / "train.parquet"
 
@@ -44,8 +48,9 @@ def test_class_weights_favour_rare_classes_and_average_one():
 
 def test_soft_targets_replace_the_majority_label_and_the_loss_is_cross_entropy():
     distributions = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    collate = SoftEmotionTargets(lambda examples: {"example_ids": torch.tensor([1, 0]),
-                                                   "emotion_labels": torch.tensor([2, 0])}, distributions)  # fmt: skip
+    collate = SoftEmotionTargets(
+        lambda examples: {"example_ids": torch.tensor([1, 0]), "emotion_labels": torch.tensor([2, 0])}, distributions
+    )
     batch = collate([])
     assert "emotion_labels" not in batch
     assert torch.equal(batch["labels"], torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]))

@@ -54,13 +54,17 @@ BAD_LABELS = {
     "unknown column": ("file_name,emotoin\nsmile.png,happiness\n", "unknown column(s) ['emotoin']"),
     "no label column": ("file_name,group\nsmile.png,s1\n", "labels.csv: no labels (every emotion and AU is empty"),
     "no known label": ("file_name,emotion,AU12\nsmile.png,,\n", "labels.csv: no labels (every emotion and AU is empty"),
-    "unknown emotion": ("file_name,emotion\nsmile.png,happiness\nsmile_mirrored.png,boredom\n",
-                        "labels.csv:3: emotion 'boredom' is not one of neutral, anger"),
+    "unknown emotion": (
+        "file_name,emotion\nsmile.png,happiness\nsmile_mirrored.png,boredom\n",
+        "labels.csv:3: emotion 'boredom' is not one of neutral, anger",
+    ),
     "bad AU value": ("file_name,AU12\nsmile.png,yes\n", "labels.csv:2: column AU12: 'yes' is not a label"),
-    "image not found": ("file_name,emotion\nsmile.png,happiness\nnope.png,sadness\n",
-                        "1 listed image(s) not found in my_faces, e.g. ['nope.png']"),
+    "image not found": (
+        "file_name,emotion\nsmile.png,happiness\nnope.png,sadness\n",
+        "1 listed image(s) not found in my_faces, e.g. ['nope.png']",
+    ),
     "no rows": ("file_name,emotion\n", "no rows"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LABELS))

@@ -74,14 +74,23 @@ def trained(tmp_path):
     MF2ForPreTraining(config).save_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(write_tokenizer(tmp_path / "tokenizer"))
     MF2Processor.from_config(config, tokenizer, landmark_backend="template", size=IMAGE_SIZE).save_pretrained(model_dir)
-    (model_dir / "training_data.json").write_text(json.dumps({
-        "stage": "both",
-        "train": [{"name": "ferplus:train.parquet", "source": "ferplus", "rows": 6000},
-                  {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": 648}],
-        "eval": [{"name": "ferplus:valid.parquet", "source": "ferplus", "rows": 3191}],
-    }))  # fmt: skip
-    (model_dir / "eval_results.json").write_text(json.dumps({"eval_emotion_accuracy": 0.5, "eval_emotion_count": 3191,
-                                                             "eval_au_f1": 0.25, "eval_au_f1_AU1": 0.4}))  # fmt: skip
+    (model_dir / "training_data.json").write_text(
+        json.dumps(
+            {
+                "stage": "both",
+                "train": [
+                    {"name": "ferplus:train.parquet", "source": "ferplus", "rows": 6000},
+                    {"name": "ckplus:dev.parquet", "source": "ckplus", "rows": 648},
+                ],
+                "eval": [{"name": "ferplus:valid.parquet", "source": "ferplus", "rows": 3191}],
+            }
+        )
+    )
+    (model_dir / "eval_results.json").write_text(
+        json.dumps(
+            {"eval_emotion_accuracy": 0.5, "eval_emotion_count": 3191, "eval_au_f1": 0.25, "eval_au_f1_AU1": 0.4}
+        )
+    )
     base = MF2ForFacialStateRecognition.from_pretrained(model_dir)
     adapter = get_dfn_model(base, DFNConfig(num_layers=2, bottleneck_size=8, init_weights=False))
     adapter.save_pretrained(adapter_dir)
@@ -91,18 +100,45 @@ def trained(tmp_path):
 
 def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     model_dir, adapter_dir = trained
-    env = subprocess_env(HF_ENDPOINT=hub.url, HF_TOKEN="hf_loopback", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
-                         HF_HOME=tmp_path / "hf-home-push", HF_HUB_DISABLE_XET="1")  # fmt: skip
+    env = subprocess_env(
+        HF_ENDPOINT=hub.url,
+        HF_TOKEN="hf_loopback",
+        HF_HUB_OFFLINE="0",
+        TRANSFORMERS_OFFLINE="0",
+        HF_HOME=tmp_path / "hf-home-push",
+        HF_HUB_DISABLE_XET="1",
+    )
     push = subprocess.run(
-        [sys.executable, "-m", "mf2.training.hub", "--model_dir", str(model_dir), "--adapter_dir", str(adapter_dir),
-         "--repo_id", REPO_ID],
-        env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mf2.training.hub",
+            "--model_dir",
+            str(model_dir),
+            "--adapter_dir",
+            str(adapter_dir),
+            "--repo_id",
+            REPO_ID,
+        ],
+        env=env,
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert push.returncode == 0, push.stdout[-3000:] + push.stderr[-3000:]
 
     files = hub.repos[REPO_ID]["files"]
-    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
-            "dfn/adapter_config.json", "dfn/adapter_model.safetensors", "dfn/thresholds.json"} <= set(files)  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "dfn/adapter_config.json",
+        "dfn/adapter_model.safetensors",
+        "dfn/thresholds.json",
+    } <= set(files)
     assert len(hub.repos[REPO_ID]["commits"]) == 1  # one atomic commit
     card = files["README.md"].decode()
     front_matter = card.split("---")[1]
@@ -114,8 +150,14 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     env["HF_HOME"] = str(tmp_path / "hf-home-reload")  # nothing cached: every file comes from the server
     script = tmp_path / "reload.py"
     script.write_text(RELOAD)
-    reload = subprocess.run([sys.executable, str(script), REPO_ID, str(model_dir), str(adapter_dir)], env=env,
-                            cwd=REPO_DIR, capture_output=True, text=True, timeout=300)  # fmt: skip
+    reload = subprocess.run(
+        [sys.executable, str(script), REPO_ID, str(model_dir), str(adapter_dir)],
+        env=env,
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert reload.returncode == 0, reload.stdout[-3000:] + reload.stderr[-3000:]
     result = json.loads(reload.stdout.strip().splitlines()[-1])
     assert result["pixels"] == 0.0 and result["base"] == 0.0

@@ -28,8 +28,15 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
         assert (output / stage / "done.json").is_file(), stage
         assert not (output / stage / "checkpoints").exists(), stage  # removed once the stage's model is saved
     export = output / "mf2-base"
-    for name in ("config.json", "model.safetensors", "processor_config.json", "README.md", "eval_results.json",
-                 "cv_results.json", "training_data.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "README.md",
+        "eval_results.json",
+        "cv_results.json",
+        "training_data.json",
+    ):
         assert (export / name).is_file(), name
     config = json.loads((export / "config.json").read_text())
     assert config["trained"] is True and config["model_name"] == "mf2-base" and len(config["au_thresholds"]) == 12
@@ -44,8 +51,10 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     # The model-index names each result by its data and its metric, never two rows alike.
     index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
     named = [(row["dataset"]["name"], row["metrics"][0]["name"]) for row in index]
-    assert len(set(named)) == len(named) and ("FER+ (FER2013 images with FER+ labels): valid.parquet",
-                                              "Emotion accuracy") in named  # fmt: skip
+    assert (
+        len(set(named)) == len(named)
+        and ("FER+ (FER2013 images with FER+ labels): valid.parquet", "Emotion accuracy") in named
+    )
     assert {row["dataset"]["type"] for row in index} == {"ferplus", "ckplus"}
     per_au = card[card.index("F1 per AU") :].splitlines()[2]
     assert per_au.startswith("| AU1 | AU2 | AU4 | AU6 |")  # AU order, not alphabetical

@@ -17,15 +17,29 @@ KILL_AFTER = 6  # a checkpoint in the middle of the first epoch
 
 def command(setup, output_dir, resume: bool = False) -> list[str]:
     argv = pretrain_argv(
-        setup, output_dir, eval_data=f"mfa:{setup['eval']}", num_train_epochs=2, save_strategy="steps", save_steps=3,
-        save_total_limit=None, seed=7, tune_thresholds=False, resume=resume or None,
-    )  # fmt: skip
+        setup,
+        output_dir,
+        eval_data=f"mfa:{setup['eval']}",
+        num_train_epochs=2,
+        save_strategy="steps",
+        save_steps=3,
+        save_total_limit=None,
+        seed=7,
+        tune_thresholds=False,
+        resume=resume or None,
+    )
     return [sys.executable, "-m", "mf2.training.pretrain", *argv]
 
 
 def run(setup, output_dir, resume: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(setup, output_dir, resume), env=subprocess_env(), cwd=REPO_DIR, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        command(setup, output_dir, resume),
+        env=subprocess_env(),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -43,8 +57,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run(setup, reference)
 
-    process = subprocess.Popen(command(setup, interrupted), env=subprocess_env(), cwd=REPO_DIR,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command(setup, interrupted),
+        env=subprocess_env(),
+        cwd=REPO_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         marker = interrupted / f"checkpoint-{KILL_AFTER}" / "trainer_state.json"
         deadline = time.monotonic() + 300

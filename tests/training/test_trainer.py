@@ -26,11 +26,25 @@ def train_rows(tiny_setup, tmp_path_factory):
 def make_trainer(tiny_setup, rows, output_dir, collator=None, **options):
     torch.manual_seed(0)
     model = MF2ForPreTraining(tiny_setup["config"])
-    values = dict(output_dir=str(output_dir), use_cpu=True, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                  max_steps=3, warmup_steps=0, logging_steps=1, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    values = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=3,
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     values.update(options)
-    return MF2Trainer(model=model, args=MF2TrainingArguments(**values), train_dataset=rows, eval_dataset=rows,
-                      data_collator=collator or MF2DataCollator(tiny_setup["processor"]))  # fmt: skip
+    return MF2Trainer(
+        model=model,
+        args=MF2TrainingArguments(**values),
+        train_dataset=rows,
+        eval_dataset=rows,
+        data_collator=collator or MF2DataCollator(tiny_setup["processor"]),
+    )
 
 
 def test_every_loss_part_is_logged(tiny_setup, train_rows, tmp_path):
@@ -47,8 +61,16 @@ def test_every_loss_part_is_logged(tiny_setup, train_rows, tmp_path):
 
 
 def test_parts_average_over_the_logging_window_with_accumulation_and_checkpointing(tiny_setup, train_rows, tmp_path):
-    trainer = make_trainer(tiny_setup, train_rows, tmp_path, max_steps=2, logging_steps=2, gradient_accumulation_steps=2,
-                           per_device_train_batch_size=3, activation_checkpointing=True)  # fmt: skip
+    trainer = make_trainer(
+        tiny_setup,
+        train_rows,
+        tmp_path,
+        max_steps=2,
+        logging_steps=2,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=3,
+        activation_checkpointing=True,
+    )
     trainer.train()
     (entry,) = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert entry["step"] == 2 and set(LOSS_NAMES) <= set(entry)
@@ -102,8 +124,9 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
     setup, output = pretrained
     common = dict(model_name_or_path=output, config_name=None, tokenizer_name=None, num_train_epochs=2)
     dfn_dir = tmp_path / "dfn"
-    argv = pretrain_argv(setup, dfn_dir, eval_data=f"mfa:{setup['eval']}", dfn_bottleneck_size=8, evaluate_base=True,
-                         **common)  # fmt: skip
+    argv = pretrain_argv(
+        setup, dfn_dir, eval_data=f"mfa:{setup['eval']}", dfn_bottleneck_size=8, evaluate_base=True, **common
+    )
     assert finetune.main(argv) == 0
     assert {"adapter_config.json", "adapter_model.safetensors", "thresholds.json"} <= {
         p.name for p in dfn_dir.iterdir()
@@ -134,8 +157,15 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
 
     # Evaluating the adapter reproduces the fine-tuning's evaluation, with the thresholds tuned there (thresholds.json).
     eval_dir = tmp_path / "eval"
-    argv = pretrain_argv(setup, eval_dir, eval_data=f"mfa:{setup['eval']}", train_data=None,
-                         adapter_name_or_path=dfn_dir, tune_thresholds=False, **common)  # fmt: skip
+    argv = pretrain_argv(
+        setup,
+        eval_dir,
+        eval_data=f"mfa:{setup['eval']}",
+        train_data=None,
+        adapter_name_or_path=dfn_dir,
+        tune_thresholds=False,
+        **common,
+    )
     assert evaluate.main(argv) == 0
     evaluated = json.loads((eval_dir / "eval_results.json").read_text())
     assert evaluated["eval_au_f1"] == pytest.approx(dfn_results["eval_au_f1_tuned"], abs=1e-6)

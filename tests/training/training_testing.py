@@ -90,12 +90,24 @@ def write_setup(root: Path, train_size: int = 24, eval_size: int = 13) -> dict[s
 def pretrain_argv(setup: dict[str, Path], output_dir: Path, **options) -> list[str]:
     """`mf2 train` arguments for the tiny setup (no warm-up, logging every step, small batches)."""
     values = {
-        "config_name": setup["config"], "tokenizer_name": setup["tokenizer"], "train_data": f"mfa:{setup['train']}",
-        "image_size": IMAGE_SIZE, "landmark_backend": "template", "cache_dir": setup["cache"],
-        "output_dir": output_dir, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-        "num_train_epochs": 1, "warmup_steps": 0, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
-        "use_cpu": True, "disable_tqdm": True, "dataloader_num_workers": 0,
-    }  # fmt: skip
+        "config_name": setup["config"],
+        "tokenizer_name": setup["tokenizer"],
+        "train_data": f"mfa:{setup['train']}",
+        "image_size": IMAGE_SIZE,
+        "landmark_backend": "template",
+        "cache_dir": setup["cache"],
+        "output_dir": output_dir,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "num_train_epochs": 1,
+        "warmup_steps": 0,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
     values.update(options)
     argv = []
     for key, value in values.items():
@@ -113,15 +125,26 @@ def pretrain_argv(setup: dict[str, Path], output_dir: Path, **options) -> list[s
 def subprocess_env(**extra) -> dict[str, str]:
     """Environment of a child process: offline, one thread per process, the repository importable."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO_DIR) + os.pathsep + env.get("PYTHONPATH", ""))  # fmt: skip
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO_DIR) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.update({key: str(value) for key, value in extra.items()})
     return env
 
 
 def run_module(module: str, argv: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *argv], env=subprocess_env(**env), cwd=REPO_DIR,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        env=subprocess_env(**env),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

@@ -59,18 +59,22 @@ class MF2Metric(evaluate.Metric):
     def _info(self):
         if self.config_name == "au":
             features = datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")),
-                 "references": datasets.Sequence(datasets.Value("int32"))}
-            )  # fmt: skip
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Sequence(datasets.Value("int32")),
+                }
+            )
         elif self.config_name == "emotion":
             features = datasets.Features(
                 {"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}
             )
         elif self.config_name == "default":
             features = datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")),
-                 "references": datasets.Sequence(datasets.Value("int32"))}
-            )  # fmt: skip
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Sequence(datasets.Value("int32")),
+                }
+            )
         else:
             raise KeyError(f"Unknown configuration {self.config_name!r}; use 'default', 'au' or 'emotion'.")
         return evaluate.MetricInfo(
@@ -86,14 +90,19 @@ class MF2Metric(evaluate.Metric):
         num_aus = len(au_names)
         if self.config_name == "au":
             return compute_mf2_metrics(
-                au_probs=np.asarray(predictions, dtype=np.float64), au_labels=np.asarray(references),
-                au_thresholds=au_thresholds, au_names=au_names, emotion_names=emotion_names,
-            )  # fmt: skip
+                au_probs=np.asarray(predictions, dtype=np.float64),
+                au_labels=np.asarray(references),
+                au_thresholds=au_thresholds,
+                au_names=au_names,
+                emotion_names=emotion_names,
+            )
         if self.config_name == "emotion":
             return compute_mf2_metrics(
-                emotion_predictions=np.asarray(predictions), emotion_labels=np.asarray(references),
-                au_names=au_names, emotion_names=emotion_names,
-            )  # fmt: skip
+                emotion_predictions=np.asarray(predictions),
+                emotion_labels=np.asarray(references),
+                au_names=au_names,
+                emotion_names=emotion_names,
+            )
         predictions = np.asarray(predictions, dtype=np.float64)
         references = np.asarray(references)
         if predictions.ndim != 2 or predictions.shape[1] != num_aus + len(emotion_names):
@@ -104,7 +113,11 @@ class MF2Metric(evaluate.Metric):
         if references.ndim != 2 or references.shape[1] != num_aus + 1:
             raise ValueError(f"'default' references are {num_aus} AU labels + 1 emotion label; got {references.shape}.")
         return compute_mf2_metrics(
-            au_probs=predictions[:, :num_aus], au_labels=references[:, :num_aus],
-            emotion_predictions=predictions[:, num_aus:].argmax(-1), emotion_labels=references[:, num_aus],
-            au_thresholds=au_thresholds, au_names=au_names, emotion_names=emotion_names,
-        )  # fmt: skip
+            au_probs=predictions[:, :num_aus],
+            au_labels=references[:, :num_aus],
+            emotion_predictions=predictions[:, num_aus:].argmax(-1),
+            emotion_labels=references[:, num_aus],
+            au_thresholds=au_thresholds,
+            au_names=au_names,
+            emotion_names=emotion_names,
+        )

@@ -84,8 +84,9 @@ class MF2ImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
                 pickle.dump(processor_inputs, f)
             result = subprocess.run(
                 [sys.executable, "-c", script, folder, type(image_processor).__name__, inputs_path, outputs_path],
-                capture_output=True, text=True,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+            )
             self.assertEqual(result.returncode, 0, result.stderr)
             with open(outputs_path, "rb") as f:
                 outputs = pickle.load(f)

@@ -62,21 +62,32 @@ class MF2ModelTester:
         self.expected_num_hidden_layers = num_hidden_layers + 1
         # output_hidden_states adds three fields: the vision encoder's and each Q-Former's per-layer states.
         self.num_hidden_states_types = 3
-        encoder = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-                       num_attention_heads=num_attention_heads, intermediate_size=intermediate_size)  # fmt: skip
+        encoder = dict(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+        )
         self.vision_config = dict(model_type="vit", image_size=image_size, patch_size=patch_size, **encoder)
         self.text_config = dict(model_type="bert", vocab_size=vocab_size, max_position_embeddings=16, **encoder)
         self.qformer_config = dict(max_position_embeddings=16, **encoder)
 
     def get_config(self) -> MF2Config:
         return MF2Config(
-            vision_config=self.vision_config, text_config=self.text_config, qformer_config=self.qformer_config,
-            au_names=AU_NAMES, num_query_tokens=2, num_au_query_tokens=2, au_roi_size=2, image_text_hidden_size=8,
-            au_caption_max_length=8, emotion_caption_max_length=8,
+            vision_config=self.vision_config,
+            text_config=self.text_config,
+            qformer_config=self.qformer_config,
+            au_names=AU_NAMES,
+            num_query_tokens=2,
+            num_au_query_tokens=2,
+            au_roi_size=2,
+            image_text_hidden_size=8,
+            au_caption_max_length=8,
+            emotion_caption_max_length=8,
             # Fine-tuning setting: the vision encoder trains, so gradients reach its per-layer outputs (frozen, as
             # MF² pretrains, it builds no graph and `test_retain_grad_hidden_states_attentions` has nothing to hold).
             freeze_vision_encoder=False,
-        )  # fmt: skip
+        )
 
     def prepare_config_and_inputs_for_common(self):
         """The inputs every MF² model takes: images and their AU boxes (`_prepare_for_class` adds captions and

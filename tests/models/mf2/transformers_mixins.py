@@ -80,8 +80,20 @@ def cache_root() -> Path:
 
 def _download_sdist(folder: Path) -> Path:
     """The sdist of the installed transformers version, fetched with pip into `folder`."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-               "-q", "-d", str(folder), f"transformers=={transformers.__version__}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(folder),
+        f"transformers=={transformers.__version__}",
+    ]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
