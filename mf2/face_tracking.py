@@ -25,7 +25,7 @@ import numpy as np
 
 from .alignment import apply_affine, face_to_image, similarity_transform
 from .au_regions import MEAN_SHAPE_68
-from .landmark_types import LandmarkBackend, box_iou
+from .landmark_types import LandmarkBackend, as_numpy, box_iou
 
 DEFAULT_DETECT_EVERY = 10
 """Frames from one face search to the next when tracking (`pipe.video(..., detect_every=...)`); 1 searches every
@@ -116,7 +116,7 @@ class FaceTracker:
         self.searches += 1
         self.since_search = 1
         self.faces = [
-            TrackedFace.detected(_numpy(points), _numpy(box))
+            TrackedFace.detected(as_numpy(points, np.float64), as_numpy(box, np.float64))
             for points, box, label in zip(found["landmarks"], found["face_boxes"], found["landmark_backend"])
             if not label.startswith("template")  # a fallback crop has no face to follow
         ]
@@ -135,10 +135,10 @@ class FaceTracker:
         # Rows come back largest first, each with the box it was placed in: pair them with the faces by that box.
         moved, sources = [], []
         for points, given in zip(fitted["landmarks"], fitted["face_boxes"]):
-            given = _numpy(given)
+            given = as_numpy(given, np.float64)
             source = int(np.argmax([box_iou(box, given) for box in boxes]))
             owner = self.faces[source]
-            points = _numpy(points)
+            points = as_numpy(points, np.float64)
             if box_iou(owner.box(points), given) < MIN_BOX_OVERLAP:
                 return None
             moved.append(TrackedFace(points, owner.box_in_face))
@@ -146,10 +146,6 @@ class FaceTracker:
         self.faces = moved
         fitted[FOLLOWED_FROM] = sources
         return fitted
-
-
-def _numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().double().numpy() if hasattr(value, "detach") else np.asarray(value, np.float64)
 
 
 __all__ = [

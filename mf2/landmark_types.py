@@ -1,5 +1,5 @@
 """The interface every landmark back-end implements (`LandmarkBackend.detect` → `FaceLandmarks`), its errors, and
-what the back-ends share (input checks, optional imports).
+what the back-ends share (input checks, optional imports, boxes, tensors as arrays).
 
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,16 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def as_numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """A tensor (any device; half and bfloat16 ones, which NumPy lacks, as float32) or an array-like as a NumPy array,
+    in `dtype` when given."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        narrow = value.is_floating_point() and value.element_size() < 4
+        value = (value.float() if narrow else value).numpy()
+    return np.asarray(value, dtype)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two `xyxy` boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
@@ -173,6 +184,7 @@ __all__ = [
     "MissingBackendError",
     "MissingModelFileError",
     "UnsupportedFitError",
+    "as_numpy",
     "box_iou",
     "check_image",
     "largest_first",

@@ -36,6 +36,7 @@ from .face_stream import FaceStream, InputError
 from .face_tracking import DEFAULT_DETECT_EVERY, FOLLOWED_FROM, FaceTracker, check_detect_every
 from .facs import explanation
 from .image_processing_mf2 import FALLBACK_LABEL, search_warning
+from .landmark_types import as_numpy
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"
@@ -333,10 +334,10 @@ class FacialStatePipeline(Pipeline):
             raise NonFiniteOutputError(torch.nonzero(~finite).flatten().tolist(), str(self.model.dtype))
         au_probs = torch.sigmoid(model_outputs["au_logits"].float()).numpy()
         emotion_probs = torch.softmax(model_outputs["emotion_logits"].float(), dim=-1).numpy()
-        boxes = _numpy(model_outputs["face_boxes"])
-        landmarks = _numpy(model_outputs["landmarks"])
+        boxes = as_numpy(model_outputs["face_boxes"])
+        landmarks = as_numpy(model_outputs["landmarks"])
         backends = model_outputs["landmark_backend"]
-        scales = _numpy(model_outputs["detection_scale"]) if "detection_scale" in model_outputs else None
+        scales = as_numpy(model_outputs["detection_scale"]) if "detection_scale" in model_outputs else None
         tracks = model_outputs.get("face_tracks")  # videos: each face's person (`mf2.face_identity`)
         top_k = min(int(top_k), len(labels))
         faces = []
@@ -569,8 +570,8 @@ def _identify(identities: FaceIdentities, extra: dict[str, Any], model_outputs: 
     followed = model_outputs.get(FOLLOWED_FROM)
     numbers = identities(
         extra["time"],
-        _numpy(model_outputs["face_boxes"]).reshape(-1, 4)[rows],
-        None if features is None else _numpy(features)[rows],
+        as_numpy(model_outputs["face_boxes"]).reshape(-1, 4)[rows],
+        None if features is None else as_numpy(features)[rows],
         None if followed is None else [followed[row] for row in rows],
     )
     tracks: list[int | None] = [None] * len(labels)
@@ -587,7 +588,7 @@ def _backend_options(preprocess_params: dict[str, Any]) -> dict[str, Any]:
 def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
     """One face's row of the image processor's output, shaped as the processor returns it for a single face."""
     keys = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "alignment", "detection_scale")
-    features = {key: _numpy(model_outputs[key])[row : row + 1] for key in keys if key in model_outputs}
+    features = {key: as_numpy(model_outputs[key])[row : row + 1] for key in keys if key in model_outputs}
     features["image_index"] = np.zeros(1, dtype=np.int64)
     features["landmark_backend"] = [str(model_outputs["landmark_backend"][row])]
     return features
@@ -595,12 +596,6 @@ def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
 
 def _is_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) or isinstance(value, torch.Tensor)
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().float().numpy()
-    return np.asarray(value)
 
 
 __all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "NonFiniteOutputError", "explanation"]

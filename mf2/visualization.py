@@ -7,7 +7,6 @@ This file uses only relative imports of flat sibling modules, so it travels with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -16,6 +15,7 @@ from .alignment import apply_affine, invert_affine
 from .configuration_mf2 import AU_NAMES
 from .facs import au_label
 from .image_loading import load_image
+from .landmark_types import as_numpy
 
 _PALETTE = (
     (230, 25, 75),
@@ -36,12 +36,6 @@ _PALETTE = (
     (128, 128, 0),
     (255, 215, 180),
 )
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if type(value).__module__.startswith("torch"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _font(size: int):
@@ -65,7 +59,7 @@ def visualize(image, features, index: int = 0, au_names: Sequence[str] | None = 
         A new PIL image (the input is left as it is): the 68 landmarks, the face box with the back-end's name, and
         each AU box (mapped back from the aligned crop, so rotated with the face) labelled with its AU.
     """
-    image_index = int(_numpy(features["image_index"])[index])
+    image_index = int(as_numpy(features["image_index"])[index])
     if isinstance(image, (list, tuple)):
         image = image[image_index]
     canvas = load_image(image, image_index).copy()
@@ -76,11 +70,11 @@ def visualize(image, features, index: int = 0, au_names: Sequence[str] | None = 
 def draw_face(canvas: Image.Image, features, index: int = 0, au_names: Sequence[str] | None = None) -> None:
     """`visualize`'s drawing, in place on `canvas` (an RGB image in the processor's original pixel frame)."""
     draw = ImageDraw.Draw(canvas)
-    landmarks = _numpy(features["landmarks"])[index].astype(np.float64)
-    face_box = _numpy(features["face_boxes"])[index].astype(np.float64)
-    boxes = _numpy(features["au_boxes"])[index].astype(np.float64)
-    inverse = invert_affine(_numpy(features["alignment"])[index])
-    size = _numpy(features["pixel_values"]).shape[-1]
+    landmarks = as_numpy(features["landmarks"])[index].astype(np.float64)
+    face_box = as_numpy(features["face_boxes"])[index].astype(np.float64)
+    boxes = as_numpy(features["au_boxes"])[index].astype(np.float64)
+    inverse = invert_affine(as_numpy(features["alignment"])[index])
+    size = as_numpy(features["pixel_values"]).shape[-1]
     if au_names is None:
         au_names = list(AU_NAMES) if len(boxes) == len(AU_NAMES) else [f"AU#{k}" for k in range(len(boxes))]
 
