@@ -1,11 +1,15 @@
 """What each step of mf2-base 2.0's training budget is worth: the recipe's emotion stage run with one step off at a
 time, on the data and pretrained model of a finished recipe run, and scored on the development data.
 
-Each row trains the emotion stage from the same pretrained model on the same seeded subset of FER+ train (a reduced
+Each row trains the emotion stage from the run's pretrained model on the same seeded subset of FER+ train (a reduced
 budget: `--samples` images, `--epochs` epochs), with the shipped run's settings but for the step it turns off, and
 scores it on FER+ valid (accuracy, macro-F1) and on CK+ dev peak frames (the FER+-only model on another lab's faces:
 the dev proxy of faces the model never saw). Differences from the "all on" row come with paired bootstrap 95%
 intervals over the dev faces. The flip test-time average is scored on the "all on" model, with the model's own cost.
+
+Two rows change the starting point: "no MF² pretraining" starts from the data stage's base model (the encoders, with
+freshly initialised Q-Formers and heads), and "MF² pretraining on 6000 FER+ images" runs the pretrain stage again
+with more images (the run's used 1,000) before the same emotion stage.
 
 The rows share one vision-token cache of the subset (in the run's cache folder; the run's views and trainable blocks):
 "no augmented views" replays only the original and mirrored tokens, and "4 trainable blocks" freezes the lowest 2 of
@@ -44,6 +48,8 @@ class Step:
     changes: dict[str, Any] = field(default_factory=dict)
     augmented_views: int | None = None  # replay at most this many cached augmented views (None: all)
     frozen_blocks: int = 0  # of the run's trainable vision blocks, the lowest this many stay frozen
+    pretraining: dict[str, Any] | None = None  # pretrain again with these settings instead of using the run's model
+    pretrained: bool = True  # False: the emotion stage starts from the encoders, with no MF² pretraining
 
 
 STEPS = (
@@ -53,6 +59,8 @@ STEPS = (
     Step("no augmented views (mirror only)", augmented_views=0),
     Step("no EMA", {"ema_decay": 0.0}),
     Step("4 trainable vision blocks (1.1)", frozen_blocks=2),
+    Step("no MF² pretraining", pretrained=False),
+    Step("MF² pretraining on 6000 FER+ images", pretraining={"pretrain_ferplus_samples": 6000}),
 )
 
 
@@ -68,7 +76,11 @@ class StepRecipe(Recipe):
         self.step, self.samples = step, samples
 
     def emotion_start_model(self):
-        model = super().emotion_start_model()
+        if self.step.pretrained:
+            model = super().emotion_start_model()
+        else:  # the data stage's base model: the encoders and freshly initialised Q-Formers and heads
+            model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("data") / "base"))
+            model.mf2.apply_vision_freezing()
         if self.step.frozen_blocks:
             trainable = model.config.vision_trainable_layers
             for block in model.mf2.vision_blocks[-trainable : -trainable + self.step.frozen_blocks]:
@@ -100,10 +112,10 @@ class StepRecipe(Recipe):
         )
 
 
-def link_run(run: Path, output: Path) -> None:
-    """`output` shares the finished run's pretrained model (symbolic links; its caches: `Recipe.cache_dir`)."""
+def link_run(run: Path, output: Path, stages: tuple[str, ...]) -> None:
+    """`output` shares the finished run's `stages` (symbolic links; its caches: `Recipe.cache_dir`)."""
     output.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "pretrain"):
+    for name in stages:
         link = output / name
         if not link.exists():
             link.symlink_to((run / name).resolve(), target_is_directory=True)
@@ -210,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, flip = [], None
     for step in steps:
         output = args.output / slug(step.name)
-        link_run(args.run, output)
-        settings = replace(run_settings, emotion_epochs=args.epochs, **step.changes)
+        link_run(args.run, output, ("data",) if step.pretraining else ("data", "pretrain"))
+        settings = replace(run_settings, emotion_epochs=args.epochs, **step.changes, **(step.pretraining or {}))
         recipe = StepRecipe(
             step,
             args.samples,
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             device="cpu",
         )
         recipe.cache_dir = args.run / "cache"
-        recipe.run(("emotion",))
+        recipe.run(("pretrain", "emotion") if step.pretraining else ("emotion",))
         done = json.loads((recipe.stage_dir("emotion") / "done.json").read_text())
         neutral = MF2Config.from_pretrained(str(recipe.stage_dir("pretrain") / "model")).label2id["neutral"]
         predictions = np.load(recipe.stage_dir("emotion") / "predictions.npz")
