@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mf2.demo import main  # noqa: E402 - after the path is set
+from mf2.cli.demo import main  # noqa: E402 - after the path is set
 
 if __name__ == "__main__":
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0 (the container's port is proxied); locally this stays on loopback.

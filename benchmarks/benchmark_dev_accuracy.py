@@ -25,7 +25,7 @@ from PIL import Image
 
 from mf2.configuration_mf2 import EMOTION_LABELS
 from mf2.data.schema import map_emotion
-from mf2.default_model import load_pipeline
+from mf2.integration.default_model import load_pipeline
 from mf2.training.metrics import emotion_scores
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mf2.default_model import load_pipeline
 from mf2.face_tracking import DEFAULT_DETECT_EVERY
+from mf2.integration.default_model import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "images" / "astronaut.png"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mf2.landmark_types import box_iou
+from mf2.landmark_backend import box_iou
 from mf2.processing_mf2 import MF2ImageProcessor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ from mf2.modeling_mf2 import MF2ForFacialStateRecognition
 from mf2.training.metrics import emotion_scores
 from mf2.training.recipe import Recipe
 from mf2.training.recipe_settings import RecipeSettings
-from mf2.vision_cache import VisionTokenDataset
+from mf2.training.vision_cache import VisionTokenDataset
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Training throughput of the shipped model's configuration: a pretraining step and a recognition step, each with and
-without the vision-token cache (`mf2.vision_cache`), in images per second (forward + backward + optimiser step).
+without the vision-token cache (`mf2.training.vision_cache`), in images per second (forward + backward + optimiser
+step).
 
     python benchmarks/benchmark_training.py                 # the recipe's CPU configuration, batch 16
     python benchmarks/benchmark_training.py --preset gpu --device cuda --batch-size 64
@@ -25,7 +26,7 @@ from transformers import AutoTokenizer
 
 from mf2 import MF2ForFacialStateRecognition
 from mf2.data.captions import TemplateCaptioner
-from mf2.encoders import fetch_encoders
+from mf2.integration.encoders import fetch_encoders
 from mf2.processing_mf2 import MF2ImageProcessor, MF2Processor
 from mf2.training.recipe import AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH, PRESETS, RecipeSettings, build_base_model
 

@@ -4,12 +4,12 @@ Importing `mf2` registers the MF² classes with transformers' Auto* factories, s
 `AutoModelForPreTraining` and `AutoModelForImageClassification` load MF² checkpoints without `trust_remote_code`.
 Saved checkpoints also carry the modeling code (`auto_map`), so they load with `trust_remote_code=True` where this
 package is not installed. It also registers the `facial-state` pipeline, whose default model is the trained `mf2-base`
-shipped inside the package (`mf2.default_model`), and makes the short names `mf2-base` and `mf2` load that model with
-no Hub call (nothing is written to disk).
+shipped inside the package (`mf2.integration.default_model`), and makes the short names `mf2-base` and `mf2` load that
+model with no Hub call (nothing is written to disk).
 
-The package is lazy (`mf2.lazy_module`): a public name imports its module when first used, and each registration
-runs when transformers' module it extends is imported (`mf2.registration`), so `import mf2` and `mf2 --help` import
-neither torch nor transformers.
+The package is lazy (`mf2.integration.lazy_module`): a public name imports its module when first used, and each
+registration runs when transformers' module it extends is imported (`mf2.integration.registration`), so `import mf2` and
+`mf2 --help` import neither torch nor transformers.
 """
 
 import sys
@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 # The one map of public names to the modules that define them (submodules relative to this package). A name added
-# here is importable as `from mf2 import NAME` and listed in `mf2.__all__`; `mf2.registration` finds classes here.
+# here is importable as `from mf2 import NAME` and listed in `mf2.__all__`; `mf2.integration.registration` finds classes
+# here.
 _import_structure: dict[str, list[str]] = {
-    "default_model": ["DEFAULT_MODEL_NAME", "default_model_path"],
+    "integration.default_model": ["DEFAULT_MODEL_NAME", "default_model_path"],
     "pipeline_mf2": ["FacialStatePipeline"],
     "configuration_mf2": ["AU_NAMES", "EMOTION_LABELS", "LOSS_NAMES", "MF2Config"],
     "modeling_mf2": [
@@ -42,8 +43,8 @@ if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     # ruff: noqa: F401
     from .au_regions import au_boxes_from_landmarks, canonical_landmarks, default_au_boxes
     from .configuration_mf2 import AU_NAMES, EMOTION_LABELS, LOSS_NAMES, MF2Config
-    from .default_model import DEFAULT_MODEL_NAME, default_model_path
     from .image_processing_mf2 import MF2ImageProcessor
+    from .integration.default_model import DEFAULT_MODEL_NAME, default_model_path
     from .modeling_mf2 import (
         MF2ForFacialStateRecognition,
         MF2ForPreTraining,
@@ -57,16 +58,16 @@ if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from .processing_mf2 import MF2Processor
     from .visualization import visualize
 else:
-    from .lazy_module import LazyModule
+    from .integration.lazy_module import LazyModule
 
     sys.modules[__name__] = LazyModule(
         __name__, __file__, _import_structure, module_spec=__spec__, extra_objects={"__version__": __version__}
     )
-    from . import registration
+    from .integration import registration
 
     # Registering at once would import transformers (seconds), so `registration.install()` puts a finder on
-    # `sys.meta_path` (`mf2.import_hooks`) that runs each registration when transformers' module it extends is
-    # imported, then removes itself. It only wraps loaders in memory and writes nothing to disk; the short names
-    # resolve to the shipped folder at their first use, in memory too (`mf2.default_model`), so `import mf2` creates
-    # no file (tests/test_package_imports.py checks the Hugging Face caches and `MF2_HOME`).
+    # `sys.meta_path` (`mf2.integration.import_hooks`) that runs each registration when transformers' module it extends
+    # is imported, then removes itself. It only wraps loaders in memory and writes nothing to disk; the short names
+    # resolve to the shipped folder at their first use, in memory too (`mf2.integration.default_model`), so `import mf2`
+    # creates no file (tests/test_package_imports.py checks the Hugging Face caches and `MF2_HOME`).
     registration.install()

@@ -95,8 +95,8 @@ class MF2Config(PreTrainedConfig):
         Keep the image encoder frozen (no gradient), as in BLIP-2 pretraining.
     vision_trainable_layers (`int`, *optional*, defaults to 0):
         With `freeze_vision_encoder`, the top this many encoder blocks (and the encoder's final norm) still train.
-        The tokens entering them never change during training, so `mf2.vision_cache.VisionTokenCache` computes them
-        once and training runs only the top blocks (`MF2Model.forward(vision_tokens=...)`). 0 caches the encoder's
+        The tokens entering them never change during training, so `mf2.training.vision_cache.VisionTokenCache` computes
+        them once and training runs only the top blocks (`MF2Model.forward(vision_tokens=...)`). 0 caches the encoder's
         output.
     emotion_reads_au_features (`bool`, *optional*, defaults to `True`):
         The emotion recogniser reads the mean AU-VL feature beside the Emo-VL feature. Off, it reads Emo-VL alone,

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .landmark_types import box_iou
+from .landmark_backend import box_iou
 
 DEFAULT_MAX_GAP = 2.0
 """Seconds a person may be out of sight (occluded, missed, out of view) and come back with their track."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from .alignment import apply_affine, face_to_image, similarity_transform
 from .au_regions import MEAN_SHAPE_68
-from .landmark_types import LandmarkBackend, as_numpy, box_iou
+from .landmark_backend import LandmarkBackend, as_numpy, box_iou
 
 DEFAULT_DETECT_EVERY = 10
 """Frames from one face search to the next when tracking (`pipe.video(..., detect_every=...)`); 1 searches every

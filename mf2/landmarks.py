@@ -12,7 +12,7 @@ image's pixel coordinates (pixel `(i, j)` has its centre at `x = j, y = i`, as i
 | `template`       | no detection: the input is an aligned crop, the canonical shape    | nothing                   |
 
 One module per back-end (`landmarks_dlib`, `landmarks_fan`; MediaPipe and the template here), their interface in
-`landmark_types`; this module is the registry (`get_landmark_backend`) and the one place to import them from.
+`landmark_backend`; this module is the registry (`get_landmark_backend`) and the one place to import them from.
 
 Optional dependencies are imported only when a back-end is built, so this module imports with numpy alone. It uses
 only relative imports of flat sibling modules, so it travels with remote code.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .au_regions import canonical_landmarks, detector_crop_landmarks
-from .landmark_types import (
+from .landmark_backend import (
     NUM_LANDMARKS,
     FaceLandmarks,
     LandmarkBackend,

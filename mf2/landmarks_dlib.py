@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .landmark_settling import settle
-from .landmark_types import (
+from .landmark_backend import (
     FaceLandmarks,
     LandmarkBackend,
     box_iou,
@@ -25,6 +24,7 @@ from .landmark_types import (
     require_file,
     require_module,
 )
+from .landmark_settling import settle
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 _MISSING_PREDICTOR = (

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .landmark_types import (
+from .atomic import written_aside
+from .landmark_backend import (
     FaceLandmarks,
     LandmarkBackend,
     MissingModelFileError,
@@ -108,12 +109,13 @@ class FaceAlignmentBackend(LandmarkBackend):
         reason = "downloads are switched off (HF_HUB_OFFLINE / MF2_OFFLINE or allow_download=False)"
         if allowed:
             try:
-                self.weights_path.parent.mkdir(parents=True, exist_ok=True)
-                partial = self.weights_path.with_name(self.weights_path.name + ".partial")
-                with urllib.request.urlopen(FAN_WEIGHTS_URL, timeout=30) as response, open(partial, "wb") as out:
+                with (
+                    written_aside(self.weights_path) as partial,
+                    urllib.request.urlopen(FAN_WEIGHTS_URL, timeout=30) as response,
+                    open(partial, "wb") as out,
+                ):
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
-                partial.replace(self.weights_path)
                 return
             except Exception as error:  # no network, DNS failure, HTTP error, read-only cache...
                 reason = f"the download from {FAN_WEIGHTS_URL} failed ({type(error).__name__}: {error})"

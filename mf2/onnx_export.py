@@ -12,7 +12,7 @@ torch's TorchScript-based exporter (`dynamo=False`: it needs no onnxscript). `ON
 answers like the torch model (`.au_logits`, `.emotion_logits` as torch tensors), so the pipeline swaps it in for the
 network alone (`pipeline("facial-state", runtime="onnx")`); detection, alignment and postprocessing are unchanged.
 
-This module imports only `.home` among mf2's modules, so the pipeline exported as remote code can carry it.
+This module imports only `.cache_home` and `.atomic` among mf2's modules, so the pipeline exported as remote code can carry it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .home import mf2_home
+from .atomic import written_aside
+from .cache_home import mf2_home
 
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
@@ -115,11 +116,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
     was_training = source.training
     graph = _RecognitionGraph(source).eval()  # the exporter restores the wrapper's mode: it must be eval
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     dynamic = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with written_aside(path) as partial, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -134,9 +133,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
-        os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
         source.train(was_training)
     return path
 
@@ -160,23 +157,20 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     logger = logging.getLogger()  # the quantizer logs "consider pre-processing" on the root logger
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(
-            str(source),
-            str(partial),
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-        )
-        os.replace(partial, path)
+        with written_aside(path) as partial:
+            quantize_dynamic(
+                str(source),
+                str(partial),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         logger.setLevel(level)
-        partial.unlink(missing_ok=True)
     return path
 
 
@@ -306,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status 0: written; 1: the model could not be loaded or exported; 2: a bad command line."""
     args = build_parser().parse_args(argv)
     # Not a relative import: the pipeline's remote-code export copies this file, and must not pull in the CLI's.
-    default_model = importlib.import_module("mf2.default_model")
+    default_model = importlib.import_module("mf2.integration.default_model")
 
     try:
         require_onnxruntime()

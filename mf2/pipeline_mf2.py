@@ -36,7 +36,7 @@ from .face_stream import FaceStream, InputError
 from .face_tracking import DEFAULT_DETECT_EVERY, FOLLOWED_FROM, FaceTracker, check_detect_every
 from .facs import explanation
 from .image_processing_mf2 import FALLBACK_LABEL, search_warning
-from .landmark_types import as_numpy
+from .landmark_backend import as_numpy
 from .video import VideoDecodeError, is_video, read_frames, video_info
 
 REMOTE_TASK = "mf2-facial-state"

@@ -15,7 +15,7 @@ from .alignment import apply_affine, invert_affine
 from .configuration_mf2 import AU_NAMES
 from .facs import au_label
 from .image_loading import load_image
-from .landmark_types import as_numpy
+from .landmark_backend import as_numpy
 
 _PALETTE = (
     (230, 25, 75),

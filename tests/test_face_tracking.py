@@ -10,9 +10,9 @@ from transformers import pipeline
 import mf2  # noqa: F401  (registers the facial-state task)
 from mf2.alignment import apply_affine
 from mf2.au_regions import MEAN_SHAPE_68
-from mf2.default_model import resolve_model
 from mf2.face_tracking import DEFAULT_DETECT_EVERY, FaceTracker, TrackedFace
-from mf2.landmark_types import UnsupportedFitError
+from mf2.integration.default_model import resolve_model
+from mf2.landmark_backend import UnsupportedFitError
 from mf2.video import write_video
 
 pytest.importorskip("av")

@@ -16,7 +16,7 @@ from mf2 import AU_NAMES, MF2Config, image_processing_mf2
 from mf2.alignment import apply_affine, invert_affine
 from mf2.au_regions import AU_REGION_RECIPES, canonical_landmarks, default_au_boxes, detector_crop_landmarks
 from mf2.image_processing_mf2 import MF2ImageProcessor
-from mf2.landmark_types import LandmarkBackend, box_iou
+from mf2.landmark_backend import LandmarkBackend, box_iou
 from mf2.landmarks import FaceLandmarks, dlib_predictor_path
 from mf2.processing_mf2 import MF2Processor
 

@@ -14,7 +14,7 @@ from transformers import pipeline
 import mf2  # noqa: F401  (registers the facial-state task)
 from mf2 import onnx_export
 from mf2.cli import main as cli_main
-from mf2.default_model import resolve_model
+from mf2.integration.default_model import resolve_model
 from mf2.modeling_mf2 import roi_align_tokens
 
 pytest.importorskip("onnxruntime")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mf2
-from mf2.lazy_module import LazyModule
+from mf2.integration.lazy_module import LazyModule
 
 PACKAGE_DIR = Path(mf2.__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -140,7 +140,7 @@ def test_registrations_run_when_transformers_is_used():
         "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
         "from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING, MODEL_MAPPING\n"
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
-        "from mf2.import_hooks import pending\n"
+        "from mf2.integration.import_hooks import pending\n"
         "print(json.dumps({'config': CONFIG_MAPPING['mf2'].__name__,\n"
         "    'model': MODEL_MAPPING[mf2.MF2Config].__name__,\n"
         "    'classifier': MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[mf2.MF2Config].__name__,\n"
@@ -164,7 +164,7 @@ def test_registrations_run_at_import_when_transformers_came_first():
         "from transformers import pipeline\n"
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
         "import mf2\n"
-        "from mf2.import_hooks import pending\n"
+        "from mf2.integration.import_hooks import pending\n"
         "print(json.dumps({'task': 'facial-state' in PIPELINE_REGISTRY.get_supported_tasks(), 'pending': pending()}))\n"
     )
     assert values == {"task": True, "pending": []}
@@ -187,7 +187,7 @@ CACHE_VARIABLES = (
 def test_import_mf2_writes_nothing_to_disk(tmp_path):
     """`import mf2` (its lazy module, its post-import finder) creates no file: the Hugging Face home and Hub cache,
     `MF2_HOME`, the home folder and the working directory stay as they were. What a short name needs is resolved at
-    its first use, in memory (`mf2.default_model`)."""
+    its first use, in memory (`mf2.integration.default_model`)."""
     folders = {"HF_HOME": tmp_path / "hf-home", "HF_HUB_CACHE": tmp_path / "hf-hub-cache", "MF2_HOME": tmp_path / "mf2"}
     for folder in folders.values():
         folder.mkdir()

@@ -271,7 +271,7 @@ def test_the_readme_names_every_extra_and_every_command():
     assert {"dlib", "video", "test"} <= set(extras), extras
     table = set(re.findall(r"^\| `([\w-]+)` \|", text, flags=re.M))
     assert set(extras) <= table, set(extras) - table
-    tree = ast.parse((REPO / "mf2" / "cli.py").read_text())
+    tree = ast.parse((REPO / "mf2" / "cli" / "__init__.py").read_text())
     commands = next(
         ast.literal_eval(node.value)
         for node in tree.body

@@ -26,6 +26,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
 from datasets.table import embed_table_storage
 
+from ..atomic import written_aside
 from .captions.base import Captioner, CaptionRequest
 from .captions.llm import LLMCaptioner, endpoint_configured
 from .captions.template import TemplateCaptioner
@@ -168,15 +169,9 @@ def caption_split(
 
 def write_parquet(dataset: Dataset, path: str | os.PathLike) -> None:
     """Write `dataset` to one Parquet file with image bytes embedded, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     embedded = dataset.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        embedded.with_format(None).to_parquet(str(temporary))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with written_aside(path) as partial:
+        embedded.with_format(None).to_parquet(str(partial))
 
 
 def caption_dataset(

@@ -12,7 +12,7 @@ a cache serves a whole hyperparameter sweep), and (c) a fingerprint of the data.
 so a stale entry is never read; `DFNFeatureCache.clear()` removes old ones. The paper does not cache features.
 
 Only valid for data without random augmentation (a cached epoch replays the first epoch's inputs exactly). The
-keying, shards and loading are `mf2.feature_cache.FeatureCache`'s, shared with the vision-token cache.
+keying, shards and loading are `mf2.training.feature_cache.FeatureCache`'s, shared with the vision-token cache.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from ..feature_cache import CACHE_FORMAT_VERSION, CachedFeatureDataset, FeatureCache, collate_cached_features
+from ..training.feature_cache import CACHE_FORMAT_VERSION, CachedFeatureDataset, FeatureCache, collate_cached_features
 from .model import DFNTuner, backbone_modules
 
 DFNCachedDataset = CachedFeatureDataset

@@ -19,8 +19,9 @@ from .arguments import LABEL_NAMES, MF2FinetuneArguments, MF2ScriptArguments, MF
 from .collator import MF2DataCollator
 from .metrics import au_f1_scores, compute_mf2_metrics, emotion_scores, tune_au_thresholds
 from .preprocess import DataSpec, add_example_ids, prepare_data, preprocess_dataset
-from .stages import STAGES, TASKS, Stage, get_stage
-from .trainer import MF2Trainer, last_complete_checkpoint, make_compute_metrics
+from .pretraining_stages import PRETRAINING_STAGES, TASKS, Stage, get_stage
+from .run_setup import last_complete_checkpoint
+from .trainer import MF2Trainer, make_compute_metrics
 
 METRIC_MODULE_PATH: Path = Path(__file__).resolve().parent / "mf2_metric"
 """Folder of the `evaluate` metric module: `evaluate.load(str(METRIC_MODULE_PATH), "au" | "emotion" | "default")`."""
@@ -28,7 +29,7 @@ METRIC_MODULE_PATH: Path = Path(__file__).resolve().parent / "mf2_metric"
 __all__ = [
     "LABEL_NAMES",
     "METRIC_MODULE_PATH",
-    "STAGES",
+    "PRETRAINING_STAGES",
     "TASKS",
     "DataSpec",
     "MF2DataCollator",

@@ -42,9 +42,9 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..home import mf2_home
+from ..cache_home import mf2_home
 from ..image_processing_mf2 import DEPRECATED_NO_FACE, NO_FACE_CHOICES
-from .stages import STAGES, TASKS
+from .pretraining_stages import PRETRAINING_STAGES, TASKS
 
 LABEL_NAMES: list[str] = ["au_labels", "emotion_labels"]
 """Batch keys holding the labels, in the order `Trainer` hands them to `compute_metrics`."""
@@ -91,8 +91,8 @@ class MF2ScriptArguments:
     stage: str = field(
         default="both",
         metadata={
-            "help": f"Training stage, one of {sorted(STAGES)} (see mf2.training.stages).",
-            "choices": sorted(STAGES),
+            "help": f"Training stage, one of {sorted(PRETRAINING_STAGES)} (see mf2.training.pretraining_stages).",
+            "choices": sorted(PRETRAINING_STAGES),
         },
     )
     # ---- data
@@ -200,7 +200,7 @@ class MF2ScriptArguments:
 
     def __post_init__(self):
         if self.model_name_or_path is not None:
-            from ..default_model import resolve_model
+            from ..integration.default_model import resolve_model
 
             self.model_name_or_path = resolve_model(self.model_name_or_path)  # the short name → the shipped folder
         if not 0.0 <= self.validation_fraction < 1.0:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2RecognitionHeads
-from ..vision_cache import flip_au_boxes
+from .vision_cache import flip_au_boxes
 
 VIEWS = {"tokens": False, "flipped_tokens": True}  # cache view -> mirrored AU boxes
 

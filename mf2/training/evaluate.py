@@ -29,17 +29,8 @@ from .arguments import MF2ScriptArguments, MF2TrainingArguments, check_command, 
 from .collator import MF2DataCollator
 from .metrics import compute_mf2_metrics, tune_au_thresholds
 from .preprocess import prepare_data
-from .trainer import (
-    MF2Trainer,
-    apply_mixed_precision,
-    load_processor,
-    make_compute_metrics,
-    prediction_records,
-    setup_torch,
-    split_predictions,
-    write_json,
-    write_jsonl,
-)
+from .run_setup import apply_mixed_precision, load_processor, setup_torch, write_json, write_jsonl
+from .trainer import MF2Trainer, make_compute_metrics, prediction_records, split_predictions
 
 logger = logging.getLogger(__name__)
 

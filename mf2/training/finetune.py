@@ -52,18 +52,16 @@ from .evaluate import predict, score, store_thresholds
 from .metrics import compute_mf2_metrics, tune_au_thresholds
 from .preprocess import group_folds
 from .pretrain import TRAINING_DATA_FILE, load_splits
-from .stages import TASKS
-from .trainer import (
-    MF2Trainer,
+from .pretraining_stages import TASKS
+from .run_setup import (
     apply_mixed_precision,
     load_processor,
-    make_compute_metrics,
-    prediction_records,
     resolve_resume_checkpoint,
     setup_torch,
     write_json,
     write_jsonl,
 )
+from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
 

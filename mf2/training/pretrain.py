@@ -8,7 +8,7 @@ accelerate launch --multi_gpu --num_processes 2 -m mf2.training.pretrain --confi
 python -m mf2.training.pretrain --config pretrain.yaml --resume                                 # after a kill
 ```
 
-Steps: build or load the model (`--stage` picks the branches and targets, see `mf2.training.stages`), load and caption
+Steps: build or load the model (`--stage` picks the branches and targets, see `mf2.training.pretraining_stages`), load and caption
 the data, pre-process every image once (cached, `mf2.training.preprocess`), train with `MF2Trainer` (Table VI defaults,
 checkpoints every `--save_steps`), save the model and processor, then evaluate on `--eval_data` and store the per-AU
 thresholds tuned there in the saved config. `training_data.json` records the data for the model card.
@@ -31,19 +31,17 @@ from .arguments import MF2ScriptArguments, MF2TrainingArguments, check_command, 
 from .collator import MF2DataCollator
 from .evaluate import predict, score
 from .preprocess import prepare_data, split_validation
-from .stages import Stage, get_stage
-from .trainer import (
-    MF2Trainer,
+from .pretraining_stages import Stage, get_stage
+from .run_setup import (
     apply_mixed_precision,
     load_processor,
-    make_compute_metrics,
-    prediction_records,
     resolve_encoders,
     resolve_resume_checkpoint,
     setup_torch,
     write_json,
     write_jsonl,
 )
+from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
 

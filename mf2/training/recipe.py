@@ -10,7 +10,7 @@ last checkpoint, the token caches are keyed and atomic):
 
 1. `data`: FER+ train / valid and CK+ dev through the image processor (cached Arrow files), the MF² base model from the
    offline encoders (DINOv2-S, MiniLM-initialised Q-Formers), and the frozen vision tokens of every image and its
-   mirror image (`mf2.vision_cache.VisionTokenCache`, below the top `vision_trainable_layers` blocks).
+   mirror image (`mf2.training.vision_cache.VisionTokenCache`, below the top `vision_trainable_layers` blocks).
 2. `pretrain`: MF² pretraining on cached tokens: Emo-VL (ITC, ITM, ITG on emotion captions) and AU-VL (on per-AU
    captions) with template captions, plus the recognisers; the vision encoder frozen, as in BLIP-2.
 3. `emotion`: recognition fine-tuning of the image side on FER+ train: the top vision blocks, Emo-VL and the emotion
@@ -37,7 +37,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -51,11 +50,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..encoders import text_encoder_path, vision_encoder_path
+from ..atomic import written_aside
 from ..image_processing_mf2 import MF2ImageProcessor
+from ..integration.encoders import text_encoder_path, vision_encoder_path
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
-from ..vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 from .collator import MF2DataCollator
 from .ema import EMACallback
 from .emotion_targets import SoftEmotionTargets, class_weights, ferplus_vote_distributions, soft_emotion_loss
@@ -65,10 +64,11 @@ from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, wr
 from .recipe_ckplus import CKPlusStages
 from .recipe_progress import Progress
 from .recipe_settings import PRESETS, RecipeSettings, settings_from
+from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
 
-STAGES = ("data", "pretrain", "emotion", "au", "emotion_head", "export")
+RECIPE_STAGES = ("data", "pretrain", "emotion", "au", "emotion_head", "export")
 DONE = "done.json"
 # Template captions are short; padding to the paper's 169 / 61 tokens would only cost time.
 AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH = 48, 64
@@ -109,11 +109,8 @@ class Recipe(CKPlusStages):
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _write(self, name: str, value: Any) -> None:
-        path = self.output_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=float))
-        os.replace(temporary, path)
+        with written_aside(self.output_dir / name) as partial:
+            partial.write_text(json.dumps(value, indent=2, sort_keys=True, default=float))
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
@@ -127,7 +124,7 @@ class Recipe(CKPlusStages):
         self._write("timings.json", self.timings)
         (self.stage_dir(stage) / DONE).write_text(json.dumps({"seconds": seconds, **facts}, indent=2, default=float))
 
-    def run(self, stages: tuple[str, ...] = STAGES) -> None:
+    def run(self, stages: tuple[str, ...] = RECIPE_STAGES) -> None:
         self._write("settings.json", asdict(self.settings))
         for stage in stages:
             if self.is_done(stage):
@@ -202,11 +199,9 @@ class Recipe(CKPlusStages):
         if not (base / "config.json").is_file():
             set_seed(self.settings.seed)
             model = build_base_model(self.settings)
-            staging = base.with_name("base.tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            model.save_pretrained(staging)
-            self.processor.save_pretrained(staging)
-            os.replace(staging, base)
+            with written_aside(base) as staging:
+                model.save_pretrained(staging)
+                self.processor.save_pretrained(staging)
         model = MF2ForPreTraining.from_pretrained(str(base))
         summary = {}
         for name, flips in (("ferplus_train", True), ("ckplus", True), ("ferplus_valid", False)):
@@ -260,11 +255,8 @@ class Recipe(CKPlusStages):
 
     @staticmethod
     def save_final(model, directory: Path) -> None:
-        staging = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(staging, directory)
+        with written_aside(directory) as staging:
+            model.save_pretrained(staging)
 
     def predict(self, model, cached, view: str = "tokens") -> dict[str, np.ndarray]:
         """AU probabilities and emotion logits of every cached example (its original `view`, or `"flipped_tokens"`),
@@ -408,24 +400,21 @@ class Recipe(CKPlusStages):
         )
         config.training_data = [f"{part['name']} ({part['rows']} rows)" for part in record["train"]]
         config.vision_trainable_layers = 0
-        staging = self.export_dir.with_name(self.export_dir.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.to(torch.float16).save_pretrained(staging)
-        # The weights are stored in half precision; the config asks for float32 so that `from_pretrained` (dtype
-        # "auto") gives a CPU-friendly model unless the caller picks another dtype.
-        stored = json.loads((staging / "config.json").read_text())
-        stored["dtype"] = "float32"
-        stored.pop("_name_or_path", None)  # the folder it was loaded from on the training machine
-        # The shipped copy is read by the installed package, so it carries no modeling code (never
-        # trust_remote_code); publishing to the Hub (`mf2 push`) adds the code and its `auto_map`.
-        stored.pop("auto_map", None)
-        (staging / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
-        self.processor.save_pretrained(staging)
-        for code in staging.glob("*.py"):
-            code.unlink()
-        shutil.rmtree(self.export_dir, ignore_errors=True)
-        os.replace(staging, self.export_dir)
-        timings = {stage: self.timings[stage] for stage in STAGES if stage in self.timings}
+        with written_aside(self.export_dir) as staging:
+            model.to(torch.float16).save_pretrained(staging)
+            # The weights are stored in half precision; the config asks for float32 so that `from_pretrained` (dtype
+            # "auto") gives a CPU-friendly model unless the caller picks another dtype.
+            stored = json.loads((staging / "config.json").read_text())
+            stored["dtype"] = "float32"
+            stored.pop("_name_or_path", None)  # the folder it was loaded from on the training machine
+            # The shipped copy is read by the installed package, so it carries no modeling code (never
+            # trust_remote_code); publishing to the Hub (`mf2 push`) adds the code and its `auto_map`.
+            stored.pop("auto_map", None)
+            (staging / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+            self.processor.save_pretrained(staging)
+            for code in staging.glob("*.py"):
+                code.unlink()
+        timings = {stage: self.timings[stage] for stage in RECIPE_STAGES if stage in self.timings}
         # In place: the card names its results by the folder.
         write_card_inputs(
             self.export_dir, record, emotion, cv, self.settings, timings, transfer=self._read("emotion/metrics.json")
@@ -444,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--stages", nargs="+", default=list(RECIPE_STAGES), choices=RECIPE_STAGES)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a RecipeSettings field")
     return parser
 
@@ -480,7 +469,7 @@ __all__ = [
     "AU_CAPTION_LENGTH",
     "EMOTION_CAPTION_LENGTH",
     "PRESETS",
-    "STAGES",
+    "RECIPE_STAGES",
     "Recipe",
     "RecipeSettings",
     "build_base_model",

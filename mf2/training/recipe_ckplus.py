@@ -19,11 +19,11 @@ from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition
-from ..vision_cache import VisionTokenCollator, VisionTokenDataset
 from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
 from .metrics import compute_mf2_metrics, emotion_scores, tune_au_thresholds
 from .preprocess import group_folds
 from .recipe_progress import Progress, save_npz
+from .vision_cache import VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
 

@@ -4,22 +4,20 @@ or not at all."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import written_aside
 
 logger = logging.getLogger("mf2.recipe")
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """`np.savez` written aside and renamed: a kill never leaves half a file where a finished one is expected."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    with open(partial, "wb") as stream:
+    with written_aside(path) as partial, open(partial, "wb") as stream:
         np.savez(stream, **arrays)
-    os.replace(partial, path)
 
 
 class Progress:

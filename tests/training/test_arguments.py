@@ -4,7 +4,7 @@ import pytest
 
 from mf2 import MF2Config
 from mf2.training.arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, parse_args
-from mf2.training.stages import STAGES, get_stage
+from mf2.training.pretraining_stages import PRETRAINING_STAGES, get_stage
 
 TYPES = (MF2ScriptArguments, MF2TrainingArguments)
 
@@ -43,7 +43,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
 
 
 def test_stages_fix_branches_and_targets():
-    assert set(STAGES) == {"both", "no_au_vl", "no_emo_vl", "au_pretrain"}
+    assert set(PRETRAINING_STAGES) == {"both", "no_au_vl", "no_emo_vl", "au_pretrain"}
     assert get_stage("no_au_vl").config_overrides() == {"use_emotion_branch": True, "use_au_branch": False}
     stage = get_stage("au_pretrain")
     assert stage.au_targets and not stage.emotion_targets

@@ -7,7 +7,7 @@ from tiny import tiny_batch, tiny_config
 
 from mf2 import MF2ForFacialStateRecognition
 from mf2.training.emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
-from mf2.vision_cache import flip_au_boxes
+from mf2.training.vision_cache import flip_au_boxes
 
 
 def _cached_rows(model, batch):

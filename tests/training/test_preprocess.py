@@ -118,7 +118,7 @@ def test_ferplus_training_crops_are_the_inference_crops(data_dir, tmp_path):
 
     from PIL import Image
 
-    from mf2.default_model import default_model_path
+    from mf2.integration.default_model import default_model_path
     from mf2.training.preprocess import load_source, prepare_data
 
     spec = f"ferplus:{data_dir}/ferplus/valid.parquet,max_samples=16"

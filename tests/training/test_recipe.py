@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from mf2 import MF2ForFacialStateRecognition
-from mf2.training.recipe import PRESETS, STAGES, Recipe, RecipeSettings, main
+from mf2.training.recipe import PRESETS, RECIPE_STAGES, Recipe, RecipeSettings, main
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory, data_dir) -> tuple[Path, Recipe]:
 @pytest.mark.slow
 def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     output, _ = smoke_run
-    for stage in STAGES:
+    for stage in RECIPE_STAGES:
         assert (output / stage / "done.json").is_file(), stage
         assert not (output / stage / "checkpoints").exists(), stage  # removed once the stage's model is saved
     export = output / "mf2-base"
@@ -63,15 +63,15 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     cv = json.loads((export / "cv_results.json").read_text())
     assert cv["num_folds"] == 2 and 0.0 <= cv["mean"]["au_f1_train_tuned"] <= 1.0
     timings = json.loads((output / "timings.json").read_text())
-    assert set(timings) == set(STAGES)
+    assert set(timings) == set(RECIPE_STAGES)
 
 
 @pytest.mark.slow
 def test_a_second_run_resumes_without_redoing_finished_stages(smoke_run, capsys):
     output, recipe = smoke_run
-    marks = {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in STAGES}
+    marks = {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in RECIPE_STAGES}
     recipe.run()
-    assert {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in STAGES} == marks
+    assert {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in RECIPE_STAGES} == marks
     # An interrupted stage (no done.json) runs again, from its last checkpoint where it has one.
     (output / "export" / "done.json").unlink()
     recipe.run(("export",))

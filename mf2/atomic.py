@@ -1,0 +1,75 @@
+"""Files and folders written whole or not at all.
+
+`written_aside(target)` gives a temporary name beside `target` to write a file or a folder into, and renames it onto
+`target` when the writing is done (`os.replace`, atomic on one file system). A failure, a full disk or Ctrl-C removes
+the temporary and leaves `target` as it was; a killed process leaves only a hidden temporary, which the next write of
+the same target removes. So a reader never sees half a file where a finished one is expected: a resumed run either
+finds the whole target or writes it again.
+
+This file imports nothing from mf2, so it travels with the remote-code pipeline (`onnx_export` uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextmanager
+def written_aside(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `target` for the block to write a file or a folder into, renamed onto `target` when
+    the block ends normally (a folder replaces the old folder), removed when it raises or is interrupted.
+
+    The temporary, `.NAME.PID.partial`, is hidden and carries the process id, so that processes writing the same
+    target at once (the ranks of a distributed run filling one cache) never write into each other's; the last rename
+    wins, and each wrote the whole thing.
+
+        with written_aside(path) as partial:
+            partial.write_text(text)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target)
+    partial = target.with_name(f".{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        yield partial
+        if partial.is_dir() and target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)  # os.replace cannot replace a folder that holds files
+        os.replace(partial, target)
+    finally:
+        _remove(partial)  # gone after the rename; still there only when the block failed
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove the temporaries of `target` left by processes that were killed (no longer running)."""
+    for partial in target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"):
+        pid = partial.name[len(target.name) + 2 : -len(PARTIAL_SUFFIX)]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(partial)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # there os.kill(pid, 0) sends Ctrl-C: never take another process's temporary for stale
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["PARTIAL_SUFFIX", "written_aside"]

@@ -1,0 +1,127 @@
+"""What the training entry points (`mf2 train`, `mf2 finetune`, `mf2 evaluate`) share around `MF2Trainer`: finding
+the checkpoint to resume from, the torch and precision set-up, the encoders and processor of a run, and its JSON
+outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..atomic import written_aside
+from ..processing_mf2 import load_processor as _load_processor
+from .trainer import TRAINER_STATE_NAME
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder that was written to the end, or None.
+
+    `Trainer` writes `trainer_state.json` last; a run killed while saving leaves a folder without it, which must not
+    be resumed from (`transformers.trainer_utils.get_last_checkpoint` would pick it).
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = []
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE_NAME).is_file():
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    return str(max(found)[1])
+
+
+def resolve_resume_checkpoint(resume: bool, resume_from_checkpoint: str | None, output_dir: str | None) -> str | None:
+    """The checkpoint to resume from: an explicit `--resume_from_checkpoint`, else with `--resume` the last complete
+    checkpoint of `output_dir` (None, with a log line, when there is none yet: the run then starts fresh)."""
+    if resume_from_checkpoint:
+        return resume_from_checkpoint
+    if not resume:
+        return None
+    checkpoint = last_complete_checkpoint(output_dir) if output_dir else None
+    if checkpoint is None:
+        logger.warning("--resume: no complete checkpoint in %s; starting from scratch.", output_dir)
+    else:
+        logger.info("Resuming from %s.", checkpoint)
+    return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------- misc helpers
+def setup_torch() -> None:
+    """CPU runs: flush denormals (MF²'s encoders slow down ~10x without it; ENVIRONMENT.md §2.6)."""
+    torch.set_flush_denormal(True)
+
+
+def apply_mixed_precision(mode: str, training_args) -> None:
+    """Resolve `--mixed_precision auto|no|fp16|bf16` onto `TrainingArguments.bf16` / `fp16`.
+
+    "auto" leaves explicit `--bf16` / `--fp16` and `accelerate launch --mixed_precision` alone; otherwise it picks bf16
+    on a GPU that supports it, fp16 on another GPU, and full precision on CPU.
+    """
+    if mode == "no" or training_args.bf16 or training_args.fp16:
+        return
+    if mode == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION") or not torch.cuda.is_available() or training_args.use_cpu:
+            return
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    setattr(training_args, mode, True)
+
+
+def resolve_encoders(vision: str | None, text: str | None) -> tuple[str | None, str | None]:
+    """`--vision_encoder` / `--text_encoder`, with "offline" meaning the converted encoders of `mf2 encoders`."""
+    if "offline" in (vision, text):
+        from ..integration.encoders import fetch_encoders
+
+        vision_path, text_path = fetch_encoders()
+        vision = str(vision_path) if vision == "offline" else vision
+        text = str(text_path) if text == "offline" else text
+    return vision, text
+
+
+def load_processor(script_args, config, text_encoder: str | None = None):
+    """The `MF2Processor` of a run (`mf2.processing_mf2.load_processor`) from its `--model_name_or_path`,
+    `--tokenizer_name`, `--landmark_backend` and `--image_size`."""
+    return _load_processor(
+        config,
+        script_args.model_name_or_path,
+        tokenizer_name=script_args.tokenizer_name,
+        text_encoder=text_encoder,
+        landmark_backend=script_args.landmark_backend,
+        image_size=script_args.image_size,
+    )
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON (indented, keys sorted) to `path`, creating folders; whole or not at all."""
+    with written_aside(path) as partial:
+        partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Write one JSON line per record to `path`, creating folders; whole or not at all."""
+    with written_aside(path) as partial, partial.open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+__all__ = [
+    "apply_mixed_precision",
+    "last_complete_checkpoint",
+    "load_processor",
+    "resolve_encoders",
+    "resolve_resume_checkpoint",
+    "setup_torch",
+    "write_json",
+    "write_jsonl",
+]

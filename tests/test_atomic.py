@@ -1,0 +1,60 @@
+"""Files and folders written whole or not at all (`mf2.atomic.written_aside`)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mf2.atomic import written_aside
+
+
+def test_a_file_appears_whole_and_no_temporary_is_left(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with written_aside(target) as partial:
+        partial.write_text("new")
+        assert not target.exists() and partial.parent == target.parent and partial.name.startswith(".")
+    assert target.read_text() == "new" and os.listdir(target.parent) == ["out.json"]
+
+
+def test_a_failure_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="disk full"), written_aside(target) as partial:
+        partial.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_ctrl_c_leaves_the_old_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    with pytest.raises(KeyboardInterrupt), written_aside(target) as partial:
+        partial.mkdir()
+        (partial / "weights").write_text("half")
+        raise KeyboardInterrupt
+    assert (target / "weights").read_text() == "old" and os.listdir(tmp_path) == ["model"]
+
+
+def test_a_folder_replaces_the_old_folder(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale").write_text("old")
+    with written_aside(target) as partial:
+        partial.mkdir()
+        (partial / "weights").write_text("new")
+    assert os.listdir(target) == ["weights"] and os.listdir(tmp_path) == ["model"]
+
+
+def test_a_killed_process_temporary_is_removed_by_the_next_write_and_a_running_one_is_not(tmp_path):
+    target = tmp_path / "out.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".out.json.{int(dead.stdout)}.partial"
+    killed.mkdir()  # a folder, as a killed recipe stage leaves
+    (killed / "weights").write_text("half")
+    running = tmp_path / f".out.json.{os.getppid()}.partial"  # the test runner's parent: alive
+    running.write_text("being written")
+    with written_aside(target) as partial:
+        partial.write_text("new")
+    assert not killed.exists() and running.exists() and target.read_text() == "new"
