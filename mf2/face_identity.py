@@ -133,6 +133,32 @@ class Track:
         return self.box + self.velocity * min(max(time - self.time, 0.0), MAX_PREDICTION)
 
 
+@dataclass
+class _Frame:
+    """One frame's faces against the open tracks, as `FaceIdentities`' passes read them.
+
+    Attributes:
+        time: the frame's time (seconds).
+        boxes: `(N, 4)` `xyxy` face boxes.
+        features: `(N, D)` unit identity features, or `None`.
+        sources: for each face, the row of the previous frame's face it was followed from, or -1.
+        crowded: for each face, whether it is near another one (`crowded_faces`).
+        tracks: the open tracks, in a fixed order (the columns of `similarity`).
+        similarity: `(N, T)` cosine similarity of the faces to the tracks' features, or `None`.
+    """
+
+    time: float
+    boxes: np.ndarray
+    features: np.ndarray | None
+    sources: list[int]
+    crowded: list[bool]
+    tracks: list[Track]
+    similarity: np.ndarray | None
+
+    def alike(self, face: int, track: int) -> float | None:
+        return None if self.similarity is None else float(self.similarity[face, track])
+
+
 class FaceIdentities:
     """Track numbers for the faces of consecutive frames (see the module docstring for how they are decided).
 
@@ -163,11 +189,17 @@ class FaceIdentities:
             followed_from: for each face, the position among the previous frame's faces of the face it was followed
                 from (`mf2.face_tracking`), or -1 for a face found by a search; `None`: all searched.
         """
+        frame = self._frame(time, boxes, features, followed_from)
+        owners = self._by_motion(frame)
+        self._by_appearance(frame, owners)
+        return self._record(frame, owners)
+
+    def _frame(self, time: Any, boxes: Any, features: Any, followed_from: Any) -> _Frame:
+        """The frame's faces against the open tracks, once the tracks gone longer than `max_gap` are closed."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         count = len(boxes)
         if features is not None:
             features = unit(np.asarray(features, np.float32).reshape(count, -1)) if count else None
-        sources = [-1] * count if followed_from is None else [int(value) for value in followed_from]
         time = float(time)
         for number in [n for n, track in self.tracks.items() if time - track.time > self.max_gap + 1e-9]:
             del self.tracks[number]  # gone too long: closed for good
@@ -175,56 +207,70 @@ class FaceIdentities:
         similarity = None
         if features is not None and tracks and all(track.feature is not None for track in tracks):
             similarity = features @ np.stack([track.feature for track in tracks]).T
-        # A face near another (a crossing) has some of the other in its crop: its appearance ranks the candidates but
-        # refuses none, and does not become its track's.
-        crowded = crowded_faces(boxes)
-        owners: list[Track | None] = [None] * count
+        return _Frame(
+            time=time,
+            boxes=boxes,
+            features=features,
+            sources=[-1] * count if followed_from is None else [int(value) for value in followed_from],
+            # A face near another (a crossing) has some of the other in its crop: its appearance ranks the
+            # candidates but refuses none, and does not become its track's.
+            crowded=crowded_faces(boxes),
+            tracks=tracks,
+            similarity=similarity,
+        )
 
-        # 1. Motion and overlap: faces against the tracks seen on the previous frame.
+    def _by_motion(self, frame: _Frame) -> list[Track | None]:
+        """Pass 1, motion and overlap: each face's track among those seen on the previous frame, or `None`."""
         pairs = []
-        by_row = {track.row: k for k, track in enumerate(tracks) if track.row >= 0}
-        for i in range(count):
-            for k, track in enumerate(tracks):
+        by_row = {track.row: k for k, track in enumerate(frame.tracks) if track.row >= 0}
+        for i in range(len(frame.boxes)):
+            for k, track in enumerate(frame.tracks):
                 if track.row < 0:
                     continue
-                linked = by_row.get(sources[i]) == k
-                overlap = box_iou(track.predicted(time), boxes[i])
+                linked = by_row.get(frame.sources[i]) == k
+                overlap = box_iou(track.predicted(frame.time), frame.boxes[i])
                 if not linked and overlap < MIN_OVERLAP:
                     continue
-                alike = None if similarity is None else float(similarity[i, k])
-                if self._changed(track, features, i) and not crowded[i]:
+                if self._changed(track, frame.features, i) and not frame.crowded[i]:
                     continue  # two people, however well the boxes agree
-                pairs.append((i, k, (1.0 if linked else 0.0) + overlap, alike))
+                pairs.append((i, k, (1.0 if linked else 0.0) + overlap, frame.alike(i, k)))
+        owners: list[Track | None] = [None] * len(frame.boxes)
         for i, k in _best_pairs(pairs):
-            owners[i] = tracks[k]
+            owners[i] = frame.tracks[k]
+        return owners
 
-        # 2. Appearance: the faces left against the tracks left, unseen on the previous frame or not. A crowded face
-        # (or any, without features) may also take up the track expected where it is.
+    def _by_appearance(self, frame: _Frame, owners: list[Track | None]) -> None:
+        """Pass 2, appearance: the faces left take the tracks left (unseen on the previous frame or not) that they
+        look like; a crowded face (or any, without features) may also take up the track expected where it is."""
         taken = {id(owner) for owner in owners if owner is not None}
         candidates = []
-        for i in range(count):
+        for i in range(len(frame.boxes)):
             if owners[i] is not None:
                 continue
-            for k, track in enumerate(tracks):
+            for k, track in enumerate(frame.tracks):
                 if id(track) in taken:
                     continue
-                alike = None if similarity is None else float(similarity[i, k])
-                expected = box_iou(track.predicted(time), boxes[i])
+                alike = frame.alike(i, k)
+                expected = box_iou(track.predicted(frame.time), frame.boxes[i])
                 if (alike is not None and alike >= self.same_person) or (
-                    (alike is None or crowded[i]) and expected >= MIN_OVERLAP
+                    (alike is None or frame.crowded[i]) and expected >= MIN_OVERLAP
                 ):
                     candidates.append((expected + APPEARANCE_WEIGHT * (alike or 0.0), i, k))
         for _, i, k in sorted(candidates, key=lambda item: -item[0]):
-            if owners[i] is None and id(tracks[k]) not in taken:
-                owners[i] = tracks[k]
-                taken.add(id(tracks[k]))
+            if owners[i] is None and id(frame.tracks[k]) not in taken:
+                owners[i] = frame.tracks[k]
+                taken.add(id(frame.tracks[k]))
 
-        # New tracks for the faces no track takes; every track's sighting recorded. A clear view like the previous
-        # one (or after a gap) joins the track's feature, which so follows the person's face as it changes.
+    def _record(self, frame: _Frame, owners: list[Track | None]) -> list[int]:
+        """New tracks for the faces no track takes, every track's sighting recorded; the faces' track numbers. A clear
+        view like the previous one (or after a gap) joins the track's feature, which so follows the person's face as
+        it changes."""
+        features, count = frame.features, len(frame.boxes)
         clean = [
-            not crowded[i] and (owners[i] is None or not self._changed(owners[i], features, i)) for i in range(count)
+            not frame.crowded[i] and (owners[i] is None or not self._changed(owners[i], features, i))
+            for i in range(count)
         ]
-        for track in tracks:
+        for track in frame.tracks:
             track.row = -1
         numbers = []
         for i in range(count):
@@ -232,11 +278,11 @@ class FaceIdentities:
             track = owners[i]
             if track is None:
                 self.opened += 1
-                track = Track(self.opened, boxes[i].copy(), time, np.zeros(4), feature, i, clean[i])
+                track = Track(self.opened, frame.boxes[i].copy(), frame.time, np.zeros(4), feature, i, clean[i])
                 track.last = feature if clean[i] else None
                 self.tracks[track.number] = track
             else:
-                self._seen(track, boxes[i], time, feature, i, clean[i])
+                self._seen(track, frame.boxes[i], frame.time, feature, i, clean[i])
             numbers.append(track.number)
         return numbers
 

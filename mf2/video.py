@@ -26,7 +26,7 @@ import importlib
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -138,6 +138,32 @@ def _check_sampling(fps: float | None, every: int | None) -> None:
         raise ValueError(f"`every` must be a positive integer (keep every N-th frame), got {every!r}.")
 
 
+@dataclass
+class _Sampler:
+    """Which decoded frames `read_frames` keeps: from `start` seconds on, every `every`-th, about `fps` a second."""
+
+    start: float
+    fps: float | None
+    every: int | None
+    next_time: float = field(init=False)  # the next sampling instant, start + k / fps
+
+    def __post_init__(self) -> None:
+        self.next_time = self.start
+
+    def keeps(self, index: int, time: float) -> bool:
+        """Whether decoded frame `index` at `time` (seconds) is sampled; frames come in order."""
+        if time < self.start or (self.every is not None and index % self.every):
+            return False
+        if self.fps is not None:
+            # Keep the first frame at or after each sampling instant; the tolerance absorbs timestamps rounded to the
+            # stream's time base.
+            if time + 1e-6 < self.next_time:
+                return False
+            steps = (time - self.start) * self.fps  # inf for a huge fps (1e308): then every frame is sampled
+            self.next_time = self.start + (math.floor(steps + 1e-6) + 1) / self.fps if math.isfinite(steps) else time
+        return True
+
+
 def read_frames(
     path: str | os.PathLike,
     fps: float | None = None,
@@ -170,28 +196,17 @@ def read_frames(
         # FFmpeg's own frame threading keeps a fixed small number of frames in flight: faster, still bounded.
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else None
-        next_time = float(start)
+        sampler = _Sampler(float(start), fps, every)
         yielded, decoded, time = 0, 0, None
         try:
             for index, frame in enumerate(container.decode(stream)):
                 decoded = index + 1
-                if frame.time is not None:
-                    time = float(frame.time)
-                else:  # no timestamps in the container: assume a constant rate
-                    time = index / rate if rate else float(index)
+                # Without timestamps in the container, a constant rate is assumed.
+                time = float(frame.time) if frame.time is not None else (index / rate if rate else float(index))
                 if end is not None and time >= end:
                     return
-                if time < start:
+                if not sampler.keeps(index, time):
                     continue
-                if every is not None and index % every:
-                    continue
-                if fps is not None:
-                    # Keep the first frame at or after each sampling instant start + k / fps; the tolerance absorbs
-                    # timestamps rounded to the stream's time base.
-                    if time + 1e-6 < next_time:
-                        continue
-                    steps = (time - start) * fps  # inf for a huge fps (1e308): then every frame is sampled
-                    next_time = start + (math.floor(steps + 1e-6) + 1) / fps if math.isfinite(steps) else time
                 # Only sampled frames are converted to RGB; the decoded frame is released right after.
                 yield VideoFrame(index=index, time=time, image=upright(frame.to_ndarray(format="rgb24"), frame))
                 yielded += 1

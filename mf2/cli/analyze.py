@@ -474,37 +474,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
-    # Everything the command line alone can tell is checked before the (slow) model loading.
-    check_device(args.device)
-    if args.model is not None:
-        check_model(args.model)
-    check_annotate(args.annotate)
-    check_runtime(args)
-    try:
-        files = expand_paths(args.paths, recursive=not args.no_recursive)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    check_reports(args, files)
-    # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
-    check_outputs(args, files, annotation_names(files) if args.annotate is not None else {})
+    files, names = _checked_inputs(args)
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     if args.no_progress:
         cleanup.callback(silence_loading_bars())
-
     processes = launched()
-    if (processes.distributed or args.resume) and args.output == "-":
-        raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
-    if (processes.distributed or args.resume) and (args.summary is not None or args.plot is not None):
-        raise UsageError(
-            f"{'--summary' if args.summary is not None else '--plot'} needs one whole run over the "
-            "videos: drop --resume, and run in one process"
-        )
+    sharded = processes.distributed or args.resume
+    _check_sharding(args, sharded)
     args.device = device_for(processes, args.device)
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
-    if processes.distributed or args.resume:  # each process's share into its part, merged by process 0
-        names = annotation_names(files)  # the same PNG names in every process, and in every resumed run
+    if sharded:  # each process's share into its part, merged by process 0
+        names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(
             processes,
             Path(args.output),
@@ -519,6 +501,49 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         output = open_output(args.output)
         cleanup.callback(output.flush if output is sys.stdout else output.close)
         counts, done = _analyse(args, pipe, output, fmt, common, files), f"{len(files)} file(s)"
+    print(f"mf2 analyze: {_run_summary(args, done, counts)}", file=sys.stderr)
+    if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
+        print(
+            f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
+            'the probabilities are not predictions; records say "model_trained": false.',
+            file=sys.stderr,
+        )
+    return 1 if counts["errors"] else 0
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str, str] | None]:
+    """The input files, and with `--annotate` their PNG names, once everything the command line alone can tell is
+    checked: before the (slow) model loading."""
+    check_device(args.device)
+    if args.model is not None:
+        check_model(args.model)
+    check_annotate(args.annotate)
+    check_runtime(args)
+    try:
+        files = expand_paths(args.paths, recursive=not args.no_recursive)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    check_reports(args, files)
+    # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
+    names = annotation_names(files) if args.annotate is not None else None
+    check_outputs(args, files, names or {})
+    return files, names
+
+
+def _check_sharding(args: argparse.Namespace, sharded: bool) -> None:
+    """`--resume` and runs over several processes write parts merged at the end: they need a file, and one whole
+    run for the per-video reports."""
+    if sharded and args.output == "-":
+        raise UsageError("--resume, and a launch over several processes, need --output FILE (not standard output)")
+    if sharded and (args.summary is not None or args.plot is not None):
+        raise UsageError(
+            f"{'--summary' if args.summary is not None else '--plot'} needs one whole run over the "
+            "videos: drop --resume, and run in one process"
+        )
+
+
+def _run_summary(args: argparse.Namespace, done: str, counts: dict[str, int]) -> str:
+    """The run's one-line summary: inputs, faces, errors, records, and where each output went."""
     summary = f"{done}, {counts['faces']} face(s), {counts['errors']} error(s), {counts['records']} record(s)"
     if counts["warnings"]:
         summary += f", {counts['warnings']} with a warning"
@@ -530,14 +555,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         where = [f"summary in {args.summary}"] if args.summary else []
         where += [f"timelines in {args.plot}"] if args.plot else []
         summary += f"; {counts['tracks']} track(s), {' and '.join(where)}"
-    print(f"mf2 analyze: {summary}", file=sys.stderr)
-    if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
-        print(
-            f"mf2 analyze: warning: {common['model']} is not a trained model (its config says trained=false): "
-            'the probabilities are not predictions; records say "model_trained": false.',
-            file=sys.stderr,
-        )
-    return 1 if counts["errors"] else 0
+    return summary
 
 
 def _analyse(

@@ -93,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mf2 analyze",
         description="Analyse faces in images, folders and videos: AU probabilities, emotion, optional explanation.",
     )
+    _add_inputs_and_outputs(parser)
+    _add_runtime_options(parser)
+    _add_video_options(parser)
+    _add_face_options(parser)
+    parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="analyse only the inputs not yet in --output (a killed run's unfinished last input again)",
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
+    return parser
+
+
+def _add_inputs_and_outputs(parser: argparse.ArgumentParser) -> None:
+    """What to read (paths, model, adapter) and what to write (records, annotated PNGs)."""
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos or image URLs"
     )
@@ -124,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         "PNG: a repeated or --resume'd run's) and refuses to run over any other file of the same "
         "name",
     )
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """What runs the network, and how: batch, device, dtype, PyTorch or onnxruntime."""
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="faces per forward pass")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: the first accelerator, else cpu)")
     parser.add_argument(
@@ -144,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --runtime onnx: the int8 version of the graph "
         "(about twice as fast on a CPU; accuracy in the README)",
     )
+
+
+def _add_video_options(parser: argparse.ArgumentParser) -> None:
+    """How videos are sampled and followed, and the per-person summary and timelines."""
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--video-fps", type=_positive_float, help="sample this many frames per second of video")
     sampling.add_argument("--every-n-frames", type=_positive_int, help="sample every N-th video frame")
@@ -177,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos: a PNG timeline per video and track in the folder DIR "
         "(outside the input folders): the 12 AUs and the emotion over time",
     )
+
+
+def _add_face_options(parser: argparse.ArgumentParser) -> None:
+    """Which faces are read, how, and what each face's record holds."""
     parser.add_argument(
         "--threshold", type=_probability, help="one AU threshold for all AUs, from 0 to 1 (default: the model's)"
     )
@@ -204,15 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
         "photo) are not seen; N of at least the images' longest side searches at full resolution "
         "(slower)",
     )
-    parser.add_argument("--no-recursive", action="store_true", help="do not search sub-folders")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="analyse only the inputs not yet in --output (a killed run's unfinished last input again)",
-    )
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
-    return parser
 
 
 __all__ = ["ADAPTER_CONFIG", "DEFAULT_BATCH_SIZE", "adapter_problem", "build_parser"]

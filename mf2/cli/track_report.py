@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -257,84 +258,138 @@ def timeline_image(
     if step is None or not step > 0:
         gaps = np.diff(times[:, 0]) if len(times) > 1 else np.array([])
         step = float(gaps[gaps > 0].min()) if np.any(gaps > 0) else 0.04
-    label_font, small_font, title_font = _font(15), _font(12), _font(19)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     labels = [au_label(name) for name in names]
-    pad, row_height, row_gap, strip_height = 14, 34, 8, 30
-    left = pad + int(max(probe.textlength(text, font=label_font) for text in [*labels, "emotion"])) + pad
-    info = int(probe.textlength("mean 0.00  active 100%", font=small_font)) + 2 * pad
-    right = width - info
-    top = pad + 2 * 24 + 6
-    height = top + len(names) * (row_height + row_gap) + strip_height + 30 + 24 * 2 + pad
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-
-    first = stats.first if stats.first is not None else 0.0
-    last = (stats.last if stats.last is not None else 0.0) + step
-    span = max(last - first, 1e-6)
-
-    def x_of(time: float) -> float:
-        return left + (time - first) / span * (right - left)
-
-    draw.text((pad, pad), title, fill=(0, 0, 0), font=title_font)
-    seen = f"seen {stats.first:.2f}-{stats.last:.2f} s on {stats.frames} frames" if stats.frames else "never seen"
-    draw.text(
-        (pad, pad + 26),
-        f"{seen}. AU probability over time (0 to 1); dashed: the AU's threshold; red: active.",
-        fill=(70, 70, 70),
-        font=small_font,
-    )
+    canvas = _Canvas.for_track(stats, labels, step, width)
+    canvas.heading(stats, title)
     # A bin spans its sightings and one frame after the last: consecutive frames touch, a gap shows as one.
     columns = [
-        (math.floor(x_of(start)), max(math.ceil(x_of(end + step)) - 1, math.floor(x_of(start)))) for start, end in times
+        (math.floor(canvas.x_of(start)), max(math.ceil(canvas.x_of(end + step)) - 1, math.floor(canvas.x_of(start))))
+        for start, end in times
     ]
-    frames = max(stats.frames, 1)
-    y = top
-    for k, (label, threshold) in enumerate(zip(labels, thresholds)):
-        bottom = y + row_height
-        draw.rectangle([left, y, right, bottom], fill=(246, 246, 246), outline=(200, 200, 200))
-        for (x1, x2), probability in zip(columns, probabilities[:, k]):
-            level = bottom - probability * row_height
-            draw.rectangle([x1, level, x2, bottom], fill=_ACTIVE if probability >= threshold else _INACTIVE)
-        level = bottom - threshold * row_height
-        for x in range(left, right, 10):
-            draw.line([x, level, min(x + 5, right), level], fill=(40, 40, 40), width=1)
-        draw.text((pad, y + (row_height - 15) / 2), label, fill=(0, 0, 0), font=label_font)
-        mean, active = stats.au_sums[k] / frames, stats.active[k] / frames
-        draw.text(
-            (right + pad, y + (row_height - 12) / 2),
-            f"mean {mean:.2f}  active {active:.0%}",
-            fill=(60, 60, 60),
-            font=small_font,
+    y = canvas.au_rows(stats, labels, thresholds, columns, probabilities)
+    y = canvas.emotion_strip(stats, columns, emotions, y)
+    y = canvas.time_axis(y)
+    y = canvas.emotion_legend(stats, y)
+    return canvas.image.crop((0, 0, width, min(canvas.image.height, y + 24 + canvas.pad)))
+
+
+@dataclass
+class _Canvas:
+    """The timeline picture being drawn, its fonts and where the plot area lies (`timeline_image`)."""
+
+    image: Image.Image
+    draw: ImageDraw.ImageDraw
+    fonts: tuple[Any, Any, Any]  # label, small, title
+    left: int
+    right: int
+    top: int
+    first: float  # seconds at the plot's left edge
+    last: float  # seconds at its right edge
+    pad: int = 14
+    row_height: int = 34
+    row_gap: int = 8
+    strip_height: int = 30
+
+    @classmethod
+    def for_track(cls, stats: TrackStats, labels: list[str], step: float, width: int) -> _Canvas:
+        label_font, small_font, title_font = _font(15), _font(12), _font(19)
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        pad, row_height, row_gap, strip_height = cls.pad, cls.row_height, cls.row_gap, cls.strip_height
+        left = pad + int(max(probe.textlength(text, font=label_font) for text in [*labels, "emotion"])) + pad
+        info = int(probe.textlength("mean 0.00  active 100%", font=small_font)) + 2 * pad
+        top = pad + 2 * 24 + 6
+        height = top + len(labels) * (row_height + row_gap) + strip_height + 30 + 24 * 2 + pad
+        image = Image.new("RGB", (width, height), (255, 255, 255))
+        first = stats.first if stats.first is not None else 0.0
+        last = (stats.last if stats.last is not None else 0.0) + step
+        fonts = (label_font, small_font, title_font)
+        return cls(image, ImageDraw.Draw(image), fonts, left, width - info, top, first, last)
+
+    @property
+    def span(self) -> float:
+        return max(self.last - self.first, 1e-6)
+
+    def x_of(self, time: float) -> float:
+        return self.left + (time - self.first) / self.span * (self.right - self.left)
+
+    def heading(self, stats: TrackStats, title: str) -> None:
+        self.draw.text((self.pad, self.pad), title, fill=(0, 0, 0), font=self.fonts[2])
+        seen = f"seen {stats.first:.2f}-{stats.last:.2f} s on {stats.frames} frames" if stats.frames else "never seen"
+        self.draw.text(
+            (self.pad, self.pad + 26),
+            f"{seen}. AU probability over time (0 to 1); dashed: the AU's threshold; red: active.",
+            fill=(70, 70, 70),
+            font=self.fonts[1],
         )
-        y = bottom + row_gap
-    draw.rectangle([left, y, right, y + strip_height], fill=(246, 246, 246), outline=(200, 200, 200))
-    for (x1, x2), emotion in zip(columns, emotions):
-        draw.rectangle(
-            [x1, y + 1, x2, y + strip_height - 1], fill=emotion_colour(stats.emotion_labels[emotion], emotion)
-        )
-    draw.text((pad, y + (strip_height - 15) / 2), "emotion", fill=(0, 0, 0), font=label_font)
-    y += strip_height + 4
-    tick = _tick_step(span)
-    value = math.ceil(first / tick) * tick
-    while value <= last + 1e-9:
-        x = x_of(value)
-        draw.line([x, y, x, y + 5], fill=(0, 0, 0))
-        text = _clock(value, tick)
-        draw.text((x - probe.textlength(text, font=small_font) / 2, y + 7), text, fill=(0, 0, 0), font=small_font)
-        value += tick
-    draw.text((right + pad, y + 7), "time", fill=(0, 0, 0), font=small_font)
-    y += 30
-    x = left
-    for index, label in enumerate(stats.emotion_labels):
-        text = f"{label} {stats.emotions[index] / frames:.0%}"
-        needed = 18 + int(probe.textlength(text, font=small_font)) + 16
-        if x + needed > width - pad:
-            x, y = left, y + 22
-        draw.rectangle([x, y + 2, x + 12, y + 14], fill=emotion_colour(label, index), outline=(80, 80, 80))
-        draw.text((x + 18, y + 1), text, fill=(0, 0, 0), font=small_font)
-        x += needed
-    return image.crop((0, 0, width, min(height, y + 24 + pad)))
+
+    def au_rows(
+        self,
+        stats: TrackStats,
+        labels: list[str],
+        thresholds: list[float],
+        columns: list[tuple[int, int]],
+        probabilities: np.ndarray,
+    ) -> int:
+        """A row per AU: its probability per bin, its threshold dashed, its name, mean and share active."""
+        draw, left, right, pad, height = self.draw, self.left, self.right, self.pad, self.row_height
+        frames = max(stats.frames, 1)
+        y = self.top
+        for k, (label, threshold) in enumerate(zip(labels, thresholds)):
+            bottom = y + height
+            draw.rectangle([left, y, right, bottom], fill=(246, 246, 246), outline=(200, 200, 200))
+            for (x1, x2), probability in zip(columns, probabilities[:, k]):
+                level = bottom - probability * height
+                draw.rectangle([x1, level, x2, bottom], fill=_ACTIVE if probability >= threshold else _INACTIVE)
+            level = bottom - threshold * height
+            for x in range(left, right, 10):
+                draw.line([x, level, min(x + 5, right), level], fill=(40, 40, 40), width=1)
+            draw.text((pad, y + (height - 15) / 2), label, fill=(0, 0, 0), font=self.fonts[0])
+            mean, active = stats.au_sums[k] / frames, stats.active[k] / frames
+            draw.text(
+                (right + pad, y + (height - 12) / 2),
+                f"mean {mean:.2f}  active {active:.0%}",
+                fill=(60, 60, 60),
+                font=self.fonts[1],
+            )
+            y = bottom + self.row_gap
+        return y
+
+    def emotion_strip(self, stats: TrackStats, columns: list[tuple[int, int]], emotions: np.ndarray, y: int) -> int:
+        """The top emotion per bin as a colour strip."""
+        strip = self.strip_height
+        self.draw.rectangle([self.left, y, self.right, y + strip], fill=(246, 246, 246), outline=(200, 200, 200))
+        for (x1, x2), emotion in zip(columns, emotions):
+            colour = emotion_colour(stats.emotion_labels[emotion], emotion)
+            self.draw.rectangle([x1, y + 1, x2, y + strip - 1], fill=colour)
+        self.draw.text((self.pad, y + (strip - 15) / 2), "emotion", fill=(0, 0, 0), font=self.fonts[0])
+        return y + strip + 4
+
+    def time_axis(self, y: int) -> int:
+        small = self.fonts[1]
+        tick = _tick_step(self.span)
+        value = math.ceil(self.first / tick) * tick
+        while value <= self.last + 1e-9:
+            x = self.x_of(value)
+            self.draw.line([x, y, x, y + 5], fill=(0, 0, 0))
+            text = _clock(value, tick)
+            self.draw.text((x - self.draw.textlength(text, font=small) / 2, y + 7), text, fill=(0, 0, 0), font=small)
+            value += tick
+        self.draw.text((self.right + self.pad, y + 7), "time", fill=(0, 0, 0), font=small)
+        return y + 30
+
+    def emotion_legend(self, stats: TrackStats, y: int) -> int:
+        """Each emotion's colour and share of frames, wrapped to the picture's width."""
+        small, frames, width = self.fonts[1], max(stats.frames, 1), self.image.width
+        x = self.left
+        for index, label in enumerate(stats.emotion_labels):
+            text = f"{label} {stats.emotions[index] / frames:.0%}"
+            needed = 18 + int(self.draw.textlength(text, font=small)) + 16
+            if x + needed > width - self.pad:
+                x, y = self.left, y + 22
+            self.draw.rectangle([x, y + 2, x + 12, y + 14], fill=emotion_colour(label, index), outline=(80, 80, 80))
+            self.draw.text((x + 18, y + 1), text, fill=(0, 0, 0), font=small)
+            x += needed
+        return y
 
 
 def _round(value: float | None, digits: int) -> float | None:
