@@ -17,7 +17,7 @@ from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
 from mf2 import AU_NAMES
-from mf2.cli import analyze
+from mf2.cli import analyze, analyze_run
 from mf2.cli import main as cli_main
 from mf2.cli.analyze_inputs import expand_paths
 
@@ -532,7 +532,7 @@ def test_a_faceless_stretch_is_written_as_it_goes_and_its_images_let_go(checkpoi
     folder.mkdir()
     for index in range(40):
         Image.fromarray(np.full((48, 48, 3), 3 * index, np.uint8)).save(folder / f"{index:02d}.png")
-    read_image, images, seen = analyze.read_image, [], []
+    read_image, images, seen = analyze_run.read_image, [], []
 
     def read_and_look(index, path, keep_image):  # at each read: (images read, records written, images alive)
         entry, image = read_image(index, path, keep_image)
@@ -541,7 +541,7 @@ def test_a_faceless_stretch_is_written_as_it_goes_and_its_images_let_go(checkpoi
         seen.append((index + 1, len(output.read_text().splitlines()) if output.exists() else 0, alive))
         return entry, image
 
-    monkeypatch.setattr(analyze, "read_image", read_and_look)
+    monkeypatch.setattr(analyze_run, "read_image", read_and_look)
     argv = [
         "analyze",
         str(folder),
