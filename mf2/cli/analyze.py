@@ -257,7 +257,7 @@ def _analyse(
         writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
         run = AnalyzeRun(args, pipe, writer, common)
         run.names = names or {}
-        run.plot_stems = plot_names(files) if getattr(args, "plot", None) else {}
+        run.plot_stems = plot_names(files) if args.plot else {}
         try:
             run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
         finally:

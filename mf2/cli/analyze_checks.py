@@ -193,7 +193,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
     folders = {_key(name): name for name in args.paths if Path(name).is_dir()}
     local = [path for path in files if isinstance(path, Path)]
     what = {"--output": "the records", "--summary": "the summary"}
-    for option, name in (("--output", args.output), ("--summary", getattr(args, "summary", None))):
+    for option, name in (("--output", args.output), ("--summary", args.summary)):
         if name is None or name == "-":
             continue
         output = Path(name)
@@ -213,7 +213,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
                 folder,
                 f"a later run would read it as an input: write {what[option]} outside the input folders",
             )
-    summary = getattr(args, "summary", None)
+    summary = args.summary
     if summary is not None and args.output != "-" and _same_place(summary, args.output):
         raise OutputClashError(
             "--summary", summary, "is the --output file", args.output, "give the summary a file of its own"
@@ -229,7 +229,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
                 for existing in sorted(annotate.glob(glob.escape(video.stem) + "_frame*.png")):
                     if frame.fullmatch(existing.name):
                         check_annotation_target(annotate, existing.name)
-    if getattr(args, "plot", None) is not None:
+    if args.plot is not None:
         plot = Path(args.plot)
         _check_png_folder("--plot", plot, folders, local)
         if _key(plot) is not None:

@@ -20,7 +20,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..atomic import written_aside
-from ..face_identity import DEFAULT_MAX_GAP
 from ..image_processing_mf2 import FALLBACK_LABEL, NoFaceError, search_scale, search_warning
 from ..pipeline_mf2 import InputError, NonFiniteOutputError
 from ..video import VideoDecodeError, is_video, video_info
@@ -95,11 +94,11 @@ class AnalyzeRun:
         config = pipe.model.config
         self.au_names, self.emotion_labels = list(config.au_names), list(config.emotion_labels)
         self.summary = None  # --summary: the CSV, its header written now, a video's rows when the video is done
-        if getattr(args, "summary", None) is not None:
+        if args.summary is not None:
             self.summary = open_output(args.summary)
             self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
             self._write_summary([], header=True)
-        self.plot_dir = Path(args.plot) if getattr(args, "plot", None) else None
+        self.plot_dir = Path(args.plot) if args.plot else None
         self.plot_stems: dict[str, str] = {}  # --plot: each video's PNG stem (`plot_names`)
         if self.plot_dir is not None:
             try:
@@ -279,7 +278,7 @@ class AnalyzeRun:
             batch_size=args.batch_size,
             return_frames=self.annotate_dir is not None,
             detect_every=args.detect_every,
-            max_gap=getattr(args, "max_gap", DEFAULT_MAX_GAP),
+            max_gap=args.max_gap,
             **call,
         )
         tracks = None
