@@ -19,6 +19,8 @@ from pathlib import Path
 
 PARTIAL_SUFFIX = ".partial"
 
+_swept: set[Path] = set()  # folders whose killed processes' temporaries this process has removed already
+
 
 @contextmanager
 def written_aside(target: str | os.PathLike) -> Iterator[Path]:
@@ -46,11 +48,20 @@ def written_aside(target: str | os.PathLike) -> Iterator[Path]:
 
 
 def _remove_stale_partials(target: Path) -> None:
-    """Remove the temporaries of `target` left by processes that were killed (no longer running)."""
-    for partial in target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"):
-        pid = partial.name[len(target.name) + 2 : -len(PARTIAL_SUFFIX)]
+    """Remove the temporaries left in `target`'s folder by processes that were killed (no longer running).
+
+    Once per folder and process: listing the folder at every write would make a run that writes N files into one
+    folder (20,000 annotated PNGs) quadratic in N. A temporary left behind later in the run is this process's own,
+    removed by `written_aside` itself unless the process is killed, and then the next run sweeps it."""
+    folder = target.parent.resolve()
+    if folder in _swept:
+        return
+    for partial in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        stem = partial.name[1 : -len(PARTIAL_SUFFIX)]  # NAME.PID
+        pid = stem.rpartition(".")[2]
         if pid.isdigit() and not _running(int(pid)):
             _remove(partial)
+    _swept.add(folder)
 
 
 def _running(pid: int) -> bool:

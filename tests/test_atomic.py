@@ -58,3 +58,16 @@ def test_a_killed_process_temporary_is_removed_by_the_next_write_and_a_running_o
     with written_aside(target) as partial:
         partial.write_text("new")
     assert not killed.exists() and running.exists() and target.read_text() == "new"
+
+
+def test_a_folder_is_swept_for_stale_temporaries_once_per_process(tmp_path, monkeypatch):
+    """Listing the folder at every write would make 20,000 annotated PNGs in one folder quadratic."""
+    from pathlib import Path
+
+    listed = []
+    glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: listed.append(self) or glob(self, pattern))
+    for index in range(50):
+        with written_aside(tmp_path / f"{index}.png") as partial:
+            partial.write_bytes(b"png")
+    assert len(listed) == 1 and len(os.listdir(tmp_path)) == 50
