@@ -9,7 +9,7 @@ Steps:
 2. `mf2 finetune` (`mf2.training.finetune`) freezes the checkpoint and trains DFN's side networks and head copies
    (paper §III-B; by default on features of the frozen backbone computed once), writing the adapter
    (`adapter_config.json`, `adapter_model.safetensors`) and, with `--eval_labels`, per-AU thresholds tuned there;
-3. the base model + adapter (`mf2.training.evaluate.load_recognition_model`) go into `pipeline("facial-state")`.
+3. the base model + adapter (`mf2.training.scoring.load_recognition_model`) go into `pipeline("facial-state")`.
 
 Extra `mf2 finetune` options can follow `--`, e.g. `-- --dfn_num_layers 4 --learning_rate 5e-4`.
 """
@@ -25,7 +25,7 @@ from transformers import pipeline
 import mf2  # noqa: F401  (registers the "facial-state" task and the MF² classes with transformers)
 from mf2.processing_mf2 import load_saved_processor
 from mf2.training import finetune
-from mf2.training.evaluate import load_recognition_model
+from mf2.training.scoring import load_recognition_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_mfa_dataset import build_mfa_dataset, make_demo_folder  # noqa: E402

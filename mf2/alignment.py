@@ -147,7 +147,20 @@ def warp(image: Image.Image, matrix: np.ndarray, size: int) -> Image.Image:
     return region.transform((size, size), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR)
 
 
+def square_crop_size(size: int | dict) -> int:
+    """The side of the square crop from `size` (an int, or transformers' `{"height", "width"}` / `shortest_edge`)."""
+    if isinstance(size, dict):
+        sides = {size.get(key) for key in ("height", "width", "shortest_edge") if size.get(key) is not None}
+        if len(sides) != 1:
+            raise ValueError(f"MF2ImageProcessor makes square crops; got size={size}.")
+        size = sides.pop()
+    if not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"`size` must be an integer >= 8 (side of the square face crop), got {size!r}.")
+    return int(size)
+
+
 __all__ = [
+    "square_crop_size",
     "ALIGNMENT_POINTS",
     "MAX_SHAPE_RESIDUAL",
     "alignment_target",

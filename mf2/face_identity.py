@@ -36,6 +36,7 @@ This file imports only flat sibling modules, so it travels with the remote-code 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,6 +353,27 @@ def _best_pairs(pairs: list[tuple[int, int, float, float | None]]) -> list[tuple
     return best[1]
 
 
+def vision_encoder_of(model: Any) -> Any | None:
+    """The model's vision encoder (the first module named `vision_model`; a DFN adapter wraps the model), whose class
+    token is a face's identity feature; `None` when it has none (then identity features are crop thumbnails,
+    `pixel_feature`)."""
+    modules = (module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "vision_model")
+    return next(modules, None)
+
+
+def capture_vision_tokens(encoder: Any, captured: list) -> Any:
+    """A forward hook on `encoder` that appends its output tokens `(faces, tokens, hidden)` to `captured`, for this
+    thread's forward passes only (another thread's pass on the same model is not this one's). The caller removes
+    it."""
+    thread = threading.get_ident()
+
+    def keep(module, args, output):
+        if threading.get_ident() == thread:
+            captured.append(output[0].detach())
+
+    return encoder.register_forward_hook(keep)
+
+
 __all__ = [
     "APPEARANCE_WEIGHT",
     "CROWD_MARGIN",
@@ -365,8 +387,10 @@ __all__ = [
     "SAME_PERSON",
     "FaceIdentities",
     "Track",
+    "capture_vision_tokens",
     "check_max_gap",
     "crowded_faces",
     "pixel_feature",
     "unit",
+    "vision_encoder_of",
 ]

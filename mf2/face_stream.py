@@ -11,6 +11,12 @@ images, arrays: `mf2 analyze` decodes each file before the stream takes it) are 
 stream reads no further ahead, and a pass waits on no more inputs, than `max_pixels` (`MAX_PIXELS_IN_FLIGHT`, 100
 MP) allow, or one input, so twenty photos near PIL's 178 MP limit are not decoded at once.
 
+Why not transformers' `ChunkPipeline`, which also turns one input into many rows: measured with the same stages
+(`benchmarks/benchmark_chunk_pipeline.py`, docs/benchmarks.md), it was 14-30% slower on the 2-core CPU (it runs
+detection either in turn with the network or in at most one `DataLoader` process), a faceless input needs a
+placeholder row through the network, and its errors arrive without the input's position, or from the worker
+process as a bare `RuntimeError` without their fields.
+
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
 
@@ -53,8 +59,11 @@ class InputError(ValueError):
     Attributes:
         index: the input's position in the pipeline's input (list, generator or video's sampled frames).
         path: the input's file or URL, when it was given as one (else `None`).
-        reason: what is wrong, without the input's name. The layer's own error (`ImageInputError`, `NoFaceError`,
-            `NonFiniteOutputError`, with their own fields) is the `__cause__`.
+        reason: what is wrong, without the input's name.
+        kind: what failed, for callers to act on: `"unreadable"`, `"no_face"` (`no_face="error"`), `"not_finite"`
+            (the model's output), or `"invalid"` (another `ValueError` of a stage).
+        detail: the layer error's own fields (`NoFaceError`: `backend`, `scale`, `longest`; `NonFiniteOutputError`:
+            `faces`, `dtype`); empty for the others. The layer's error stays the `__cause__`, for the traceback only.
         where: how the message names the input ("input 3", "frame 12 (t=0.480 s)").
         frame, time: the video frame's index and seconds, when the input is a video frame (else `None`).
     """
@@ -68,8 +77,11 @@ class InputError(ValueError):
         message: str | None = None,
         frame: int | None = None,
         time: float | None = None,
+        kind: str = "invalid",
+        detail: dict[str, Any] | None = None,
     ):
         self.index, self.path, self.reason = index, path, reason
+        self.kind, self.detail = kind, dict(detail or {})
         self.frame, self.time = frame, time
         self.where = where if where is not None else f"input {index}"
         named = f" ('{path}')" if path is not None else ""
@@ -84,10 +96,36 @@ class InputError(ValueError):
         else:
             where = f"input {extra.get('image_index', index)}"
         position = extra.get("image_index", index)
-        frame = {"frame": extra.get("frame"), "time": extra.get("time")}
+        known = {
+            "frame": extra.get("frame"),
+            "time": extra.get("time"),
+            "kind": getattr(error, "kind", "invalid"),
+            "detail": error.fields() if hasattr(error, "fields") else None,
+        }
         if isinstance(error, ImageInputError):
-            return cls(position, error.path, error.reason, where, message=error.describe(where), **frame)
-        return cls(position, path_of(item), str(error), where, **frame)
+            return cls(position, error.path, error.reason, where, message=error.describe(where), **known)
+        return cls(position, path_of(item), str(error), where, **known)
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's output for some faces is NaN or infinite: an error, never a result.
+
+    Attributes:
+        faces: the rows (faces of the input) whose logits are not finite.
+        dtype: the model's dtype (half precision is the usual cause).
+    """
+
+    kind = "not_finite"
+
+    def __init__(self, faces: list[int], dtype: str):
+        self.faces, self.dtype = faces, dtype
+        super().__init__(
+            f"the model's output is not finite (NaN or infinite) for face(s) {faces} with the model in {dtype}; "
+            "run it in float32 (dtype=torch.float32, `mf2 analyze --dtype float32`)"
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {"faces": self.faces, "dtype": self.dtype}
 
 
 class FaceStream:
@@ -109,8 +147,8 @@ class FaceStream:
             `mf2.face_identity.FaceIdentities`, which numbers the faces by person from frame to frame.
 
     Raises (while iterating):
-        InputError: a stage failed on an input with a `ValueError` (its `__cause__`); inputs before it have their
-            results already.
+        InputError: a stage failed on an input with a `ValueError` (its `kind` and `detail` say which and how);
+            inputs before it have their results already.
     """
 
     def __init__(
@@ -216,4 +254,4 @@ def _collect(index: int, item: Any, extra: dict[str, Any], future: Future, pixel
         raise InputError.from_error(error, index, item, extra) from error
 
 
-__all__ = ["MAX_PIXELS_IN_FLIGHT", "FaceStream", "InputError", "pixels_of"]
+__all__ = ["MAX_PIXELS_IN_FLIGHT", "FaceStream", "InputError", "NonFiniteOutputError", "pixels_of"]

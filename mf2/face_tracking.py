@@ -12,20 +12,28 @@ in any box, so the detector first checks that the face is still there, searching
 fails, or when its new landmarks do not look like a face or leave the box they were placed in; a lost face, or
 `detect_every` frames since the last search, brings the next search of the whole frame.
 
+`VideoMixin` gives the pipeline its `video` method on these pieces.
+
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .alignment import apply_affine, face_to_image, similarity_transform
 from .au_regions import MEAN_SHAPE_68
+from .face_identity import DEFAULT_MAX_GAP, PIXEL_LIMITS, FaceIdentities, check_max_gap
+from .face_search import FALLBACK_LABEL
 from .landmark_backend import LandmarkBackend, as_numpy, box_iou
+from .video import VideoDecodeError, VideoReader
 
 DEFAULT_DETECT_EVERY = 10
 """Frames from one face search to the next when tracking (`pipe.video(..., detect_every=...)`); 1 searches every
@@ -148,11 +156,164 @@ class FaceTracker:
         return fitted
 
 
+class VideoMixin:
+    """The facial-state pipeline's `video` method: a video analysed frame by frame through the pipeline's
+    `FaceStream`, faces followed between searches (`FaceTracker`) and numbered by person (`FaceIdentities`). Mixed
+    into `FacialStatePipeline`, whose stages, options (`call_defaults`, `_sanitize_parameters`), image processor and
+    `vision_encoder` it uses.
+    """
+
+    def video(
+        self,
+        path: str | os.PathLike | VideoReader,
+        fps: float | None = None,
+        every: int | None = None,
+        start: float = 0.0,
+        end: float | None = None,
+        max_frames: int | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        return_frames: bool = False,
+        detect_every: int = DEFAULT_DETECT_EVERY,
+        max_gap: float = DEFAULT_MAX_GAP,
+        **kwargs,
+    ) -> Iterator[dict[str, Any]]:
+        """Analyse a video file frame by frame, streaming: one result per sampled frame, in order.
+
+        Frames are decoded one at a time (`mf2.video.VideoReader`, PyAV), batched through the model and dropped, so
+        memory stays flat and the time per frame constant whatever the video's length.
+
+        Args:
+            path: the video file, or a `VideoReader` already open on it (with its own sampling; `mf2 analyze` reads
+                its metadata first), so that the file is opened once.
+            fps: sample about this many frames per second of video; `every`: keep every N-th frame (give at most one;
+                neither means every frame).
+            start, end: seconds; analyse only `start <= time < end`.
+            max_frames: stop after this many sampled frames.
+            return_frames: add the frame's pixels (`"image"`, an `(H, W, 3)` `uint8` array) to each result.
+            detect_every: search the whole frame for faces every this many sampled frames (10 by default) and follow
+                the faces in between (`mf2.face_tracking`: landmarks placed in the box the previous frame's give); a
+                face that is lost brings a search at once. 1 searches every frame. Back-ends that cannot place
+                landmarks in a given box (MediaPipe) search every frame. A face that comes into view is found at the
+                next search.
+            max_gap: seconds a person may be out of sight (occluded, missed, out of view) and come back with their
+                `track` (2 by default; `mf2.face_identity`).
+            batch_size, num_workers, **kwargs: as for images. `no_face` defaults to `"skip"` for videos (frames
+                without a face give `faces == []` instead of stopping the stream).
+
+        Yields:
+            `{"frame": index in the video, "time": seconds, "faces": [face dicts as for images, each also carrying
+            "frame", "time" and "track"]}`. `track` numbers the people of the video (1, 2, ...): a face keeps its
+            person's number from frame to frame, through crossings, occlusions and missed detections of up to
+            `max_gap` seconds, and a new person gets a new one (`mf2.face_identity`: the motion where it is clear,
+            the model's image feature of the face where it is not). Faces are listed largest first, as for images
+            (`multiple_faces="all"` keeps every face; the default keeps the largest, whose track says whose it is).
+            `"track"` is `None` for a `no_face="fallback"` stand-in (no face was found).
+
+        Raises:
+            VideoDecodeError: after the results of every frame decoded before it, when the video cannot be decoded to
+                its end (its `frame` and `time` say where it stopped).
+        """
+        if isinstance(path, VideoReader):
+            if (fps, every, start, end, max_frames) != (None, None, 0.0, None, None):
+                raise ValueError("An open VideoReader has its own sampling: give fps, every, ... to the VideoReader.")
+        stream = self._video_stream(kwargs, batch_size, num_workers, detect_every, max_gap)
+        if not isinstance(path, VideoReader):  # opened now: a missing or unreadable file fails here, not at `next()`
+            path = VideoReader(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)
+        return video_results(path, stream, return_frames)
+
+    def _video_stream(self, options: dict, batch_size, num_workers, detect_every: int, max_gap: float):
+        """`video`'s `FaceStream`: the call's options over those given at construction (`no_face` "skip" unless
+        the call says otherwise), faces followed between searches (`FaceTracker`) and numbered by person."""
+        from .face_stream import FaceStream  # here: `mf2 analyze --help` reads this module's defaults without torch
+
+        defaults = dict(self.call_defaults)
+        batch_size = batch_size or defaults.pop("batch_size", None) or 1
+        workers = defaults.pop("num_workers", None)
+        num_workers = num_workers if num_workers is not None else workers
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(
+            **{**defaults, "no_face": "skip", **options}
+        )
+        preprocess_params["channel_order"] = "rgb"  # frames are decoded as RGB
+        # Class tokens of the vision encoder, or (onnxruntime) crop thumbnails with their own limits.
+        limits = PIXEL_LIMITS if self.vision_encoder is None else ()
+        identities = FaceIdentities(check_max_gap(max_gap), *limits)
+        tracker = None
+        backend = self.image_processor.get_backend(**_backend_options(preprocess_params))
+        if check_detect_every(detect_every) > 1 and backend.fits_boxes:
+            tracker = FaceTracker(self.preprocess, backend, detect_every)
+        return FaceStream(
+            self,
+            batch_size,
+            num_workers,
+            preprocess_params,
+            {**forward_params, "identity_features": True},
+            postprocess_params,
+            preprocess=tracker,
+            identify=partial(identify_faces, identities),
+        )
+
+
+def video_results(frames: Iterable, stream, return_frames: bool) -> Iterator[dict[str, Any]]:
+    """`FacialStatePipeline.video`'s results: each sampled frame's `{frame, time, faces[, image]}` from the `FaceStream`
+    `stream` over `frames` (a `mf2.video.VideoReader`), in order; a decode error is raised after the frames read before
+    it got their results."""
+    images: deque[np.ndarray] = deque()  # frames in flight, only when the caller wants them back
+    failures: list[VideoDecodeError] = []
+
+    def items():
+        try:
+            for frame in frames:
+                if return_frames:
+                    images.append(frame.image)
+                yield frame.image, {"frame": frame.index, "time": frame.time}
+        except VideoDecodeError as error:
+            failures.append(error)  # end the input here, so the frames decoded so far still get their results
+
+    for extra, faces in stream(items()):
+        result = {**extra, "faces": faces}
+        if return_frames:
+            result["image"] = images.popleft()  # results come out in input order
+        yield result
+    if failures:
+        raise failures[0]
+
+
+def identify_faces(
+    identities: FaceIdentities, extra: dict[str, Any], model_outputs: dict[str, Any]
+) -> list[int | None]:
+    """The track of each face of one video frame (`FaceStream`'s `identify`): `identities` on the frame's time, boxes,
+    identity features and, on a followed frame, which face of the previous frame each one was followed from. A
+    `no_face="fallback"` stand-in (no face found) is no one: `None`."""
+    labels = [str(label) for label in model_outputs["landmark_backend"]]
+    rows = [row for row, label in enumerate(labels) if label != FALLBACK_LABEL]
+    features = model_outputs.get("identity_features")
+    followed = model_outputs.get(FOLLOWED_FROM)
+    numbers = identities(
+        extra["time"],
+        as_numpy(model_outputs["face_boxes"]).reshape(-1, 4)[rows],
+        None if features is None else as_numpy(features)[rows],
+        None if followed is None else [followed[row] for row in rows],
+    )
+    tracks: list[int | None] = [None] * len(labels)
+    for row, number in zip(rows, numbers):
+        tracks[row] = number
+    return tracks
+
+
+def _backend_options(preprocess_params: dict[str, Any]) -> dict[str, Any]:
+    """The per-call options that choose the landmark back-end."""
+    return {key: preprocess_params[key] for key in ("landmark_backend", "backend_kwargs") if key in preprocess_params}
+
+
 __all__ = [
     "DEFAULT_DETECT_EVERY",
     "FOLLOWED_FROM",
-    "MIN_BOX_OVERLAP",
     "FaceTracker",
+    "MIN_BOX_OVERLAP",
     "TrackedFace",
+    "VideoMixin",
     "check_detect_every",
+    "identify_faces",
+    "video_results",
 ]

@@ -1,5 +1,5 @@
 """Reading inputs as RGB PIL images: paths, URLs, PIL images, numpy arrays and torch tensors, with errors that name
-the input (`ImageInputError`: index, path, reason).
+the input (`ImageInputError`: index, path, reason); and the layouts and channels of arrays given as images.
 
 This file uses only relative imports of flat sibling modules, so it travels with remote code.
 """
@@ -23,11 +23,19 @@ class ImageInputError(ValueError):
         index: the input's position in the call (the processor's list; the pipeline re-numbers it).
         path: the file or URL when the input was given as one, else `None`.
         reason: what is wrong, without the input's name.
+        kind: what kind of failure it is, for callers to act on without reading the message (`"unreadable"`; a
+            subclass names its own, e.g. `NoFaceError`'s `"no_face"`).
     """
+
+    kind = "unreadable"
 
     def __init__(self, index: int, path: str | None, reason: str):
         self.index, self.path, self.reason = index, path, reason
         super().__init__(self.describe(f"image {index}"))
+
+    def fields(self) -> dict[str, Any]:
+        """The error's own fields beyond index, path and reason (none here; a subclass adds its own)."""
+        return {}
 
     def describe(self, where: str) -> str:
         """The message with the input called `where` ("image 3", "input 3", "frame 12 (t=0.480 s)")."""
@@ -185,4 +193,64 @@ def as_image_list(images: Any) -> list:
     return [images]
 
 
-__all__ = ["AnimatedImageWarning", "ImageInputError", "as_image_list", "load_image", "path_of"]
+INPUT_DATA_FORMATS = ("channels_first", "channels_last")
+
+
+def checked_data_format(value) -> str | None:
+    """`input_data_format` as a string (`ChannelDimension` members too), checked."""
+    value = getattr(value, "value", value)
+    if value is not None and value not in INPUT_DATA_FORMATS:
+        raise ValueError(f"`input_data_format` must be one of {INPUT_DATA_FORMATS} or None, got {value!r}.")
+    return value
+
+
+def channels_last(item: Any, data_format: str | None) -> Any:
+    """An array or tensor given as `(C, H, W)` (`input_data_format="channels_first"`) as `(H, W, C)`; anything else
+    unchanged (with no format given, `load_image` infers the layout)."""
+    if data_format != "channels_first" or not is_array(item) or item.ndim != 3:
+        return item
+    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
+    return np.moveaxis(array, 0, -1)
+
+
+def own_channels(item: Any, index: int, channel_order: str) -> Image.Image | None:
+    """For `do_convert_rgb=False`: the input in its own channels, as a PIL image of mode L, LA or RGBA (values scaled
+    to 8 bits as `load_image` scales them), or None when they are RGB (or a kind that only converts to RGB)."""
+    if isinstance(item, (str, os.PathLike)) and os.path.isfile(item):  # read already, by `load_image`
+        with Image.open(item) as opened:
+            item = ImageOps.exif_transpose(opened)
+            item.load()
+    if isinstance(item, Image.Image):
+        return item if item.mode in ("L", "LA", "RGBA") else None
+    if not is_array(item):
+        return None
+    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first, as `load_image` reads it
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if channels == 1:
+        return load_image(array, index).convert("L")
+    if channels != 4:
+        return None
+    colour = array[..., 2::-1] if channel_order == "bgr" else array[..., :3]
+    alpha = load_image(np.ascontiguousarray(array[..., 3]), index).getchannel(0)
+    return Image.merge("RGBA", (*load_image(np.ascontiguousarray(colour), index).split(), alpha))
+
+
+def is_array(item: Any) -> bool:
+    """A numpy array or a torch tensor (whose channel order `channel_order` says), not a file or a PIL image."""
+    return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
+
+
+__all__ = [
+    "INPUT_DATA_FORMATS",
+    "AnimatedImageWarning",
+    "ImageInputError",
+    "as_image_list",
+    "channels_last",
+    "checked_data_format",
+    "is_array",
+    "load_image",
+    "own_channels",
+    "path_of",
+]

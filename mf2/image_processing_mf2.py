@@ -12,17 +12,15 @@ This file uses only relative imports of flat sibling modules, so it travels with
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -32,17 +30,33 @@ from .alignment import (
     ALIGNMENT_POINTS,
     alignment_target,
     apply_affine,
-    implausible_landmarks,
     similarity_transform,
+    square_crop_size,
     stretch_matrix,
     warp,
 )
 from .au_regions import au_boxes_from_landmarks, check_au_names
 from .configuration_mf2 import AU_NAMES
-from .image_loading import ImageInputError, as_image_list, load_image, path_of
+from .face_search import (
+    FALLBACK_LABEL,
+    NoFaceError,
+    find_faces,
+    fit_faces,
+    per_image_boxes,
+    resolve_no_face,
+    search_scale,
+)
+from .image_loading import (
+    as_image_list,
+    channels_last,
+    checked_data_format,
+    is_array,
+    load_image,
+    own_channels,
+    path_of,
+)
 from .landmarks import (
     FaceLandmarks,
-    UnsupportedFitError,
     detector_crop_face,
     get_landmark_backend,
     resolve_backend_name,
@@ -50,12 +64,8 @@ from .landmarks import (
 )
 from .visualization import visualize
 
-NO_FACE_CHOICES = ("error", "fallback", "skip")
-# Old spellings of `no_face` values (the training scripts said "drop"), accepted with a FutureWarning.
-DEPRECATED_NO_FACE = {"drop": "skip"}
 MULTIPLE_FACES_CHOICES = ("largest", "all")
 CHANNEL_ORDERS = ("rgb", "bgr")
-FALLBACK_LABEL = "template-fallback"
 
 # Fields of the image processor's output, in order.
 IMAGE_FEATURES = (
@@ -68,9 +78,6 @@ IMAGE_FEATURES = (
     "landmark_backend",
     "detection_scale",
 )
-SMALLEST_FACE_SEEN = 40
-"""About the smallest face (px) the detectors find in the image they search (dlib's HOG, upsampled once): on a copy
-scaled by `s < 1` (`max_detection_size`), faces under about `SMALLEST_FACE_SEEN / s` px of the image are not seen."""
 
 
 class MF2ImageProcessorKwargs(ImagesKwargs, total=False):
@@ -108,74 +115,6 @@ OPTION_NAMES: tuple[str, ...] = (
 # Options for which an explicit `None` is a value (off / inferred) and is kept, as transformers keeps it; for the others
 # `None` means the default.
 NONE_IS_A_VALUE = ("do_normalize", "do_convert_rgb", "input_data_format")
-INPUT_DATA_FORMATS = ("channels_first", "channels_last")
-
-
-def resolve_no_face(value: str) -> str:
-    """`value` in the one `no_face` vocabulary (`NO_FACE_CHOICES`); an old spelling is translated with a warning."""
-    if value in DEPRECATED_NO_FACE:
-        new = DEPRECATED_NO_FACE[value]
-        warnings.warn(
-            f"no_face={value!r} is deprecated and will be removed; use no_face={new!r} (the same: faceless images "
-            "or rows are left out).",
-            FutureWarning,
-            stacklevel=3,
-        )
-        return new
-    if value not in NO_FACE_CHOICES:
-        raise ValueError(f"`no_face` must be one of {NO_FACE_CHOICES}, got {value!r}.")
-    return value
-
-
-def search_scale(width: int, height: int, max_detection_size: int, min_detection_size: int) -> float:
-    """The scale of the copy of a `width x height` image that faces are searched on: below 1 when its longest side is
-    over `max_detection_size` (a downscaled copy), above 1 when under `min_detection_size`, else 1."""
-    longest = max(width, height)
-    if longest > max_detection_size:
-        return max_detection_size / longest
-    if longest < min_detection_size:
-        return min_detection_size / longest
-    return 1.0
-
-
-def search_warning(longest: int, scale: float, option: str = "max_detection_size=") -> str | None:
-    """What a face search on a copy scaled by `scale` of an image whose longest side is `longest` px cannot see, and
-    how to search at full resolution (`option` spells the setting; `mf2 analyze` says `"--max-detection-size "`), or
-    `None` when the search was not on a downscaled copy."""
-    if not scale < 1:
-        return None
-    smallest = math.ceil(SMALLEST_FACE_SEEN / scale - 1e-3)  # the same from a float32 `detection_scale`
-    return (
-        f"faces were searched on a {round(longest * scale)}-px copy of this {longest}-px image: faces under about "
-        f"{smallest} px are not seen; pass {option}{longest} to search at full resolution"
-    )
-
-
-class NoFaceError(ImageInputError):
-    """An image without a face under `no_face="error"`; `backend` is the landmark back-end that found none, `scale`
-    the scale of the copy it searched (below 1: a downscaled one, see `search_warning`) and `longest` the image's
-    longest side (px)."""
-
-    HINT = (
-        "Pass no_face='fallback' to treat such images as aligned face crops, no_face='skip' to leave them out, or "
-        "landmark_backend='template' for inputs that are already aligned crops."
-    )
-
-    def __init__(self, index: int, path: str | None, backend: str, scale: float = 1.0, longest: int | None = None):
-        self.backend, self.scale, self.longest = backend, scale, longest
-        super().__init__(
-            index, path, f"no face found by the '{backend}' landmark back-end{self._searched()}. {self.HINT}"
-        )
-
-    def _searched(self) -> str:
-        warning = search_warning(self.longest, self.scale) if self.longest else None
-        return f" ({warning})" if warning else ""
-
-    def describe(self, where: str) -> str:
-        path = f" ('{self.path}')" if self.path is not None else ""
-        return (
-            f"No face found in {where}{path} by the '{self.backend}' landmark back-end{self._searched()}. {self.HINT}"
-        )
 
 
 _executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -293,7 +232,7 @@ class MF2ImageProcessor(BaseImageProcessor):
         for name in OPTION_NAMES:
             given = name in options and (options[name] is not None or name in NONE_IS_A_VALUE)
             setattr(self, name, options[name] if given else deepcopy(getattr(type(self), name)))
-        self.input_data_format = _data_format(self.input_data_format)
+        self.input_data_format = checked_data_format(self.input_data_format)
         # Plain JSON-able values, so that `to_dict` and `save_pretrained` write what was given.
         self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
         self.au_names = list(self.au_names)
@@ -316,7 +255,7 @@ class MF2ImageProcessor(BaseImageProcessor):
                 f"MF2ImageProcessor got unknown option(s) {sorted(unknown)}; valid options: {list(OPTION_NAMES)}."
             )
         options = {name: overrides.get(name, getattr(self, name)) for name in OPTION_NAMES}
-        options["size"] = _square_size(options["size"])
+        options["size"] = square_crop_size(options["size"])
         options["landmark_backend"] = resolve_backend_name(options["landmark_backend"])
         options["no_face"] = resolve_no_face(options["no_face"])
         if options["multiple_faces"] not in MULTIPLE_FACES_CHOICES:
@@ -326,7 +265,7 @@ class MF2ImageProcessor(BaseImageProcessor):
         check_au_names(options["au_names"])
         if options["channel_order"] not in CHANNEL_ORDERS:
             raise ValueError(f"`channel_order` must be one of {CHANNEL_ORDERS}, got {options['channel_order']!r}.")
-        options["input_data_format"] = _data_format(options["input_data_format"])
+        options["input_data_format"] = checked_data_format(options["input_data_format"])
         for key in ("image_mean", "image_std"):
             values = np.asarray(options[key], dtype=np.float32).reshape(-1)
             if values.size not in (1, 3, 4):
@@ -350,8 +289,6 @@ class MF2ImageProcessor(BaseImageProcessor):
         options = self.resolve_options(**overrides)
         return get_landmark_backend(options["landmark_backend"], **options["backend_kwargs"])
 
-    # ------------------------------------------------------------------ call
-
     def __call__(self, images, return_tensors: str | None = "pt", **overrides) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
@@ -372,7 +309,7 @@ class MF2ImageProcessor(BaseImageProcessor):
         backend = None
         if options["landmark_backend"] != "template":
             backend = get_landmark_backend(options["landmark_backend"], **options["backend_kwargs"])
-        boxes = _per_image_boxes(face_boxes, len(items), backend)
+        boxes = per_image_boxes(face_boxes, len(items), backend)
 
         def run(index: int) -> list[dict]:
             return self._process_one(items[index], index, backend, options, None if boxes is None else boxes[index])
@@ -386,11 +323,11 @@ class MF2ImageProcessor(BaseImageProcessor):
         return self._collate(faces, options, return_tensors)
 
     def _process_one(self, item: Any, index: int, backend, options: dict, boxes: np.ndarray | None) -> list[dict]:
-        item = _channels_last(item, options["input_data_format"])
+        item = channels_last(item, options["input_data_format"])
         image = load_image(item, index)
         # Off, grey and RGBA inputs keep their channels in the crop; faces are found on the RGB view all the same.
-        own = None if options["do_convert_rgb"] else _own_channels(item, index, options["channel_order"])
-        if options["channel_order"] == "bgr" and _is_array(item):  # RGB(A) now: its first and third channels swap
+        own = None if options["do_convert_rgb"] else own_channels(item, index, options["channel_order"])
+        if options["channel_order"] == "bgr" and is_array(item):  # RGB(A) now: its first and third channels swap
             image = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., ::-1]))
         width, height = image.size
         scale = 1.0  # of the copy searched: 1 where no search runs (template, given boxes)
@@ -400,9 +337,9 @@ class MF2ImageProcessor(BaseImageProcessor):
             if boxes is None:
                 limits = int(options["max_detection_size"]), int(options["min_detection_size"])
                 scale = search_scale(width, height, *limits)
-                found = self._detect(image, backend, options, scale)
+                found = find_faces(image, backend, options["multiple_faces"], scale)
             else:
-                found = self._fit(image, boxes, backend, options)
+                found = fit_faces(image, boxes, backend, options["multiple_faces"])
             if not found:
                 if options["no_face"] == "error":
                     raise NoFaceError(index, path_of(item), backend.name, scale, max(width, height))
@@ -412,40 +349,6 @@ class MF2ImageProcessor(BaseImageProcessor):
         return [
             {**self._align(image, face, label, index, options, own), "detection_scale": scale} for face, label in found
         ]
-
-    def _detect(self, image: Image.Image, backend, options: dict, ratio: float) -> list[tuple[FaceLandmarks, str]]:
-        """The faces found on a copy of `image` scaled by `ratio` (`search_scale`), in `image`'s pixels."""
-        width, height = image.size
-        detection_image = image
-        if ratio != 1:
-            target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-            if ratio < 1:
-                detection_image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            else:
-                detection_image = image.resize(target, Image.Resampling.BICUBIC)
-        pixels = np.asarray(detection_image)
-        faces = []
-        if options["multiple_faces"] == "largest":
-            # The cheaper search first: when it finds a face, those it leaves out are smaller (see `detect_coarse`).
-            faces = _plausible(backend.detect_coarse(pixels) or [])
-        if not faces:
-            faces = _plausible(backend.detect(pixels))
-        if detection_image is not image:
-            sx, sy = width / detection_image.width, height / detection_image.height
-            faces = [face.scaled(sx, sy) for face in faces]
-        return self._keep(faces, backend, options)
-
-    def _fit(self, image: Image.Image, boxes: np.ndarray, backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
-        faces = _plausible(backend.fit(np.asarray(image), boxes)) if len(boxes) else []
-        return self._keep(faces, backend, options)
-
-    @staticmethod
-    def _keep(faces: list[FaceLandmarks], backend, options: dict) -> list[tuple[FaceLandmarks, str]]:
-        """The faces an image gives, largest first: all of them, or the largest (`multiple_faces`)."""
-        faces = sorted(faces, key=lambda face: face.area, reverse=True)
-        if options["multiple_faces"] == "largest":
-            faces = faces[:1]
-        return [(face, backend.name) for face in faces]
 
     def _align(self, image: Image.Image, face: FaceLandmarks, label: str, index: int, options: dict, own=None) -> dict:
         """One face's crop (from `own`, the input in its own channels, when given), boxes and geometry."""
@@ -526,98 +429,11 @@ class MF2ImageProcessor(BaseImageProcessor):
         return output
 
 
-def _data_format(value) -> str | None:
-    """`input_data_format` as a string (`ChannelDimension` members too), checked."""
-    value = getattr(value, "value", value)
-    if value is not None and value not in INPUT_DATA_FORMATS:
-        raise ValueError(f"`input_data_format` must be one of {INPUT_DATA_FORMATS} or None, got {value!r}.")
-    return value
-
-
-def _channels_last(item: Any, data_format: str | None) -> Any:
-    """An array or tensor given as `(C, H, W)` (`input_data_format="channels_first"`) as `(H, W, C)`; anything else
-    unchanged (with no format given, `load_image` infers the layout)."""
-    if data_format != "channels_first" or not _is_array(item) or item.ndim != 3:
-        return item
-    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
-    return np.moveaxis(array, 0, -1)
-
-
-def _own_channels(item: Any, index: int, channel_order: str) -> Image.Image | None:
-    """For `do_convert_rgb=False`: the input in its own channels, as a PIL image of mode L, LA or RGBA (values scaled
-    to 8 bits as `load_image` scales them), or None when they are RGB (or a kind that only converts to RGB)."""
-    if isinstance(item, (str, os.PathLike)) and os.path.isfile(item):  # read already, by `load_image`
-        with Image.open(item) as opened:
-            item = ImageOps.exif_transpose(opened)
-            item.load()
-    if isinstance(item, Image.Image):
-        return item if item.mode in ("L", "LA", "RGBA") else None
-    if not _is_array(item):
-        return None
-    array = item.detach().cpu().numpy() if not isinstance(item, np.ndarray) else item
-    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 4):
-        array = np.moveaxis(array, 0, -1)  # channels-first, as `load_image` reads it
-    channels = 1 if array.ndim == 2 else array.shape[-1]
-    if channels == 1:
-        return load_image(array, index).convert("L")
-    if channels != 4:
-        return None
-    colour = array[..., 2::-1] if channel_order == "bgr" else array[..., :3]
-    alpha = load_image(np.ascontiguousarray(array[..., 3]), index).getchannel(0)
-    return Image.merge("RGBA", (*load_image(np.ascontiguousarray(colour), index).split(), alpha))
-
-
-def _is_array(item: Any) -> bool:
-    """A numpy array or a torch tensor (whose channel order `channel_order` says), not a file or a PIL image."""
-    return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
-
-
-def _plausible(faces: list[FaceLandmarks]) -> list[FaceLandmarks]:
-    """The faces whose landmarks pass `implausible_landmarks` (a box on a badge or a pattern is not a face)."""
-    return [face for face in faces if implausible_landmarks(face.points) is None]
-
-
-def _per_image_boxes(face_boxes, count: int, backend) -> list[np.ndarray] | None:
-    """`face_boxes` as one `(N_i, 4)` float array per image, checked against the images and the back-end."""
-    if face_boxes is None:
-        return None
-    if backend is None or not backend.fits_boxes:
-        raise UnsupportedFitError(backend.name if backend is not None else "template")
-    if len(face_boxes) != count:
-        raise ValueError(f"`face_boxes` has {len(face_boxes)} entries for {count} images; give one list per image.")
-    boxes = []
-    for index, image_boxes in enumerate(face_boxes):
-        array = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4) if len(image_boxes) else np.zeros((0, 4))
-        if not np.isfinite(array).all() or np.any(array[:, 2:] <= array[:, :2]):
-            raise ValueError(f"`face_boxes` of image {index} must be finite x1, y1, x2, y2 with x2 > x1 and y2 > y1.")
-        boxes.append(array)
-    return boxes
-
-
-def _square_size(size: int | dict) -> int:
-    """The side of the square crop from `size` (an int, or transformers' `{"height", "width"}` / `shortest_edge`)."""
-    if isinstance(size, dict):
-        sides = {size.get(key) for key in ("height", "width", "shortest_edge") if size.get(key) is not None}
-        if len(sides) != 1:
-            raise ValueError(f"MF2ImageProcessor makes square crops; got size={size}.")
-        size = sides.pop()
-    if not isinstance(size, (int, np.integer)) or size < 8:
-        raise ValueError(f"`size` must be an integer >= 8 (side of the square face crop), got {size!r}.")
-    return int(size)
-
-
 __all__ = [
-    "FALLBACK_LABEL",
     "IMAGE_FEATURES",
     "MULTIPLE_FACES_CHOICES",
-    "NO_FACE_CHOICES",
     "OPTION_NAMES",
-    "SMALLEST_FACE_SEEN",
     "MF2ImageProcessor",
     "MF2ImageProcessorKwargs",
     "MF2ImagesKwargs",
-    "NoFaceError",
-    "resolve_no_face",
-    "search_scale",
-    "search_warning",
 ]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import written_aside
 from .landmark_backend import (
     FaceLandmarks,
     LandmarkBackend,
@@ -24,6 +23,7 @@ from .landmark_backend import (
     require_module,
 )
 from .landmarks_dlib import DlibFaceDetector, to_gray
+from .local_files import written_aside
 
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"
 FAN_WEIGHTS_URL = f"https://www.adrianbulat.com/downloads/python-fan/{FAN_WEIGHTS_FILE}"

@@ -1,6 +1,7 @@
 """PyTorch MF²: a vision encoder, the Emo-VL and AU-VL Q-Former branches, and the AU / emotion recognisers."""
 
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
@@ -16,19 +17,159 @@ from transformers.utils import ModelOutput, can_return_tuple, is_torchdynamo_com
 
 from .au_regions import check_au_names, default_au_boxes
 from .configuration_mf2 import MF2Config
-from .losses_mf2 import (
-    caption_positive_mask,
-    clamp_temperature,
-    itc_loss,
-    itg_loss,
-    masked_au_loss,
-    masked_emotion_loss,
-    multimodal_causal_mask,
-    sample_hard_negatives,
-    weighted_loss,
-)
 
 logger = logging.get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- losses
+# BLIP-2's ITC / ITM / ITG pieces and the masked recognition losses, as pure functions on tensors (each checked on its
+# own against a hand computation in tests/test_modeling_losses.py), beside the models that use them, as transformers'
+# modeling files keep their loss helpers.
+
+TEMPERATURE_RANGE = (0.001, 0.5)
+"""Bounds of the learnable ITC temperature: below, the softmax saturates in half precision; above, ITC cannot sharpen."""
+
+
+def clamp_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """The learnable ITC temperature as every ITC term uses it, clamped to `TEMPERATURE_RANGE`."""
+    return temperature.clamp(*TEMPERATURE_RANGE)
+
+
+def weighted_loss(losses: Mapping[str, torch.Tensor], config) -> torch.Tensor | None:
+    """`sum(config.loss_weight(name) * term)` over the loss terms present, None when there are none: the one place
+    where MF²'s and DFN's totals are formed (weights from `MF2Config.loss_weights`)."""
+    if not losses:
+        return None
+    return sum(config.loss_weight(name) * value for name, value in losses.items())
+
+
+def caption_positive_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`(M, M)` bool: pair (i, j) is positive when captions i and j are the same token sequence.
+
+    Template captions repeat across a batch (two happy faces share one emotion caption); treating an identical
+    caption as a negative would push apart what should be aligned, so identical captions count as positives.
+    """
+    tokens = input_ids.masked_fill(attention_mask == 0, -1)
+    return (tokens[:, None, :] == tokens[None, :, :]).all(dim=-1)
+
+
+def itc_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    temperature: torch.Tensor,
+    positive_mask: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-batch image-text contrastive loss (paper eq. 3), image→text and text→image averaged.
+
+    Args:
+        image_features: `(M, Q, E)` L2-normalised query features; a pair's similarity is the best query's (BLIP-2).
+        text_features: `(M, E)` L2-normalised caption features.
+        temperature: scalar.
+        positive_mask: `(M, M)` bool; every row holds at least its diagonal. Positives share the target mass.
+        label_smoothing: as in `torch.nn.functional.cross_entropy`.
+
+    Returns:
+        The loss and the `(M, M)` image→text similarity matrix (before dividing by the temperature).
+    """
+    similarity = torch.einsum("iqe,te->itq", image_features, text_features).amax(dim=-1)  # (images, texts)
+    targets = positive_mask.float() / positive_mask.float().sum(dim=1, keepdim=True)
+    logits = similarity / temperature
+    image_to_text = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    text_to_image = F.cross_entropy(logits.t(), targets.t(), label_smoothing=label_smoothing)
+    return (image_to_text + text_to_image) / 2, similarity
+
+
+def sample_hard_negatives(
+    similarity: torch.Tensor,
+    positive_mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    hardest: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BLIP-2's hard-negative mining for ITM: negatives drawn with probability softmax(similarity), positives excluded.
+
+    Args:
+        similarity: `(M, M)` image→text similarity (no gradient needed).
+        positive_mask: `(M, M)` bool.
+        hardest: take the most similar negative instead of drawing one: what the models do in eval mode, so that an
+            evaluation loss does not depend on the random state (training keeps BLIP-2's draw).
+
+    Returns:
+        `negative_text` `(M,)`: for each image, a text index; `negative_image` `(M,)`: for each text, an image index;
+        and two `(M,)` bool masks telling which rows had any negative to draw (a batch of identical captions has none).
+    """
+    similarity = similarity.detach().float()
+    allowed = ~positive_mask
+
+    def draw(scores: torch.Tensor, allowed_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = (F.softmax(scores, dim=1) + 1e-4) * allowed_rows
+        has_negative = allowed_rows.any(dim=1)
+        weights = torch.where(has_negative[:, None], weights, torch.ones_like(weights))
+        if hardest:
+            return weights.argmax(dim=1), has_negative
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1), has_negative
+
+    negative_text, text_valid = draw(similarity, allowed)
+    negative_image, image_valid = draw(similarity.t(), allowed.t())
+    return negative_text, negative_image, text_valid, image_valid
+
+
+def multimodal_causal_mask(num_queries: int, text_attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """BLIP-2's ITG mask, additive `(M, 1, Q+L, Q+L)`: queries see queries only; text sees all queries and earlier text.
+
+    Padding text positions are never attended to.
+    """
+    batch, length = text_attention_mask.shape
+    device = text_attention_mask.device
+    total = num_queries + length
+    allowed = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
+    allowed[:, :num_queries, :num_queries] = True
+    allowed[:, num_queries:, :num_queries] = True
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))
+    allowed[:, num_queries:, num_queries:] = causal[None] & text_attention_mask[:, None, :].bool()
+    mask = torch.zeros(batch, 1, total, total, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def itg_loss(
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    label_smoothing: float,
+    lm_head=None,
+) -> torch.Tensor:
+    """Next-token cross-entropy of the caption given the image queries (paper eq. 5); padding is ignored.
+
+    Args:
+        hidden_states: `(M, L, H)` states at each caption position (position t predicts token t+1), or `(M, L, V)`
+            logits when `lm_head` is None.
+        lm_head: maps states to vocabulary logits. It runs only on the positions that predict a real token:
+            vocabulary-wide logits at padding positions (most of a padded batch) would be computed and thrown away.
+    """
+    keep = attention_mask[:, 1:].bool()
+    selected = hidden_states[:, :-1][keep]
+    logits = selected if lm_head is None else lm_head(selected)
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][keep], label_smoothing=label_smoothing)
+
+
+def masked_au_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None):
+    """Binary cross-entropy over the known AU labels (label -1 = unknown, left out of the mean)."""
+    known = labels >= 0
+    if not known.any():
+        return logits.sum() * 0.0  # keeps the graph connected (data-parallel needs every head in every step)
+    return F.binary_cross_entropy_with_logits(
+        logits[known].float(),
+        labels[known].float(),
+        pos_weight=None if pos_weight is None else pos_weight.expand_as(labels)[known],
+    )
+
+
+def masked_emotion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the known emotion labels (label -1 = unknown)."""
+    if not (labels >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=-1)
+
 
 # The Q-Former's text FFN (`encoder.layer.N.intermediate/output`, not `attention.output` nor `*_query`).
 _TEXT_FFN_PATTERN = r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\."
@@ -496,7 +637,7 @@ class MF2TextAlignment(nn.Module):
 
     @property
     def clamped_temperature(self) -> torch.Tensor:
-        """The ITC temperature as used (MF²'s ITC and DFN's): clamped to `losses_mf2.TEMPERATURE_RANGE`."""
+        """The ITC temperature as used (MF²'s ITC and DFN's): clamped to `TEMPERATURE_RANGE`."""
         return clamp_temperature(self.temperature)
 
     def losses(
@@ -856,54 +997,51 @@ class MF2Model(MF2PreTrainedModel):
         check_extra_inputs(type(self).__name__, kwargs)
         requested = output_hidden_states, output_attentions
         output_hidden_states, output_attentions = self._resolve_output_flags(output_hidden_states, output_attentions)
+        image_embeds, hidden_states, attentions, size = self._embed_image(
+            pixel_values, vision_tokens, requested, output_hidden_states, output_attentions
+        )
+        return MF2ModelOutput(
+            image_embeds=image_embeds,
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+            **self._branch_outputs(image_embeds, au_boxes, size, branches, output_hidden_states, output_attentions),
+        )
+
+    def _embed_image(self, pixel_values, vision_tokens, requested, output_hidden_states, output_attentions):
+        """The vision encoder's output tokens of `pixel_values` with its per-layer states and attentions, or those of
+        cached `vision_tokens` (only the trainable top blocks run, no per-layer outputs), and the pixel size."""
         if (pixel_values is None) == (vision_tokens is None):
             raise ValueError("MF2Model needs exactly one of pixel_values and vision_tokens.")
-        vision_hidden_states = vision_attentions = None
         if vision_tokens is not None:
             if any(requested):
                 raise ValueError("The vision encoder's per-layer outputs are not available from cached vision_tokens.")
-            image_embeds = self.trainable_vision_tokens(vision_tokens)
-            height, width = None, None
-        else:
-            self._check_pixel_values(pixel_values)
-            vision = self.encode_image(pixel_values, output_hidden_states, output_attentions)
-            image_embeds, vision_hidden_states, vision_attentions = (
-                vision.last_hidden_state,
-                vision.hidden_states,
-                vision.attentions,
-            )
-            height, width = pixel_values.shape[2], pixel_values.shape[3]
-        batch = image_embeds.shape[0]
+            return self.trainable_vision_tokens(vision_tokens), None, None, (None, None)
+        self._check_pixel_values(pixel_values)
+        vision = self.encode_image(pixel_values, output_hidden_states, output_attentions)
+        size = (pixel_values.shape[2], pixel_values.shape[3])
+        return vision.last_hidden_state, vision.hidden_states, vision.attentions, size
 
-        emotion_query_output = emotion_embeds = emotion = None
+    def _branch_outputs(self, image_embeds, au_boxes, size, branches, output_hidden_states, output_attentions) -> dict:
+        """The `MF2ModelOutput` fields of the Q-Former branches: those of a branch that does not run are None."""
+        fields = dict.fromkeys(
+            ("emotion_embeds", "au_embeds", "emotion_query_output", "au_query_output", "au_region_embeds")
+        )
+        emotion = au = None
         if self.emotion_branch is not None and "emotion" in branches:
             emotion = self.emotion_branch(image_embeds, output_hidden_states, output_attentions)
-            emotion_query_output = emotion.last_hidden_state
-            emotion_embeds = emotion_query_output.mean(dim=1)
-
-        au_query_output = au_embeds = au_region_embeds = au = None
+            fields["emotion_query_output"] = emotion.last_hidden_state
+            fields["emotion_embeds"] = emotion.last_hidden_state.mean(dim=1)
         if self.au_branch is not None and "au" in branches:
-            boxes = self._resolve_boxes(au_boxes, batch, image_embeds.device, image_embeds.dtype)
-            grid = self.patch_grid(image_embeds, height, width)
-            au_region_embeds, au_query_output, au = self.au_branch(grid, boxes, output_hidden_states, output_attentions)
-            au_embeds = au_query_output.mean(dim=2)
-
-        return MF2ModelOutput(
-            emotion_embeds=emotion_embeds,
-            au_embeds=au_embeds,
-            emotion_query_output=emotion_query_output,
-            au_query_output=au_query_output,
-            image_embeds=image_embeds,
-            au_region_embeds=au_region_embeds,
-            hidden_states=vision_hidden_states if output_hidden_states else None,
-            emotion_qformer_hidden_states=getattr(emotion, "hidden_states", None),
-            au_qformer_hidden_states=getattr(au, "hidden_states", None),
-            attentions=vision_attentions if output_attentions else None,
-            emotion_qformer_attentions=getattr(emotion, "attentions", None),
-            au_qformer_attentions=getattr(au, "attentions", None),
-            emotion_qformer_cross_attentions=getattr(emotion, "cross_attentions", None),
-            au_qformer_cross_attentions=getattr(au, "cross_attentions", None),
-        )
+            boxes = self._resolve_boxes(au_boxes, image_embeds.shape[0], image_embeds.device, image_embeds.dtype)
+            grid = self.patch_grid(image_embeds, *size)
+            region_embeds, query_output, au = self.au_branch(grid, boxes, output_hidden_states, output_attentions)
+            fields.update(
+                au_region_embeds=region_embeds, au_query_output=query_output, au_embeds=query_output.mean(dim=2)
+            )
+        for name, output in (("emotion", emotion), ("au", au)):
+            for part in ("hidden_states", "attentions", "cross_attentions"):
+                fields[f"{name}_qformer_{part}"] = getattr(output, part, None)
+        return fields
 
 
 def _copy_text_encoder_into_branch(text_state: dict, branch: MF2QFormerBranch, alignment=None) -> None:
@@ -1134,6 +1272,41 @@ class MF2ForPreTraining(MF2RecognitionPreTrainedModel):
             au_attention_mask[present],
         )
 
+    def _emotion_alignment_losses(self, features, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        """Emo-VL's ITC / ITM / ITG terms (`emo_*`) on the images that have an emotion caption."""
+        if self.emotion_alignment is None or input_ids is None:
+            return {}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape) or input_ids.ndim != 2:
+            raise ValueError("emotion_input_ids and emotion_attention_mask must both be (batch, length).")
+        captioned = attention_mask.sum(dim=-1) > 0  # an all-padding row = no caption for that image
+        if not captioned.any():
+            return {}
+        queries = self.mf2.emotion_branch.query_tokens.expand(int(captioned.sum()), -1, -1)
+        terms = self.emotion_alignment.losses(
+            self.mf2.emotion_branch,
+            queries,
+            features.emotion_query_output[captioned],
+            features.image_embeds[captioned],
+            input_ids[captioned],
+            attention_mask[captioned],
+            self.config.itc_label_smoothing,
+            self.config.itg_label_smoothing,
+        )
+        return {f"emo_{name}": value for name, value in terms.items()}
+
+    def _au_alignment_losses(self, features, input_ids, attention_mask, caption_mask) -> dict[str, torch.Tensor]:
+        """AU-VL's ITC / ITM / ITG terms (`au_*`) on the (image, AU) pairs that have a caption."""
+        if self.au_alignment is None or input_ids is None:
+            return {}
+        queries, query_output, regions, ids, mask = self._au_pairs(features, input_ids, attention_mask, caption_mask)
+        if ids.shape[0] == 0:
+            return {}
+        smoothing = (self.config.itc_label_smoothing, self.config.itg_label_smoothing)
+        terms = self.au_alignment.losses(self.mf2.au_branch, queries, query_output, regions, ids, mask, *smoothing)
+        return {f"au_{name}": value for name, value in terms.items()}
+
     @can_return_tuple
     def forward(
         self,
@@ -1170,37 +1343,8 @@ class MF2ForPreTraining(MF2RecognitionPreTrainedModel):
         )
         au_logits, emotion_logits = self.forward_head(features)
         losses = self.recognition_losses(au_logits, emotion_logits, au_labels, emotion_labels)
-        smoothing = (self.config.itc_label_smoothing, self.config.itg_label_smoothing)
-
-        if self.emotion_alignment is not None and emotion_input_ids is not None:
-            if emotion_attention_mask is None:
-                emotion_attention_mask = torch.ones_like(emotion_input_ids)
-            if tuple(emotion_attention_mask.shape) != tuple(emotion_input_ids.shape) or emotion_input_ids.ndim != 2:
-                raise ValueError("emotion_input_ids and emotion_attention_mask must both be (batch, length).")
-            captioned = emotion_attention_mask.sum(dim=-1) > 0  # an all-padding row = no caption for that image
-            if captioned.any():
-                queries = self.mf2.emotion_branch.query_tokens.expand(int(captioned.sum()), -1, -1)
-                terms = self.emotion_alignment.losses(
-                    self.mf2.emotion_branch,
-                    queries,
-                    features.emotion_query_output[captioned],
-                    features.image_embeds[captioned],
-                    emotion_input_ids[captioned],
-                    emotion_attention_mask[captioned],
-                    *smoothing,
-                )
-                losses.update({f"emo_{name}": value for name, value in terms.items()})
-
-        if self.au_alignment is not None and au_input_ids is not None:
-            queries, query_output, regions, ids, mask = self._au_pairs(
-                features, au_input_ids, au_attention_mask, au_caption_mask
-            )
-            if ids.shape[0] > 0:
-                terms = self.au_alignment.losses(
-                    self.mf2.au_branch, queries, query_output, regions, ids, mask, *smoothing
-                )
-                losses.update({f"au_{name}": value for name, value in terms.items()})
-
+        losses.update(self._emotion_alignment_losses(features, emotion_input_ids, emotion_attention_mask))
+        losses.update(self._au_alignment_losses(features, au_input_ids, au_attention_mask, au_caption_mask))
         loss = weighted_loss(losses, self.config)
         return MF2PreTrainingOutput(
             loss=loss,

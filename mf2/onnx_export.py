@@ -12,7 +12,7 @@ torch's TorchScript-based exporter (`dynamo=False`: it needs no onnxscript). `ON
 answers like the torch model (`.au_logits`, `.emotion_logits` as torch tensors), so the pipeline swaps it in for the
 network alone (`pipeline("facial-state", runtime="onnx")`); detection, alignment and postprocessing are unchanged.
 
-This module imports only `.cache_home` and `.atomic` among mf2's modules, so the pipeline exported as remote code can carry it.
+This module imports only `.local_files` among mf2's modules, so the pipeline exported as remote code can carry it.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import written_aside
-from .cache_home import mf2_home
+from .local_files import mf2_home, written_aside
 
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""

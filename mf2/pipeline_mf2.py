@@ -19,10 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import threading
-from collections import deque
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +28,18 @@ import torch
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 
-from .face_identity import DEFAULT_MAX_GAP, PIXEL_LIMITS, FaceIdentities, check_max_gap, pixel_feature
-from .face_stream import FaceStream, InputError
-from .face_tracking import DEFAULT_DETECT_EVERY, FOLLOWED_FROM, FaceTracker, check_detect_every
+from .face_identity import (
+    capture_vision_tokens,
+    pixel_feature,
+    vision_encoder_of,
+)
+from .face_search import FALLBACK_LABEL, search_warning
+from .face_stream import FaceStream, InputError, NonFiniteOutputError
+from .face_tracking import VideoMixin
 from .facs import explanation
-from .image_processing_mf2 import FALLBACK_LABEL, search_warning
+from .image_loading import is_array
 from .landmark_backend import as_numpy
-from .video import VideoDecodeError, is_video, read_frames, video_info
+from .video import is_video
 
 REMOTE_TASK = "mf2-facial-state"
 """Task name under which `save_pretrained` exports the pipeline as remote code (see its docstring)."""
@@ -69,23 +71,7 @@ VIDEO_OPTIONS = {
 _FACE_FIELDS = ("face_boxes", "landmarks", "alignment", "landmark_backend", "detection_scale")
 
 
-class NonFiniteOutputError(ValueError):
-    """The model's output for some faces is NaN or infinite: an error, never a result.
-
-    Attributes:
-        faces: the rows (faces of the input) whose logits are not finite.
-        dtype: the model's dtype (half precision is the usual cause).
-    """
-
-    def __init__(self, faces: list[int], dtype: str):
-        self.faces, self.dtype = faces, dtype
-        super().__init__(
-            f"the model's output is not finite (NaN or infinite) for face(s) {faces} with the model in {dtype}; "
-            "run it in float32 (dtype=torch.float32, `mf2 analyze --dtype float32`)"
-        )
-
-
-class FacialStatePipeline(Pipeline):
+class FacialStatePipeline(VideoMixin, Pipeline):
     r"""
     Detects the faces of each image, aligns them (`MF2ImageProcessor`) and runs `MF2ForFacialStateRecognition`.
 
@@ -147,6 +133,12 @@ class FacialStatePipeline(Pipeline):
     by `batch_size` plus a few inputs in flight, whatever the number of inputs.
     """
 
+    # Private members of transformers this class touches, each for a reason:
+    # - `_load_processor`, `_load_image_processor`, ...: the class attributes by which a `Pipeline` subclass says
+    #   which processors `pipeline()` loads (transformers' own pipelines declare theirs the same way).
+    # - `_registered_impl` (`save_pretrained`): the task registry entry `Pipeline.save_pretrained` writes into
+    #   `custom_pipelines`, set on the instance for one call to write it under `REMOTE_TASK` (see there).
+    # `Pipeline` keeps the construction's call options in private members; `video` reads `call_defaults` instead.
     _load_processor = None
     _load_image_processor = None
     _load_feature_extractor = False
@@ -169,6 +161,10 @@ class FacialStatePipeline(Pipeline):
         if adapter is not None and runtime != "torch":
             raise ValueError("A DFN `adapter` runs in PyTorch; drop runtime='onnx'.")
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        # The call options given at construction, which every call starts from. `Pipeline` keeps its own private
+        # copies for `__call__`; `video`, which streams without it, reads these instead.
+        call_options = (*PREPROCESS_OPTIONS, *POSTPROCESS_OPTIONS, "batch_size", "num_workers")
+        self.call_defaults = {key: kwargs[key] for key in call_options if key in kwargs}
         super().__init__(*args, **kwargs)
         if adapter is not None:  # the base model, wrapped with the adapter (and its tuned AU thresholds)
             self.model = importlib.import_module("mf2.dfn").load_adapter(self.model, adapter)
@@ -200,6 +196,8 @@ class FacialStatePipeline(Pipeline):
 
             size = int(self.image_processor.size)
             self.onnx_model = onnx_runner(self.model, size, self.device, onnx_path, quantize)
+        # Videos number people by the encoder's class token of each face; onnxruntime's graph gives only the logits.
+        self.vision_encoder = vision_encoder_of(self.model) if self.onnx_model is None else None
 
     # ------------------------------------------------------------------ parameters
 
@@ -273,7 +271,8 @@ class FacialStatePipeline(Pipeline):
             result = self.onnx_model(pixel_values=pixel_values, au_boxes=model_inputs["au_boxes"])
         else:
             dtype = self.model.dtype
-            hook = self._capture_vision_tokens(captured) if identity_features else None
+            capture = identity_features and self.vision_encoder is not None
+            hook = capture_vision_tokens(self.vision_encoder, captured) if capture else None
             try:
                 result = self.model(pixel_values=pixel_values.to(dtype), au_boxes=model_inputs["au_boxes"].to(dtype))
             finally:
@@ -286,33 +285,6 @@ class FacialStatePipeline(Pipeline):
             else:
                 outputs["identity_features"] = torch.from_numpy(pixel_feature(pixel_values))
         return outputs
-
-    def _vision_encoder_module(self) -> torch.nn.Module | None:
-        """The model's vision encoder (the first module named `vision_model`; a DFN adapter wraps the model), or
-        `None`: then, and with onnxruntime, identity features are crop thumbnails (`pixel_feature`)."""
-        if self.onnx_model is not None:
-            return None
-        if "_vision_encoder" not in self.__dict__:
-            modules = (
-                module for name, module in self.model.named_modules() if name.rsplit(".", 1)[-1] == "vision_model"
-            )
-            self._vision_encoder = next(modules, None)
-        return self._vision_encoder
-
-    def _capture_vision_tokens(self, captured: list[torch.Tensor]):
-        """A forward hook on the model's vision encoder (its `vision_model`) that appends the encoder's output tokens
-        `(faces, tokens, hidden)` to `captured`, for this thread's forward passes only; `None` when the model has no
-        such module. The caller removes it."""
-        encoder = self._vision_encoder_module()
-        if encoder is None:
-            return None
-        thread = threading.get_ident()
-
-        def keep(module, args, output):
-            if threading.get_ident() == thread:  # another thread's pass on the same model is not this one's
-                captured.append(output[0].detach())
-
-        return encoder.register_forward_hook(keep)
 
     def postprocess(
         self,
@@ -377,7 +349,7 @@ class FacialStatePipeline(Pipeline):
             return self.video(inputs, **video_options, **kwargs)
         if video_options:
             raise TypeError(f"{sorted(VIDEO_OPTIONS)} only apply to a video path; the input is not a video file.")
-        if isinstance(inputs, tuple) or (_is_array(inputs) and inputs.ndim == 4):
+        if isinstance(inputs, tuple) or (is_array(inputs) and inputs.ndim == 4):
             inputs = list(inputs)  # a tuple or an (N, H, W, C) batch is a list of images
         if isinstance(inputs, list):
             if not inputs:
@@ -404,106 +376,6 @@ class FacialStatePipeline(Pipeline):
         items = ((item, {"image_index": index}) for index, item in enumerate(inputs))
         stream = FaceStream(self, batch_size, num_workers, preprocess_params, forward_params, postprocess_params)
         return (faces for _, faces in stream(items))
-
-    def video(
-        self,
-        path: str | os.PathLike,
-        fps: float | None = None,
-        every: int | None = None,
-        start: float = 0.0,
-        end: float | None = None,
-        max_frames: int | None = None,
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        return_frames: bool = False,
-        detect_every: int = DEFAULT_DETECT_EVERY,
-        max_gap: float = DEFAULT_MAX_GAP,
-        **kwargs,
-    ) -> Iterator[dict[str, Any]]:
-        """Analyse a video file frame by frame, streaming: one result per sampled frame, in order.
-
-        Frames are decoded one at a time (`mf2.video.read_frames`, PyAV), batched through the model and dropped, so
-        memory stays flat and the time per frame constant whatever the video's length.
-
-        Args:
-            path: the video file.
-            fps: sample about this many frames per second of video; `every`: keep every N-th frame (give at most one;
-                neither means every frame).
-            start, end: seconds; analyse only `start <= time < end`.
-            max_frames: stop after this many sampled frames.
-            return_frames: add the frame's pixels (`"image"`, an `(H, W, 3)` `uint8` array) to each result.
-            detect_every: search the whole frame for faces every this many sampled frames (10 by default) and follow
-                the faces in between (`mf2.face_tracking`: landmarks placed in the box the previous frame's give); a
-                face that is lost brings a search at once. 1 searches every frame. Back-ends that cannot place
-                landmarks in a given box (MediaPipe) search every frame. A face that comes into view is found at the
-                next search.
-            max_gap: seconds a person may be out of sight (occluded, missed, out of view) and come back with their
-                `track` (2 by default; `mf2.face_identity`).
-            batch_size, num_workers, **kwargs: as for images. `no_face` defaults to `"skip"` for videos (frames
-                without a face give `faces == []` instead of stopping the stream).
-
-        Yields:
-            `{"frame": index in the video, "time": seconds, "faces": [face dicts as for images, each also carrying
-            "frame", "time" and "track"]}`. `track` numbers the people of the video (1, 2, ...): a face keeps its
-            person's number from frame to frame, through crossings, occlusions and missed detections of up to
-            `max_gap` seconds, and a new person gets a new one (`mf2.face_identity`: the motion where it is clear,
-            the model's image feature of the face where it is not). Faces are listed largest first, as for images
-            (`multiple_faces="all"` keeps every face; the default keeps the largest, whose track says whose it is).
-            `"track"` is `None` for a `no_face="fallback"` stand-in (no face was found).
-
-        Raises:
-            VideoDecodeError: after the results of every frame decoded before it, when the video cannot be decoded to
-                its end (its `frame` and `time` say where it stopped).
-        """
-        kwargs.setdefault("no_face", "skip")
-        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
-        preprocess_params = {**self._preprocess_params, **preprocess_params, "channel_order": "rgb"}  # decoded as RGB
-        postprocess_params = {**self._postprocess_params, **postprocess_params}
-        # Class tokens of the vision encoder, or (onnxruntime) crop thumbnails with their own limits.
-        limits = PIXEL_LIMITS if self._vision_encoder_module() is None else ()
-        identities = FaceIdentities(check_max_gap(max_gap), *limits)
-        video_info(path)  # fail now, not at the first `next()`, on a missing or unreadable file
-        frames = read_frames(path, fps=fps, every=every, start=start, end=end, max_frames=max_frames)
-        batch_size = batch_size or self._batch_size or 1
-        num_workers = num_workers if num_workers is not None else self._num_workers
-        tracker = None
-        backend = self.image_processor.get_backend(**_backend_options(preprocess_params))
-        if check_detect_every(detect_every) > 1 and backend.fits_boxes:
-            tracker = FaceTracker(self.preprocess, backend, detect_every)
-        forward_params = {**forward_params, "identity_features": True}
-        stream = FaceStream(
-            self,
-            batch_size,
-            num_workers,
-            preprocess_params,
-            forward_params,
-            postprocess_params,
-            preprocess=tracker,
-            identify=partial(_identify, identities),
-        )
-        return self._video_results(frames, stream, return_frames)
-
-    @staticmethod
-    def _video_results(frames, stream: FaceStream, return_frames: bool) -> Iterator[dict[str, Any]]:
-        images: deque[np.ndarray] = deque()  # frames in flight, only when the caller wants them back
-        failures: list[VideoDecodeError] = []
-
-        def items():
-            try:
-                for frame in frames:
-                    if return_frames:
-                        images.append(frame.image)
-                    yield frame.image, {"frame": frame.index, "time": frame.time}
-            except VideoDecodeError as error:
-                failures.append(error)  # end the input here, so the frames decoded so far still get their results
-
-        for extra, faces in stream(items()):
-            result = {**extra, "faces": faces}
-            if return_frames:
-                result["image"] = images.popleft()  # results come out in input order
-            yield result
-        if failures:
-            raise failures[0]
 
     # ------------------------------------------------------------------ saving
 
@@ -560,31 +432,6 @@ class FacialStatePipeline(Pipeline):
         return copied
 
 
-def _identify(identities: FaceIdentities, extra: dict[str, Any], model_outputs: dict[str, Any]) -> list[int | None]:
-    """The track of each face of one video frame (`FaceStream`'s `identify`): `identities` on the frame's time, boxes,
-    identity features and, on a followed frame, which face of the previous frame each one was followed from. A
-    `no_face="fallback"` stand-in (no face found) is no one: `None`."""
-    labels = [str(label) for label in model_outputs["landmark_backend"]]
-    rows = [row for row, label in enumerate(labels) if label != FALLBACK_LABEL]
-    features = model_outputs.get("identity_features")
-    followed = model_outputs.get(FOLLOWED_FROM)
-    numbers = identities(
-        extra["time"],
-        as_numpy(model_outputs["face_boxes"]).reshape(-1, 4)[rows],
-        None if features is None else as_numpy(features)[rows],
-        None if followed is None else [followed[row] for row in rows],
-    )
-    tracks: list[int | None] = [None] * len(labels)
-    for row, number in zip(rows, numbers):
-        tracks[row] = number
-    return tracks
-
-
-def _backend_options(preprocess_params: dict[str, Any]) -> dict[str, Any]:
-    """The per-call options that choose the landmark back-end."""
-    return {key: preprocess_params[key] for key in ("landmark_backend", "backend_kwargs") if key in preprocess_params}
-
-
 def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
     """One face's row of the image processor's output, shaped as the processor returns it for a single face."""
     keys = ("pixel_values", "au_boxes", "landmarks", "face_boxes", "alignment", "detection_scale")
@@ -592,10 +439,6 @@ def _face_features(model_outputs: dict[str, Any], row: int) -> dict[str, Any]:
     features["image_index"] = np.zeros(1, dtype=np.int64)
     features["landmark_backend"] = [str(model_outputs["landmark_backend"][row])]
     return features
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or isinstance(value, torch.Tensor)
 
 
 __all__ = ["REMOTE_TASK", "FacialStatePipeline", "InputError", "NonFiniteOutputError", "explanation"]

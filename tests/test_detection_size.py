@@ -19,7 +19,8 @@ from test_pipeline_mf2 import save_tiny_checkpoint
 from transformers import pipeline
 
 from mf2.cli import main as cli_main
-from mf2.image_processing_mf2 import MF2ImageProcessor, NoFaceError, search_scale, search_warning
+from mf2.face_search import NoFaceError, search_scale, search_warning
+from mf2.image_processing_mf2 import MF2ImageProcessor
 from mf2.landmarks import dlib_predictor_path
 from mf2.pipeline_mf2 import InputError
 

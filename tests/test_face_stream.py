@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mf2.face_search import NoFaceError
 from mf2.face_stream import FaceStream, InputError
 from mf2.image_loading import ImageInputError
 
@@ -52,10 +53,15 @@ def test_a_failed_input_is_named_by_its_position_from_the_errors_fields():
         list(stream([(1, {"image_index": 0}), (unreadable, {"image_index": 1})]))
     error = raised.value
     assert (error.index, error.path, error.reason, error.where) == (1, "a.png", "no such file.", "input 1")
-    assert error.__cause__ is unreadable
+    assert (error.kind, error.detail) == ("unreadable", {})
     with pytest.raises(InputError, match=r"frame 12 \(t=0.480 s\): bad frame") as raised:
         list(stream([(ValueError("bad frame"), {"frame": 12, "time": 0.48})]))
-    assert raised.value.reason == "bad frame" and raised.value.path is None
+    assert raised.value.reason == "bad frame" and raised.value.path is None and raised.value.kind == "invalid"
+    faceless = NoFaceError(0, "b.png", "dlib", scale=0.25, longest=4096)
+    with pytest.raises(InputError, match=r"No face found in input 3 \('b.png'\)") as raised:
+        list(stream([(faceless, {"image_index": 3})]))
+    assert raised.value.kind == "no_face"
+    assert raised.value.detail == {"backend": "dlib", "scale": 0.25, "longest": 4096}
 
 
 def test_results_leave_as_soon_as_their_input_is_done_whatever_the_stretch_without_faces():

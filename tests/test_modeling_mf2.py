@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoModelForImageClassification, AutoModelFo
 
 from mf2 import LOSS_NAMES, MF2ForFacialStateRecognition, MF2ForPreTraining, MF2Model
 from mf2.au_regions import default_au_boxes
-from mf2.losses_mf2 import caption_positive_mask, sample_hard_negatives
+from mf2.modeling_mf2 import caption_positive_mask, sample_hard_negatives
 
 
 @pytest.fixture
@@ -369,7 +369,7 @@ def test_remote_code_loads_where_mf2_cannot_be_imported(tmp_path, config, batch)
     model.save_pretrained(tmp_path / "ckpt")
     saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert saved["auto_map"]["AutoModel"] == "modeling_mf2.MF2Model"
-    for name in ("modeling_mf2.py", "configuration_mf2.py", "losses_mf2.py", "au_regions.py"):
+    for name in ("modeling_mf2.py", "configuration_mf2.py", "au_regions.py"):
         assert (tmp_path / "ckpt" / name).exists()
     torch.save(batch["pixel_values"], tmp_path / "pixels.pt")
     with torch.no_grad():

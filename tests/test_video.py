@@ -12,7 +12,7 @@ from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 from transformers import pipeline
 
-from mf2.video import VideoDecodeError, is_video, read_frames, video_info, write_video
+from mf2.video import VideoDecodeError, VideoReader, is_video, video_info, write_video
 
 pytest.importorskip("av")
 
@@ -64,38 +64,62 @@ def test_video_info(clip):
 
 
 def test_every_frame_and_every_nth(clip):
-    frames = list(read_frames(clip))
+    frames = list(VideoReader(clip))
     assert [frame.index for frame in frames] == list(range(100))
     assert frames[10].time == pytest.approx(0.4)
     assert frames[0].image.shape == (64, 64, 3) and frames[0].image.dtype == np.uint8
     brightness = [int(frame.image[:, 0].mean()) for frame in frames[:20]]
     assert brightness == pytest.approx([(13 * i) % 190 for i in range(20)], abs=6)  # decoded in order
-    assert [frame.index for frame in read_frames(clip, every=30)] == [0, 30, 60, 90]
+    assert [frame.index for frame in VideoReader(clip, every=30)] == [0, 30, 60, 90]
 
 
 def test_target_fps_start_end_and_max_frames(clip):
-    sampled = list(read_frames(clip, fps=5))
+    sampled = list(VideoReader(clip, fps=5))
     assert [frame.index for frame in sampled] == list(range(0, 100, 5))
     assert [round(frame.time, 3) for frame in sampled[:3]] == [0.0, 0.2, 0.4]
-    assert len(list(read_frames(clip, fps=100))) == 100  # faster than the video: every frame once
-    window = list(read_frames(clip, fps=2, start=1.0, end=2.5))
+    assert len(list(VideoReader(clip, fps=100))) == 100  # faster than the video: every frame once
+    window = list(VideoReader(clip, fps=2, start=1.0, end=2.5))
     assert [frame.time for frame in window] == pytest.approx([1.0, 1.52, 2.0])  # first frame at or after k / 2 s
-    assert len(list(read_frames(clip, max_frames=7))) == 7
+    assert len(list(VideoReader(clip, max_frames=7))) == 7
+
+
+def test_a_video_is_opened_once_from_the_command_line_to_its_frames(pipe, clip, tmp_path, monkeypatch):
+    """`mf2 analyze` reads a video's metadata and its frames from one `VideoReader`; `pipe.video` takes it as is."""
+    import mf2.video
+    from mf2.cli import main as cli_main
+
+    opened = []
+    real_open = mf2.video._open
+    monkeypatch.setattr(mf2.video, "_open", lambda path: opened.append(path) or real_open(path))
+    model = pipe.model.name_or_path
+    assert (
+        cli_main(["analyze", str(clip), "--model", model, "--every-n-frames", "25", "-o", str(tmp_path / "r.jsonl")])
+        == 0
+    )
+    assert len(opened) == 1
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4  # frames 0, 25, 50, 75
+    opened.clear()
+    with mf2.video.VideoReader(clip, every=50) as video:
+        assert video.info["frames"] == 100
+        assert [result["frame"] for result in pipe.video(video)] == [0, 50]
+    assert len(opened) == 1
+    with pytest.raises(ValueError, match="own sampling"):
+        pipe.video(mf2.video.VideoReader(clip), fps=2)
 
 
 def test_bad_videos_and_options_raise_clear_errors(clip, tmp_path):
     with pytest.raises(ValueError, match="no such file"):
-        list(read_frames(tmp_path / "missing.mp4"))
+        list(VideoReader(tmp_path / "missing.mp4"))
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
     with pytest.raises(ValueError, match="Could not read video"):
         video_info(broken)
     with pytest.raises(ValueError, match="either `fps`"):
-        list(read_frames(clip, fps=5, every=2))
+        list(VideoReader(clip, fps=5, every=2))
     with pytest.raises(ValueError, match="positive"):
-        list(read_frames(clip, fps=0))
+        list(VideoReader(clip, fps=0))
     with pytest.raises(ValueError, match="positive integer"):
-        list(read_frames(clip, every=0))
+        list(VideoReader(clip, every=0))
 
 
 def test_pipeline_gives_results_per_sampled_frame(pipe, face_clip):
@@ -115,7 +139,7 @@ def test_pipeline_gives_results_per_sampled_frame(pipe, face_clip):
 
 
 def test_video_results_match_the_frames_as_images(pipe, face_clip):
-    frames = list(read_frames(face_clip, every=4))
+    frames = list(VideoReader(face_clip, every=4))
     # Searching every frame (no tracking, which tests/test_face_tracking.py covers), a frame is analysed as a photo.
     as_video = list(pipe.video(face_clip, every=4, batch_size=3, return_frames=True, detect_every=1))
     as_images = pipe([frame.image for frame in frames], batch_size=1)
@@ -169,13 +193,13 @@ def test_a_cut_video_raises_after_the_frames_it_could_decode(tmp_path, suffix, f
     cut = _cut_video(tmp_path, suffix, fraction, codec, **options)
     frames = []
     with pytest.raises(VideoDecodeError, match="Could not decode video .* past frame") as raised:
-        for frame in read_frames(cut):
+        for frame in VideoReader(cut):
             frames.append(frame.index)
     assert frames == list(range(len(frames))) and raised.value.frame == len(frames) < 60
     assert raised.value.path == str(cut) and "cut short" in raised.value.reason
-    assert list(read_frames(cut, max_frames=1)) or not frames  # stopping early on purpose is no error
+    assert list(VideoReader(cut, max_frames=1)) or not frames  # stopping early on purpose is no error
     full = tmp_path / f"full{suffix}"
-    assert len(list(read_frames(full))) == 60  # the whole file decodes without complaint
+    assert len(list(VideoReader(full))) == 60  # the whole file decodes without complaint
 
 
 def test_pipeline_gives_the_frames_decoded_before_a_decode_error(pipe, tmp_path):
@@ -190,7 +214,7 @@ def test_pipeline_gives_the_frames_decoded_before_a_decode_error(pipe, tmp_path)
 
 def _frames_until_error(path: Path):
     try:
-        yield from read_frames(path)
+        yield from VideoReader(path)
     except VideoDecodeError:
         return
 
@@ -245,7 +269,7 @@ def test_a_sideways_phone_video_is_read_upright_as_players_show_it(pipe, tmp_pat
     path = tmp_path / "phone.mp4"
     write_video(path, [stored] * 3, fps=6, rotation=90)  # shown turned back a quarter counter-clockwise
     assert (video_info(path)["width"], video_info(path)["height"]) == (256, 240)  # as stored
-    frames = list(read_frames(path))
+    frames = list(VideoReader(path))
     assert [frame.image.shape for frame in frames] == [(256, 240, 3)] * 3
     assert np.abs(frames[0].image.astype(int) - upright).mean() < 8  # upright, up to the codec's loss
     assert [len(result["faces"]) for result in pipe(str(path))] == [1, 1, 1]

@@ -1,6 +1,6 @@
 """One `mf2 analyze` run over its inputs (`AnalyzeRun`): images read once and analysed in batches, videos frame by
 frame with their tracks, and what each input gives written as it is done: records (`mf2.cli.analyze_records`),
-annotated PNGs (written whole, `mf2.atomic`), the per-person summary and timelines (`mf2.cli.track_report`). An input
+annotated PNGs (written whole, `mf2.local_files`), the per-person summary and timelines (`mf2.cli.track_report`). An input
 that cannot be analysed becomes an error record in its place and the run goes on; an output that cannot be written
 ends the run with an `AnalyzeError`.
 """
@@ -19,10 +19,10 @@ from typing import Any, TextIO
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..atomic import written_aside
-from ..image_processing_mf2 import FALLBACK_LABEL, NoFaceError, search_scale, search_warning
-from ..pipeline_mf2 import InputError, NonFiniteOutputError
-from ..video import VideoDecodeError, is_video, video_info
+from ..face_search import FALLBACK_LABEL, search_scale, search_warning
+from ..local_files import written_aside
+from ..pipeline_mf2 import InputError
+from ..video import VideoDecodeError, VideoReader, is_video
 from ..visualization import annotate
 from .analyze_checks import (
     ANNOTATION_MARK,
@@ -195,7 +195,13 @@ class AnalyzeRun:
 
     def images(self, inputs: list[tuple[int, InputPath]]) -> None:
         """Images in one stream: detection runs ahead in threads, faces are batched across images. An unreadable
-        file is never fed to the pipeline; its error record is written in its place among the results."""
+        file is never fed to the pipeline; its error record is written in its place among the results. A non-finite
+        output is its input's error record, and a new stream takes the inputs after it."""
+        while inputs:
+            inputs = self._image_stream(inputs)
+
+    def _image_stream(self, inputs: list[tuple[int, InputPath]]) -> list[tuple[int, InputPath]]:
+        """`images` until the end of `inputs` or an input whose output is not finite; returns the inputs after it."""
         from tqdm.auto import tqdm
 
         in_flight: deque[ReadImage] = deque()  # read but not yet written, in input order
@@ -237,7 +243,7 @@ class AnalyzeRun:
                 bar.update(1)
             write_failed_reads()
         except InputError as error:
-            if not isinstance(error.__cause__, NonFiniteOutputError):  # `--no-face error`: the first faceless input
+            if error.kind != "not_finite":  # `--no-face error`: the first faceless input
                 raise AnalyzeError(_cli_input_error(error, fed[error.index].path)) from error  # ends the run
             failed = fed[error.index]
             while in_flight and in_flight[0] is not failed:  # only failed reads can stand before it
@@ -249,8 +255,7 @@ class AnalyzeRun:
             rest = []
         finally:
             bar.close()
-        if rest:  # a non-finite output is that input's error record; the stream goes on after it
-            self.images(rest)
+        return rest
 
     def video(self, index: int, path: Path) -> None:
         """Stream one video through the pipeline, writing records (and annotated frames) as frames come out. A video
@@ -258,11 +263,12 @@ class AnalyzeRun:
         from tqdm.auto import tqdm
 
         args = self.args
-        try:
-            info = video_info(path)
+        try:  # opened once: its metadata here, its frames in the pipeline
+            video = VideoReader(path, fps=args.video_fps, every=args.every_n_frames)
         except ValueError as error:
             self.error_record(path, f"input {index}: {error}")
             return
+        info = video.info
         total = math.ceil(info["frames"] / (args.every_n_frames or 1)) if info["frames"] else None
         if args.video_fps and info["duration"]:
             sampled = info["duration"] * args.video_fps  # inf for --video-fps 1e308: every frame, which `frames` counts
@@ -271,16 +277,18 @@ class AnalyzeRun:
         call = dict(self.call)
         if call["no_face"] == "error":
             call["no_face"] = "skip"  # one face-less frame must not end a video: it gives a face-less record
-        frames = self.pipe.video(
-            path,
-            fps=args.video_fps,
-            every=args.every_n_frames,
-            batch_size=args.batch_size,
-            return_frames=self.annotate_dir is not None,
-            detect_every=args.detect_every,
-            max_gap=args.max_gap,
-            **call,
-        )
+        try:
+            frames = self.pipe.video(
+                video,
+                batch_size=args.batch_size,
+                return_frames=self.annotate_dir is not None,
+                detect_every=args.detect_every,
+                max_gap=args.max_gap,
+                **call,
+            )
+        except BaseException:
+            video.close()
+            raise
         tracks = None
         if self.summary is not None or self.plot_dir is not None:
             tracks = VideoTracks(self.au_names, self.emotion_labels)
@@ -324,12 +332,12 @@ def _with_warnings(records: list[dict[str, Any]], search_note: str | None, *note
 
 def _cli_input_error(error: InputError, path: InputPath) -> str:
     """The pipeline's error in the command line's terms (its flags, not the Python options)."""
-    cause = error.__cause__
-    if isinstance(cause, NoFaceError):
-        note = search_warning(cause.longest, cause.scale, "--max-detection-size ") if cause.longest else None
+    if error.kind == "no_face":
+        longest, scale = error.detail["longest"], error.detail["scale"]
+        note = search_warning(longest, scale, "--max-detection-size ") if longest else None
         searched = f" ({note})" if note else ""
         return (
-            f"{path}: no face found by the '{cause.backend}' landmark back-end{searched}; pass --no-face skip (a "
+            f"{path}: no face found by the '{error.detail['backend']}' landmark back-end{searched}; pass --no-face skip (a "
             f"record without a face) or --no-face fallback (analyse the whole image), or --landmark-backend template "
             f"for images that are already aligned face crops"
         )

@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
-from ..atomic import written_aside
+from ..local_files import written_aside
 from ..video import is_video
 from .analyze_checks import AnalyzeError
 from .analyze_inputs import InputPath

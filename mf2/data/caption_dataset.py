@@ -26,7 +26,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
 from datasets.table import embed_table_storage
 
-from ..atomic import written_aside
+from ..local_files import written_aside
 from .captions.base import Captioner, CaptionRequest
 from .captions.llm import LLMCaptioner, endpoint_configured
 from .captions.template import TemplateCaptioner

@@ -26,7 +26,8 @@ from peft import PeftModel
 from torch import nn
 
 from ..training.feature_cache import CACHE_FORMAT_VERSION, CachedFeatureDataset, FeatureCache, collate_cached_features
-from .model import DFNTuner, backbone_modules
+from .features import backbone_modules
+from .model import DFNTuner
 
 DFNCachedDataset = CachedFeatureDataset
 """Examples of a DFN feature-cache entry (the shared `CachedFeatureDataset`)."""

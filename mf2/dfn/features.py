@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers.utils import ModelOutput
 
 from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionPreTrainedModel, au_caption_rows
@@ -186,4 +187,17 @@ def extract_features(
     return features
 
 
-__all__ = ["DFNFeatures", "caption_states", "extract_features", "image_features", "pad_caption_tokens"]
+def backbone_modules(model: MF2RecognitionPreTrainedModel) -> list[nn.Module]:
+    """The frozen modules that DFN's features come from: the image path and, for pretraining models, the caption path."""
+    alignments = (model.text_alignment(branch) for branch in ("emotion", "au"))
+    return [model.mf2, *(alignment for alignment in alignments if alignment is not None)]
+
+
+__all__ = [
+    "DFNFeatures",
+    "backbone_modules",
+    "caption_states",
+    "extract_features",
+    "image_features",
+    "pad_caption_tokens",
+]

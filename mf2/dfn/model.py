@@ -20,10 +20,9 @@ from peft.tuners.tuners_utils import set_adapter as _peft_set_adapter
 from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_modules
 from torch import nn
 
-from ..losses_mf2 import itc_loss, weighted_loss
-from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionOutput, MF2RecognitionPreTrainedModel
+from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionOutput, MF2RecognitionPreTrainedModel, itc_loss, weighted_loss
 from .config import BRANCHES, DFN_PREFIX, DFNConfig
-from .features import DFNFeatures, extract_features, image_features
+from .features import DFNFeatures, backbone_modules, extract_features, image_features
 from .layer import DFNSideNetwork, default_layer_indices
 
 # Short loss-name prefixes used by MF2's LOSS_NAMES.
@@ -446,10 +445,4 @@ def checkpoint_has_text_weights(name_or_path: str | os.PathLike | None) -> bool 
     return any("alignment." in name for name in names)
 
 
-def backbone_modules(model: MF2RecognitionPreTrainedModel) -> list[nn.Module]:
-    """The frozen modules that DFN's features come from: the image path and, for pretraining models, the caption path."""
-    alignments = (model.text_alignment(branch) for branch in ("emotion", "au"))
-    return [model.mf2, *(alignment for alignment in alignments if alignment is not None)]
-
-
-__all__ = ["DFNOutput", "DFNTuner", "backbone_modules", "checkpoint_has_text_weights", "resolve_dfn_config"]
+__all__ = ["DFNOutput", "DFNTuner", "checkpoint_has_text_weights", "resolve_dfn_config"]

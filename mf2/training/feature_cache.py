@@ -153,7 +153,7 @@ class FeatureCache:
             return CachedFeatureDataset(entry, in_memory=in_memory)
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # Not `mf2.atomic.written_aside`: where another process finished the same entry first, its entry stays (other
+        # Not `mf2.local_files.written_aside`: where another process finished the same entry first, its entry stays (other
         # readers may have it open) and this one is dropped, where written_aside's last rename would replace it.
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=self.cache_dir))
         try:

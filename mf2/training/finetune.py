@@ -33,188 +33,57 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..data.schema import DataError
 from ..modeling_mf2 import MF2ForFacialStateRecognition
-from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, check_command, parse_args
+from .argument_parser import check_command, parse_args
+from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments
 from .collator import MF2DataCollator
-from .evaluate import predict, score, store_thresholds
-from .metrics import compute_mf2_metrics, tune_au_thresholds
-from .preprocess import group_folds
-from .pretrain import TRAINING_DATA_FILE, load_splits
+from .cross_validation import cross_validate
+from .fitting import (
+    FitResult,
+    cached_collator,
+    cached_features,
+    fit_and_score,
+    make_finetune_model,
+    trainable_parameters,
+    uses_feature_cache,
+)
+from .metrics import compute_mf2_metrics
 from .pretraining_stages import TASKS
 from .run_setup import (
+    TRAINING_DATA_FILE,
     apply_mixed_precision,
     load_processor,
+    load_splits,
     resolve_resume_checkpoint,
     setup_torch,
     write_json,
     write_jsonl,
 )
+from .scoring import merge_parts, predict, score, store_thresholds
 from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
-
-CACHE_LABELS = ("au_labels", "emotion_labels", "example_ids")
-
-
-def make_finetune_model(base: MF2ForFacialStateRecognition, finetune_args: MF2FinetuneArguments) -> nn.Module:
-    """DFN on `base` (`mf2.dfn.get_dfn_model`), or `base` itself unfrozen for `--full`."""
-    if finetune_args.full:
-        base.requires_grad_(True)
-        if not finetune_args.train_vision_encoder:
-            base.mf2.vision_model.requires_grad_(False)
-        return base
-    from ..dfn import DFNConfig, get_dfn_model
-
-    layers = base.config.qformer_config.num_hidden_layers
-    if finetune_args.dfn_num_layers > layers:
-        logger.warning(
-            "DFN: %d cells requested, the Q-Former has %d layers; using %d.",
-            finetune_args.dfn_num_layers,
-            layers,
-            layers,
-        )
-    options: dict[str, Any] = {
-        "num_layers": min(finetune_args.dfn_num_layers, layers),
-        "gate_scaling": finetune_args.dfn_gate_scaling,
-    }
-    if finetune_args.dfn_bottleneck_size:
-        options["bottleneck_size"] = finetune_args.dfn_bottleneck_size
-    return get_dfn_model(base, DFNConfig(**options))
-
-
-def uses_feature_cache(finetune_args: MF2FinetuneArguments) -> bool:
-    return finetune_args.feature_cache and not finetune_args.full
-
-
-def cached_features(model, dataset, collator: MF2DataCollator, cache_dir: Path, batch_size: int, training_args):
-    """`dataset` as backbone features of `model` (a DFN model), from the feature cache (computed on first use)."""
-    from ..dfn import DFNFeatureCache
-
-    cache = DFNFeatureCache(model, cache_dir / "dfn-features")
-    # The pre-processed dataset's fingerprint plus the collator's settings identify the inputs: no hashing pass.
-    fingerprint = f"{dataset._fingerprint}|{collator.fingerprint()}"
-    with training_args.main_process_first(desc="DFN feature cache"):
-        return cache.build(
-            dataset, collate_fn=collator, batch_size=batch_size, fingerprint=fingerprint, label_names=CACHE_LABELS
-        )
-
-
-def _trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
-def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate `split_predictions` dicts."""
-    return {key: None if parts[0][key] is None else np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-def _cached_collator():
-    from ..dfn import collate_cached_features
-
-    return collate_cached_features
-
-
-@dataclass
-class FitResult:
-    """What `fit_and_score` gives back: the trainer, `Trainer.train`'s output and time, and, when a set was scored, its
-    predictions (`split_predictions` parts), metrics, tuned AU thresholds (None when not tuned), the losses `Trainer`
-    computed on it, and the prediction + scoring time."""
-
-    trainer: MF2Trainer
-    train_output: Any
-    train_seconds: float
-    parts: dict[str, Any] | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    thresholds: list[float] | None = None
-    trainer_metrics: dict[str, Any] = field(default_factory=dict)
-    score_seconds: float = 0.0
-
-
-def fit_and_score(
-    trainer: MF2Trainer,
-    config,
-    score_set=None,
-    *,
-    prefix: str = "eval",
-    tune: bool = False,
-    tune_set=None,
-    resume: str | bool | None = None,
-    after_training: Callable[[FitResult], None] | None = None,
-    predictions_file: Path | None = None,
-) -> FitResult:
-    """The one fine-tuning sequence, for `mf2 finetune` and each cross-validation fold: train → predict `score_set` →
-    score → tune AU thresholds → write predictions.
-
-    Args:
-        trainer, config: the trainer to run and the base model's config (AU names, emotion labels, thresholds).
-        score_set: the set to predict and score after training (None: train only).
-        prefix: metric-name prefix.
-        tune: tune the AU thresholds on `score_set`'s own predictions (`--tune_thresholds`).
-        tune_set: tune them instead on this set's predictions (cross-validation: the training folds, never the test
-            fold); `score_set` is then also scored with them, as `{prefix}_au_f1*_train_tuned`.
-        resume: `Trainer.train`'s `resume_from_checkpoint`.
-        after_training: called with the result so far between training and prediction (saving the model).
-        predictions_file: where to write one JSON line per scored example (main process only).
-    """
-    start = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    result = FitResult(trainer, train_output, time.perf_counter() - start)
-    if after_training is not None:
-        after_training(result)
-    if score_set is None:
-        return result
-    start = time.perf_counter()
-    if tune_set is not None:
-        tune_parts, _ = predict(trainer, tune_set)
-        labels = tune_parts["au_labels"]
-        if labels is not None and tune_parts["au_probs"] is not None and (labels == 1).any():
-            result.thresholds = tune_au_thresholds(
-                tune_parts["au_probs"], labels, default=config.au_decision_thresholds
-            )
-    result.parts, result.trainer_metrics = predict(trainer, score_set)
-    result.metrics, tuned = score(result.parts, config, tune=tune and tune_set is None, prefix=prefix)
-    if tune_set is None:
-        result.thresholds = tuned
-    elif result.thresholds is not None:
-        parts = result.parts
-        tuned_metrics = compute_mf2_metrics(
-            au_probs=parts["au_probs"],
-            au_labels=parts["au_labels"],
-            au_thresholds=result.thresholds,
-            au_names=config.au_names,
-        )
-        result.metrics.update(
-            {f"{prefix}_{key}_train_tuned": value for key, value in tuned_metrics.items() if key.startswith("au_f1")}
-        )
-    result.score_seconds = time.perf_counter() - start
-    if predictions_file is not None and trainer.is_world_process_zero():
-        write_jsonl(predictions_file, prediction_records(result.parts, config))
-    return result
 
 
 def _fold_sets(full_features, dataset, train_rows, test_rows, collator):
     """A fold's training and test sets, and their collator: rows of the feature cache, or of the dataset."""
     if full_features is not None:
-        return Subset(full_features, train_rows.tolist()), Subset(full_features, test_rows.tolist()), _cached_collator()
+        return Subset(full_features, train_rows.tolist()), Subset(full_features, test_rows.tolist()), cached_collator()
     return dataset.select(train_rows), dataset.select(test_rows), collator
 
 
 def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], config) -> tuple[dict, dict]:
     """The cross-validation report (per-fold metrics, their mean, pooled metrics) and the pooled predictions."""
-    merged = _merge(pooled)
+    merged = merge_parts(pooled)
     pooled_metrics, _ = score(merged, config, prefix="pooled")
     tuned = compute_mf2_metrics(
         au_probs=merged["au_probs"] >= merged["thresholds"], au_labels=merged["au_labels"], au_names=config.au_names
@@ -227,18 +96,60 @@ def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], 
     return {"num_folds": len(results), "folds": results, "mean": mean, "pooled": pooled_metrics}, merged
 
 
-def cross_validate(base, dataset, collator, processor, script_args, finetune_args, training_args) -> dict[str, Any]:
-    """K-fold cross-validation over the dataset's groups (subjects): for every fold, a fresh adapter (or a fresh copy
-    of the model with `--full`) is fine-tuned on the other folds and tested on this one. AU thresholds are tuned on the
-    training folds' predictions (never on the test fold).
+def _fold(base, dataset, full_features, collator, finetune_args, training_args):
+    """`cross_validate`'s work for one fold: a fresh adapter (or a fresh copy of the model with `--full`) fine-tuned
+    on the training rows and tested on the test rows, AU thresholds tuned on the training rows' predictions."""
+    config = base.config
+
+    def run_fold(fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+        set_seed(training_args.seed + fold)
+        model = make_finetune_model(copy.deepcopy(base), finetune_args)
+        train_part, test_part, data_collator = _fold_sets(full_features, dataset, train_rows, test_rows, collator)
+        fold_args = dataclasses.replace(
+            training_args,
+            output_dir=str(Path(training_args.output_dir) / f"fold-{fold}"),
+            save_strategy="no",
+            eval_strategy="no",
+        )
+        trainer = MF2Trainer(
+            model=model,
+            args=fold_args,
+            train_dataset=train_part,
+            data_collator=data_collator,
+            compute_metrics=make_compute_metrics(config),
+        )
+        fit = fit_and_score(trainer, config, test_part, prefix="test", tune_set=train_part)
+        groups = sorted(set(np.asarray(dataset.select(test_rows)["group"]).tolist()))
+        result = {
+            "fold": fold,
+            "test_groups": groups,
+            "train_rows": len(train_rows),
+            "test_rows": len(test_rows),
+            "train_seconds": fit.train_seconds,
+            "au_thresholds": fit.thresholds,
+            **fit.metrics,
+        }
+        parts = fit.parts
+        parts["fold"] = np.full(len(test_rows), fold)
+        parts["thresholds"] = np.tile(np.asarray(fit.thresholds or config.au_decision_thresholds), (len(test_rows), 1))
+        logger.info(
+            "Fold %d: %s", fold, {k: round(v, 4) for k, v in fit.metrics.items() if k.endswith(("au_f1", "accuracy"))}
+        )
+        return result, parts
+
+    return run_fold
+
+
+def cross_validated_finetuning(
+    base, dataset, collator, script_args, finetune_args, training_args, is_main_process: bool
+) -> dict[str, Any]:
+    """`--cv_folds K`: fine-tuning cross-validated over the dataset's groups (subjects) with `cross_validate`; every
+    example is tested exactly once, by the fold that did not train on its subject.
 
     Returns:
         `{"folds": [...], "mean": {...}, "pooled": {...}}`: per-fold metrics, their mean, and the metrics of all test
-        predictions pooled (every example is tested exactly once).
+        predictions pooled. Written to `cv_results.json`, the pooled predictions to `cv_predictions.jsonl`.
     """
-    output_dir = Path(training_args.output_dir)
-    folds = group_folds(dataset["group"], finetune_args.cv_folds, seed=finetune_args.cv_seed)
-    config = base.config
     full_features = None
     if uses_feature_cache(finetune_args):
         # One backbone for every fold, so one cache entry serves them all.
@@ -250,47 +161,13 @@ def cross_validate(base, dataset, collator, processor, script_args, finetune_arg
             training_args.per_device_eval_batch_size,
             training_args,
         )
-    results, pooled = [], []
-    for fold, test_rows in enumerate(folds):
-        train_rows = np.sort(np.concatenate([rows for other, rows in enumerate(folds) if other != fold]))
-        set_seed(training_args.seed + fold)
-        model = make_finetune_model(copy.deepcopy(base), finetune_args)
-        train_part, test_part, data_collator = _fold_sets(full_features, dataset, train_rows, test_rows, collator)
-        fold_args = dataclasses.replace(
-            training_args, output_dir=str(output_dir / f"fold-{fold}"), save_strategy="no", eval_strategy="no"
-        )
-        trainer = MF2Trainer(
-            model=model,
-            args=fold_args,
-            train_dataset=train_part,
-            data_collator=data_collator,
-            compute_metrics=make_compute_metrics(config),
-        )
-        fit = fit_and_score(trainer, config, test_part, prefix="test", tune_set=train_part)
-        thresholds, metrics = fit.thresholds, fit.metrics
-        groups = sorted(set(np.asarray(dataset.select(test_rows)["group"]).tolist()))
-        results.append(
-            {
-                "fold": fold,
-                "test_groups": groups,
-                "train_rows": len(train_rows),
-                "test_rows": len(test_rows),
-                "train_seconds": fit.train_seconds,
-                "au_thresholds": thresholds,
-                **metrics,
-            }
-        )
-        test_parts = fit.parts
-        test_parts["fold"] = np.full(len(test_rows), fold)
-        test_parts["thresholds"] = np.tile(np.asarray(thresholds or config.au_decision_thresholds), (len(test_rows), 1))
-        pooled.append(test_parts)
-        logger.info(
-            "Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k.endswith(("au_f1", "accuracy"))}
-        )
-    report, merged = _pooled_report(results, pooled, config)
-    if trainer.is_world_process_zero():
+    run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args)
+    folds = cross_validate(dataset["group"], finetune_args.cv_folds, finetune_args.cv_seed, run_fold)
+    report, merged = _pooled_report([result for result, _ in folds], [parts for _, parts in folds], base.config)
+    if is_main_process:
+        output_dir = Path(training_args.output_dir)
         write_json(output_dir / "cv_results.json", report)
-        records = prediction_records(merged, config)
+        records = prediction_records(merged, base.config)
         for record, fold in zip(records, merged["fold"]):
             record["fold"] = int(fold)
         write_jsonl(output_dir / "cv_predictions.jsonl", records)
@@ -318,7 +195,7 @@ def _finetune_sets(model, train, evaluation, collator, script_args, finetune_arg
     eval_set = (
         None if evaluation is None else cached_features(model, evaluation, collator, cache_dir, batch, training_args)
     )
-    return train_set, eval_set, _cached_collator()
+    return train_set, eval_set, cached_collator()
 
 
 def _save_training(fit: FitResult, facts: dict[str, Any], summary: dict, finetune_args) -> dict[str, Any]:
@@ -384,11 +261,21 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     preprocess_seconds = time.perf_counter() - start
     collator = MF2DataCollator(processor, with_captions=False, emotion_targets=emotion_targets, au_targets=au_targets)
     if finetune_args.cv_folds:
-        return cross_validate(base, train, collator, processor, script_args, finetune_args, training_args)
+        main_process = training_args.process_index == 0
+        return cross_validated_finetuning(
+            base, train, collator, script_args, finetune_args, training_args, main_process
+        )
+    data = (train, evaluation, collator, summary, preprocess_seconds)
+    return _finetune(base, processor, data, script_args, finetune_args, training_args)
 
+
+def _finetune(base, processor, data: tuple, script_args, finetune_args, training_args) -> dict[str, Any]:
+    """One fine-tuning run on the pre-processed `data` (train, evaluation, collator, summary, preprocessing time):
+    DFN or full model, feature cache, optional evaluation of the base, training, saving and evaluation."""
+    train, evaluation, collator, summary, preprocess_seconds = data
     config, output_dir = base.config, Path(training_args.output_dir)
     model = make_finetune_model(base, finetune_args)
-    trainable, total = _trainable_parameters(model)
+    trainable, total = trainable_parameters(model)
     logger.info(
         "%s: %d of %d parameters train (%.2f%%).",
         "Full fine-tuning" if finetune_args.full else "DFN",
@@ -461,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FitResult", "cross_validate", "fit_and_score", "main", "make_finetune_model", "run_finetuning"]
+__all__ = ["cross_validated_finetuning", "main", "run_finetuning"]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")

@@ -13,17 +13,7 @@ Rows without a detectable face follow `no_face`:
 - `"skip"`: the row is removed (`"drop"`, the old spelling, still works with a `FutureWarning`).
 - `"error"`: pre-processing stops at the first such row.
 
-Data specs (`--train_data`, `--eval_data`) read `SOURCE:PATH[,key=value...]`:
-
-| source    | PATH                                                  | default landmark back-end                   |
-|-----------|-------------------------------------------------------|---------------------------------------------|
-| `mfa`     | a folder of images with a `labels.csv` (`mf2.data.folder`; `docs/finetuning.md`), or an MFA-schema Parquet file, folder or `save_to_disk` | `--landmark_backend` |
-| `ferplus` | a FER+ Parquet file (48x48 grayscale face crops)        | `dlib`, with `no_face=fallback` (one geometry: the crops are aligned like any face at inference, never assumed aligned) |
-| `ckplus`  | a CK+ Parquet file (128x128 grayscale face crops)       | `dlib`, with `no_face=fallback`             |
-
-Keys: `split` (for a `DatasetDict`), `max_samples` (class-stratified subset by emotion), `seed`, `landmark_backend`,
-`no_face`. `check_data_specs` checks specs before any model is loaded: a bad spec, a missing path or a bad label file
-is a `mf2.data.DataError` with a one-line message (the commands print it and exit with status 2).
+The datasets come from data specs (`mf2.training.data_specs`).
 """
 
 from __future__ import annotations
@@ -33,31 +23,23 @@ import io
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Array2D, Array3D, Dataset, DatasetDict, Features, List, Value, concatenate_datasets
+from datasets import Array2D, Array3D, Dataset, Features, List, Value, concatenate_datasets
 from PIL import Image
 
 from ..au_regions import default_au_boxes
-from ..data.schema import DataError, MissingDataError
-from ..image_processing_mf2 import (
-    DEPRECATED_NO_FACE,
-    FALLBACK_LABEL,
-    NO_FACE_CHOICES,
-    MF2ImageProcessor,
-    resolve_no_face,
-)
+from ..face_search import FALLBACK_LABEL, resolve_no_face
+from ..image_processing_mf2 import MF2ImageProcessor
+from .data_specs import DataSpec, load_source
 
 logger = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 3
 """Bumped whenever the stored columns change, so that old cache files are never read."""
 
-SOURCES: tuple[str, ...] = ("mfa", "ferplus", "ckplus")
-DEFAULT_BACKENDS: dict[str, str | None] = {"mfa": None, "ferplus": "dlib", "ckplus": "dlib"}
 PROCESSED_COLUMNS: tuple[str, ...] = (
     "pixel_values",
     "au_boxes",
@@ -67,127 +49,6 @@ PROCESSED_COLUMNS: tuple[str, ...] = (
     "face_found",
 )
 ID_COLUMN = "example_id"
-
-
-# --------------------------------------------------------------------------------------------------- data specs
-@dataclass
-class DataSpec:
-    """One dataset on the command line: `SOURCE:PATH[,key=value...]` (see the module docstring)."""
-
-    source: str
-    path: str
-    split: str | None = None
-    max_samples: int | None = None
-    seed: int = 0
-    landmark_backend: str | None = None
-    no_face: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> DataSpec:
-        """The spec `text` names; a `DataError` (a `ValueError`) saying what is wrong otherwise."""
-        source, separator, rest = text.partition(":")
-        if not separator or source not in SOURCES or not rest:
-            raise DataError(
-                f"data spec {text!r}: expected 'SOURCE:PATH[,key=value...]' with SOURCE in {SOURCES}, "
-                "e.g. 'mfa:my_faces' for a folder of images with a labels.csv."
-            )
-        path, *options = rest.split(",")
-        values: dict[str, Any] = {}
-        names = {item.name for item in fields(cls)}
-        for option in options:
-            key, equals, value = option.partition("=")
-            if not equals or key not in names or key in ("source", "path"):
-                raise DataError(
-                    f"data spec {text!r}: bad option {option!r}; keys: split, max_samples, seed, "
-                    "landmark_backend, no_face."
-                )
-            try:
-                values[key] = int(value) if key in ("max_samples", "seed") else value
-            except ValueError:
-                raise DataError(f"data spec {text!r}: {key} must be a whole number, got {value!r}.") from None
-        spec = cls(source=source, path=path, **values)
-        if spec.no_face is not None and spec.no_face not in (*NO_FACE_CHOICES, *DEPRECATED_NO_FACE):
-            raise DataError(f"data spec {text!r}: no_face must be one of {NO_FACE_CHOICES}.")
-        return spec
-
-    def backend(self, default: str) -> str:
-        """The landmark back-end of this source."""
-        return self.landmark_backend or DEFAULT_BACKENDS[self.source] or default
-
-    @property
-    def name(self) -> str:
-        return f"{self.source}:{Path(self.path).name}" + (f"[{self.split}]" if self.split else "")
-
-
-def load_source(spec: DataSpec, cache_dir: str | None = None) -> Dataset:
-    """The dataset a spec names, in the MFA schema (`mf2.data.MFA_FEATURES`)."""
-    from ..data import load_ckplus, load_ferplus
-    from ..data.caption_dataset import load_mfa
-
-    if spec.source == "ferplus":
-        dataset = load_ferplus(spec.path, cache_dir=cache_dir)
-    elif spec.source == "ckplus":
-        dataset = load_ckplus(spec.path, cache_dir=cache_dir)
-    else:
-        dataset = load_mfa(spec.path, cache_dir=cache_dir)
-        if isinstance(dataset, DatasetDict):
-            if spec.split is None:
-                if len(dataset) != 1:
-                    raise ValueError(f"{spec.path} holds splits {list(dataset)}; add ',split=NAME' to the spec.")
-                spec.split = next(iter(dataset))
-            dataset = dataset[spec.split]
-    if spec.max_samples is not None and spec.max_samples < len(dataset):
-        dataset = dataset.select(stratified_indices(dataset["emotion"], spec.max_samples, seed=spec.seed))
-    return dataset
-
-
-def check_data_specs(specs: Sequence[str | DataSpec], option: str = "--train_data") -> list[DataSpec]:
-    """Parse and check data specs before anything slow runs: the spec itself, that its path exists, and for a folder
-    of images its `labels.csv` (columns, values, listed images; `mf2.data.folder`).
-
-    Returns:
-        The parsed specs.
-
-    Raises:
-        DataError: one line naming the spec (and `option`), the file and the fix.
-    """
-    from ..data.folder import LABEL_FILE_SUFFIXES, LABELS_FILE, check_labelled, find_labels_file, load_image_folder
-
-    parsed = []
-    for item in specs:
-        try:
-            spec = DataSpec.parse(item) if isinstance(item, str) else item
-            path = Path(spec.path)
-            if not path.exists():
-                raise MissingDataError("no such folder or file")
-            labels = path if path.is_file() and path.suffix.lower() in LABEL_FILE_SUFFIXES else None
-            if spec.source == "mfa" and path.is_dir() and not any(path.glob("*.parquet")):
-                labels = find_labels_file(path)
-                if labels is None and not any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
-                    raise DataError(
-                        f"{path} holds no {LABELS_FILE}: a folder of images needs one, with the columns "
-                        "file_name,emotion,AU1,...,AU26 (empty = unknown; see docs/finetuning.md); or give a Parquet "
-                        "or `save_to_disk` dataset"
-                    )
-            if labels is not None:  # the labels read, every listed image there (none opened), a known label
-                check_labelled(load_image_folder(labels), labels)
-        except DataError as error:
-            raise type(error)(f"{option} {item if isinstance(item, str) else item.name}: {error}") from error
-        parsed.append(spec)
-    return parsed
-
-
-def stratified_indices(labels: Sequence[int], count: int, seed: int = 0) -> list[int]:
-    """Sorted indices of a `count`-row subset with each label's share of the whole (largest-remainder rounding)."""
-    labels = np.asarray(labels)
-    classes, sizes = np.unique(labels, return_counts=True)
-    quotas = sizes * count / len(labels)
-    take = np.floor(quotas).astype(int)
-    for index in np.argsort(-(quotas - take), kind="stable")[: count - take.sum()]:
-        take[index] += 1
-    rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == label), size=n, replace=False) for label, n in zip(classes, take)]
-    return sorted(int(i) for i in np.concatenate(chosen))
 
 
 def fill_template_captions(dataset: Dataset, name: str = "data") -> Dataset:
@@ -445,38 +306,14 @@ def split_validation(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[
     return dataset.select(train_rows), dataset.select(validation_rows)
 
 
-def group_folds(groups: Sequence[str], num_folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Row indices of `num_folds` folds with no group (subject) in two folds; groups are shuffled, then dealt out so
-    that folds have near-equal row counts (largest groups first)."""
-    groups = np.asarray(groups)
-    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    if len(names) < num_folds:
-        raise ValueError(f"{len(names)} groups cannot make {num_folds} folds.")
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(-counts[order], kind="stable")]
-    load = np.zeros(num_folds)
-    fold_of_group = np.empty(len(names), dtype=int)
-    for group in order:
-        fold = int(np.argmin(load))
-        fold_of_group[group] = fold
-        load[fold] += counts[group]
-    return [np.flatnonzero(fold_of_group[inverse] == fold) for fold in range(num_folds)]
-
-
 __all__ = [
-    "DEFAULT_BACKENDS",
     "ID_COLUMN",
     "PREPROCESS_VERSION",
     "PROCESSED_COLUMNS",
-    "DataSpec",
     "add_example_ids",
-    "check_data_specs",
     "face_statistics",
     "fill_template_captions",
-    "group_folds",
-    "load_source",
     "prepare_data",
     "preprocess_dataset",
     "split_validation",
-    "stratified_indices",
 ]

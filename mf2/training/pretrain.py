@@ -27,25 +27,25 @@ from transformers import set_seed
 from ..configuration_mf2 import MF2Config
 from ..data.schema import DataError
 from ..modeling_mf2 import MF2ForPreTraining
-from .arguments import MF2ScriptArguments, MF2TrainingArguments, check_command, parse_args
+from .argument_parser import check_command, parse_args
+from .arguments import MF2ScriptArguments, MF2TrainingArguments
 from .collator import MF2DataCollator
-from .evaluate import predict, score
-from .preprocess import prepare_data, split_validation
 from .pretraining_stages import Stage, get_stage
 from .run_setup import (
+    TRAINING_DATA_FILE,
     apply_mixed_precision,
     load_processor,
+    load_splits,
     resolve_encoders,
     resolve_resume_checkpoint,
     setup_torch,
     write_json,
     write_jsonl,
 )
+from .scoring import predict, score
 from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
-
-TRAINING_DATA_FILE = "training_data.json"
 
 
 def build_pretraining_model(script_args: MF2ScriptArguments, stage: Stage, vision: str | None, text: str | None):
@@ -61,38 +61,6 @@ def build_pretraining_model(script_args: MF2ScriptArguments, stage: Stage, visio
     if script_args.config_name:
         return MF2ForPreTraining(MF2Config.from_pretrained(script_args.config_name, **overrides))
     raise ValueError("Give --model_name_or_path, --vision_encoder/--text_encoder, or --config_name.")
-
-
-def load_splits(script_args: MF2ScriptArguments, training_args, processor):
-    """Pre-processed training and evaluation datasets (evaluation may be None) and the data summary."""
-    options = dict(
-        default_backend=script_args.landmark_backend,
-        no_face=script_args.no_face,
-        captioner=script_args.captioner,
-        pixel_format=script_args.pixel_format,
-        batch_size=script_args.preprocessing_batch_size,
-        num_proc=script_args.preprocessing_num_workers,
-    )
-    cache_dir = script_args.resolved_cache_dir
-    summary: dict[str, list] = {"train": [], "eval": []}
-    # The main process fills the cache; the others then read the same files instead of detecting faces again.
-    with training_args.main_process_first(desc="pre-processing"):
-        train, summary["train"] = prepare_data(script_args.train_data, processor.image_processor, cache_dir, **options)
-        evaluation = None
-        if script_args.eval_data:
-            evaluation, summary["eval"] = prepare_data(
-                script_args.eval_data, processor.image_processor, cache_dir, **options
-            )
-    if evaluation is None and script_args.validation_fraction > 0:
-        train, evaluation = split_validation(train, script_args.validation_fraction, seed=training_args.seed)
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
-    if evaluation is not None and script_args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
-    # numpy rows: crops arrive as arrays, not as nested Python lists.
-    train = train.with_format("numpy")
-    evaluation = None if evaluation is None else evaluation.with_format("numpy")
-    return train, evaluation, summary
 
 
 def finish_evaluation(trainer: MF2Trainer, evaluation, processor, script_args, output_dir: str) -> dict[str, float]:

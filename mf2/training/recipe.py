@@ -46,24 +46,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
-from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+from transformers import AutoTokenizer, set_seed
 
-from ..atomic import written_aside
 from ..image_processing_mf2 import MF2ImageProcessor
 from ..integration.encoders import text_encoder_path, vision_encoder_path
+from ..local_files import written_aside
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
+from .arguments import MF2TrainingArguments
 from .collator import MF2DataCollator
-from .ema import EMACallback
-from .emotion_targets import SoftEmotionTargets, class_weights, ferplus_vote_distributions, soft_emotion_loss
-from .metrics import emotion_scores, sigmoid
+from .metrics import sigmoid
 from .preprocess import prepare_data
 from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, write_card_inputs
 from .recipe_ckplus import CKPlusStages
+from .recipe_emotion import EmotionStage
 from .recipe_progress import Progress
 from .recipe_settings import PRESETS, RecipeSettings, settings_from
+from .run_setup import last_complete_checkpoint
+from .trainer import MF2Trainer
 from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
@@ -90,7 +91,7 @@ def build_base_model(settings: RecipeSettings) -> MF2ForPreTraining:
     )
 
 
-class Recipe(CKPlusStages):
+class Recipe(EmotionStage, CKPlusStages):
     """The stages above, over one output folder."""
 
     def __init__(self, data_dir: Path, output_dir: Path, export_dir: Path, settings: RecipeSettings, device: str):
@@ -212,9 +213,9 @@ class Recipe(CKPlusStages):
     # ------------------------------------------------------------------------------------------- training helpers
     def training_arguments(
         self, output_dir: Path, epochs: float, batch_size: int, learning_rate: float, steps_per_epoch: int
-    ) -> TrainingArguments:
+    ) -> MF2TrainingArguments:
         total = max(1, math.ceil(epochs * steps_per_epoch))
-        return TrainingArguments(
+        return MF2TrainingArguments(
             output_dir=str(output_dir),
             num_train_epochs=epochs,
             per_device_train_batch_size=batch_size,
@@ -234,12 +235,20 @@ class Recipe(CKPlusStages):
             disable_tqdm=False,
             bf16=self.device == "cuda",
             max_grad_norm=1.0,
+            optim="adamw_torch_fused",  # `TrainingArguments`' default, which made the shipped 2.0
         )
 
     def train(
-        self, model, dataset, collator, args: TrainingArguments, optimizer=None, compute_loss_func=None, callbacks=None
+        self,
+        model,
+        dataset,
+        collator,
+        args: MF2TrainingArguments,
+        optimizer=None,
+        compute_loss_func=None,
+        callbacks=None,
     ) -> None:
-        trainer = Trainer(
+        trainer = MF2Trainer(
             model=model,
             args=args,
             train_dataset=dataset,
@@ -248,7 +257,7 @@ class Recipe(CKPlusStages):
             compute_loss_func=compute_loss_func,
             callbacks=callbacks,
         )
-        checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        checkpoint = last_complete_checkpoint(args.output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -304,85 +313,6 @@ class Recipe(CKPlusStages):
         )
         self.train(model, dataset, collator, args)
         self.save_final(model, directory / "model")
-
-    # ------------------------------------------------------------------------------------------- emotion stage
-    def stage_emotion(self) -> None:
-        directory = self.stage_dir("emotion")
-        model = self.emotion_start_model()
-        train = self.emotion_training_set(model)
-        collator, loss = self.emotion_targets()
-        settings = self.settings
-        vision = [p for p in model.mf2.vision_model.parameters() if p.requires_grad]
-        vision_ids = {id(p) for p in vision}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in vision_ids]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": vision, "lr": settings.vision_learning_rate},
-                {"params": rest, "lr": settings.emotion_learning_rate},
-            ],
-            weight_decay=0.05,
-        )
-        args = self.training_arguments(
-            directory / "checkpoints",
-            settings.emotion_epochs,
-            settings.emotion_batch_size,
-            settings.emotion_learning_rate,
-            math.ceil(len(train) / settings.emotion_batch_size),
-        )
-        # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
-        callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
-        self.train(model, train, collator, args, optimizer=optimizer, compute_loss_func=loss, callbacks=callbacks)
-        self.save_final(model, directory / "model")
-        metrics = self.emotion_metrics(model)
-        self._write("emotion/metrics.json", metrics)
-        logger.info("FER+ valid after the emotion stage: %s", {k: round(v, 4) for k, v in metrics.items()})
-
-    def emotion_start_model(self) -> MF2ForFacialStateRecognition:
-        """The emotion stage's starting point: the pretrained model, frozen as its config says."""
-        model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("pretrain") / "model"))
-        model.mf2.apply_vision_freezing()
-        return model
-
-    def emotion_training_set(self, model) -> Dataset:
-        """What the emotion stage learns from: every FER+ train image, a random cached view per read."""
-        return VisionTokenDataset(self.tokens(model, "ferplus_train", True))
-
-    def emotion_targets(self):
-        """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
-        the majority labels and the model's own loss."""
-        settings = self.settings
-        collator = VisionTokenCollator(branches=("emotion",), keep_ids=settings.soft_targets)
-        if not settings.soft_targets:
-            return collator, None
-        groups = self.dataset("ferplus_train")["group"]
-        distributions = ferplus_vote_distributions(self.data_dir / "ferplus" / "train.parquet", groups)
-        weights = class_weights(distributions, settings.class_weight_power) if settings.class_weight_power else None
-        logger.info("emotion class weights: %s", None if weights is None else np.round(weights, 3).tolist())
-        return SoftEmotionTargets(collator, distributions), soft_emotion_loss(weights)
-
-    def emotion_metrics(self, model, transfer: bool = True) -> dict[str, float]:
-        """FER+ valid and, `transfer` (a model trained on FER+ alone), the dev proxy of faces it never saw: CK+ dev
-        peak frames (another lab, posed, 128 px)."""
-        parts = self.predict(model, self.tokens(model, "ferplus_valid", False))
-        scores = emotion_scores(parts["emotion_logits"], parts["emotion_labels"], len(model.config.id2label))
-        metrics = {
-            "ferplus_valid_accuracy": float(scores["accuracy"]),
-            "ferplus_valid_macro_f1": float(scores["macro_f1"]),
-            "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
-            "ferplus_valid_rows": int(len(parts["emotion_labels"])),
-        }
-        if not transfer:
-            return metrics
-        ckplus = self.predict(model, self.tokens(model, "ckplus", True))
-        peak = ckplus["emotion_labels"] != model.config.label2id["neutral"]  # CK+ says neutral only on onset frames
-        accuracy = emotion_scores(
-            ckplus["emotion_logits"][peak], ckplus["emotion_labels"][peak], len(model.config.id2label)
-        )
-        return {
-            **metrics,
-            "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
-            "ckplus_peak_rows": int(peak.sum()),
-        }
 
     # ------------------------------------------------------------------------------------------- export
     def stage_export(self) -> None:

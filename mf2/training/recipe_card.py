@@ -51,7 +51,7 @@ def write_card_inputs(
 ) -> None:
     """`training_data.json`, `eval_results.json`, `cv_results.json` and the model card `README.md` into `folder`.
     `transfer`: the emotion stage's figures (`emotion/metrics.json`: its FER+-only model on CK+ dev peak frames)."""
-    from .hub import build_model_card
+    from .model_card import build_model_card
 
     (folder / "training_data.json").write_text(json.dumps(training_data, indent=2))
     results = {

@@ -19,9 +19,9 @@ from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition
+from .cross_validation import cross_validate
 from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
 from .metrics import compute_mf2_metrics, emotion_scores, tune_au_thresholds
-from .preprocess import group_folds
 from .recipe_progress import Progress, save_npz
 from .vision_cache import VisionTokenCollator, VisionTokenDataset
 
@@ -56,41 +56,48 @@ class CKPlusStages:
         collator = VisionTokenCollator(branches=("emotion", "au"))
         self.train(model, train, _WithoutEmotionLabels(collator), args)
 
+    def au_fold(self, template, cached, fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> dict:
+        """One cross-validation fold of the AU stage (skipped when its files are there): a copy of `template` fitted on
+        `train_rows`, its emotion-head features, and its predictions of `test_rows` with thresholds tuned on the
+        training rows."""
+        fold_dir = self.stage_dir("au") / f"fold-{fold}"
+        predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
+        if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
+            model = copy.deepcopy(template)
+            set_seed(self.settings.seed + fold)
+            self.fit_au(model, cached, train_rows.tolist(), fold_dir / "checkpoints")
+            self.write_emotion_head_inputs(model, fold_dir / "features.npz", with_valid=False)
+            everything = self.predict(model, cached)
+            train_part = {k: v[train_rows] for k, v in everything.items()}
+            thresholds = tune_au_thresholds(train_part["au_probs"], train_part["au_labels"])
+            save_npz(
+                predictions_file,
+                test_rows=test_rows,
+                thresholds=np.asarray(thresholds),
+                train_au_probs=train_part["au_probs"],
+                train_au_labels=train_part["au_labels"],
+                **{k: v[test_rows] for k, v in everything.items()},
+            )
+            shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+        return dict(np.load(predictions_file))
+
     def stage_au(self) -> None:
         directory = self.stage_dir("au")
         template = self.au_model()
         cached = self.tokens(template, "ckplus", True)
         rows = self.dataset("ckplus")
-        folds = group_folds(rows["group"], self.settings.cv_folds, seed=self.settings.seed)
         # CK+ labels "neutral" only on the first (onset) frames, so the peak frames are the other rows.
         peak = np.asarray(rows["emotion"]) != template.config.label2id["neutral"]
-        held_out = []
-        for fold, test_rows in enumerate(folds):
-            fold_dir = directory / f"fold-{fold}"
-            predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
-            if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
-                train_rows = np.setdiff1d(np.arange(len(rows)), test_rows)
-                model = copy.deepcopy(template)
-                set_seed(self.settings.seed + fold)
-                self.fit_au(model, cached, train_rows.tolist(), fold_dir / "checkpoints")
-                self.write_emotion_head_inputs(model, fold_dir / "features.npz", with_valid=False)
-                everything = self.predict(model, cached)
-                train_part = {k: v[train_rows] for k, v in everything.items()}
-                thresholds = tune_au_thresholds(train_part["au_probs"], train_part["au_labels"])
-                save_npz(
-                    predictions_file,
-                    test_rows=test_rows,
-                    thresholds=np.asarray(thresholds),
-                    train_au_probs=train_part["au_probs"],
-                    train_au_labels=train_part["au_labels"],
-                    **{k: v[test_rows] for k, v in everything.items()},
-                )
-                shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
-            held_out.append(dict(np.load(predictions_file)))
+        held_out = cross_validate(
+            rows["group"],
+            self.settings.cv_folds,
+            self.settings.seed,
+            lambda fold, train_rows, test_rows: self.au_fold(template, cached, fold, train_rows, test_rows),
+        )
         metrics = self.cv_metrics(held_out, template.config, peak)
         self._write("au/cv_results.json", metrics)
         logger.info(
-            "CK+ %d-fold CV: %s", len(folds), {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            "CK+ %d-fold CV: %s", len(held_out), {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         )
 
         final = copy.deepcopy(template)
@@ -169,17 +176,16 @@ class CKPlusStages:
         rows = self.dataset("ckplus")
         labels = np.asarray(rows["emotion"])
         peak = labels != model.config.label2id["neutral"]  # CK+ says "neutral" only on onset frames
-        folds = group_folds(rows["group"], self.settings.cv_folds, seed=self.settings.seed)
         num_classes = len(model.config.id2label)
-        per_fold = []
-        for fold, test_rows in enumerate(folds):
+
+        def fold_accuracy(fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> float:
             features = dict(np.load(self.stage_dir("au") / f"fold-{fold}" / "features.npz"))
-            head = self.fit_head(features, np.setdiff1d(np.arange(len(rows)), test_rows), num_classes)
+            head = self.fit_head(features, train_rows, num_classes)
             test_peak = test_rows[peak[test_rows]]
-            inputs = features["ckplus.tokens"][test_peak]
-            per_fold.append(
-                float(emotion_scores(head_logits(head, inputs), labels[test_peak], num_classes)["accuracy"])
-            )
+            logits = head_logits(head, features["ckplus.tokens"][test_peak])
+            return float(emotion_scores(logits, labels[test_peak], num_classes)["accuracy"])
+
+        per_fold = cross_validate(rows["group"], self.settings.cv_folds, self.settings.seed, fold_accuracy)
         features = dict(np.load(self.stage_dir("au") / "features.npz"))
         head = self.fit_head(features, np.arange(len(rows)), num_classes)
         install_emotion_head(model, head)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import written_aside
+from ..local_files import written_aside
 
 logger = logging.getLogger("mf2.recipe")
 

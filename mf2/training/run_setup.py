@@ -1,6 +1,6 @@
 """What the training entry points (`mf2 train`, `mf2 finetune`, `mf2 evaluate`) share around `MF2Trainer`: finding
-the checkpoint to resume from, the torch and precision set-up, the encoders and processor of a run, and its JSON
-outputs."""
+the checkpoint to resume from, the torch and precision set-up, the encoders and processor of a run, its pre-processed
+training and evaluation data, and its JSON outputs."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ from typing import Any
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..atomic import written_aside
+from ..local_files import written_aside
 from ..processing_mf2 import load_processor as _load_processor
+from .arguments import MF2ScriptArguments
+from .preprocess import prepare_data, split_validation
 from .trainer import TRAINER_STATE_NAME
 
 logger = logging.getLogger(__name__)
+
+TRAINING_DATA_FILE = "training_data.json"
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
@@ -115,10 +119,45 @@ def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
+# --------------------------------------------------------------------------------------------------- data
+def load_splits(script_args: MF2ScriptArguments, training_args, processor):
+    """Pre-processed training and evaluation datasets (evaluation may be None) and the data summary."""
+    options = dict(
+        default_backend=script_args.landmark_backend,
+        no_face=script_args.no_face,
+        captioner=script_args.captioner,
+        pixel_format=script_args.pixel_format,
+        batch_size=script_args.preprocessing_batch_size,
+        num_proc=script_args.preprocessing_num_workers,
+    )
+    cache_dir = script_args.resolved_cache_dir
+    summary: dict[str, list] = {"train": [], "eval": []}
+    # The main process fills the cache; the others then read the same files instead of detecting faces again.
+    with training_args.main_process_first(desc="pre-processing"):
+        train, summary["train"] = prepare_data(script_args.train_data, processor.image_processor, cache_dir, **options)
+        evaluation = None
+        if script_args.eval_data:
+            evaluation, summary["eval"] = prepare_data(
+                script_args.eval_data, processor.image_processor, cache_dir, **options
+            )
+    if evaluation is None and script_args.validation_fraction > 0:
+        train, evaluation = split_validation(train, script_args.validation_fraction, seed=training_args.seed)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if evaluation is not None and script_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    # numpy rows: crops arrive as arrays, not as nested Python lists.
+    train = train.with_format("numpy")
+    evaluation = None if evaluation is None else evaluation.with_format("numpy")
+    return train, evaluation, summary
+
+
 __all__ = [
+    "TRAINING_DATA_FILE",
     "apply_mixed_precision",
     "last_complete_checkpoint",
     "load_processor",
+    "load_splits",
     "resolve_encoders",
     "resolve_resume_checkpoint",
     "setup_torch",

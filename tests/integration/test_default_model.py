@@ -25,7 +25,7 @@ from mf2.integration.default_model import (
     model_identity,
     resolve_model,
 )
-from mf2.pipeline_mf2 import InputError, NonFiniteOutputError
+from mf2.pipeline_mf2 import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = REPO / "examples" / "images" / "astronaut.png"
@@ -156,7 +156,7 @@ def test_a_non_finite_output_is_an_error_never_a_result(pipe, monkeypatch):
     monkeypatch.setattr(pipe.model, "forward", poisoned)
     with pytest.raises(InputError, match="not finite") as caught:
         pipe(str(ASTRONAUT))
-    assert isinstance(caught.value.__cause__, NonFiniteOutputError) and caught.value.__cause__.faces == [0]
+    assert caught.value.kind == "not_finite" and caught.value.detail["faces"] == [0]
 
 
 if __name__ == "__main__":

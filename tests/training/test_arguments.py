@@ -3,7 +3,8 @@
 import pytest
 
 from mf2 import MF2Config
-from mf2.training.arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments, parse_args
+from mf2.training.argument_parser import parse_args
+from mf2.training.arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments
 from mf2.training.pretraining_stages import PRETRAINING_STAGES, get_stage
 
 TYPES = (MF2ScriptArguments, MF2TrainingArguments)

@@ -25,7 +25,7 @@ RELOAD = textwrap.dedent(
     import mf2
     from mf2 import MF2ForFacialStateRecognition
     from mf2.dfn import DFNModel
-    from mf2.training.evaluate import read_thresholds
+    from mf2.training.scoring import read_thresholds
     from mf2.processing_mf2 import load_saved_processor
 
     repo, model_dir, adapter_dir = sys.argv[1:4]

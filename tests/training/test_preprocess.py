@@ -7,16 +7,11 @@ from datasets import Dataset
 from training_testing import IMAGE_SIZE, synthetic_rows
 
 from mf2.data import MFA_FEATURES
+from mf2.data.group_split import group_folds
 from mf2.processing_mf2 import MF2ImageProcessor
 from mf2.training.collator import MF2DataCollator
-from mf2.training.preprocess import (
-    DataSpec,
-    add_example_ids,
-    fill_template_captions,
-    group_folds,
-    preprocess_dataset,
-    stratified_indices,
-)
+from mf2.training.data_specs import DataSpec, stratified_indices
+from mf2.training.preprocess import add_example_ids, fill_template_captions, preprocess_dataset
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +114,8 @@ def test_ferplus_training_crops_are_the_inference_crops(data_dir, tmp_path):
     from PIL import Image
 
     from mf2.integration.default_model import default_model_path
-    from mf2.training.preprocess import load_source, prepare_data
+    from mf2.training.data_specs import load_source
+    from mf2.training.preprocess import prepare_data
 
     spec = f"ferplus:{data_dir}/ferplus/valid.parquet,max_samples=16"
     rows, summary = prepare_data([spec], MF2ImageProcessor(size=112), tmp_path)

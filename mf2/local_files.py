@@ -1,4 +1,8 @@
-"""Files and folders written whole or not at all.
+"""Where mf2 keeps the files it makes, and how it writes them: whole or not at all.
+
+`mf2_home()` is `$MF2_HOME`, default `~/.cache/mf2`. Below it: `encoders/` (the offline encoders `mf2 encoders`
+converts) and `cache/` (pre-processed datasets and feature caches of the training scripts). Read at every call, so a
+changed environment variable takes effect at once.
 
 `written_aside(target)` gives a temporary name beside `target` to write a file or a folder into, and renames it onto
 `target` when the writing is done (`os.replace`, atomic on one file system). A failure, a full disk or Ctrl-C removes
@@ -17,9 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+MF2_HOME_VARIABLE = "MF2_HOME"
+
 PARTIAL_SUFFIX = ".partial"
 
 _swept: set[Path] = set()  # folders whose killed processes' temporaries this process has removed already
+
+
+def mf2_home() -> Path:
+    """`$MF2_HOME`, else `~/.cache/mf2`."""
+    return Path(os.environ.get(MF2_HOME_VARIABLE, Path.home() / ".cache" / "mf2"))
 
 
 @contextmanager
@@ -83,4 +94,4 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["PARTIAL_SUFFIX", "written_aside"]
+__all__ = ["MF2_HOME_VARIABLE", "mf2_home", "PARTIAL_SUFFIX", "written_aside"]

@@ -1,4 +1,4 @@
-"""Files and folders written whole or not at all (`mf2.atomic.written_aside`)."""
+"""Files and folders written whole or not at all (`mf2.local_files.written_aside`)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mf2.atomic import written_aside
+from mf2.local_files import written_aside
 
 
 def test_a_file_appears_whole_and_no_temporary_is_left(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mf2.losses_mf2 import (
+from mf2.modeling_mf2 import (
     caption_positive_mask,
     itc_loss,
     itg_loss,

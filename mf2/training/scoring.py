@@ -1,0 +1,117 @@
+"""Predicting and scoring an MF² checkpoint, shared by `mf2 evaluate`, `mf2 train` and `mf2 finetune`: `Trainer`
+predictions as named arrays and the paper's metrics, the recognition model with its adapter, and the AU thresholds a
+checkpoint or adapter keeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .collator import MF2DataCollator
+from .metrics import compute_mf2_metrics, tune_au_thresholds
+from .run_setup import write_json
+from .trainer import MF2Trainer, split_predictions
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = None, prefix: str = "eval"):
+    """Predict `dataset` with `trainer` (optionally with another collator), gathered over processes.
+
+    Returns:
+        `(parts, metrics)`: `parts` from `split_predictions` (AU probabilities, emotion logits, labels, example ids) and
+        the metrics `Trainer` computed (with `prefix`).
+    """
+    original = trainer.data_collator
+    if collator is not None:
+        trainer.data_collator = collator
+    try:
+        output = trainer.predict(dataset, metric_key_prefix=prefix)
+    finally:
+        trainer.data_collator = original
+    return split_predictions(output.predictions, output.label_ids), dict(output.metrics)
+
+
+def score(
+    parts: dict[str, Any], config, tune: bool = False, prefix: str = "eval"
+) -> tuple[dict[str, float], list | None]:
+    """Metrics of predictions with the config's thresholds, and with `tune` the thresholds tuned on them (AUs without
+    a positive label keep the config's).
+
+    Returns:
+        `(metrics, thresholds)`; `thresholds` is None without `tune` or when no AU is labelled.
+    """
+    kwargs = dict(
+        au_probs=parts["au_probs"],
+        au_labels=parts["au_labels"],
+        emotion_predictions=parts["emotion_logits"],
+        emotion_labels=parts["emotion_labels"],
+        au_names=config.au_names,
+        emotion_names=config.emotion_labels,
+    )
+    metrics = {f"{prefix}_{k}": v for k, v in compute_mf2_metrics(au_thresholds=config.au_thresholds, **kwargs).items()}
+    thresholds = None
+    labels = parts["au_labels"]
+    if tune and labels is not None and parts["au_probs"] is not None and (labels == 1).any():
+        thresholds = tune_au_thresholds(parts["au_probs"], labels, default=config.au_decision_thresholds)
+        tuned = compute_mf2_metrics(au_thresholds=thresholds, **{**kwargs, "emotion_predictions": None})
+        metrics.update({f"{prefix}_{k}_tuned": v for k, v in tuned.items() if k.startswith("au_f1")})
+    return metrics, thresholds
+
+
+def load_recognition_model(model_name_or_path: str, adapter_name_or_path: str | None = None):
+    """The image-only recogniser of a checkpoint (text side left out), with a DFN adapter when given
+    (`mf2.dfn.load_adapter`: the AU thresholds of the adapter folder's `thresholds.json`, written by `mf2 finetune`,
+    replace the checkpoint's)."""
+    from ..modeling_mf2 import MF2ForFacialStateRecognition
+
+    model = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path)
+    if adapter_name_or_path is None:
+        return model
+    from ..dfn import load_adapter
+
+    return load_adapter(model, adapter_name_or_path)
+
+
+def read_thresholds(folder: str | Path) -> list[float] | None:
+    """AU thresholds from `<folder>/thresholds.json`, if the folder is local and has one."""
+    import json
+
+    path = Path(folder) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    return [float(value) for value in json.loads(path.read_text())["au_thresholds"]]
+
+
+def store_thresholds(thresholds: list[float], model_dir: str | Path, adapter_dir: str | Path | None = None) -> Path:
+    """Store tuned thresholds: in the adapter folder's `thresholds.json` with an adapter, else in the checkpoint's
+    `config.json` (`MF2Config.au_thresholds`)."""
+    from ..configuration_mf2 import MF2Config
+
+    if adapter_dir is not None:
+        target = Path(adapter_dir) / THRESHOLDS_FILE
+        write_json(target, {"au_thresholds": list(thresholds)})
+        return target
+    config = MF2Config.from_pretrained(model_dir)
+    config.au_thresholds = list(thresholds)
+    config.save_pretrained(model_dir)
+    return Path(model_dir) / "config.json"
+
+
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate `split_predictions` dicts."""
+    return {key: None if parts[0][key] is None else np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+__all__ = [
+    "THRESHOLDS_FILE",
+    "load_recognition_model",
+    "merge_parts",
+    "predict",
+    "read_thresholds",
+    "score",
+    "store_thresholds",
+]
