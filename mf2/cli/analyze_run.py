@@ -298,10 +298,10 @@ class AnalyzeRun:
                 if tracks is not None:
                     tracks.add(result["time"], result["faces"])
                 source = {"path": str(path), "frame": result["frame"], "time": result["time"]}
-                faces = [{key: value for key, value in face.items() if key not in source} for face in result["faces"]]
                 if self.annotate_dir is not None:
                     self.save_annotation(Image.fromarray(result["image"]), result["faces"], path, result["frame"])
-                self.emit(_with_warnings(face_records(faces, source, self.common), note))
+                # Each face carries its frame and time already; `face_records` keeps them where `source` put them.
+                self.emit(_with_warnings(face_records(result["faces"], source, self.common), note))
                 bar.update(1)
         except VideoDecodeError as error:
             self.error_record(path, f"input {index}: {error}", frame=error.frame, time=error.time)
