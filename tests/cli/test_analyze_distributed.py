@@ -3,12 +3,11 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from distributed_launch import launch_two_processes
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
@@ -64,36 +63,10 @@ def first_four(images: Path, folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_two(argv: list[str]) -> subprocess.CompletedProcess:
     """`accelerate launch` of `mf2 analyze` on 2 CPU processes (torchrun under `--multi_gpu`: accelerate's `--cpu`
     launches a single process on one machine)."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "mf2",
-        "analyze",
-        *argv,
-        "--no-progress",
-    ]
+    command = [*launch_two_processes("-m", "mf2", "analyze"), *argv, "--no-progress"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),

@@ -9,7 +9,6 @@ installs them) and skips, saying so, only where they are absent.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed_launch import free_port
 from PIL import Image
 
 from mf2.cli.demo_results import (
@@ -137,12 +137,6 @@ def _browser() -> tuple[str, str]:
     return chromium, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_until_serving(url: str, server: subprocess.Popen, log: Path, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -212,7 +206,7 @@ def server(tmp_path):
     file."""
     temp = tmp_path / "temp"
     temp.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
     process = subprocess.Popen(

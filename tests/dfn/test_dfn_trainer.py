@@ -1,15 +1,12 @@
 """DFN under `Trainer` (with and without the feature cache) and under `accelerate launch` data parallel."""
 
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
 from dfn_testing import IMAGE_KEYS, build, dfn_config, image_batch, state_copy
+from distributed_launch import launch_two_processes
 from transformers import Trainer, TrainingArguments
 
 from mf2 import MF2ForFacialStateRecognition
@@ -135,34 +132,10 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(
-    shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="no accelerate CLI"
-)
 def test_accelerate_launch_two_processes_without_find_unused_parameters(tmp_path):
     script = tmp_path / "train_dfn.py"
     script.write_text(DDP_SCRIPT.format(tests_dir=TESTS_DIR, output_dir=str(tmp_path / "run")))
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(script),
-    ]
+    command = launch_two_processes(str(script))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,10 +4,10 @@ tiny dataset, and the gathered evaluation scores every one of an odd number of e
 import collections
 import json
 import subprocess
-import sys
 
 import pytest
-from training_testing import REPO_DIR, free_port, pretrain_argv, read_log_history, subprocess_env, write_setup
+from distributed_launch import launch_two_processes
+from training_testing import REPO_DIR, pretrain_argv, read_log_history, subprocess_env, write_setup
 
 EVAL_SIZE = 13  # odd: the two shards are uneven and Accelerate pads the last batch with repeated examples
 
@@ -16,24 +16,7 @@ EVAL_SIZE = 13  # odd: the two shards are uneven and Accelerate pads the last ba
 def test_two_process_training_and_gathered_evaluation(tmp_path):
     setup = write_setup(tmp_path, train_size=24, eval_size=EVAL_SIZE)
     output = tmp_path / "out"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "mf2.training.pretrain",
-    ]
+    launch = launch_two_processes("-m", "mf2.training.pretrain")
     argv = pretrain_argv(
         setup, output, eval_data=f"mfa:{setup['eval']}", save_predictions=True, per_device_eval_batch_size=3
     )
