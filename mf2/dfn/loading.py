@@ -26,7 +26,7 @@ from .model import checkpoint_has_text_weights
 from .peft_model import DFNModel
 
 ADAPTER_CONFIG = "adapter_config.json"
-THRESHOLDS_FILE = "thresholds.json"  # = mf2.training.evaluate.THRESHOLDS_FILE, which writes it
+THRESHOLDS_FILE = "thresholds.json"  # = mf2.training.scoring.THRESHOLDS_FILE, which writes it
 """Beside the adapter: `{"au_thresholds": [...]}`, the per-AU thresholds tuned on `mf2 finetune`'s evaluation data."""
 
 
