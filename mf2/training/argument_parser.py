@@ -126,7 +126,8 @@ def _summary(action: argparse.Action, width: int) -> str:
     """`--name[=default]  help`, on one line of at most `width` characters (the help cut at a word, with `…`)."""
     name = max(action.option_strings, key=lambda option: (option.startswith("--"), "_" in option, len(option)))
     default = action.default
-    if default not in (None, [], "", False, argparse.SUPPRESS) and action.nargs != 0:
+    shown = not (default is None or default is False or default is argparse.SUPPRESS or default in ([], ""))
+    if shown and action.nargs != 0:
         name += f"={' '.join(map(str, default)) if isinstance(default, list) else default}"
     text = " ".join((action.help or "").replace("%%", "%").split())
     line = f"  {name:<34} {text}" if len(name) <= 34 else f"  {name}  {text}"
@@ -223,10 +224,13 @@ class MF2ArgumentParser(HfArgumentParser):
         for title, actions in self._sections():
             if actions:
                 lines += ["", f"{title}:", *(_summary(action, width) for action in actions)]
-        more = (
-            f"{self.count_hidden()} more options (the rest of transformers' TrainingArguments, e.g. "
-            f"--gradient_checkpointing) and each option's full text: `{self.prog} --help-all`."
-        )
+        hidden = self.count_hidden()
+        more = f"Each option's full text: `{self.prog} --help-all`."
+        if hidden:
+            more = (
+                f"{hidden} more options (the rest of transformers' TrainingArguments, e.g. --gradient_checkpointing) "
+                f"and each option's full text: `{self.prog} --help-all`."
+            )
         return "\n".join([*lines, "", *textwrap.wrap(more, width)]) + "\n"
 
 
@@ -259,6 +263,7 @@ def parse_args(
     prog: str | None = None,
     usage: str | None = None,
     help_options: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ):
     """Parse `argv` into instances of `dataclass_types`, with `--config file.yaml` as the defaults under the command line.
 
@@ -267,6 +272,7 @@ def parse_args(
         usage: the usage line's arguments (after `prog`), e.g. `"--model_name_or_path MODEL ... [option ...]"`;
             default: argparse's list of every option.
         help_options: the options `--help` lists (default: `HELP_OPTIONS[prog]`, else every MF² option).
+        defaults: field values under the YAML file's and the command line's (`mf2 recipe`'s preset).
 
     Returns:
         One instance per dataclass type, in order.
@@ -282,6 +288,7 @@ def parse_args(
         usage=None if usage is None else f"{prog or '%(prog)s'} {usage}",
     )
     parser.add_argument("--config", default=None, help="YAML file of options; the command line overrides it.")
+    parser.set_defaults(**(defaults or {}))
     if known.config:
         parser.set_defaults(**_yaml_defaults(known.config, dataclass_types))
     # The extra `--config` argument comes back as a trailing namespace after the dataclasses; unknown options and the

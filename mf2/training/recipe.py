@@ -33,7 +33,6 @@ stage 4 runs on a representation that has seen the test folds' captions (not the
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -62,14 +61,13 @@ from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, wr
 from .recipe_ckplus import CKPlusStages
 from .recipe_emotion import EmotionStage
 from .recipe_progress import Progress
-from .recipe_settings import PRESETS, RecipeSettings, settings_from
+from .recipe_settings import PRESETS, RECIPE_STAGES, RecipeSettings, recipe_arguments
 from .run_setup import last_complete_checkpoint
 from .trainer import MF2Trainer
 from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
 
-RECIPE_STAGES = ("data", "pretrain", "emotion", "au", "emotion_head", "export")
 DONE = "done.json"
 # Template captions are short; padding to the paper's 169 / 61 tokens would only cost time.
 AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH = 48, 64
@@ -352,25 +350,10 @@ class Recipe(EmotionStage, CKPlusStages):
         logger.info("exported %s to %s", SHIPPED_NAME, self.export_dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mf2 recipe", description="Reproduce the shipped MF² model (resumable).")
-    parser.add_argument(
-        "--data", required=True, help="folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"
-    )
-    parser.add_argument("--output_dir", default="outputs/recipe", help="work folder (caches, checkpoints, metrics)")
-    parser.add_argument(
-        "--export_dir", default=None, help="where the finished model goes (default OUTPUT_DIR/mf2-base)"
-    )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-    parser.add_argument("--stages", nargs="+", default=list(RECIPE_STAGES), choices=RECIPE_STAGES)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a RecipeSettings field")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = settings_from(args.preset, args.set)
+    """`mf2 recipe`: see the module docstring and `--help`. Missing data or a missing CUDA device is one line on
+    stderr, exit status 2."""
+    args, settings = recipe_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     data = Path(args.data)
     missing = [

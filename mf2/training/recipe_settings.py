@@ -1,52 +1,79 @@
-"""The recipe's settings: every choice `mf2 recipe` makes, the presets that scale them, and `--set` overrides."""
+"""The recipe's settings: every choice `mf2 recipe` makes (`RecipeSettings`), the presets that scale them, and the
+command's own options (`MF2RecipeArguments`), read by the training commands' one parser
+(`mf2.training.argument_parser.parse_args`): `--preset` sets the settings' defaults, `--config FILE.yaml` and then
+each `--SETTING VALUE` override them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import argparse
+from dataclasses import dataclass, field
 from typing import Any
+
+from .argument_parser import parse_args
+
+RECIPE_STAGES = ("data", "pretrain", "emotion", "au", "emotion_head", "export")
 
 
 @dataclass
 class RecipeSettings:
-    """Every choice of the recipe (the `cpu` preset; `gpu` scales it up). Stored with the outputs."""
+    """The recipe's settings: every choice it makes (the `cpu` preset's values; `gpu` scales them up), stored with
+    its outputs."""
 
-    image_size: int = 112
-    vision_trainable_layers: int = 6
-    qformer_layers: int = 4
-    num_query_tokens: int = 16
-    num_au_query_tokens: int = 4
-    seed: int = 0
-    # pretraining
-    pretrain_ferplus_samples: int = 1000
-    pretrain_epochs: float = 1.0
-    pretrain_batch_size: int = 16
-    pretrain_learning_rate: float = 1e-4
-    max_au_captions: int = 2
-    # emotion stage
-    emotion_epochs: float = 3.0
-    emotion_batch_size: int = 64
-    emotion_learning_rate: float = 2e-4
-    vision_learning_rate: float = 4e-5
-    soft_targets: bool = True  # FER+'s vote distribution instead of the majority label (`emotion_targets`)
-    class_weight_power: float = 0.5  # class weights (1 / share) ** power; 0 turns them off
-    ema_decay: float = 0.998  # average of the weights (`ema`); 0 turns it off
-    # seeded augmented views per training image in the token cache (`view_augmentation`), besides the mirror image
-    augmented_views: int = 2
-    # AU stage
-    au_epochs: float = 8.0
-    au_batch_size: int = 32
-    au_learning_rate: float = 3e-4
-    cv_folds: int = 5
-    # emotion-recogniser refit on FER+ train + CK+ dev (frozen Emo-VL features)
-    head_steps: int = 400
-    head_learning_rate: float = 3e-3
-    ckplus_weight: float = 0.5
-    head_ferplus_samples: int = 2500
-    # smoke runs
-    max_ferplus_train: int | None = None
-    max_ferplus_valid: int | None = None
-    max_ckplus: int | None = None
-    cache_batch_size: int = 64
+    image_size: int = field(default=112, metadata={"help": "side of the aligned face crop (px)"})
+    vision_trainable_layers: int = field(
+        default=6, metadata={"help": "top DINOv2 blocks that train (the tokens below them are cached once)"}
+    )
+    qformer_layers: int = field(default=4, metadata={"help": "layers of each Q-Former (MiniLM-initialised)"})
+    num_query_tokens: int = field(default=16, metadata={"help": "Emo-VL's learned queries"})
+    num_au_query_tokens: int = field(default=4, metadata={"help": "AU-VL's learned queries per AU"})
+    seed: int = field(default=0, metadata={"help": "seed of every draw (samples, folds, initialisation, augmentation)"})
+    pretrain_ferplus_samples: int = field(
+        default=1000, metadata={"help": "pretraining: FER+ train images (with all of CK+ dev)"}
+    )
+    pretrain_epochs: float = field(default=1.0, metadata={"help": "pretraining: epochs"})
+    pretrain_batch_size: int = field(default=16, metadata={"help": "pretraining: batch"})
+    pretrain_learning_rate: float = field(default=1e-4, metadata={"help": "pretraining: peak learning rate"})
+    max_au_captions: int = field(default=2, metadata={"help": "pretraining: AU captions per image"})
+    emotion_epochs: float = field(default=3.0, metadata={"help": "emotion stage: epochs over FER+ train"})
+    emotion_batch_size: int = field(default=64, metadata={"help": "emotion stage: batch"})
+    emotion_learning_rate: float = field(
+        default=2e-4, metadata={"help": "emotion stage: peak learning rate of Emo-VL and the recogniser"}
+    )
+    vision_learning_rate: float = field(
+        default=4e-5, metadata={"help": "emotion stage: peak learning rate of the trainable vision blocks"}
+    )
+    soft_targets: bool = field(
+        default=True, metadata={"help": "FER+'s vote distribution as the target instead of the majority label"}
+    )
+    class_weight_power: float = field(
+        default=0.5, metadata={"help": "class weights (1 / share) ** power; 0 turns them off"}
+    )
+    ema_decay: float = field(
+        default=0.998, metadata={"help": "exponential moving average of the weights; 0 turns it off"}
+    )
+    augmented_views: int = field(
+        default=2,
+        metadata={"help": "seeded augmented views per training image in the token cache, besides the mirror image"},
+    )
+    au_epochs: float = field(default=8.0, metadata={"help": "AU stage: epochs over CK+ dev"})
+    au_batch_size: int = field(default=32, metadata={"help": "AU stage: batch"})
+    au_learning_rate: float = field(default=3e-4, metadata={"help": "AU stage: peak learning rate"})
+    cv_folds: int = field(default=5, metadata={"help": "subject-wise cross-validation folds on CK+ dev"})
+    head_steps: int = field(default=400, metadata={"help": "emotion recogniser refit: optimisation steps"})
+    head_learning_rate: float = field(default=3e-3, metadata={"help": "emotion recogniser refit: learning rate"})
+    ckplus_weight: float = field(
+        default=0.5, metadata={"help": "emotion recogniser refit: CK+ dev's weight against the FER+ sample"}
+    )
+    head_ferplus_samples: int = field(default=2500, metadata={"help": "emotion recogniser refit: FER+ train images"})
+    max_ferplus_train: int | None = field(
+        default=None, metadata={"help": "at most this many FER+ train images (smoke runs)"}
+    )
+    max_ferplus_valid: int | None = field(
+        default=None, metadata={"help": "at most this many FER+ valid images (smoke runs)"}
+    )
+    max_ckplus: int | None = field(default=None, metadata={"help": "at most this many CK+ dev images (smoke runs)"})
+    cache_batch_size: int = field(default=64, metadata={"help": "batch of the vision-token cache's encoder passes"})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -81,22 +108,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def settings_from(preset: str, overrides: list[str]) -> RecipeSettings:
-    """`RecipeSettings` of `preset` with `KEY=VALUE` overrides (typed like the field they set)."""
-    settings = replace(RecipeSettings(), **PRESETS[preset])
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key not in RecipeSettings.__dataclass_fields__:
-            raise SystemExit(f"mf2 recipe: unknown setting {key!r}; see RecipeSettings.")
-        current = getattr(settings, key)
-        if isinstance(current, bool):  # bool("false") is True: read the word
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise SystemExit(f"mf2 recipe: {key} takes true or false, got {value!r}.")
-            settings = replace(settings, **{key: value.lower() in ("true", "1")})
-            continue
-        kind = type(current) if current is not None else int
-        settings = replace(settings, **{key: kind(value)})
-    return settings
+@dataclass
+class MF2RecipeArguments:
+    """The recipe's command: where its data and outputs are, and what runs."""
+
+    data: str = field(metadata={"help": "folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"})
+    output_dir: str = field(default="outputs/recipe", metadata={"help": "work folder (caches, checkpoints, metrics)"})
+    export_dir: str | None = field(
+        default=None, metadata={"help": "where the finished model goes (default OUTPUT_DIR/mf2-base)"}
+    )
+    device: str = field(default="cpu", metadata={"help": "where it trains", "choices": ["cpu", "cuda"]})
+    preset: str = field(
+        default="cpu",
+        metadata={"help": "the settings' defaults: cpu (the shipped model), gpu, smoke (CI)", "choices": list(PRESETS)},
+    )
+    stages: list[str] = field(
+        default_factory=lambda: list(RECIPE_STAGES),
+        metadata={"help": "the stages to run, in order (each resumes or skips when done)", "choices": RECIPE_STAGES},
+    )
 
 
-__all__ = ["PRESETS", "RecipeSettings", "settings_from"]
+def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments, RecipeSettings]:
+    """`mf2 recipe`'s command line: its options, and its settings (`--preset`'s, then the YAML file's, then the
+    command line's). A bad option is argparse's one-line error, exit status 2."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="cpu")
+    preset = pre.parse_known_args(argv)[0].preset  # an unknown one: the full parser's own error
+    return parse_args(
+        (MF2RecipeArguments, RecipeSettings),
+        argv,
+        description="Reproduce the shipped MF² model from the development data, resumable stage by stage. Each "
+        "setting is a `RecipeSettings` field; --preset sets their defaults.",
+        prog="mf2 recipe",
+        usage="--data DIR [--output_dir DIR] [--preset cpu|gpu|smoke] [--SETTING VALUE ...]",
+        defaults=PRESETS.get(preset, {}),
+    )
+
+
+__all__ = ["PRESETS", "RECIPE_STAGES", "MF2RecipeArguments", "RecipeSettings", "recipe_arguments"]

@@ -81,15 +81,25 @@ def test_a_second_run_resumes_without_redoing_finished_stages(smoke_run, capsys)
 def test_command_line_refuses_a_folder_without_the_data(tmp_path, capsys):
     assert main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2
     assert "lacks ferplus/train.parquet" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown setting"):
-        main(["--data", str(tmp_path), "--set", "colour=blue"])
+    with pytest.raises(SystemExit) as raised:
+        main(["--data", str(tmp_path), "--colour", "blue"])
+    assert raised.value.code == 2 and "unrecognized arguments: --colour blue" in capsys.readouterr().err
 
 
-def test_settings_overrides_are_typed_like_their_field():
-    from mf2.training.recipe_settings import settings_from
+def test_settings_are_read_by_the_training_commands_parser_over_the_preset(tmp_path, capsys):
+    """`mf2 recipe` reads its settings as the other training commands read theirs (typed options, `--config` YAML):
+    the command line over the YAML file over the preset."""
+    from mf2.training.recipe_settings import recipe_arguments
 
-    settings = settings_from("cpu", ["soft_targets=false", "ema_decay=0", "augmented_views=3"])
+    data = ["--data", str(tmp_path)]
+    args, settings = recipe_arguments([*data, "--soft_targets", "false", "--ema_decay", "0", "--augmented_views", "3"])
     assert settings.soft_targets is False and settings.ema_decay == 0.0 and settings.augmented_views == 3
-    assert settings_from("cpu", ["soft_targets=True"]).soft_targets is True
-    with pytest.raises(SystemExit, match="true or false"):
-        settings_from("cpu", ["soft_targets=maybe"])
+    assert args.preset == "cpu" and settings.emotion_epochs == RecipeSettings().emotion_epochs
+    config = tmp_path / "recipe.yaml"
+    config.write_text("emotion_epochs: 5\nau_epochs: 2\n")
+    _, settings = recipe_arguments([*data, "--preset", "gpu", "--config", str(config), "--au_epochs", "3"])
+    assert settings.image_size == PRESETS["gpu"]["image_size"] and settings.emotion_epochs == 5.0
+    assert settings.au_epochs == 3.0
+    with pytest.raises(SystemExit) as raised:
+        recipe_arguments([*data, "--soft_targets", "maybe"])
+    assert raised.value.code == 2 and "soft_targets" in capsys.readouterr().err
