@@ -97,6 +97,15 @@ class FitResult:
     score_seconds: float = 0.0
 
 
+def _thresholds_tuned_on(trainer: MF2Trainer, dataset, config, collator) -> list[float] | None:
+    """Per-AU thresholds tuned on `trainer`'s predictions of `dataset` (None when no AU is labelled positive)."""
+    parts, _ = predict(trainer, dataset, collator)
+    labels = parts["au_labels"]
+    if labels is None or parts["au_probs"] is None or not (labels == 1).any():
+        return None
+    return tune_au_thresholds(parts["au_probs"], labels, default=config.au_decision_thresholds)
+
+
 def fit_and_score(
     trainer: MF2Trainer,
     config,
@@ -108,9 +117,10 @@ def fit_and_score(
     resume: str | bool | None = None,
     after_training: Callable[[FitResult], None] | None = None,
     predictions_file: Path | None = None,
+    predict_collator: Callable | None = None,
 ) -> FitResult:
-    """The one fine-tuning sequence, for `mf2 finetune` and each cross-validation fold: train → predict `score_set` →
-    score → tune AU thresholds → write predictions.
+    """The one fine-tuning sequence, for `mf2 finetune`, each of its cross-validation folds and each of the recipe's CK+
+    folds: train → predict `score_set` → score → tune AU thresholds → write predictions.
 
     Args:
         trainer, config: the trainer to run and the base model's config (AU names, emotion labels, thresholds).
@@ -122,6 +132,8 @@ def fit_and_score(
         resume: `Trainer.train`'s `resume_from_checkpoint`.
         after_training: called with the result so far between training and prediction (saving the model).
         predictions_file: where to write one JSON line per scored example (main process only).
+        predict_collator: the collator of the predictions, when not the training one (the recipe's AU stage trains
+            without emotion labels, and scores them).
     """
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)
@@ -132,13 +144,8 @@ def fit_and_score(
         return result
     start = time.perf_counter()
     if tune_set is not None:
-        tune_parts, _ = predict(trainer, tune_set)
-        labels = tune_parts["au_labels"]
-        if labels is not None and tune_parts["au_probs"] is not None and (labels == 1).any():
-            result.thresholds = tune_au_thresholds(
-                tune_parts["au_probs"], labels, default=config.au_decision_thresholds
-            )
-    result.parts, result.trainer_metrics = predict(trainer, score_set)
+        result.thresholds = _thresholds_tuned_on(trainer, tune_set, config, predict_collator)
+    result.parts, result.trainer_metrics = predict(trainer, score_set, predict_collator)
     result.metrics, tuned = score(result.parts, config, tune=tune and tune_set is None, prefix=prefix)
     if tune_set is None:
         result.thresholds = tuned

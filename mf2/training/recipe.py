@@ -236,6 +236,10 @@ class Recipe(EmotionStage, CKPlusStages):
             optim="adamw_torch_fused",  # `TrainingArguments`' default, which made the shipped 2.0
         )
 
+    def trainer(self, model, dataset, collator, args: MF2TrainingArguments, **options) -> MF2Trainer:
+        """The stage's `MF2Trainer` (`options`: `optimizers`, `compute_loss_func`, `callbacks`)."""
+        return MF2Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, **options)
+
     def train(
         self,
         model,
@@ -246,15 +250,10 @@ class Recipe(EmotionStage, CKPlusStages):
         compute_loss_func=None,
         callbacks=None,
     ) -> None:
-        trainer = MF2Trainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=collator,
-            optimizers=(optimizer, None) if optimizer is not None else (None, None),
-            compute_loss_func=compute_loss_func,
-            callbacks=callbacks,
-        )
+        """Train `model` on `dataset`, resuming from the stage's last complete checkpoint."""
+        optimizers = (optimizer, None) if optimizer is not None else (None, None)
+        options = dict(optimizers=optimizers, compute_loss_func=compute_loss_func, callbacks=callbacks)
+        trainer = self.trainer(model, dataset, collator, args, **options)
         checkpoint = last_complete_checkpoint(args.output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)

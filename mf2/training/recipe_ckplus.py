@@ -21,8 +21,10 @@ from transformers import set_seed
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .cross_validation import cross_validate
 from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
+from .fitting import fit_and_score
 from .metrics import compute_mf2_metrics, emotion_scores, tune_au_thresholds
 from .recipe_progress import Progress, save_npz
+from .run_setup import last_complete_checkpoint
 from .vision_cache import VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
@@ -43,7 +45,9 @@ class CKPlusStages:
             getattr(model.heads, name).requires_grad_(True)
         return model
 
-    def fit_au(self, model, cached, indices: list[int], directory: Path) -> None:
+    def au_trainer(self, model, cached, indices: list[int], directory: Path):
+        """The AU stage's `MF2Trainer` of `model` on the cached rows `indices` (random views; emotion labels dropped, so
+        only the AU side learns), checkpointing into `directory`."""
         settings = self.settings
         train = Subset(VisionTokenDataset(cached), indices)
         args = self.training_arguments(
@@ -54,31 +58,35 @@ class CKPlusStages:
             math.ceil(len(train) / settings.au_batch_size),
         )
         collator = VisionTokenCollator(branches=("emotion", "au"))
-        self.train(model, train, _WithoutEmotionLabels(collator), args)
+        return self.trainer(model, train, _WithoutEmotionLabels(collator), args)
 
     def au_fold(self, template, cached, fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> dict:
         """One cross-validation fold of the AU stage (skipped when its files are there): a copy of `template` fitted on
-        `train_rows`, its emotion-head features, and its predictions of `test_rows` with thresholds tuned on the
-        training rows."""
+        `train_rows` and its predictions of `test_rows` with thresholds tuned on the training rows, by the fine-tuning
+        sequence of `mf2 finetune --cv_folds` (`fit_and_score`); then its emotion-head features."""
         fold_dir = self.stage_dir("au") / f"fold-{fold}"
         predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
         if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
             model = copy.deepcopy(template)
             set_seed(self.settings.seed + fold)
-            self.fit_au(model, cached, train_rows.tolist(), fold_dir / "checkpoints")
-            self.write_emotion_head_inputs(model, fold_dir / "features.npz", with_valid=False)
-            everything = self.predict(model, cached)
-            train_part = {k: v[train_rows] for k, v in everything.items()}
-            thresholds = tune_au_thresholds(train_part["au_probs"], train_part["au_labels"])
-            save_npz(
-                predictions_file,
-                test_rows=test_rows,
-                thresholds=np.asarray(thresholds),
-                train_au_probs=train_part["au_probs"],
-                train_au_labels=train_part["au_labels"],
-                **{k: v[test_rows] for k, v in everything.items()},
+            checkpoints = fold_dir / "checkpoints"
+            trainer = self.au_trainer(model, cached, train_rows.tolist(), checkpoints)
+            rows = VisionTokenDataset(cached, augment=False)  # every image as it is, for the predictions
+            fit = fit_and_score(
+                trainer,
+                model.config,
+                Subset(rows, test_rows.tolist()),
+                prefix="test",
+                tune_set=Subset(rows, train_rows.tolist()),
+                resume=last_complete_checkpoint(checkpoints),
+                predict_collator=VisionTokenCollator(branches=("emotion", "au")),  # with the emotion labels
             )
-            shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+            self.write_emotion_head_inputs(model, fold_dir / "features.npz", with_valid=False)
+            thresholds = fit.thresholds or model.config.au_decision_thresholds
+            kept = ("au_probs", "emotion_logits", "au_labels", "emotion_labels")
+            parts = {key: fit.parts[key] for key in kept}
+            save_npz(predictions_file, test_rows=test_rows, thresholds=np.asarray(thresholds), **parts)
+            shutil.rmtree(checkpoints, ignore_errors=True)
         return dict(np.load(predictions_file))
 
     def stage_au(self) -> None:
@@ -102,7 +110,9 @@ class CKPlusStages:
 
         final = copy.deepcopy(template)
         set_seed(self.settings.seed)
-        self.fit_au(final, cached, list(range(len(rows))), directory / "checkpoints")  # removed when the stage is done
+        checkpoints = directory / "checkpoints"  # removed when the stage is done
+        trainer = self.au_trainer(final, cached, list(range(len(rows))), checkpoints)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
         merged = {k: np.concatenate([part[k] for part in held_out]) for k in ("au_probs", "au_labels")}
         final.config.au_thresholds = tune_au_thresholds(merged["au_probs"], merged["au_labels"])
         self.write_emotion_head_inputs(final, directory / "features.npz", with_valid=True)
