@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torch.utils.data import ConcatDataset, Subset
 from transformers import AutoTokenizer, set_seed
 
 from ..image_processing_mf2 import MF2ImageProcessor
@@ -53,9 +53,9 @@ from ..integration.encoders import text_encoder_path, vision_encoder_path
 from ..local_files import written_aside
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
+from . import scoring
 from .arguments import MF2TrainingArguments
 from .collator import MF2DataCollator
-from .metrics import sigmoid
 from .preprocess import prepare_data
 from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, write_card_inputs
 from .recipe_ckplus import CKPlusStages
@@ -266,26 +266,17 @@ class Recipe(EmotionStage, CKPlusStages):
 
     def predict(self, model, cached, view: str = "tokens") -> dict[str, np.ndarray]:
         """AU probabilities and emotion logits of every cached example (its original `view`, or `"flipped_tokens"`),
-        with its labels."""
-        model.eval().to(self.device)
-        examples = VisionTokenDataset(cached, augment=False, view=view)
-        loader = DataLoader(examples, batch_size=64, collate_fn=VisionTokenCollator())
-        parts: dict[str, list[np.ndarray]] = {
-            "au_probs": [],
-            "emotion_logits": [],
-            "au_labels": [],
-            "emotion_labels": [],
-        }
-        with torch.no_grad():
-            for batch in loader:
-                output = model(
-                    vision_tokens=batch["vision_tokens"].to(self.device), au_boxes=batch["au_boxes"].to(self.device)
-                )
-                parts["au_probs"].append(sigmoid(output.au_logits.float().cpu().numpy()))
-                parts["emotion_logits"].append(output.emotion_logits.float().cpu().numpy())
-                parts["au_labels"].append(batch["au_labels"].numpy())
-                parts["emotion_labels"].append(batch["emotion_labels"].numpy())
-        return {name: np.concatenate(values) for name, values in parts.items()}
+        with its labels, predicted as `mf2 evaluate` predicts (`mf2.training.scoring.predict`)."""
+        args = MF2TrainingArguments(
+            output_dir=str(self.output_dir),  # predicting writes nothing there
+            per_device_eval_batch_size=64,
+            dataloader_num_workers=0,
+            use_cpu=self.device == "cpu",
+            report_to=[],
+        )
+        trainer = MF2Trainer(model=model, args=args, data_collator=VisionTokenCollator())
+        parts, _ = scoring.predict(trainer, VisionTokenDataset(cached, augment=False, view=view))
+        return {name: value for name, value in parts.items() if value is not None}
 
     # ------------------------------------------------------------------------------------------- pretraining
     def stage_pretrain(self) -> None:
