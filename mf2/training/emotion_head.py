@@ -28,8 +28,8 @@ def emotion_head_inputs(
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The emotion recogniser's input `(N, 2H)` (Emo-VL feature, then the mean AU-VL feature) of every cached example
-    in each of `views`, keyed by view, and `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
+    """The emotion recogniser's input `(N, 2H)` (Emo-VL feature, then the mean AU-VL feature; `(N, H)` for a model with
+    one branch) of every cached example in each of `views`, keyed by view, and `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
     model = model.eval().to(device)
     features: dict[str, np.ndarray] = {}
     for view in views:
@@ -41,7 +41,8 @@ def emotion_head_inputs(
                 boxes = torch.stack([row["au_boxes"] for row in rows]).float()
                 boxes = flip_au_boxes(boxes) if VIEWS[view] else boxes
                 output = model.mf2(vision_tokens=tokens, au_boxes=boxes.to(device))
-                joined = torch.cat([output.emotion_embeds, output.au_embeds.mean(dim=1)], dim=-1)
+                present = [output.emotion_embeds, None if output.au_embeds is None else output.au_embeds.mean(dim=1)]
+                joined = torch.cat([part for part in present if part is not None], dim=-1)  # one branch: its own
                 parts.append(joined.float().cpu().numpy())
                 labels.append(np.asarray([int(row["emotion_labels"]) for row in rows]))
                 if progress is not None:

@@ -83,6 +83,8 @@ def build_base_model(settings: RecipeSettings) -> MF2ForPreTraining:
         num_query_tokens=settings.num_query_tokens,
         num_au_query_tokens=settings.num_au_query_tokens,
         vision_trainable_layers=settings.vision_trainable_layers,
+        use_emotion_branch=settings.use_emotion_branch,
+        use_au_branch=settings.use_au_branch,
         emotion_reads_au_features=False,
         au_caption_max_length=AU_CAPTION_LENGTH,
         emotion_caption_max_length=EMOTION_CAPTION_LENGTH,

@@ -35,12 +35,13 @@ class CKPlusStages:
 
     # ------------------------------------------------------------------------------------------- AU stage
     def au_model(self):
-        """The emotion stage's model with its whole image side frozen, the AU side trainable."""
+        """The emotion stage's model with its whole image side frozen, the AU side (AU-VL, the AU recogniser) trainable."""
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("emotion") / "model"))
         model.config.vision_trainable_layers = 0
         model.mf2.apply_vision_freezing()
         model.requires_grad_(False)
-        model.mf2.au_branch.requires_grad_(True)
+        if model.mf2.au_branch is not None:  # without AU-VL (Table IV), the AU recogniser reads Emo-VL alone
+            model.mf2.au_branch.requires_grad_(True)
         for name in ("au_norm", "au_weight", "au_bias"):
             getattr(model.heads, name).requires_grad_(True)
         return model

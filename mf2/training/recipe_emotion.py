@@ -73,7 +73,9 @@ class EmotionStage:
         """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
         the majority labels and the model's own loss."""
         settings = self.settings
-        collator = VisionTokenCollator(branches=("emotion",), keep_ids=settings.soft_targets)
+        # The emotion recogniser reads Emo-VL; without it (Table IV's w/o Emo-VL), AU-VL.
+        branches = ("emotion",) if settings.use_emotion_branch else ("au",)
+        collator = VisionTokenCollator(branches=branches, keep_ids=settings.soft_targets)
         if not settings.soft_targets:
             return collator, None
         groups = self.dataset("ferplus_train")["group"]

@@ -27,6 +27,10 @@ class RecipeSettings:
     qformer_layers: int = field(default=4, metadata={"help": "layers of each Q-Former (MiniLM-initialised)"})
     num_query_tokens: int = field(default=16, metadata={"help": "Emo-VL's learned queries"})
     num_au_query_tokens: int = field(default=4, metadata={"help": "AU-VL's learned queries per AU"})
+    use_emotion_branch: bool = field(
+        default=True, metadata={"help": "build Emo-VL (off: the paper's Table IV w/o Emo-VL)"}
+    )
+    use_au_branch: bool = field(default=True, metadata={"help": "build AU-VL (off: the paper's Table IV w/o AU-VL)"})
     seed: int = field(default=0, metadata={"help": "seed of every draw (samples, folds, initialisation, augmentation)"})
     pretrain_ferplus_samples: int = field(
         default=1000, metadata={"help": "pretraining: FER+ train images (with all of CK+ dev)"}

@@ -67,6 +67,24 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("branch", ["use_emotion_branch", "use_au_branch"])
+def test_a_model_without_one_branch_goes_through_every_stage(smoke_run, tmp_path, data_dir, branch):
+    """Table IV's "w/o Emo-VL" and "w/o AU-VL": each recogniser reads the branch that is left."""
+    output, _ = smoke_run
+    settings = replace(RecipeSettings(), **PRESETS["smoke"], **{branch: False})
+    recipe = Recipe(data_dir, tmp_path, tmp_path / "mf2-base", settings, "cpu")
+    recipe.cache_dir = output / "cache"  # the smoke run's vision tokens: the same frozen encoder below the branches
+    recipe.run()
+    model = MF2ForFacialStateRecognition.from_pretrained(str(tmp_path / "mf2-base"))
+    left = model.mf2.au_branch if branch == "use_emotion_branch" else model.mf2.emotion_branch
+    assert getattr(model.config, branch) is False and left is not None
+    assert model.heads.emotion_norm.normalized_shape == (model.config.qformer_config.hidden_size,)
+    metrics = json.loads((tmp_path / "emotion_head" / "metrics.json").read_text())
+    assert 0.0 <= metrics["ferplus_valid_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "mf2-base" / "cv_results.json").read_text())["num_folds"] == 2
+
+
+@pytest.mark.slow
 def test_a_second_run_resumes_without_redoing_finished_stages(smoke_run, capsys):
     output, recipe = smoke_run
     marks = {stage: (output / stage / "done.json").stat().st_mtime_ns for stage in RECIPE_STAGES}
