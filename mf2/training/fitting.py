@@ -1,6 +1,6 @@
 """What a fine-tuning run trains and the one fine-tuning sequence: DFN on the frozen model (or the model itself with
 `--full`), the frozen backbone's feature cache, and `fit_and_score` (train, predict, score, tune AU thresholds), used
-by `mf2 finetune` and each of its cross-validation folds.
+by `mf2 finetune`, each of its cross-validation folds and each CK+ fold of `mf2 recipe`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Predicting and scoring an MF² checkpoint, shared by `mf2 evaluate`, `mf2 train` and `mf2 finetune`: `Trainer`
-predictions as named arrays and the paper's metrics, the recognition model with its adapter, and the AU thresholds a
-checkpoint or adapter keeps.
+"""Predicting and scoring an MF² checkpoint, shared by `mf2 evaluate`, `mf2 train`, `mf2 finetune` and `mf2 recipe`:
+`Trainer` predictions as named arrays and the paper's metrics, the recognition model with its adapter, and the AU
+thresholds a checkpoint or adapter keeps.
 """
 
 from __future__ import annotations
