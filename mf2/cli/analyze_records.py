@@ -65,6 +65,11 @@ def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, An
     return records
 
 
+# CSV columns copied from a record as they are, around the box, emotion and AU columns that `_text` formats.
+_SOURCE_COLUMNS = ("path", "frame", "time", "face", "faces", "error", "warning")
+_RECORD_COLUMNS = ("landmark_backend", "explanation", "model", "model_version", "model_trained")
+
+
 class RecordWriter:
     """Writes records as JSON lines, or as CSV rows with a fixed column set (one column per AU and per emotion).
 
@@ -80,13 +85,7 @@ class RecordWriter:
 
     def columns(self) -> list[str]:
         return [
-            "path",
-            "frame",
-            "time",
-            "face",
-            "faces",
-            "error",
-            "warning",
+            *_SOURCE_COLUMNS,
             "x1",
             "y1",
             "x2",
@@ -96,11 +95,7 @@ class RecordWriter:
             *[f"emotion_{label}" for label in self.emotion_labels],
             *self.au_names,
             "active_action_units",
-            "landmark_backend",
-            "explanation",
-            "model",
-            "model_version",
-            "model_trained",
+            *_RECORD_COLUMNS,
             "detection_scale",
             "track",
         ]
@@ -143,24 +138,7 @@ class RecordWriter:
         if self._csv is None:  # the header goes out with the first row
             self._csv = csv.DictWriter(self._rows, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
-        row = {
-            key: record.get(key)
-            for key in (
-                "path",
-                "frame",
-                "time",
-                "face",
-                "faces",
-                "error",
-                "warning",
-                "landmark_backend",
-                "explanation",
-                "model",
-                "model_version",
-                "model_trained",
-                "track",
-            )
-        }
+        row = {key: record.get(key) for key in (*_SOURCE_COLUMNS, *_RECORD_COLUMNS, "track")}  # copied as they are
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
         if record.get("emotion"):
