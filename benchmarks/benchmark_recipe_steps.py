@@ -34,9 +34,11 @@ from torch.utils.data import Dataset
 
 from mf2.configuration_mf2 import MF2Config
 from mf2.modeling_mf2 import MF2ForFacialStateRecognition
+from mf2.training.ablation import link_stages
+from mf2.training.ablation_report import paired_interval
 from mf2.training.metrics import emotion_scores
-from mf2.training.recipe import Recipe
 from mf2.training.recipe_settings import RecipeSettings
+from mf2.training.recipe_stages import Recipe
 from mf2.training.vision_cache import VisionTokenDataset
 
 
@@ -69,7 +71,8 @@ def slug(name: str) -> str:
 
 
 class StepRecipe(Recipe):
-    """The recipe's emotion stage for one `Step`, on a seeded subset of FER+ train, keeping its dev predictions."""
+    """The recipe's emotion stage for one `Step`, on a seeded subset of FER+ train (the stage keeps its dev
+    predictions)."""
 
     def __init__(self, step: Step, samples: int, **kwargs):
         super().__init__(**kwargs)
@@ -94,48 +97,10 @@ class StepRecipe(Recipe):
         cached = self.tokens(model, "ferplus_train", True, rows=rows, views=self.settings.augmented_views)
         return VisionTokenDataset(cached, augmented_views=self.step.augmented_views)
 
-    def predict(self, model, cached, view: str = "tokens") -> dict[str, np.ndarray]:
-        parts = super().predict(model, cached, view)
-        self.predictions.append(parts)
-        return parts
-
-    def stage_emotion(self) -> None:
-        self.predictions: list[dict[str, np.ndarray]] = []
-        super().stage_emotion()  # scores FER+ valid, then CK+ dev (`emotion_metrics`)
-        valid, ckplus = self.predictions
-        np.savez(
-            self.stage_dir("emotion") / "predictions.npz",
-            valid_logits=valid["emotion_logits"],
-            valid_labels=valid["emotion_labels"],
-            ckplus_logits=ckplus["emotion_logits"],
-            ckplus_labels=ckplus["emotion_labels"],
-        )
-
-
-def link_run(run: Path, output: Path, stages: tuple[str, ...]) -> None:
-    """`output` shares the finished run's `stages` (symbolic links; its caches: `Recipe.cache_dir`)."""
-    output.mkdir(parents=True, exist_ok=True)
-    for name in stages:
-        link = output / name
-        if not link.exists():
-            link.symlink_to((run / name).resolve(), target_is_directory=True)
-
 
 def scores(logits: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, float]:
     result = emotion_scores(logits, labels, classes)
     return {"accuracy": float(result["accuracy"]), "macro_f1": float(result["macro_f1"])}
-
-
-def paired_interval(metric, a: tuple, b: tuple, rounds: int, seed: int = 0) -> tuple[float, float, float]:
-    """`metric(b) - metric(a)` on the same faces, with a paired bootstrap 95% interval (faces resampled together)."""
-    rng = np.random.default_rng(seed)
-    count = len(a[1])
-    draws = []
-    for _ in range(rounds):
-        index = rng.integers(0, count, count)
-        draws.append(metric(b[0][index], b[1][index]) - metric(a[0][index], a[1][index]))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return metric(*b) - metric(*a), float(low), float(high)
 
 
 def dev_sets(predictions: np.lib.npyio.NpzFile, neutral: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -149,12 +114,11 @@ def dev_sets(predictions: np.lib.npyio.NpzFile, neutral: int) -> dict[str, tuple
 def flip_average(recipe: StepRecipe) -> dict[str, Any]:
     """The "all on" model scored with its mirror image averaged in, and what that costs per face."""
     model = MF2ForFacialStateRecognition.from_pretrained(str(recipe.stage_dir("emotion") / "model")).eval()
-    recipe.predictions = []
     rows = recipe.dataset("ferplus_valid")
     cached = recipe.tokens(model, "ferplus_valid", True, rows=rows)  # original + mirror, no augmented views
-    plain = recipe.predict(model, cached)["emotion_logits"]
+    parts = recipe.predict(model, cached)
+    plain, labels = parts["emotion_logits"], parts["emotion_labels"]
     mirrored = recipe.predict(model, cached, view="flipped_tokens")["emotion_logits"]
-    labels = recipe.predictions[0]["emotion_labels"]
     averaged = (torch.tensor(plain).softmax(-1) + torch.tensor(mirrored).softmax(-1)).log().numpy()
     # The average costs a second pass of the whole model (all vision blocks) per face: time one on real AU boxes.
     examples = VisionTokenDataset(cached, augment=False)
@@ -188,7 +152,7 @@ def table(rows: list[dict[str, Any]], flip: dict[str, Any] | None, rounds: int) 
             if row is base:
                 cells.append(f"{value:.4f}")
                 continue
-            delta, low, high = paired_interval(metric, base["sets"][key], row["sets"][key], rounds)
+            delta, low, high = paired_interval(metric, [base["sets"][key]], [row["sets"][key]], rounds)
             cells.append(f"{value:.4f} ({delta:+.4f}, 95% CI {low:+.4f} to {high:+.4f})")
         cells.append(f"{row['seconds'] / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -196,7 +160,7 @@ def table(rows: list[dict[str, Any]], flip: dict[str, Any] | None, rounds: int) 
         cells = ["all on + flip test-time average"]
         for metric in (accuracy, macro_f1):
             value = metric(*flip["averaged"])
-            delta, low, high = paired_interval(metric, flip["plain"], flip["averaged"], rounds)
+            delta, low, high = paired_interval(metric, [flip["plain"]], [flip["averaged"]], rounds)
             cells.append(f"{value:.4f} ({delta:+.4f}, 95% CI {low:+.4f} to {high:+.4f})")
         cells += ["not scored", f"model {flip['model_ms_per_face']:.1f} ms/face more"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -222,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, flip = [], None
     for step in steps:
         output = args.output / slug(step.name)
-        link_run(args.run, output, ("data",) if step.pretraining else ("data", "pretrain"))
+        link_stages(args.run, output, ("data",) if step.pretraining else ("data", "pretrain"))
         settings = replace(run_settings, emotion_epochs=args.epochs, **step.changes, **(step.pretraining or {}))
         recipe = StepRecipe(
             step,

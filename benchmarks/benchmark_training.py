@@ -28,7 +28,8 @@ from mf2 import MF2ForFacialStateRecognition
 from mf2.data.captions import TemplateCaptioner
 from mf2.integration.encoders import fetch_encoders
 from mf2.processing_mf2 import MF2ImageProcessor, MF2Processor
-from mf2.training.recipe import AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH, PRESETS, RecipeSettings, build_base_model
+from mf2.training.recipe_settings import PRESETS, RecipeSettings
+from mf2.training.recipe_stages import AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH, build_base_model
 
 
 def caption_batch(processor: MF2Processor, batch_size: int, au_captions: int, generator: torch.Generator) -> dict:

@@ -10,6 +10,7 @@ import sys
 
 # subcommand -> (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "ablate": ("mf2.training.ablation", "main", "the paper's Table IV on the development data: one part off per row"),
     "analyze": ("mf2.cli.analyze", "main", "faces in images, folders, videos → AUs and emotions as JSONL / CSV"),
     "caption": ("mf2.data.caption_dataset", "main", "fill the MFA caption columns of a dataset (template or LLM)"),
     "demo": ("mf2.cli.demo", "main", "the web demo (Gradio): photos, webcam, videos in a browser; needs mf2[demo]"),

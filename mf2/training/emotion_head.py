@@ -52,25 +52,31 @@ def emotion_head_inputs(
     return features
 
 
+def class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits, labels.long())
+
+
 def fit_emotion_head(
     sets: list[tuple[np.ndarray, np.ndarray, float]],
     num_classes: int,
     steps: int,
     learning_rate: float,
     seed: int = 0,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = class_loss,
 ) -> torch.nn.Sequential:
     """A LayerNorm + linear recogniser fitted full-batch on `(features, labels, weight)` sets: the loss is the weighted
-    sum of each set's mean cross-entropy, so a small set (CK+) is not drowned by a large one (FER+)."""
+    sum of each set's mean `loss_function` (cross-entropy over `num_classes`; `mf2 ablate`'s AU probe passes its own),
+    so a small set (CK+) is not drowned by a large one (FER+)."""
     if not any(len(labels) for _, labels, _ in sets):
         raise ValueError("fit_emotion_head needs at least one labelled row.")
     torch.manual_seed(seed)
     width = sets[0][0].shape[1]
     head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, num_classes))
-    tensors = [(torch.from_numpy(x).float(), torch.from_numpy(y).long(), w) for x, y, w in sets if len(y)]
+    tensors = [(torch.from_numpy(x).float(), torch.from_numpy(y), w) for x, y, w in sets if len(y)]
     optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(steps):
-        loss = sum(w * torch.nn.functional.cross_entropy(head(x), y) for x, y, w in tensors)
+        loss = sum(w * loss_function(head(x), y) for x, y, w in tensors)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -189,14 +189,26 @@ class CKPlusStages:
         peak = labels != model.config.label2id["neutral"]  # CK+ says "neutral" only on onset frames
         num_classes = len(model.config.id2label)
 
+        held_out: dict[str, list[np.ndarray]] = {"rows": [], "logits": []}
+
         def fold_accuracy(fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> float:
             features = dict(np.load(self.stage_dir("au") / f"fold-{fold}" / "features.npz"))
             head = self.fit_head(features, train_rows, num_classes)
             test_peak = test_rows[peak[test_rows]]
             logits = head_logits(head, features["ckplus.tokens"][test_peak])
+            held_out["rows"].append(test_peak)
+            held_out["logits"].append(logits)
             return float(emotion_scores(logits, labels[test_peak], num_classes)["accuracy"])
 
         per_fold = cross_validate(rows["group"], self.settings.cv_folds, self.settings.seed, fold_accuracy)
+        # Every peak frame's held-out prediction, for paired comparisons of runs on the same faces (`mf2 ablate`).
+        test_rows = np.concatenate(held_out["rows"])
+        save_npz(
+            self.stage_dir("emotion_head") / "cv_predictions.npz",
+            rows=test_rows,
+            logits=np.concatenate(held_out["logits"]),
+            labels=labels[test_rows],
+        )
         features = dict(np.load(self.stage_dir("au") / "features.npz"))
         head = self.fit_head(features, np.arange(len(rows)), num_classes)
         install_emotion_head(model, head)

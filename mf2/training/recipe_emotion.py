@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .ema import EMACallback
 from .emotion_targets import SoftEmotionTargets, class_weights, ferplus_vote_distributions, soft_emotion_loss
 from .metrics import emotion_scores
+from .recipe_progress import save_npz
 from .vision_cache import VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
@@ -32,8 +34,12 @@ class EmotionStage:
         directory = self.stage_dir("emotion")
         model = self.emotion_start_model()
         train = self.emotion_training_set(model)
-        collator, loss = self.emotion_targets()
+        branches = ("emotion",) if self.settings.use_emotion_branch else ("au",)  # what the recogniser reads
+        collator, loss = self.emotion_targets(
+            VisionTokenCollator(branches=branches, keep_ids=self.settings.soft_targets)
+        )
         settings = self.settings
+        trainable = trainable_parameters(model, branches)
         vision = [p for p in model.mf2.vision_model.parameters() if p.requires_grad]
         vision_ids = {id(p) for p in vision}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in vision_ids]
@@ -53,9 +59,20 @@ class EmotionStage:
         )
         # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
         callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
+        start = time.perf_counter()
         self.train(model, train, collator, args, optimizer=optimizer, compute_loss_func=loss, callbacks=callbacks)
+        seconds = time.perf_counter() - start  # a resumed stage counts only its last part
         self.save_final(model, directory / "model")
-        metrics = self.emotion_metrics(model)
+        predictions = self.emotion_predictions(model)
+        self.finish_emotion_stage(model.config, predictions, seconds / settings.emotion_epochs, trainable)
+
+    def finish_emotion_stage(self, config, predictions: dict[str, np.ndarray], epoch_seconds: float, trainable: int):
+        """Write the emotion stage's dev predictions (`emotion/predictions.npz`) and figures (`emotion/metrics.json`,
+        with its training seconds per epoch and trainable parameters)."""
+        save_npz(self.stage_dir("emotion") / "predictions.npz", **predictions)
+        metrics = emotion_metrics(predictions, config)
+        metrics["train_seconds_per_epoch"] = epoch_seconds
+        metrics["trainable_parameters"] = trainable
         self._write("emotion/metrics.json", metrics)
         logger.info("FER+ valid after the emotion stage: %s", {k: round(v, 4) for k, v in metrics.items()})
 
@@ -69,13 +86,10 @@ class EmotionStage:
         """What the emotion stage learns from: every FER+ train image, a random cached view per read."""
         return VisionTokenDataset(self.tokens(model, "ferplus_train", True))
 
-    def emotion_targets(self):
-        """The emotion stage's collator and loss: FER+'s vote distributions with class weights (`soft_targets`), or
-        the majority labels and the model's own loss."""
+    def emotion_targets(self, collator):
+        """The emotion stage's collator and loss: `collator`'s batches with FER+'s vote distributions as targets and
+        class weights (`soft_targets`), or `collator` itself and the model's own loss on the majority labels."""
         settings = self.settings
-        # The emotion recogniser reads Emo-VL; without it (Table IV's w/o Emo-VL), AU-VL.
-        branches = ("emotion",) if settings.use_emotion_branch else ("au",)
-        collator = VisionTokenCollator(branches=branches, keep_ids=settings.soft_targets)
         if not settings.soft_targets:
             return collator, None
         groups = self.dataset("ferplus_train")["group"]
@@ -84,29 +98,44 @@ class EmotionStage:
         logger.info("emotion class weights: %s", None if weights is None else np.round(weights, 3).tolist())
         return SoftEmotionTargets(collator, distributions), soft_emotion_loss(weights)
 
-    def emotion_metrics(self, model, transfer: bool = True) -> dict[str, float]:
-        """FER+ valid and, `transfer` (a model trained on FER+ alone), the dev proxy of faces it never saw: CK+ dev
-        peak frames (another lab, posed, 128 px)."""
-        parts = self.predict(model, self.tokens(model, "ferplus_valid", False))
-        scores = emotion_scores(parts["emotion_logits"], parts["emotion_labels"], len(model.config.id2label))
-        metrics = {
-            "ferplus_valid_accuracy": float(scores["accuracy"]),
-            "ferplus_valid_macro_f1": float(scores["macro_f1"]),
-            "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
-            "ferplus_valid_rows": int(len(parts["emotion_labels"])),
-        }
-        if not transfer:
-            return metrics
-        ckplus = self.predict(model, self.tokens(model, "ckplus", True))
-        peak = ckplus["emotion_labels"] != model.config.label2id["neutral"]  # CK+ says neutral only on onset frames
-        accuracy = emotion_scores(
-            ckplus["emotion_logits"][peak], ckplus["emotion_labels"][peak], len(model.config.id2label)
-        )
-        return {
-            **metrics,
-            "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
-            "ckplus_peak_rows": int(peak.sum()),
-        }
+    def emotion_predictions(self, model, transfer: bool = True) -> dict[str, np.ndarray]:
+        """The emotion logits and labels of FER+ valid and, `transfer` (a model trained on FER+ alone), of CK+ dev
+        (another lab, posed, 128 px: the dev proxy of faces it never saw)."""
+        valid = self.predict(model, self.tokens(model, "ferplus_valid", False))
+        predictions = {"valid_logits": valid["emotion_logits"], "valid_labels": valid["emotion_labels"]}
+        if transfer:
+            ckplus = self.predict(model, self.tokens(model, "ckplus", True))
+            predictions.update(ckplus_logits=ckplus["emotion_logits"], ckplus_labels=ckplus["emotion_labels"])
+        return predictions
 
 
-__all__ = ["EmotionStage"]
+def trainable_parameters(model, branches: tuple[str, ...]) -> int:
+    """The parameters the emotion stage trains: those that require gradients on the path to the emotion recogniser
+    (the other branch and the AU recogniser get none from an emotion loss)."""
+    unused = ("mf2.au_branch.", "heads.au_") if branches == ("emotion",) else ("mf2.emotion_branch.", "heads.au_")
+    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not name.startswith(unused))
+
+
+def emotion_metrics(predictions: dict[str, np.ndarray], config) -> dict[str, float]:
+    """FER+ valid's figures of `EmotionStage.emotion_predictions` and, with CK+ in them, the FER+-only model's accuracy
+    on CK+ dev peak frames."""
+    classes = len(config.id2label)
+    scores = emotion_scores(predictions["valid_logits"], predictions["valid_labels"], classes)
+    metrics = {
+        "ferplus_valid_accuracy": float(scores["accuracy"]),
+        "ferplus_valid_macro_f1": float(scores["macro_f1"]),
+        "ferplus_valid_mean_class_accuracy": float(scores["mean_class_accuracy"]),
+        "ferplus_valid_rows": int(len(predictions["valid_labels"])),
+    }
+    if "ckplus_logits" not in predictions:
+        return metrics
+    peak = predictions["ckplus_labels"] != config.label2id["neutral"]  # CK+ says neutral only on onset frames
+    accuracy = emotion_scores(predictions["ckplus_logits"][peak], predictions["ckplus_labels"][peak], classes)
+    return {
+        **metrics,
+        "ckplus_peak_accuracy_of_ferplus_model": float(accuracy["accuracy"]),
+        "ckplus_peak_rows": int(peak.sum()),
+    }
+
+
+__all__ = ["EmotionStage", "emotion_metrics", "trainable_parameters"]

@@ -31,6 +31,10 @@ class RecipeSettings:
         default=True, metadata={"help": "build Emo-VL (off: the paper's Table IV w/o Emo-VL)"}
     )
     use_au_branch: bool = field(default=True, metadata={"help": "build AU-VL (off: the paper's Table IV w/o AU-VL)"})
+    mf2_pretraining: bool = field(
+        default=True,
+        metadata={"help": "MF² pretraining (ITC, ITM, ITG); off: the recognisers start from the encoders (Table IV)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of every draw (samples, folds, initialisation, augmentation)"})
     pretrain_ferplus_samples: int = field(
         default=1000, metadata={"help": "pretraining: FER+ train images (with all of CK+ dev)"}

@@ -35,3 +35,18 @@ def tiny_setup(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(write_tokenizer(root / "tokenizer"))
     processor = MF2Processor.from_config(config, tokenizer, landmark_backend="template", size=IMAGE_SIZE)
     return {"root": root, "config": config, "processor": processor}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_dir):
+    """`mf2 recipe --preset smoke` on the development data, every stage (about 40 s): `(output folder, Recipe)`. The
+    recipe's tests and `mf2 ablate`'s share it."""
+    from dataclasses import replace
+
+    from mf2.training.recipe import PRESETS, Recipe, RecipeSettings
+
+    output = tmp_path_factory.mktemp("recipe")
+    settings = replace(RecipeSettings(), **PRESETS["smoke"])
+    recipe = Recipe(data_dir, output, output / "mf2-base", settings, "cpu")
+    recipe.run()
+    return output, recipe

@@ -2,7 +2,6 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ import yaml
 
 from mf2 import MF2ForFacialStateRecognition
 from mf2.training.recipe import PRESETS, RECIPE_STAGES, Recipe, RecipeSettings, main
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir) -> tuple[Path, Recipe]:
-    output = tmp_path_factory.mktemp("recipe")
-    settings = replace(RecipeSettings(), **PRESETS["smoke"])
-    recipe = Recipe(data_dir, output, output / "mf2-base", settings, "cpu")
-    recipe.run()
-    return output, recipe
 
 
 @pytest.mark.slow
