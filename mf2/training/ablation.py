@@ -33,6 +33,8 @@ from .recipe_stages import Recipe
 
 logger = logging.getLogger("mf2.ablate")
 
+MADE_BY = "made_by.json"
+
 ABLATION_PRESETS = {
     # Table IV in under two hours of the 2-core CPU (2 seeds): a FER+ train sample, a short pretraining, 3 CK+ folds.
     "reduced": {
@@ -163,11 +165,25 @@ def commit_of_checkout() -> str:
         return "unknown"
 
 
-def write_table(args: MF2AblationArguments, settings: RecipeSettings, argv: list[str], seconds: float) -> str:
+def record_first_call(args: MF2AblationArguments, argv: list[str]) -> None:
+    """`made_by.json` in the output folder: the command and commit that started its runs (later calls resume them)."""
+    path = Path(args.output_dir) / MADE_BY
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"command": f"mf2 ablate {' '.join(argv)}", "commit": commit_of_checkout()}))
+
+
+def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: float) -> str:
     text, rows = report(Path(args.output_dir), args.bootstrap)
+    path = Path(args.output_dir) / MADE_BY
+    made_by = json.loads(path.read_text())
+    if "minutes" not in made_by:  # the call that first finished every run
+        made_by["minutes"] = round(seconds / 60)
+        path.write_text(json.dumps(made_by))
     head = (
-        f"Made by `mf2 ablate {' '.join(argv)}` at commit {commit_of_checkout()} ({seconds / 60:.0f} min of this "
-        f"call; preset {args.preset}, seeds {args.seeds}). Settings: `{json.dumps(asdict(settings))}`.\n\n"
+        f"Runs made by `{made_by['command']}` at commit {made_by['commit']} ({made_by['minutes']} min on the 2-core "
+        f"CPU); table written at commit {commit_of_checkout()} (preset {args.preset}, seeds {args.seeds}). "
+        f"Settings: `{json.dumps(asdict(settings))}`.\n\n"
     )
     (Path(args.output_dir) / "ablations.md").write_text(head + text + "\n")
     if args.docs:
@@ -196,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.device == "cpu":
         torch.set_flush_denormal(True)
+    record_first_call(args, argv)
     start = time.perf_counter()
     chosen = [row for row in ROWS if row.slug in args.rows or row.slug == "full"]
     for seed in args.seeds:
         for row in chosen:
             logger.info("row %s, seed %d", row.name, seed)
             run_row(row, seed, args, settings)
-    print(write_table(args, settings, argv, time.perf_counter() - start))
+    print(write_table(args, settings, time.perf_counter() - start))
     return 0
 
 
