@@ -28,7 +28,7 @@ from .ablation_report import INTRO, plot, report
 from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
 from .collator import MF2DataCollator
-from .recipe_settings import PRESETS, RecipeSettings
+from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
 from .recipe_stages import Recipe
 
 logger = logging.getLogger("mf2.ablate")
@@ -83,9 +83,7 @@ class MF2AblationArguments:
 
 
 def ablation_arguments(argv: list[str] | None = None) -> tuple[MF2AblationArguments, RecipeSettings]:
-    preset = "reduced"
-    if argv and "--preset" in argv[:-1]:
-        preset = argv[argv.index("--preset") + 1]
+    preset = chosen_preset(argv, "reduced")
     return parse_args(
         (MF2AblationArguments, RecipeSettings),
         argv,

@@ -88,8 +88,7 @@ class DFNRecipe(Recipe):
         targets, loss = self.emotion_targets(collate_cached_features)
         callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
         start = time.perf_counter()
-        trainer = self.trainer(model, train, targets, args, compute_loss_func=loss, callbacks=callbacks)
-        trainer.train()
+        self.train(model, train, targets, args, compute_loss_func=loss, callbacks=callbacks)  # resumes
         seconds = time.perf_counter() - start
         model.save_pretrained(str(self.stage_dir("emotion") / "adapter"))
         predictions = {}

@@ -136,12 +136,18 @@ class MF2RecipeArguments:
     )
 
 
+def chosen_preset(argv: list[str] | None, default: str) -> str:
+    """The `--preset` of a command line (either spelling), read before the full parse because it sets the defaults;
+    an unknown one is left to the full parser's own error."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=default)
+    return pre.parse_known_args(argv)[0].preset
+
+
 def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments, RecipeSettings]:
     """`mf2 recipe`'s command line: its options, and its settings (`--preset`'s, then the YAML file's, then the
     command line's). A bad option is argparse's one-line error, exit status 2."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="cpu")
-    preset = pre.parse_known_args(argv)[0].preset  # an unknown one: the full parser's own error
+    preset = chosen_preset(argv, "cpu")
     return parse_args(
         (MF2RecipeArguments, RecipeSettings),
         argv,
@@ -153,4 +159,4 @@ def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments,
     )
 
 
-__all__ = ["PRESETS", "RECIPE_STAGES", "MF2RecipeArguments", "RecipeSettings", "recipe_arguments"]
+__all__ = ["PRESETS", "RECIPE_STAGES", "MF2RecipeArguments", "RecipeSettings", "chosen_preset", "recipe_arguments"]

@@ -88,6 +88,8 @@ def test_the_table_scores_every_finished_row_against_full(tmp_path):
 def test_presets_set_the_recipe_settings_and_the_command_line_overrides_them():
     args, settings = ablation_arguments(["--data", "d", "--preset", "smoke", "--emotion_epochs", "3"])
     assert args.preset == "smoke" and settings.max_ckplus == 24 and settings.emotion_epochs == 3.0
+    args, settings = ablation_arguments(["--data", "d", "--preset=smoke"])
+    assert args.preset == "smoke" and settings.max_ckplus == 24
     args, settings = ablation_arguments(["--data", "d", "--seeds", "3", "4"])
     assert args.seeds == [3, 4] and settings.max_ferplus_train == 2000 and settings.cv_folds == 3
 
