@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image, List, Value, load_from_disk
 from datasets.table import embed_table_storage
 
 from ..local_files import written_aside
@@ -32,6 +32,7 @@ from .captions.llm import LLMCaptioner, endpoint_configured
 from .captions.template import TemplateCaptioner
 from .folder import LABEL_FILE_SUFFIXES, LABELS_FILE, find_labels_file, load_image_folder
 from .schema import CAPTION_COLUMNS, MFA_FEATURES, NUM_AUS, DataError, MissingDataError
+from .sources import load_parquet
 
 CACHE_FILE = "llm_cache.jsonl"
 FAILURES_FILE = "caption_failures.jsonl"
@@ -86,19 +87,14 @@ def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Datase
             return load_image_folder(path)
         if path.suffix.lower() != ".parquet":
             raise DataError(f"{path}: not a dataset; give a Parquet file, a label file ({LABELS_FILE}), or a folder.")
-        return load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
+        return load_parquet(path, cache_dir)
     if not path.is_dir():
         raise MissingDataError(f"{path}: no such folder or file.")
     if any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
         return load_from_disk(str(path))
     files = sorted(path.glob("*.parquet"))
     if files:
-        return DatasetDict(
-            {
-                file.stem: load_dataset("parquet", data_files=str(file), split="train", cache_dir=cache_dir)
-                for file in files
-            }
-        )
+        return DatasetDict({file.stem: load_parquet(file, cache_dir) for file in files})
     labels = find_labels_file(path)
     if labels is not None:
         return load_image_folder(labels)

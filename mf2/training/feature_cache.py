@@ -8,7 +8,9 @@ together with chosen batch keys (labels, boxes), in safetensors shards. Training
 An entry is keyed by a hash of (a) every parameter and buffer of the modules the features come from
 (`source_modules`), (b) the settings that shape the features (`feature_spec`), and (c) a fingerprint of the data.
 Changing any of them gives a new key, so a stale entry is never read; `clear()` removes old ones. An entry is written
-in a staging folder and renamed into place, so an interrupted build leaves nothing that could be read.
+in a staging folder named by its key and renamed into place, so an interrupted build leaves nothing that could be read,
+and the next build of the same entry resumes after the last shard it wrote (an hour of vision tokens in the recipe is
+not recomputed because a session ended). One process builds an entry at a time; another waits for it and reads it.
 
 Two caches share this mechanism: `mf2.dfn.DFNFeatureCache` (DFN's side networks read pooled backbone states) and
 `mf2.training.vision_cache.VisionTokenCache` (MF² pretraining and recognition training read the frozen vision encoder's
@@ -22,8 +24,8 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+try:  # POSIX; where it is missing, builds of one entry must not run at once
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = "progress.json"
+STAGING_PREFIX = ".building-"
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -53,6 +62,34 @@ def hash_value(digest, name: str, value: Any) -> None:
             hash_value(digest, f"{name}.{key}", value[key])
     else:
         digest.update(repr(value).encode())
+
+
+@contextmanager
+def _exclusive(lock_file: Path):
+    """Hold an exclusive lock on `lock_file` (released by the system if the process dies)."""
+    with open(lock_file, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write `value` to `path` atomically (a reader sees the old file or the new one, never half of one)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True))
+    os.replace(partial, path)
+
+
+def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
+    """The shards an interrupted build of entry `key` wrote into `staging` (the folder made ready when it is new)."""
+    progress = staging / PROGRESS_NAME
+    if progress.is_file():
+        state = json.loads(progress.read_text())
+        if state.get("key") == key and all((staging / shard["file"]).is_file() for shard in state["shards"]):
+            return list(state["shards"])
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return []
 
 
 class FeatureCache:
@@ -153,31 +190,28 @@ class FeatureCache:
             return CachedFeatureDataset(entry, in_memory=in_memory)
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # Not `mf2.local_files.written_aside`: where another process finished the same entry first, its entry stays (other
-        # readers may have it open) and this one is dropped, where written_aside's last rename would replace it.
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=self.cache_dir))
-        try:
-            loader = DataLoader(
-                dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers
-            )
-            self._write(staging, key, components, loader, label_names, len(dataset), progress)
-            try:
+        lock = self.cache_dir / f"{STAGING_PREFIX}{key}.lock"
+        with _exclusive(lock):
+            if not (entry / MANIFEST_NAME).is_file():  # not made by another process while this one waited
+                staging = self.cache_dir / f"{STAGING_PREFIX}{key}"
+                loader_options = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": num_workers}
+                self._write(staging, key, components, dataset, loader_options, label_names, progress)
                 os.replace(staging, entry)  # atomic: a half-written entry is never visible
-            except OSError:
-                if not (entry / MANIFEST_NAME).is_file():  # another process finished the same entry first
-                    raise
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                lock.unlink()  # a process still waiting holds it open, wakes up and finds the entry
         return CachedFeatureDataset(entry, in_memory=in_memory)
 
-    def _write(self, directory, key, components, batches: Iterable, label_names, total: int, progress) -> None:
+    def _write(self, directory, key, components, dataset, loader_options, label_names, progress) -> None:
+        """Write `dataset`'s shards and manifest into `directory`, after the shards an earlier attempt finished."""
+        shards = _finished_shards(directory, key)
+        count = sum(shard["num_examples"] for shard in shards)
+        remaining = Subset(dataset, range(count, len(dataset))) if count else dataset
+        batches = DataLoader(remaining, shuffle=False, **loader_options)
+        total = len(dataset)
         modules = list(self.source_modules())
         modes = [module.training for module in modules]
         for module in modules:
             module.eval()
-        shards, pending = [], []
-        count = pending_count = 0
+        pending, pending_count = [], 0
 
         def flush() -> None:
             nonlocal pending_count
@@ -188,6 +222,7 @@ class FeatureCache:
             file = f"shard-{len(shards):05d}.safetensors"
             save_file(tensors, str(directory / file))
             shards.append({"file": file, "num_examples": pending_count, "keys": sorted(tensors)})
+            _write_json(directory / PROGRESS_NAME, {"key": key, "shards": shards})  # after the shard: resumable
             pending.clear()
             pending_count = 0
 
@@ -235,14 +270,19 @@ class FeatureCache:
         """Every complete entry in `cache_dir`, valid or stale."""
         if not self.cache_dir.is_dir():
             return []
-        return sorted(path.parent for path in self.cache_dir.glob(f"*/{MANIFEST_NAME}"))
+        manifests = self.cache_dir.glob(f"*/{MANIFEST_NAME}")
+        return sorted(path.parent for path in manifests if not path.parent.name.startswith(STAGING_PREFIX))
 
     def clear(self, keep_current: str | None = None) -> None:
-        """Delete the entries in `cache_dir`, except the one for data fingerprint `keep_current`."""
+        """Delete the entries in `cache_dir` and what interrupted builds left, except the entry for data fingerprint
+        `keep_current` (and its unfinished build). Not while another process builds in `cache_dir`."""
         keep = self.key(keep_current) if keep_current is not None else None
         for entry in self.entries():
             if entry.name != keep:
                 shutil.rmtree(entry)
+        for leftover in self.cache_dir.glob(f"{STAGING_PREFIX}*"):
+            if keep is None or not leftover.name.startswith(f"{STAGING_PREFIX}{keep}"):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 class CachedFeatureDataset(Dataset):

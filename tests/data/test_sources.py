@@ -1,12 +1,16 @@
 """FER+ and CK+ Parquet files mapped onto the MFA schema (skipped when the research data are absent)."""
 
+import os
+import shutil
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+from mfa_fixtures import png_bytes
 
 from mf2.configuration_mf2 import EMOTION_LABELS
 from mf2.data.schema import MFA_FEATURES
-from mf2.data.sources import load_ckplus, load_ferplus
+from mf2.data.sources import content_fingerprint, load_ckplus, load_ferplus
 
 OTHER = EMOTION_LABELS.index("other")
 
@@ -37,3 +41,25 @@ def test_ckplus(data_dir, tmp_path):
     assert labels["emotion"] == [OTHER if e == "contempt" else EMOTION_LABELS.index(e) for e in raw["emotion"]]
     assert set(labels["frame"]) == {-1} and set(labels["source"]) == {"ckplus"}
     assert dataset[0]["image"].size == (128, 128)
+
+
+def _write_ferplus_like(path, emotions):
+    images = [{"bytes": png_bytes(seed), "path": None} for seed in range(len(emotions))]
+    names = [f"fer{index:07d}.png" for index in range(len(emotions))]
+    pq.write_table(pa.table({"image": images, "emotion": emotions, "file_name": names}), path)
+
+
+def test_fingerprint_follows_content_not_file_time(tmp_path):
+    """Caches keyed on the dataset survive a copied or touched file (a resumed recipe rebuilds nothing) and a changed
+    file gets a new key."""
+    first, copy = tmp_path / "a" / "train.parquet", tmp_path / "b" / "train.parquet"
+    first.parent.mkdir(), copy.parent.mkdir()
+    _write_ferplus_like(first, ["happiness", "neutral"])
+    shutil.copy(first, copy)
+    os.utime(copy, (1, 1))
+    cache = str(tmp_path / "hf")
+    fingerprint = load_ferplus(first, cache_dir=cache)._fingerprint
+    assert load_ferplus(copy, cache_dir=cache)._fingerprint == fingerprint
+    _write_ferplus_like(copy, ["happiness", "anger"])
+    assert load_ferplus(copy, cache_dir=cache)._fingerprint != fingerprint
+    assert content_fingerprint([first]) != content_fingerprint([copy])

@@ -1,0 +1,74 @@
+"""The feature cache's build: an interrupted build resumes after its last shard and ends as an uninterrupted one."""
+
+import pytest
+import torch
+from torch import nn
+
+from mf2.training.feature_cache import STAGING_PREFIX, FeatureCache
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _LinearCache(FeatureCache):
+    """Features of a frozen linear layer; `stop_after` batches end the build as a killed process would."""
+
+    def __init__(self, cache_dir, stop_after=None):
+        super().__init__(cache_dir, shard_size=2)
+        torch.manual_seed(0)
+        self.layer = nn.Linear(4, 3)
+        self.stop_after, self.batches_seen = stop_after, 0
+
+    def source_modules(self):
+        return [self.layer]
+
+    def feature_spec(self):
+        return {}
+
+    def extract(self, batch):
+        if self.stop_after is not None and self.batches_seen == self.stop_after:
+            raise _Interrupted
+        self.batches_seen += 1
+        return {"out": self.layer(batch["x"])}
+
+    @staticmethod
+    def batch_size_of(batch):
+        return int(batch["x"].shape[0])
+
+
+ROWS = [{"x": torch.arange(4.0) + index, "emotion_labels": torch.tensor(index % 8)} for index in range(10)]
+
+
+def _build(cache):
+    return cache.build(ROWS, batch_size=2, fingerprint="rows", label_names=("emotion_labels",))
+
+
+def _features(entry):
+    return torch.stack([entry[index]["cached_features"]["out"] for index in range(len(entry))])
+
+
+def test_interrupted_build_resumes_after_its_last_shard(tmp_path):
+    with pytest.raises(_Interrupted):
+        _build(_LinearCache(tmp_path / "cache", stop_after=3))
+    assert not _LinearCache(tmp_path / "cache").entries()  # nothing readable yet
+
+    resumed = _LinearCache(tmp_path / "cache")
+    entry = _build(resumed)
+    assert resumed.batches_seen == 2  # 3 of 5 batches were already on disk
+    fresh = _build(_LinearCache(tmp_path / "fresh"))
+    assert len(entry) == len(fresh) == 10 and entry.manifest["key"] == fresh.manifest["key"]
+    assert torch.equal(_features(entry), _features(fresh))
+    assert [entry[i]["emotion_labels"] for i in range(10)] == [row["emotion_labels"] for row in ROWS]
+    assert not list((tmp_path / "cache").glob(f"{STAGING_PREFIX}*"))  # staging renamed, lock removed
+
+
+def test_leftovers_of_another_entry_are_not_resumed_and_clear_removes_them(tmp_path):
+    with pytest.raises(_Interrupted):
+        _build(_LinearCache(tmp_path, stop_after=2))
+    cache = _LinearCache(tmp_path)
+    cache.layer.weight.data += 1  # other weights: another key, so the leftover shards must not be reused
+    _build(cache)
+    assert cache.batches_seen == 5
+    cache.clear(keep_current="rows")
+    assert [path.name for path in tmp_path.iterdir()] == [cache.key("rows")]
