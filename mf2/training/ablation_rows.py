@@ -10,7 +10,6 @@ here, and its other claims "row − full".
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 from ..dfn import DFNConfig, get_dfn_model
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .collator import MF2DataCollator
-from .ema import EMACallback
 from .feature_cache import collate_cached_features
 from .fitting import cached_features
 from .recipe_stages import Recipe
@@ -75,21 +73,12 @@ class DFNRecipe(Recipe):
         model = get_dfn_model(base, DFNConfig(num_layers=dfn_layers, branches=read))
         collator = MF2DataCollator(self.processor, with_captions=False)
         train_rows = self.dataset("ferplus_train")
-        args = self.training_arguments(
-            self.stage_dir("emotion") / "checkpoints",
-            settings.emotion_epochs,
-            settings.emotion_batch_size,
-            settings.emotion_learning_rate,
-            math.ceil(len(train_rows) / settings.emotion_batch_size),
-        )
+        args = self.emotion_training_arguments(len(train_rows))
         start = time.perf_counter()
         train = cached_features(model, train_rows, collator, self.cache_dir, settings.cache_batch_size, args)
         cache_seconds = time.perf_counter() - start
         targets, loss = self.emotion_targets(collate_cached_features)
-        callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
-        start = time.perf_counter()
-        self.train(model, train, targets, args, compute_loss_func=loss, callbacks=callbacks)  # resumes
-        seconds = time.perf_counter() - start
+        epoch_seconds = self.train_emotion(model, train, targets, loss, args)
         model.save_pretrained(str(self.stage_dir("emotion") / "adapter"))
         predictions = {}
         for name, key in (("ferplus_valid", "valid"), ("ckplus", "ckplus")):
@@ -98,7 +87,7 @@ class DFNRecipe(Recipe):
             predictions.update({f"{key}_logits": parts["emotion_logits"], f"{key}_labels": parts["emotion_labels"]})
         # The head copies hold the AU recogniser too, which an emotion loss never reaches.
         trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".au_" not in n)
-        self.finish_emotion_stage(base.config, predictions, seconds / settings.emotion_epochs, trainable)
+        self.finish_emotion_stage(base.config, predictions, epoch_seconds, trainable)
         self._write("emotion/dfn.json", {"feature_cache_seconds": cache_seconds, "cells": dfn_layers})
 
 

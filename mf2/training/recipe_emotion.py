@@ -50,21 +50,32 @@ class EmotionStage:
             ],
             weight_decay=0.05,
         )
-        args = self.training_arguments(
-            directory / "checkpoints",
+        # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
+        args = self.emotion_training_arguments(len(train))
+        epoch_seconds = self.train_emotion(model, train, collator, loss, args, optimizer=optimizer)
+        self.save_final(model, directory / "model")
+        predictions = self.emotion_predictions(model)
+        self.finish_emotion_stage(model.config, predictions, epoch_seconds, trainable)
+
+    def emotion_training_arguments(self, train_size: int):
+        """The emotion stage's schedule (its epochs, batch size and peak rate) for a training set of `train_size`."""
+        settings = self.settings
+        return self.training_arguments(
+            self.stage_dir("emotion") / "checkpoints",
             settings.emotion_epochs,
             settings.emotion_batch_size,
             settings.emotion_learning_rate,
-            math.ceil(len(train) / settings.emotion_batch_size),
+            math.ceil(train_size / settings.emotion_batch_size),
         )
-        # Trainer builds its warm-up + cosine schedule around the given optimizer; each group keeps its own peak rate.
-        callbacks = [EMACallback(model, settings.ema_decay)] if settings.ema_decay > 0 else None
+
+    def train_emotion(self, model, train, collator, loss, args, optimizer=None) -> float:
+        """Train the emotion stage (resuming from its checkpoints), with the weights' moving average when the settings
+        ask for one; the training seconds per epoch (a resumed stage counts only its last part)."""
+        decay = self.settings.ema_decay
+        callbacks = [EMACallback(model, decay)] if decay > 0 else None
         start = time.perf_counter()
         self.train(model, train, collator, args, optimizer=optimizer, compute_loss_func=loss, callbacks=callbacks)
-        seconds = time.perf_counter() - start  # a resumed stage counts only its last part
-        self.save_final(model, directory / "model")
-        predictions = self.emotion_predictions(model)
-        self.finish_emotion_stage(model.config, predictions, seconds / settings.emotion_epochs, trainable)
+        return (time.perf_counter() - start) / self.settings.emotion_epochs
 
     def finish_emotion_stage(self, config, predictions: dict[str, np.ndarray], epoch_seconds: float, trainable: int):
         """Write the emotion stage's dev predictions (`emotion/predictions.npz`) and figures (`emotion/metrics.json`,
