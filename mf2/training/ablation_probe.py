@@ -36,10 +36,6 @@ def encoder_features(model, cached, view: str = "tokens") -> np.ndarray:
     return np.concatenate(parts)
 
 
-def labels_of(cached, name: str) -> np.ndarray:
-    return np.stack([np.asarray(cached[i][name]) for i in range(len(cached))])
-
-
 def au_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy over the labelled (image, AU) pairs."""
     known = labels != UNKNOWN
@@ -65,10 +61,10 @@ class ProbeRecipe(Recipe):
             "ckplus_flipped": encoder_features(model, ckplus, "flipped_tokens"),
         }
         labels = {
-            name: labels_of(cached, "emotion_labels")
+            name: cached.labels("emotion_labels").numpy()
             for name, cached in (("ferplus_train", train), ("ferplus_valid", valid), ("ckplus", ckplus))
         }
-        labels["au"] = labels_of(ckplus, "au_labels")
+        labels["au"] = ckplus.labels("au_labels").numpy()
         self.probe_emotion(model.config, features, labels, time.perf_counter() - start)
         self.probe_ckplus(model.config, features, labels)
         self.mark_done("emotion_head", time.perf_counter() - start)

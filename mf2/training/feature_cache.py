@@ -319,6 +319,19 @@ class CachedFeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.manifest["num_examples"]
 
+    def labels(self, name: str) -> torch.Tensor:
+        """`(N, ...)`: label `name` of every example, read without the features."""
+        if name not in self.label_names:
+            raise KeyError(f"{self.path}: no label {name!r}; the entry holds {self.label_names}.")
+        key = f"labels.{name}"
+        if self._tensors is not None:
+            return self._tensors[key]
+        parts = []
+        for file, _ in self.shards:
+            with safe_open(str(file), framework="pt") as handle:
+                parts.append(handle.get_tensor(key))
+        return torch.cat(parts)
+
     def _row(self, index: int) -> dict[str, torch.Tensor]:
         if self._tensors is not None:
             return {name: tensor[index] for name, tensor in self._tensors.items()}

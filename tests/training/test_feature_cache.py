@@ -72,3 +72,12 @@ def test_leftovers_of_another_entry_are_not_resumed_and_clear_removes_them(tmp_p
     assert cache.batches_seen == 5
     cache.clear(keep_current="rows")
     assert [path.name for path in tmp_path.iterdir()] == [cache.key("rows")]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_labels_are_read_without_the_features(tmp_path, in_memory):
+    entry = _build(_LinearCache(tmp_path))
+    reread = type(entry)(entry.path, in_memory=in_memory)
+    assert torch.equal(reread.labels("emotion_labels"), torch.stack([row["emotion_labels"] for row in ROWS]))
+    with pytest.raises(KeyError, match="no label 'au_labels'"):
+        reread.labels("au_labels")
