@@ -6,7 +6,6 @@ This file uses only relative imports of flat sibling modules, so it travels with
 
 from __future__ import annotations
 
-import os
 import threading
 import urllib.request
 import warnings
@@ -23,7 +22,7 @@ from .landmark_backend import (
     require_module,
 )
 from .landmarks_dlib import DlibFaceDetector, to_gray
-from .local_files import written_aside
+from .local_files import env_flag, written_aside
 
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"
 FAN_WEIGHTS_URL = f"https://www.adrianbulat.com/downloads/python-fan/{FAN_WEIGHTS_FILE}"
@@ -61,12 +60,6 @@ def fan_heatmaps_to_points(heatmaps: np.ndarray, centres: np.ndarray, scales: np
     return preds * size / height + np.asarray(centres, dtype=np.float64)[:, None, :] - size / 2
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "MF2_OFFLINE")
-    )
-
-
 class FaceAlignmentBackend(LandmarkBackend):
     """FAN (Bulat & Tzimiropoulos, 2017), the landmark detector of the MF² paper, via the `face-alignment` package.
 
@@ -97,7 +90,7 @@ class FaceAlignmentBackend(LandmarkBackend):
         require_module("dlib", "dlib", "face_alignment")
         self.weights_path = fan_weights_path()
         if not self.weights_path.is_file():
-            self._download(allow_download and not _offline())
+            self._download(allow_download and not (env_flag("HF_HUB_OFFLINE") or env_flag("MF2_OFFLINE")))
         self.detector = DlibFaceDetector(upsample=upsample, threshold=threshold)
         with warnings.catch_warnings():  # "dlib detector is deprecated, use S3FD": S3FD would need a download
             warnings.filterwarnings("ignore", message=".*detector is deprecated.*")

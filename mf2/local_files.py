@@ -28,6 +28,12 @@ PARTIAL_SUFFIX = ".partial"
 _swept: set[Path] = set()  # folders whose killed processes' temporaries this process has removed already
 
 
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is switched on (1, true, yes, on; any case), as `huggingface_hub` reads
+    `HF_HUB_OFFLINE`."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def mf2_home() -> Path:
     """`$MF2_HOME`, else `~/.cache/mf2`."""
     return Path(os.environ.get(MF2_HOME_VARIABLE, Path.home() / ".cache" / "mf2"))
@@ -94,4 +100,4 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["MF2_HOME_VARIABLE", "mf2_home", "PARTIAL_SUFFIX", "written_aside"]
+__all__ = ["MF2_HOME_VARIABLE", "PARTIAL_SUFFIX", "env_flag", "mf2_home", "written_aside"]

@@ -1,4 +1,4 @@
-"""Files and folders written whole or not at all (`mf2.local_files.written_aside`)."""
+"""Files and folders written whole or not at all (`mf2.local_files.written_aside`), and environment switches."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mf2.local_files import written_aside
+from mf2.local_files import env_flag, written_aside
 
 
 def test_a_file_appears_whole_and_no_temporary_is_left(tmp_path):
@@ -71,3 +71,14 @@ def test_a_folder_is_swept_for_stale_temporaries_once_per_process(tmp_path, monk
         with written_aside(tmp_path / f"{index}.png") as partial:
             partial.write_bytes(b"png")
     assert len(listed) == 1 and len(os.listdir(tmp_path)) == 50
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("TRUE", True), (" yes ", True), ("on", True), ("0", False), ("", False), ("false", False)],
+)
+def test_env_flag_reads_the_values_huggingface_hub_accepts(monkeypatch, value, on):
+    monkeypatch.setenv("MF2_TEST_FLAG", value)
+    assert env_flag("MF2_TEST_FLAG") is on
+    monkeypatch.delenv("MF2_TEST_FLAG")
+    assert env_flag("MF2_TEST_FLAG") is False

@@ -64,6 +64,7 @@ from ..integration.default_model import (
     silence_loading_bars,
 )
 from ..landmarks import MissingBackendError, MissingModelFileError
+from ..local_files import env_flag
 from .analyze_checks import (
     AnalyzeError,
     UsageError,
@@ -85,10 +86,6 @@ from .analyze_shards import annotation_names, device_for, launched, run_sharded
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _load(model: str | os.PathLike, args: argparse.Namespace):
@@ -114,7 +111,7 @@ def _load(model: str | os.PathLike, args: argparse.Namespace):
             hint = "write the --onnx-model file again with `mf2 export --output FILE`"
         elif type(error).__name__ == "SafetensorError":
             hint = "its model.safetensors is damaged or truncated: copy or download it again"
-        elif _offline() and not Path(model).exists():
+        elif env_flag("HF_HUB_OFFLINE") and not Path(model).exists():
             hint = "it is not a local folder and HF_HUB_OFFLINE=1 forbids the download: download it once online"
         raise AnalyzeError(f"could not load the model {model}: {reason} ({hint})") from error
 

@@ -35,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..local_files import written_aside
+
 try:  # POSIX; where it is missing, builds of one entry must not run at once
     import fcntl
 except ImportError:  # pragma: no cover
@@ -71,13 +73,6 @@ def _exclusive(lock_file: Path):
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write `value` to `path` atomically (a reader sees the old file or the new one, never half of one)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(partial, path)
 
 
 def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
@@ -222,7 +217,8 @@ class FeatureCache:
             file = f"shard-{len(shards):05d}.safetensors"
             save_file(tensors, str(directory / file))
             shards.append({"file": file, "num_examples": pending_count, "keys": sorted(tensors)})
-            _write_json(directory / PROGRESS_NAME, {"key": key, "shards": shards})  # after the shard: resumable
+            with written_aside(directory / PROGRESS_NAME) as partial:  # after the shard: the build resumes from here
+                partial.write_text(json.dumps({"key": key, "shards": shards}, indent=2))
             pending.clear()
             pending_count = 0
 
