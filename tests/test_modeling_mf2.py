@@ -296,15 +296,7 @@ def test_overfits_eight_examples():
 
 
 def test_activation_checkpointing_gives_same_gradients(batch):
-    no_dropout = dict(
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        hidden_size=32,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config = tiny_config(qformer_config=no_dropout, classifier_dropout=0.0)
     model = _model(config).train()  # checkpointing only acts in training mode
     torch.manual_seed(5)

@@ -8,7 +8,10 @@ VOCAB_SIZE = 64
 
 
 def tiny_config(**overrides) -> MF2Config:
-    """A 2-layer MF² small enough to run a training step in well under a second on a CPU."""
+    """A 2-layer MF² small enough to run a training step in well under a second on a CPU.
+
+    A sub-config given as a dict changes only the keys it names (`vision_config={"num_hidden_layers": 3}`), unless it
+    names another `model_type`, which starts that sub-config afresh."""
     options = dict(
         vision_config=dict(
             model_type="vit",
@@ -42,7 +45,12 @@ def tiny_config(**overrides) -> MF2Config:
         au_caption_max_length=12,
         emotion_caption_max_length=12,
     )
-    options.update(overrides)
+    for name, value in overrides.items():
+        default = options.get(name)
+        if isinstance(default, dict) and isinstance(value, dict):
+            same_model = value.get("model_type", default.get("model_type")) == default.get("model_type")
+            value = {**default, **value} if same_model else value
+        options[name] = value
     return MF2Config(**options)
 
 
