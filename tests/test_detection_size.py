@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from face_images import ASTRONAUT_FACE_CROP, astronaut
+from jsonl import read_jsonl
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 from transformers import pipeline
@@ -125,10 +126,6 @@ def test_pipeline_says_when_it_searched_a_downscaled_copy(checkpoint):
     assert face["detection_scale"] == pytest.approx(0.64) and "warning" not in face
     assert face["features"]["detection_scale"].tolist() == [pytest.approx(0.64)]
     assert "detection_scale" not in pipe(astronaut())[0]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_analyze_says_so_and_searches_at_full_resolution_with_the_flag(checkpoint, tmp_path, capsys):

@@ -12,6 +12,7 @@ whose face changes a lot (`real_clip`): she keeps one track.
 import numpy as np
 import pytest
 from face_images import Actor, actor_of, scene
+from jsonl import read_jsonl
 
 from mf2.face_identity import DEFAULT_MAX_GAP, FaceIdentities, check_max_gap, crowded_faces
 
@@ -326,7 +327,6 @@ def test_one_person_on_a_real_clip_keeps_one_track(pipe, real_clip):
 def crossing_run(pipe, tmp_path_factory):
     """`mf2 analyze crossing.mp4 --all-faces -o records.jsonl --summary summary.csv --plot timelines/` (the shipped
     model, loaded by the command itself)."""
-    import json
 
     from mf2.cli import main as cli_main
 
@@ -346,7 +346,7 @@ def crossing_run(pipe, tmp_path_factory):
         str(out / "timelines"),
     ]
     assert cli_main(argv) == 0
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "records.jsonl")
     return clip, actors, out, records
 
 

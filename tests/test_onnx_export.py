@@ -1,13 +1,13 @@
 """ONNX export of the shipped mf2-base and its onnxruntime runner: parity with PyTorch on real faces, dynamic batch,
 the pipeline's and `mf2 analyze`'s `runtime="onnx"`, and the one-line errors without onnxruntime."""
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from jsonl import read_jsonl
 from PIL import Image
 from transformers import pipeline
 
@@ -130,7 +130,7 @@ def test_mf2_analyze_runtime_onnx(exported, tmp_path, capsys):
         if runtime == "onnx":
             argv += ["--runtime", "onnx", "--onnx-model", str(exported)]
         assert cli_main(argv) == 0
-        outputs[runtime] = [json.loads(line) for line in output.read_text().splitlines()]
+        outputs[runtime] = read_jsonl(output)
     assert len(outputs["onnx"]) == 3
     _assert_same_records(outputs["onnx"], outputs["torch"])
     assert cli_main(["analyze", str(IMAGES[0]), "--onnx-model", str(exported)]) == 2

@@ -87,6 +87,21 @@ def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
     return []
 
 
+def _write_manifest(directory: Path, key: str, components: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    """The entry's manifest: what `CachedFeatureDataset` reads (shards, feature and label names) and the key's parts."""
+    first = shards[0]["keys"]
+    manifest = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "key": key,
+        "num_examples": sum(shard["num_examples"] for shard in shards),
+        "shards": shards,
+        "features": sorted(name.removeprefix("features.") for name in first if name.startswith("features.")),
+        "labels": sorted(name.removeprefix("labels.") for name in first if name.startswith("labels.")),
+        "components": components,
+    }
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
 class FeatureCache:
     """Base class of the feature caches: keys, building, loading and clearing of entries in `cache_dir`.
 
@@ -245,17 +260,7 @@ class FeatureCache:
                 module.train(mode)
         if not shards:
             raise ValueError(f"{self.name}: the dataset is empty.")
-        first = shards[0]["keys"]
-        manifest = {
-            "format_version": CACHE_FORMAT_VERSION,
-            "key": key,
-            "num_examples": count,
-            "shards": shards,
-            "features": sorted(name.removeprefix("features.") for name in first if name.startswith("features.")),
-            "labels": sorted(name.removeprefix("labels.") for name in first if name.startswith("labels.")),
-            "components": components,
-        }
-        (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _write_manifest(directory, key, components, shards)
 
     def load(self, fingerprint: str) -> CachedFeatureDataset | None:
         """The valid entry for data `fingerprint`, or None when there is none (stale entries are never returned)."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from face_images import ASTRONAUT_FACE_CROP, astronaut
+from jsonl import read_jsonl
 from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
@@ -27,10 +28,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mf2"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_example_images_to_jsonl_with_annotations(checkpoint, tmp_path, capsys):

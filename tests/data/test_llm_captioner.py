@@ -1,9 +1,9 @@
 """LLMCaptioner against a real chat-completions server on loopback, with scripted faults."""
 
 import hashlib
-import json
 
 import pytest
+from jsonl import read_jsonl
 from mfa_fixtures import png_bytes
 
 from mf2.configuration_mf2 import AU_NAMES, EMOTION_LABELS
@@ -153,7 +153,7 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     with CaptionCache(path) as cache:
         assert cache.keys() == ["a"] and cache.skipped_lines == 1
         cache.put("c", {"reply": "y"})
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = read_jsonl(path)
     assert [line["key"] for line in lines] == ["a", "c"]
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from jsonl import read_jsonl
 from training_testing import pretrain_argv, read_log_history, synthetic_rows, write_setup
 
 from mf2 import LOSS_NAMES, MF2Config, MF2ForPreTraining
@@ -111,7 +112,7 @@ def test_pretrain_entry_point(pretrained):
     results = json.loads((output / "eval_results.json").read_text())
     assert config.au_thresholds == results["eval_au_thresholds"] and len(config.au_thresholds) == 12
     assert {"eval_au_f1", "eval_au_f1_tuned", "eval_emotion_accuracy", "eval_emotion_macro_f1"} <= set(results)
-    predictions = [json.loads(line) for line in (output / "eval_predictions.jsonl").read_text().splitlines()]
+    predictions = read_jsonl(output / "eval_predictions.jsonl")
     assert sorted(p["example_id"] for p in predictions) == list(range(13))
     data = json.loads((output / "training_data.json").read_text())
     assert data["stage"] == "both" and data["train"][0]["rows"] == 24
