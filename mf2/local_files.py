@@ -10,6 +10,9 @@ the temporary and leaves `target` as it was; a killed process leaves only a hidd
 the same target removes. So a reader never sees half a file where a finished one is expected: a resumed run either
 finds the whole target or writes it again.
 
+`exclusive_lock(path)` holds a lock file for a block, so that two processes never write one thing at once (a cache
+entry, a training run's folder); the system releases it when a process dies, so a killed run never leaves it held.
+
 This file imports nothing from mf2, so it travels with the remote-code pipeline (`onnx_export` uses it).
 """
 
@@ -17,6 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
+
+try:  # POSIX; where it is missing, `exclusive_lock` cannot keep two processes apart
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +34,34 @@ MF2_HOME_VARIABLE = "MF2_HOME"
 PARTIAL_SUFFIX = ".partial"
 
 _swept: set[Path] = set()  # folders whose killed processes' temporaries this process has removed already
+
+
+class LockHeldError(RuntimeError):
+    """Another process holds `lock_file`: `holder` is its process id as it wrote it into the file ("" if unknown)."""
+
+    def __init__(self, lock_file: Path, holder: str):
+        self.lock_file, self.holder = lock_file, holder
+        holder = holder or "(unknown)"
+        super().__init__(f"{lock_file.parent} is in use by process {holder}; wait for it to end, or stop it")
+
+
+@contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if missing) for the block; the holder's process id is written
+    into it. Where another process holds it: wait for it (`wait=True`), or raise `LockHeldError` at once."""
+    lock_file = Path(lock_file)
+    with open(lock_file, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.seek(0)
+                raise LockHeldError(lock_file, handle.read().strip()) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def env_flag(name: str) -> bool:
@@ -100,4 +136,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["MF2_HOME_VARIABLE", "PARTIAL_SUFFIX", "env_flag", "mf2_home", "written_aside"]
+__all__ = [
+    "MF2_HOME_VARIABLE",
+    "PARTIAL_SUFFIX",
+    "LockHeldError",
+    "env_flag",
+    "exclusive_lock",
+    "mf2_home",
+    "written_aside",
+]

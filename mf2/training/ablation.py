@@ -29,7 +29,7 @@ from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
 from .collator import MF2DataCollator
 from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
-from .recipe_stages import Recipe
+from .recipe_stages import RUN_FOLDER_ERRORS, Recipe, missing_development_files
 
 logger = logging.getLogger("mf2.ablate")
 
@@ -193,15 +193,12 @@ def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 ablate`: see the module docstring and `--help`. Missing data is one line on stderr, exit status 2."""
+    """`mf2 ablate`: see the module docstring and `--help`. Missing data, or a run folder in use or started with other
+    settings (another preset), is one line on stderr, exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, settings = ablation_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    missing = [
-        name
-        for name in ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
-        if not (Path(args.data) / name).is_file()
-    ]
+    missing = missing_development_files(Path(args.data))
     if missing:
         print(
             f"mf2 ablate: {args.data} lacks {', '.join(missing)}; pass --data the development data folder.",
@@ -213,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     record_first_call(args, argv)
     start = time.perf_counter()
     chosen = [row for row in ROWS if row.slug in args.rows or row.slug == "full"]
-    for seed in args.seeds:
-        for row in chosen:
-            logger.info("row %s, seed %d", row.name, seed)
-            run_row(row, seed, args, settings)
+    try:
+        for seed in args.seeds:
+            for row in chosen:
+                logger.info("row %s, seed %d", row.name, seed)
+                run_row(row, seed, args, settings)
+    except RUN_FOLDER_ERRORS as error:
+        print(f"mf2 ablate: {error}.", file=sys.stderr)
+        return 2
     print(write_table(args, settings, time.perf_counter() - start))
     return 0
 

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..local_files import written_aside
-
-try:  # POSIX; where it is missing, builds of one entry must not run at once
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from ..local_files import exclusive_lock, written_aside
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -64,15 +58,6 @@ def hash_value(digest, name: str, value: Any) -> None:
             hash_value(digest, f"{name}.{key}", value[key])
     else:
         digest.update(repr(value).encode())
-
-
-@contextmanager
-def _exclusive(lock_file: Path):
-    """Hold an exclusive lock on `lock_file` (released by the system if the process dies)."""
-    with open(lock_file, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
@@ -201,7 +186,7 @@ class FeatureCache:
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         lock = self.cache_dir / f"{STAGING_PREFIX}{key}.lock"
-        with _exclusive(lock):
+        with exclusive_lock(lock):
             if not (entry / MANIFEST_NAME).is_file():  # not made by another process while this one waited
                 staging = self.cache_dir / f"{STAGING_PREFIX}{key}"
                 loader_options = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": num_workers}

@@ -41,22 +41,18 @@ import torch
 
 from .recipe_card import SHIPPED_NAME
 from .recipe_settings import PRESETS, RECIPE_STAGES, RecipeSettings, recipe_arguments
-from .recipe_stages import Recipe
+from .recipe_stages import RUN_FOLDER_ERRORS, Recipe, missing_development_files
 
 logger = logging.getLogger("mf2.recipe")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 recipe`: see the module docstring and `--help`. Missing data or a missing CUDA device is one line on
-    stderr, exit status 2."""
+    """`mf2 recipe`: see the module docstring and `--help`. Missing data, a missing CUDA device, or an output folder
+    in use or started with other settings is one line on stderr, exit status 2."""
     args, settings = recipe_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     data = Path(args.data)
-    missing = [
-        name
-        for name in ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
-        if not (data / name).is_file()
-    ]
+    missing = missing_development_files(data)
     if missing:
         print(
             f"mf2 recipe: {data} lacks {', '.join(missing)}; pass --data the development data folder.", file=sys.stderr
@@ -70,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output_dir)
     export = Path(args.export_dir) if args.export_dir else output / SHIPPED_NAME
     recipe = Recipe(data, output, export, settings, args.device)
-    recipe.run(tuple(args.stages))
+    try:
+        recipe.run(tuple(args.stages))
+    except RUN_FOLDER_ERRORS as error:
+        print(f"mf2 recipe: {error}.", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, set_seed
 
 from ..image_processing_mf2 import MF2ImageProcessor
 from ..integration.encoders import text_encoder_path, vision_encoder_path
-from ..local_files import written_aside
+from ..local_files import LockHeldError, exclusive_lock, written_aside
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
 from . import scoring
@@ -40,6 +40,27 @@ from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenData
 logger = logging.getLogger("mf2.recipe")
 
 DONE = "done.json"
+LOCK_NAME = ".lock"  # held by the process running in the folder
+DEVELOPMENT_FILES = ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
+
+
+class RecipeSettingsError(ValueError):
+    """A run folder was started with other settings: `differences` maps each setting to (the folder's, the given)."""
+
+    def __init__(self, folder: Path, differences: dict[str, tuple[Any, Any]]):
+        self.folder, self.differences = folder, differences
+        changed = ", ".join(f"{name}={old!r} (now {new!r})" for name, (old, new) in differences.items())
+        super().__init__(f"{folder} was started with {changed}; resume with those settings or start another folder")
+
+
+RUN_FOLDER_ERRORS = (LockHeldError, RecipeSettingsError)  # a run that cannot start: one line, exit status 2
+
+
+def missing_development_files(data: Path) -> list[str]:
+    """The development data files the recipe reads that `data` lacks."""
+    return [name for name in DEVELOPMENT_FILES if not (data / name).is_file()]
+
+
 # Template captions are short; padding to the paper's 169 / 61 tokens would only cost time.
 AU_CAPTION_LENGTH, EMOTION_CAPTION_LENGTH = 48, 64
 
@@ -97,7 +118,25 @@ class Recipe(EmotionStage, CKPlusStages):
         (self.stage_dir(stage) / DONE).write_text(json.dumps({"seconds": seconds, **facts}, indent=2, default=float))
 
     def run(self, stages: tuple[str, ...] = RECIPE_STAGES) -> None:
-        self._write("settings.json", asdict(self.settings))
+        """Run `stages`, skipping the finished ones and resuming the interrupted one.
+
+        Raises:
+            LockHeldError: another process runs in this folder. RecipeSettingsError: the folder's run was started with
+                other settings (resuming would mix them in one model)."""
+        with exclusive_lock(self.output_dir / LOCK_NAME, wait=False):
+            self.check_settings()
+            self._write("settings.json", asdict(self.settings))
+            self.run_stages(stages)
+
+    def check_settings(self) -> None:
+        """Raise `RecipeSettingsError` where the settings differ from those the folder's run was started with (a
+        setting the stored file lacks, added to mf2 since, is not compared)."""
+        stored, given = self._read("settings.json") or {}, asdict(self.settings)
+        differences = {name: (value, given[name]) for name, value in stored.items() if given.get(name, value) != value}
+        if differences:
+            raise RecipeSettingsError(self.output_dir, differences)
+
+    def run_stages(self, stages: tuple[str, ...]) -> None:
         for stage in stages:
             if self.is_done(stage):
                 logger.info("stage %s: done already (%s)", stage, self.stage_dir(stage))
@@ -319,4 +358,14 @@ class Recipe(EmotionStage, CKPlusStages):
         logger.info("exported %s to %s", SHIPPED_NAME, self.export_dir)
 
 
-__all__ = ["AU_CAPTION_LENGTH", "DONE", "EMOTION_CAPTION_LENGTH", "Recipe", "build_base_model"]
+__all__ = [
+    "AU_CAPTION_LENGTH",
+    "DONE",
+    "EMOTION_CAPTION_LENGTH",
+    "LOCK_NAME",
+    "RUN_FOLDER_ERRORS",
+    "Recipe",
+    "RecipeSettingsError",
+    "build_base_model",
+    "missing_development_files",
+]

@@ -1,14 +1,17 @@
 """`mf2 recipe` end to end on a few development images (the smoke preset): every stage, resume, the exported model."""
 
 import json
-from dataclasses import replace
+import os
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 import yaml
 
 from mf2 import MF2ForFacialStateRecognition
+from mf2.local_files import exclusive_lock
 from mf2.training.recipe import PRESETS, RECIPE_STAGES, Recipe, RecipeSettings, main
+from mf2.training.recipe_stages import DEVELOPMENT_FILES, LOCK_NAME, RecipeSettingsError
 
 
 @pytest.mark.slow
@@ -111,3 +114,41 @@ def test_settings_are_read_by_the_training_commands_parser_over_the_preset(tmp_p
     with pytest.raises(SystemExit) as raised:
         recipe_arguments([*data, "--soft_targets", "maybe"])
     assert raised.value.code == 2 and "soft_targets" in capsys.readouterr().err
+
+
+def _fake_data(folder):
+    for name in DEVELOPMENT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).touch()
+    return folder
+
+
+def test_a_folder_started_with_other_settings_is_refused_before_any_stage(tmp_path, capsys):
+    """Resuming with other settings would train the remaining stages on top of stages made with the first ones."""
+    data, output = _fake_data(tmp_path / "data"), tmp_path / "out"
+    smoke = replace(RecipeSettings(), **PRESETS["smoke"])
+    output.mkdir()
+    stored = {**asdict(smoke), "a_setting_mf2_no_longer_has": 1}
+    del stored["cache_batch_size"]  # a setting added since the folder's run started is not compared
+    (output / "settings.json").write_text(json.dumps(stored))
+    Recipe(data, output, output / "export", smoke, "cpu").check_settings()
+
+    changed = replace(smoke, head_steps=7, class_weight_power=0.0)
+    with pytest.raises(RecipeSettingsError) as raised:
+        Recipe(data, output, output / "export", changed, "cpu").run()
+    assert raised.value.differences == {"class_weight_power": (0.5, 0.0), "head_steps": (smoke.head_steps, 7)}
+    assert sorted(path.name for path in output.iterdir()) == [".lock", "settings.json"]  # no stage ran
+
+    assert main(["--data", str(data), "--output_dir", str(output), "--preset", "smoke", "--head_steps", "7"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mf2 recipe: {output} was started with head_steps={smoke.head_steps} (now 7)")
+
+
+def test_a_folder_another_process_runs_in_is_refused(tmp_path, capsys):
+    data, output = _fake_data(tmp_path / "data"), tmp_path / "out"
+    output.mkdir()
+    with exclusive_lock(output / LOCK_NAME):  # as a running `mf2 recipe` holds it
+        assert main(["--data", str(data), "--output_dir", str(output), "--preset", "smoke"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"mf2 recipe: {output} is in use by process {os.getpid()}; wait for it to end, or stop it."
+    assert not (output / "settings.json").exists()
