@@ -29,7 +29,7 @@ from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
 from .collator import MF2DataCollator
 from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
-from .recipe_stages import RUN_FOLDER_ERRORS, Recipe, missing_development_files
+from .recipe_stages import RUN_ERRORS, Recipe, missing_development_files
 
 logger = logging.getLogger("mf2.ablate")
 
@@ -193,8 +193,8 @@ def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 ablate`: see the module docstring and `--help`. Missing data, or a run folder in use or started with other
-    settings (another preset), is one line on stderr, exit status 2."""
+    """`mf2 ablate`: see the module docstring and `--help`. Missing data, a run folder in use or started with other
+    settings (another preset), or predictions that are not finite is one line on stderr, exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, settings = ablation_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in chosen:
                 logger.info("row %s, seed %d", row.name, seed)
                 run_row(row, seed, args, settings)
-    except RUN_FOLDER_ERRORS as error:
+    except RUN_ERRORS as error:
         print(f"mf2 ablate: {error}.", file=sys.stderr)
         return 2
     print(write_table(args, settings, time.perf_counter() - start))

@@ -41,14 +41,15 @@ import torch
 
 from .recipe_card import SHIPPED_NAME
 from .recipe_settings import PRESETS, RECIPE_STAGES, RecipeSettings, recipe_arguments
-from .recipe_stages import RUN_FOLDER_ERRORS, Recipe, missing_development_files
+from .recipe_stages import RUN_ERRORS, Recipe, missing_development_files
 
 logger = logging.getLogger("mf2.recipe")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`mf2 recipe`: see the module docstring and `--help`. Missing data, a missing CUDA device, or an output folder
-    in use or started with other settings is one line on stderr, exit status 2."""
+    """`mf2 recipe`: see the module docstring and `--help`. Missing data, a missing CUDA device, an output folder in
+    use or started with other settings, or predictions that are not finite (a diverged training) is one line on stderr,
+    exit status 2."""
     args, settings = recipe_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     data = Path(args.data)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(data, output, export, settings, args.device)
     try:
         recipe.run(tuple(args.stages))
-    except RUN_FOLDER_ERRORS as error:
+    except RUN_ERRORS as error:
         print(f"mf2 recipe: {error}.", file=sys.stderr)
         return 2
     return 0

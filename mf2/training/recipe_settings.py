@@ -7,8 +7,11 @@ each `--SETTING VALUE` override them.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+import yaml
 
 from .argument_parser import parse_args
 
@@ -83,6 +86,44 @@ class RecipeSettings:
     max_ckplus: int | None = field(default=None, metadata={"help": "at most this many CK+ dev images (smoke runs)"})
     cache_batch_size: int = field(default=64, metadata={"help": "batch of the vision-token cache's encoder passes"})
 
+    def __post_init__(self):
+        """Refuse settings no run could use, before hours of work: a number that is not finite, a count or size out of
+        range, a model without a branch."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{item.name} must be a finite number, got {value}.")
+            if item.name in _POSITIVE and not value > 0:
+                raise ValueError(f"--{item.name} must be > 0, got {value}.")
+            if value is not None and not isinstance(value, bool) and value < _AT_LEAST.get(item.name, value):
+                raise ValueError(f"--{item.name} must be >= {_AT_LEAST[item.name]}, got {value}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must be in [0, 1) (0 turns it off), got {self.ema_decay}.")
+        if not (self.use_emotion_branch or self.use_au_branch):
+            raise ValueError("--use_emotion_branch and --use_au_branch are both false: the model needs a branch.")
+
+
+_POSITIVE = {"pretrain_epochs", "emotion_epochs", "au_epochs"} | {
+    f"{part}_learning_rate" for part in ("pretrain", "emotion", "vision", "au", "head")
+}
+_AT_LEAST = {
+    "image_size": 14,  # one DINOv2 patch
+    "cv_folds": 2,
+    "class_weight_power": 0.0,
+    "ckplus_weight": 0.0,
+    **dict.fromkeys(
+        ("vision_trainable_layers", "seed", "pretrain_ferplus_samples", "augmented_views", "head_ferplus_samples"), 0
+    ),
+    **dict.fromkeys(
+        (
+            *("qformer_layers", "num_query_tokens", "num_au_query_tokens", "max_au_captions", "head_steps"),
+            *("pretrain_batch_size", "emotion_batch_size", "au_batch_size", "cache_batch_size"),
+            *("max_ferplus_train", "max_ferplus_valid", "max_ckplus"),
+        ),
+        1,
+    ),
+}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
@@ -137,11 +178,21 @@ class MF2RecipeArguments:
 
 
 def chosen_preset(argv: list[str] | None, default: str) -> str:
-    """The `--preset` of a command line (either spelling), read before the full parse because it sets the defaults;
-    an unknown one is left to the full parser's own error."""
+    """The `--preset` of a command line (either spelling), else the `preset:` of its `--config` YAML file, read before
+    the full parse because it sets the defaults; an unknown preset or an unreadable file is left to the full parser's
+    own error."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=default)
-    return pre.parse_known_args(argv)[0].preset
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--config", default=None)
+    known = pre.parse_known_args(argv)[0]
+    if known.preset is None and known.config is not None:
+        try:
+            with open(known.config, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle)
+        except (OSError, yaml.YAMLError):
+            values = None
+        known.preset = values.get("preset") if isinstance(values, dict) else None
+    return known.preset or default
 
 
 def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments, RecipeSettings]:

@@ -53,7 +53,8 @@ class RecipeSettingsError(ValueError):
         super().__init__(f"{folder} was started with {changed}; resume with those settings or start another folder")
 
 
-RUN_FOLDER_ERRORS = (LockHeldError, RecipeSettingsError)  # a run that cannot start: one line, exit status 2
+# What stops a run, said in one line with exit status 2: a folder it cannot use, a training that diverged.
+RUN_ERRORS = (LockHeldError, RecipeSettingsError, scoring.NonFinitePredictionsError)
 
 
 def missing_development_files(data: Path) -> list[str]:
@@ -363,7 +364,7 @@ __all__ = [
     "DONE",
     "EMOTION_CAPTION_LENGTH",
     "LOCK_NAME",
-    "RUN_FOLDER_ERRORS",
+    "RUN_ERRORS",
     "Recipe",
     "RecipeSettingsError",
     "build_base_model",

@@ -18,12 +18,44 @@ from .trainer import MF2Trainer, split_predictions
 THRESHOLDS_FILE = "thresholds.json"
 
 
+class NonFinitePredictionsError(ValueError):
+    """Predictions with NaN or infinite values (a training that diverged, a model broken in half precision): an error,
+    never a score, and never a finished stage that a resumed run would keep.
+
+    Attributes:
+        part: the prediction array ("au_probs" or "emotion_logits").
+        rows: the rows (examples of the predicted set) whose values are not finite.
+        total: the rows predicted.
+    """
+
+    def __init__(self, part: str, rows: list[int], total: int):
+        self.part, self.rows, self.total = part, rows, total
+        super().__init__(
+            f"the model's {part} are not finite (NaN or infinite) for {len(rows)} of {total} examples (first: "
+            f"{rows[:5]}): its training diverged or its dtype is too narrow; lower the learning rate or predict in "
+            "float32"
+        )
+
+
+def check_finite(parts: dict[str, Any]) -> None:
+    """Raise `NonFinitePredictionsError` where `parts`' AU probabilities or emotion logits are not finite."""
+    for name in ("au_probs", "emotion_logits"):
+        values = parts.get(name)
+        if values is not None:
+            bad = ~np.isfinite(np.asarray(values, dtype=np.float64).reshape(len(values), -1)).all(axis=1)
+            if bad.any():
+                raise NonFinitePredictionsError(name, np.flatnonzero(bad).tolist(), len(values))
+
+
 def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = None, prefix: str = "eval"):
     """Predict `dataset` with `trainer` (optionally with another collator), gathered over processes.
 
     Returns:
         `(parts, metrics)`: `parts` from `split_predictions` (AU probabilities, emotion logits, labels, example ids) and
         the metrics `Trainer` computed (with `prefix`).
+
+    Raises:
+        NonFinitePredictionsError: some predictions are NaN or infinite.
     """
     original = trainer.data_collator
     if collator is not None:
@@ -32,7 +64,9 @@ def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = Non
         output = trainer.predict(dataset, metric_key_prefix=prefix)
     finally:
         trainer.data_collator = original
-    return split_predictions(output.predictions, output.label_ids), dict(output.metrics)
+    parts = split_predictions(output.predictions, output.label_ids)
+    check_finite(parts)
+    return parts, dict(output.metrics)
 
 
 def score(
@@ -108,6 +142,8 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 __all__ = [
     "THRESHOLDS_FILE",
+    "NonFinitePredictionsError",
+    "check_finite",
     "load_recognition_model",
     "merge_parts",
     "predict",

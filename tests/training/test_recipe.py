@@ -152,3 +152,33 @@ def test_a_folder_another_process_runs_in_is_refused(tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line == f"mf2 recipe: {output} is in use by process {os.getpid()}; wait for it to end, or stop it."
     assert not (output / "settings.json").exists()
+
+
+def test_a_preset_named_in_the_yaml_file_sets_the_defaults(tmp_path):
+    from mf2.training.recipe_settings import recipe_arguments
+
+    config = tmp_path / "recipe.yaml"
+    config.write_text("preset: gpu\nau_epochs: 2\n")
+    args, settings = recipe_arguments(["--data", str(tmp_path), "--config", str(config)])
+    assert args.preset == "gpu" and settings.image_size == PRESETS["gpu"]["image_size"] and settings.au_epochs == 2.0
+    _, settings = recipe_arguments(["--data", str(tmp_path), "--config", str(config), "--preset", "smoke"])
+    assert settings.max_ckplus == PRESETS["smoke"]["max_ckplus"]  # the command line's preset over the file's
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--pretrain_epochs", "nan"], "--pretrain_epochs must be a finite number, got nan"),
+        (["--head_learning_rate", "inf"], "--head_learning_rate must be a finite number"),
+        (["--emotion_learning_rate", "0"], "--emotion_learning_rate must be > 0"),
+        (["--head_steps", "-3"], "--head_steps must be >= 1, got -3"),
+        (["--cv_folds", "1"], "--cv_folds must be >= 2"),
+        (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
+        (["--use_emotion_branch", "false", "--use_au_branch", "false"], "the model needs a branch"),
+    ],
+)
+def test_settings_no_run_could_use_are_one_line_before_any_work(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as raised:
+        main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "out"), *option])
+    assert raised.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -186,3 +186,27 @@ def test_one_branch_ablation_stages(stage, absent, tmp_path):
     (entry,) = [entry for entry in read_log_history(output) if "loss" in entry]
     assert {"au_loss", "emotion_loss"} <= set(entry)  # both recognisers stay, reading the remaining branch
     assert not [name for name in entry if name.startswith(absent) and name != "au_loss"]
+
+
+def test_predictions_that_are_not_finite_are_an_error_not_a_score(tmp_path, capsys):
+    from mf2 import MF2ForFacialStateRecognition
+    from mf2.training import evaluate
+    from mf2.training.scoring import NonFinitePredictionsError, check_finite
+
+    check_finite({"au_probs": np.zeros((3, 12)), "emotion_logits": np.zeros((3, 8)), "au_labels": None})
+    with pytest.raises(NonFinitePredictionsError) as raised:
+        check_finite({"au_probs": np.zeros((3, 12)), "emotion_logits": np.array([[0.0] * 8, [np.nan] * 8, [0.0] * 8])})
+    assert (raised.value.part, raised.value.rows, raised.value.total) == ("emotion_logits", [1], 3)
+
+    setup = write_setup(tmp_path, train_size=4, eval_size=6)
+    model = MF2ForFacialStateRecognition(MF2Config.from_pretrained(setup["config"]))
+    with torch.no_grad():
+        model.heads.emotion_classifier.weight.fill_(float("nan"))  # as a diverged training leaves it
+    model.save_pretrained(tmp_path / "diverged")
+    argv = pretrain_argv(
+        setup, tmp_path / "eval", model_name_or_path=tmp_path / "diverged", eval_data=f"mfa:{setup['eval']}"
+    )
+    argv = argv[argv.index("--tokenizer_name") :]  # no --config_name: the checkpoint is the model
+    assert evaluate.main([*argv, "--model_name_or_path", str(tmp_path / "diverged")]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 evaluate:")]
+    assert "emotion_logits are not finite (NaN or infinite) for 6 of 6 examples" in line
