@@ -29,7 +29,7 @@ from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
 from .collator import MF2DataCollator
 from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
-from .recipe_stages import RUN_ERRORS, Recipe, missing_development_files
+from .recipe_stages import RUN_ERRORS, Recipe, development_data_problem
 
 logger = logging.getLogger("mf2.ablate")
 
@@ -63,7 +63,9 @@ ABLATION_PRESETS = {
 class MF2AblationArguments:
     """`mf2 ablate`'s own options."""
 
-    data: str = field(metadata={"help": "folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"})
+    data: str | None = field(
+        default=None, metadata={"help": "folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"}
+    )
     output_dir: str = field(default="outputs/ablation", metadata={"help": "the runs, their caches and the table"})
     preset: str = field(
         default="reduced",
@@ -198,12 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, settings = ablation_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    missing = missing_development_files(Path(args.data))
-    if missing:
-        print(
-            f"mf2 ablate: {args.data} lacks {', '.join(missing)}; pass --data the development data folder.",
-            file=sys.stderr,
-        )
+    problem = development_data_problem(args.data)
+    if problem:
+        print(f"mf2 ablate: {problem}.", file=sys.stderr)
         return 2
     if args.device == "cpu":
         torch.set_flush_denormal(True)

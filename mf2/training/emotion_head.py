@@ -90,8 +90,8 @@ def head_logits(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
 
 
 def install_emotion_head(model: MF2ForFacialStateRecognition, head: torch.nn.Sequential) -> None:
-    """Give `model` an emotion recogniser that reads Emo-VL and AU-VL, with `head`'s weights; the AU recogniser's
-    weights are kept."""
+    """Give `model` an emotion recogniser that reads the features `head` was fitted on (Emo-VL and the mean AU-VL
+    feature, or the one branch a one-branch model has), with `head`'s weights; the AU recogniser's weights are kept."""
     model.config.emotion_reads_au_features = True
     heads = MF2RecognitionHeads(model.config)
     state: Mapping[str, torch.Tensor] = {

@@ -17,9 +17,9 @@ from torch import nn
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .arguments import MF2FinetuneArguments
 from .collator import MF2DataCollator
-from .metrics import compute_mf2_metrics, tune_au_thresholds
+from .metrics import compute_mf2_metrics
 from .run_setup import write_jsonl
-from .scoring import predict, score
+from .scoring import predict, score, tuned_thresholds
 from .trainer import MF2Trainer, prediction_records
 
 logger = logging.getLogger(__name__)
@@ -99,11 +99,7 @@ class FitResult:
 
 def _thresholds_tuned_on(trainer: MF2Trainer, dataset, config, collator) -> list[float] | None:
     """Per-AU thresholds tuned on `trainer`'s predictions of `dataset` (None when no AU is labelled positive)."""
-    parts, _ = predict(trainer, dataset, collator)
-    labels = parts["au_labels"]
-    if labels is None or parts["au_probs"] is None or not (labels == 1).any():
-        return None
-    return tune_au_thresholds(parts["au_probs"], labels, default=config.au_decision_thresholds)
+    return tuned_thresholds(predict(trainer, dataset, collator)[0], config)
 
 
 def fit_and_score(

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from .recipe_card import SHIPPED_NAME
+from .recipe_card import exported_name
 from .recipe_settings import PRESETS, RECIPE_STAGES, RecipeSettings, recipe_arguments
-from .recipe_stages import RUN_ERRORS, Recipe, missing_development_files
+from .recipe_stages import RUN_ERRORS, Recipe, development_data_problem
 
 logger = logging.getLogger("mf2.recipe")
 
@@ -52,20 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     exit status 2."""
     args, settings = recipe_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    data = Path(args.data)
-    missing = missing_development_files(data)
-    if missing:
-        print(
-            f"mf2 recipe: {data} lacks {', '.join(missing)}; pass --data the development data folder.", file=sys.stderr
-        )
+    problem = development_data_problem(args.data)
+    if problem:
+        print(f"mf2 recipe: {problem}.", file=sys.stderr)
         return 2
+    data = Path(args.data)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("mf2 recipe: --device cuda, but no CUDA device is visible; use --device cpu.", file=sys.stderr)
         return 2
     if args.device == "cpu":
         torch.set_flush_denormal(True)
     output = Path(args.output_dir)
-    export = Path(args.export_dir) if args.export_dir else output / SHIPPED_NAME
+    export = Path(args.export_dir) if args.export_dir else output / exported_name(settings)
     recipe = Recipe(data, output, export, settings, args.device)
     try:
         recipe.run(tuple(args.stages))

@@ -12,6 +12,42 @@ from .recipe_settings import RecipeSettings
 SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "2.0"
 
 
+def exported_name(settings: RecipeSettings) -> str:
+    """The exported model's name: the shipped model's for its architecture, with what a Table IV variant lacks after
+    it otherwise (`mf2-base-without-au-vl`), so an ablated model is never taken for the shipped one."""
+    lacks = [
+        part
+        for part, kept in (
+            ("au-vl", settings.use_au_branch),
+            ("emo-vl", settings.use_emotion_branch),
+            ("pretraining", settings.mf2_pretraining),
+        )
+        if not kept
+    ]
+    return SHIPPED_NAME if not lacks else f"{SHIPPED_NAME}-without-{'-'.join(lacks)}"
+
+
+def _branches(settings: RecipeSettings) -> tuple[str, str]:
+    """The card's words for the model's Q-Formers and for the features its recognisers read."""
+    layers, queries, au_queries = settings.qformer_layers, settings.num_query_tokens, settings.num_au_query_tokens
+    if settings.use_emotion_branch and settings.use_au_branch:
+        return (
+            f"Emo-VL and AU-VL Q-Formers of {layers} layers\n  (384 wide, initialised from all-MiniLM-L6-v2; {queries} / "
+            f"{au_queries} queries),\n  the AU recogniser on AU-VL + Emo-VL and the emotion recogniser on Emo-VL + the "
+            "mean AU-VL feature",
+            "Emo-VL + AU-VL",
+        )
+    name, count = (
+        ("Emo-VL", f"{queries} queries") if settings.use_emotion_branch else ("AU-VL", f"{au_queries} queries per AU")
+    )
+    other = "AU-VL" if settings.use_emotion_branch else "Emo-VL"
+    return (
+        f"an {name} Q-Former of {layers} layers (384 wide, initialised from all-MiniLM-L6-v2; {count}; no {other}: "
+        f"the paper's Table IV w/o {other}), both recognisers on {name}",
+        name,
+    )
+
+
 def shipped_limitations(cv: dict[str, Any]) -> tuple[str, ...]:
     """The model card's limitations particular to the shipped model (`cv`: the CK+ cross-validation's means)."""
     peak = cv.get("mean_emotion_accuracy_peak")
@@ -81,7 +117,7 @@ def write_card_inputs(
         )
     card = build_model_card(
         folder,
-        SHIPPED_NAME,
+        exported_name(settings),
         extra_sections=card_sections(settings, timings, transfer or {}),
         limitations=shipped_limitations(cv),
     )
@@ -106,28 +142,39 @@ def card_sections(settings: RecipeSettings, timings: dict[str, float], transfer:
         if proxy is not None
         else ""
     )
+    architecture, features = _branches(settings)
+    name = exported_name(settings)
+    intro = (
+        f"""`{SHIPPED_NAME}` {SHIPPED_VERSION} ships inside the `mf2` package: `pipeline("facial-state")` and `mf2 analyze` use it when
+no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it offline after `import mf2`."""
+        if name == SHIPPED_NAME
+        else f"`{name}` is an ablation of `{SHIPPED_NAME}` {SHIPPED_VERSION} (the paper's Table IV), made by the same recipe; "
+        "it is not the shipped model."
+    )
+    pretraining = (
+        f"MF² pretraining on cached vision tokens ({features}, ITC / ITM / ITG, template captions;\n"
+        f"  {settings.pretrain_ferplus_samples} FER+ train images + CK+ dev)"
+        if settings.mf2_pretraining
+        else "no MF² pretraining (the recognisers start from the encoders)"
+    )
     return f"""
-## The shipped model
+## {"The shipped model" if name == SHIPPED_NAME else "This model"}
 
-`{SHIPPED_NAME}` {SHIPPED_VERSION} ships inside the `mf2` package: `pipeline("facial-state")` and `mf2 analyze` use it when
-no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it offline after `import mf2`.
+{intro}
 
 - **Architecture:** DINOv2-S/14 image encoder ({settings.image_size} px face crops; the top
-  {settings.vision_trainable_layers} blocks fine-tuned), Emo-VL and AU-VL Q-Formers of {settings.qformer_layers} layers
-  (384 wide, initialised from all-MiniLM-L6-v2; {settings.num_query_tokens} / {settings.num_au_query_tokens} queries),
-  the AU recogniser on AU-VL + Emo-VL and the emotion recogniser on Emo-VL + the mean AU-VL feature. Weights in
+  {settings.vision_trainable_layers} blocks fine-tuned), {architecture}. Weights in
   float16; the text side of pretraining is not shipped (inference never reads text).
 - **One geometry:** every training image is aligned exactly as at inference: the image processor looks for the
   face's 68 landmarks (dlib; FER+'s 48-px crops on a copy upscaled to 192 px) and aligns them to the canonical layout;
   a crop where none are found is placed where a typical detector crop holds its face (`no_face="fallback"`).
 - **Recipe:** `mf2 recipe --data <development data> --output_dir outputs/recipe` ({spent}; {total:.0f} min on a
-  2-core CPU): MF² pretraining on cached vision tokens (Emo-VL + AU-VL, ITC / ITM / ITG, template captions;
-  {settings.pretrain_ferplus_samples} FER+ train images + CK+ dev), emotion fine-tuning on FER+ train
+  2-core CPU): {pretraining}, emotion fine-tuning on FER+ train
   ({settings.emotion_epochs:g} epochs; {targets}; each image seen as itself, its mirror image or one of
   {settings.augmented_views} seeded views shifted, scaled, rotated, with contrast, brightness and blur{ema}), AU
   training on CK+ dev with {settings.cv_folds}-fold subject-wise cross-validation ({settings.au_epochs:g} epochs, the
   same views), per-AU thresholds tuned on the cross-validation's held-out predictions, and the emotion recogniser
-  refit on the Emo-VL + AU-VL features of {settings.head_ferplus_samples} FER+ train images and CK+ dev (CK+ weighing
+  refit on the {features} features of {settings.head_ferplus_samples} FER+ train images and CK+ dev (CK+ weighing
   {settings.ckplus_weight:g} of FER+), cross-validated on the same folds with each fold's own AU model.
 - **Evaluation rows:** `ferplus:valid.parquet` is FER+ validation (3,191 faces, 8 classes by majority, contempt →
   other), read through the same alignment as inference; the `5-fold CV` rows are CK+ dev, subject-wise folds over its
@@ -142,6 +189,7 @@ __all__ = [
     "SHIPPED_NAME",
     "SHIPPED_VERSION",
     "card_sections",
+    "exported_name",
     "shipped_limitations",
     "training_data_record",
     "write_card_inputs",

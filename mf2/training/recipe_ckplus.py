@@ -2,7 +2,7 @@
 emotion recogniser's refit on the Emo-VL + AU-VL features of each fold's AU model.
 
 `CKPlusStages` is mixed into `mf2.training.recipe.Recipe`, whose data, token caches, training helpers and bookkeeping
-(`dataset`, `tokens`, `train`, `predict`, `save_final`, `stage_dir`, `_write`) these stages use.
+(`dataset`, `tokens`, `trainer`, `training_arguments`, `save_final`, `stage_dir`, `_read`, `_write`) these stages use.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Subset
-from transformers import set_seed
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .cross_validation import cross_validate
 from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
 from .fitting import fit_and_score
-from .metrics import compute_mf2_metrics, emotion_scores, tune_au_thresholds
+from .metrics import compute_mf2_metrics, emotion_scores
 from .recipe_progress import Progress, save_npz
 from .run_setup import last_complete_checkpoint
+from .scoring import tuned_thresholds
 from .vision_cache import VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
@@ -68,8 +68,7 @@ class CKPlusStages:
         fold_dir = self.stage_dir("au") / f"fold-{fold}"
         predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
         if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
-            model = copy.deepcopy(template)
-            set_seed(self.settings.seed + fold)
+            model = copy.deepcopy(template)  # the Trainer seeds its data order and views with settings.seed
             checkpoints = fold_dir / "checkpoints"
             trainer = self.au_trainer(model, cached, train_rows.tolist(), checkpoints)
             rows = VisionTokenDataset(cached, augment=False)  # every image as it is, for the predictions
@@ -110,12 +109,12 @@ class CKPlusStages:
         )
 
         final = copy.deepcopy(template)
-        set_seed(self.settings.seed)
         checkpoints = directory / "checkpoints"  # removed when the stage is done
         trainer = self.au_trainer(final, cached, list(range(len(rows))), checkpoints)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
         merged = {k: np.concatenate([part[k] for part in held_out]) for k in ("au_probs", "au_labels")}
-        final.config.au_thresholds = tune_au_thresholds(merged["au_probs"], merged["au_labels"])
+        thresholds = tuned_thresholds(merged, final.config)  # as each fold's: ties go to the config's thresholds
+        final.config.au_thresholds = thresholds or final.config.au_decision_thresholds
         self.write_emotion_head_inputs(final, directory / "features.npz", with_valid=True)
         self.save_final(final, directory / "model")
 
@@ -218,7 +217,9 @@ class CKPlusStages:
         metrics = {
             "ckplus_cv_emotion_accuracy_peak_folds": per_fold,
             "ckplus_cv_mean_emotion_accuracy_peak": float(np.mean(per_fold)),
-            # The au stage scored the same folds with the emotion stage's recogniser (it leaves it as it was).
+            # The au stage scored the same folds with the emotion stage's recogniser, as it reads the fold's AU-VL
+            # (unchanged by AU training where the recogniser reads Emo-VL alone; a one-branch model without Emo-VL
+            # reads AU-VL, which the AU stage trains).
             "ckplus_cv_mean_emotion_accuracy_peak_before_refit": self._read("au/cv_results.json")[
                 "mean_emotion_accuracy_peak"
             ],

@@ -161,7 +161,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 class MF2RecipeArguments:
     """The recipe's command: where its data and outputs are, and what runs."""
 
-    data: str = field(metadata={"help": "folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"})
+    data: str | None = field(
+        default=None, metadata={"help": "folder holding ferplus/{train,valid}.parquet and ckplus/dev.parquet"}
+    )
     output_dir: str = field(default="outputs/recipe", metadata={"help": "work folder (caches, checkpoints, metrics)"})
     export_dir: str | None = field(
         default=None, metadata={"help": "where the finished model goes (default OUTPUT_DIR/mf2-base)"}

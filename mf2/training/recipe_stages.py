@@ -28,7 +28,7 @@ from . import scoring
 from .arguments import MF2TrainingArguments
 from .collator import MF2DataCollator
 from .preprocess import prepare_data
-from .recipe_card import SHIPPED_NAME, SHIPPED_VERSION, training_data_record, write_card_inputs
+from .recipe_card import SHIPPED_VERSION, exported_name, training_data_record, write_card_inputs
 from .recipe_ckplus import CKPlusStages
 from .recipe_emotion import EmotionStage, emotion_metrics
 from .recipe_progress import Progress
@@ -57,9 +57,13 @@ class RecipeSettingsError(ValueError):
 RUN_ERRORS = (LockHeldError, RecipeSettingsError, scoring.NonFinitePredictionsError)
 
 
-def missing_development_files(data: Path) -> list[str]:
-    """The development data files the recipe reads that `data` lacks."""
-    return [name for name in DEVELOPMENT_FILES if not (data / name).is_file()]
+def development_data_problem(data: str | None) -> str | None:
+    """What is wrong with `--data` (given on the command line or in the `--config` file) as the folder of the
+    development data the recipe reads, in one line; None when nothing is."""
+    if data is None:
+        return "--data is required: the folder of the development data (ferplus/, ckplus/)"
+    missing = [name for name in DEVELOPMENT_FILES if not (Path(data) / name).is_file()]
+    return f"{data} lacks {', '.join(missing)}; pass --data the development data folder" if missing else None
 
 
 # Template captions are short; padding to the paper's 169 / 61 tokens would only cost time.
@@ -331,7 +335,7 @@ class Recipe(EmotionStage, CKPlusStages):
             cv = {**cv, "mean_emotion_accuracy_peak": head["ckplus_cv_mean_emotion_accuracy_peak"]}
         config = model.config
         config.trained = True
-        config.model_name, config.model_version = SHIPPED_NAME, SHIPPED_VERSION
+        config.model_name, config.model_version = exported_name(self.settings), SHIPPED_VERSION
         record = training_data_record(
             {name: len(self.dataset(name)) for name in ("ferplus_train", "ckplus", "ferplus_valid")}
         )
@@ -356,7 +360,7 @@ class Recipe(EmotionStage, CKPlusStages):
         write_card_inputs(
             self.export_dir, record, emotion, cv, self.settings, timings, transfer=self._read("emotion/metrics.json")
         )
-        logger.info("exported %s to %s", SHIPPED_NAME, self.export_dir)
+        logger.info("exported %s to %s", config.model_name, self.export_dir)
 
 
 __all__ = [
@@ -368,5 +372,5 @@ __all__ = [
     "Recipe",
     "RecipeSettingsError",
     "build_base_model",
-    "missing_development_files",
+    "development_data_problem",
 ]

@@ -69,6 +69,15 @@ def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = Non
     return parts, dict(output.metrics)
 
 
+def tuned_thresholds(parts: dict[str, Any], config) -> list[float] | None:
+    """Per-AU thresholds tuned on predictions `parts` (an AU without a positive label keeps the config's), or None
+    when no AU is labelled positive."""
+    labels, probs = parts.get("au_labels"), parts.get("au_probs")
+    if labels is None or probs is None or not (np.asarray(labels) == 1).any():
+        return None
+    return tune_au_thresholds(probs, labels, default=config.au_decision_thresholds)
+
+
 def score(
     parts: dict[str, Any], config, tune: bool = False, prefix: str = "eval"
 ) -> tuple[dict[str, float], list | None]:
@@ -87,10 +96,8 @@ def score(
         emotion_names=config.emotion_labels,
     )
     metrics = {f"{prefix}_{k}": v for k, v in compute_mf2_metrics(au_thresholds=config.au_thresholds, **kwargs).items()}
-    thresholds = None
-    labels = parts["au_labels"]
-    if tune and labels is not None and parts["au_probs"] is not None and (labels == 1).any():
-        thresholds = tune_au_thresholds(parts["au_probs"], labels, default=config.au_decision_thresholds)
+    thresholds = tuned_thresholds(parts, config) if tune else None
+    if thresholds is not None:
         tuned = compute_mf2_metrics(au_thresholds=thresholds, **{**kwargs, "emotion_predictions": None})
         metrics.update({f"{prefix}_{k}_tuned": v for k, v in tuned.items() if k.startswith("au_f1")})
     return metrics, thresholds
@@ -150,4 +157,5 @@ __all__ = [
     "read_thresholds",
     "score",
     "store_thresholds",
+    "tuned_thresholds",
 ]

@@ -75,6 +75,11 @@ def test_a_model_without_one_branch_goes_through_every_stage(smoke_run, tmp_path
     metrics = json.loads((tmp_path / "emotion_head" / "metrics.json").read_text())
     assert 0.0 <= metrics["ferplus_valid_accuracy"] <= 1.0
     assert json.loads((tmp_path / "mf2-base" / "cv_results.json").read_text())["num_folds"] == 2
+    # Never taken for the shipped model: its own name, and a card that says which branch it has.
+    gone = "emo-vl" if branch == "use_emotion_branch" else "au-vl"
+    assert model.config.model_name == f"mf2-base-without-{gone}"
+    card = (tmp_path / "mf2-base" / "README.md").read_text()
+    assert "it is not the shipped model" in card and "Emo-VL and AU-VL Q-Formers" not in card
 
 
 @pytest.mark.slow
@@ -92,6 +97,12 @@ def test_a_second_run_resumes_without_redoing_finished_stages(smoke_run, capsys)
 def test_command_line_refuses_a_folder_without_the_data(tmp_path, capsys):
     assert main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2
     assert "lacks ferplus/train.parquet" in capsys.readouterr().err
+    assert main(["--output_dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("mf2 recipe: --data is required")
+    config = tmp_path / "recipe.yaml"  # --data may come from the YAML file, as every option may
+    config.write_text(f"data: {tmp_path / 'elsewhere'}\n")
+    assert main(["--config", str(config), "--output_dir", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'elsewhere'} lacks ferplus/train.parquet" in capsys.readouterr().err
     with pytest.raises(SystemExit) as raised:
         main(["--data", str(tmp_path), "--colour", "blue"])
     assert raised.value.code == 2 and "unrecognized arguments: --colour blue" in capsys.readouterr().err
