@@ -68,6 +68,7 @@ def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, An
 # CSV columns copied from a record as they are, around the box, emotion and AU columns that `_text` formats.
 _SOURCE_COLUMNS = ("path", "frame", "time", "face", "faces", "error", "warning")
 _RECORD_COLUMNS = ("landmark_backend", "explanation", "model", "model_version", "model_trained")
+_TRACK_COLUMNS = ("track",)  # last, after the detection scale: videos only
 
 
 class RecordWriter:
@@ -97,7 +98,7 @@ class RecordWriter:
             "active_action_units",
             *_RECORD_COLUMNS,
             "detection_scale",
-            "track",
+            *_TRACK_COLUMNS,
         ]
 
     def write(self, record: dict[str, Any]) -> None:
@@ -138,7 +139,9 @@ class RecordWriter:
         if self._csv is None:  # the header goes out with the first row
             self._csv = csv.DictWriter(self._rows, fieldnames=self.columns(), extrasaction="ignore")
             self._csv.writeheader()
-        row = {key: record.get(key) for key in (*_SOURCE_COLUMNS, *_RECORD_COLUMNS, "track")}  # copied as they are
+        row = {
+            key: record.get(key) for key in (*_SOURCE_COLUMNS, *_RECORD_COLUMNS, *_TRACK_COLUMNS)
+        }  # copied as they are
         if record.get("box"):
             row.update(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in record["box"])))
         if record.get("emotion"):

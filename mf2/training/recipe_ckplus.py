@@ -2,7 +2,8 @@
 emotion recogniser's refit on the Emo-VL + AU-VL features of each fold's AU model.
 
 `CKPlusStages` is mixed into `mf2.training.recipe.Recipe`, whose data, token caches, training helpers and bookkeeping
-(`dataset`, `tokens`, `trainer`, `training_arguments`, `save_final`, `stage_dir`, `_read`, `_write`) these stages use.
+(`dataset`, `tokens`, `trainer`, `resume_training`, `training_arguments`, `save_final`, `stage_dir`, `_read`,
+`_write`) these stages use.
 """
 
 from __future__ import annotations
@@ -110,8 +111,7 @@ class CKPlusStages:
 
         final = copy.deepcopy(template)
         checkpoints = directory / "checkpoints"  # removed when the stage is done
-        trainer = self.au_trainer(final, cached, list(range(len(rows))), checkpoints)
-        trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
+        self.resume_training(self.au_trainer(final, cached, list(range(len(rows))), checkpoints))
         merged = {k: np.concatenate([part[k] for part in held_out]) for k in ("au_probs", "au_labels")}
         thresholds = tuned_thresholds(merged, final.config)  # as each fold's: ties go to the config's thresholds
         final.config.au_thresholds = thresholds or final.config.au_decision_thresholds

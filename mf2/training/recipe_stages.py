@@ -270,8 +270,12 @@ class Recipe(EmotionStage, CKPlusStages):
         """Train `model` on `dataset`, resuming from the stage's last complete checkpoint."""
         optimizers = (optimizer, None) if optimizer is not None else (None, None)
         options = dict(optimizers=optimizers, compute_loss_func=compute_loss_func, callbacks=callbacks)
-        trainer = self.trainer(model, dataset, collator, args, **options)
-        checkpoint = last_complete_checkpoint(args.output_dir)
+        self.resume_training(self.trainer(model, dataset, collator, args, **options))
+
+    @staticmethod
+    def resume_training(trainer: MF2Trainer) -> None:
+        """`trainer.train()`, resuming from the last complete checkpoint in its output folder where there is one."""
+        checkpoint = last_complete_checkpoint(trainer.args.output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
