@@ -173,7 +173,8 @@ class FeatureCache:
                 entry.
             label_names: batch keys stored beside the features, returned by the cached dataset.
             in_memory: see `CachedFeatureDataset`.
-            progress: called as `progress(done, total)` after each batch (examples).
+            progress: called as `progress(done, total)` once before the first batch (`done`: the examples an
+                interrupted build already wrote) and after each batch.
         """
         self.check_buildable()
         if fingerprint is None:
@@ -207,6 +208,8 @@ class FeatureCache:
         for module in modules:
             module.eval()
         pending, pending_count = [], 0
+        if progress is not None:
+            progress(count, total)  # where this build starts: 0, or after the shards an earlier one wrote
 
         def flush() -> None:
             nonlocal pending_count

@@ -21,18 +21,22 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 class Progress:
-    """Prints `stage: done/total, elapsed, ETA` lines (at most every `every` seconds)."""
+    """Prints `stage: done/total, elapsed, ETA` lines (at most every `every` seconds). The first call's `done` is
+    where the work starts (a resumed build's finished part), so the ETA counts only this process's pace."""
 
     def __init__(self, stage: str, every: float = 30.0):
         self.stage, self.every, self.start, self.last = stage, every, time.perf_counter(), 0.0
+        self.first: int | None = None
 
     def __call__(self, done: int, total: int) -> None:
+        if self.first is None:
+            self.first = done
         now = time.perf_counter()
         if now - self.last < self.every and done < total:
             return
         self.last = now
         elapsed = now - self.start
-        eta = elapsed / max(done, 1) * (total - done)
+        eta = elapsed / max(done - self.first, 1) * (total - done)
         logger.info("%s: %d/%d, %.0f s elapsed, ETA %.0f s", self.stage, done, total, elapsed, eta)
 
 

@@ -40,8 +40,8 @@ class _LinearCache(FeatureCache):
 ROWS = [{"x": torch.arange(4.0) + index, "emotion_labels": torch.tensor(index % 8)} for index in range(10)]
 
 
-def _build(cache):
-    return cache.build(ROWS, batch_size=2, fingerprint="rows", label_names=("emotion_labels",))
+def _build(cache, progress=None):
+    return cache.build(ROWS, batch_size=2, fingerprint="rows", label_names=("emotion_labels",), progress=progress)
 
 
 def _features(entry):
@@ -53,9 +53,10 @@ def test_interrupted_build_resumes_after_its_last_shard(tmp_path):
         _build(_LinearCache(tmp_path / "cache", stop_after=3))
     assert not _LinearCache(tmp_path / "cache").entries()  # nothing readable yet
 
-    resumed = _LinearCache(tmp_path / "cache")
-    entry = _build(resumed)
+    resumed, reported = _LinearCache(tmp_path / "cache"), []
+    entry = _build(resumed, progress=lambda done, total: reported.append((done, total)))
     assert resumed.batches_seen == 2  # 3 of 5 batches were already on disk
+    assert reported == [(6, 10), (8, 10), (10, 10)]  # where it starts, then each batch
     fresh = _build(_LinearCache(tmp_path / "fresh"))
     assert len(entry) == len(fresh) == 10 and entry.manifest["key"] == fresh.manifest["key"]
     assert torch.equal(_features(entry), _features(fresh))
@@ -81,3 +82,16 @@ def test_labels_are_read_without_the_features(tmp_path, in_memory):
     assert torch.equal(reread.labels("emotion_labels"), torch.stack([row["emotion_labels"] for row in ROWS]))
     with pytest.raises(KeyError, match="no label 'au_labels'"):
         reread.labels("au_labels")
+
+
+def test_the_progress_eta_counts_only_this_process_pace(caplog, monkeypatch):
+    """A build resumed at 8,192 of 25,045 images must not promise to finish at once."""
+    from mf2.training import recipe_progress
+
+    clock = iter([0.0, 0.0, 60.0])  # start, the first call, the call after 60 s
+    monkeypatch.setattr(recipe_progress.time, "perf_counter", lambda: next(clock))
+    progress = recipe_progress.Progress("tokens", every=0.0)
+    with caplog.at_level("INFO", logger="mf2.recipe"):
+        progress(8192, 25045)
+        progress(8192 + 600, 25045)  # 600 images in 60 s: 10 per second
+    assert caplog.records[-1].getMessage() == "tokens: 8792/25045, 60 s elapsed, ETA 1625 s"
