@@ -32,7 +32,8 @@ def emotion_head_inputs(
     one branch) of every cached example in each of `views`, keyed by view, and `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
     model = model.eval().to(device)
     features: dict[str, np.ndarray] = {}
-    for view in views:
+    total = len(cached) * len(views)
+    for number, view in enumerate(views):
         parts, labels = [], []
         loader = DataLoader(cached, batch_size=batch_size, collate_fn=lambda rows: rows)
         with torch.no_grad():
@@ -45,8 +46,8 @@ def emotion_head_inputs(
                 joined = torch.cat([part for part in present if part is not None], dim=-1)  # one branch: its own
                 parts.append(joined.float().cpu().numpy())
                 labels.append(np.asarray([int(row["emotion_labels"]) for row in rows]))
-                if progress is not None:
-                    progress(sum(len(part) for part in labels), len(cached))
+                if progress is not None:  # over every view, so the ETA holds for the whole pass
+                    progress(number * len(cached) + sum(len(part) for part in labels), total)
         features[view] = np.concatenate(parts)
         features["labels"] = np.concatenate(labels)
     return features
