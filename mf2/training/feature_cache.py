@@ -62,11 +62,12 @@ def hash_value(digest, name: str, value: Any) -> None:
 
 def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
     """The shards an interrupted build of entry `key` wrote into `staging` (the folder made ready when it is new)."""
-    progress = staging / PROGRESS_NAME
-    if progress.is_file():
-        state = json.loads(progress.read_text())
-        if state.get("key") == key and all((staging / shard["file"]).is_file() for shard in state["shards"]):
+    try:
+        state = json.loads((staging / PROGRESS_NAME).read_text())
+        if state["key"] == key and all((staging / shard["file"]).is_file() for shard in state["shards"]):
             return list(state["shards"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start again
+        pass
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return []
