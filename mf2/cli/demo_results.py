@@ -24,6 +24,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..integration.default_model import model_identity
+
 MAX_UPLOAD_MB = 25
 """Largest upload accepted (Gradio refuses larger files before they reach the server's disk for long)."""
 MAX_MEGAPIXELS = 50.0
@@ -146,22 +148,13 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
     crops = [face_crop(annotated, face["box"]) for face in faces]
     annotated.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.LANCZOS)  # only ever shrinks
     faces = [{key: value for key, value in face.items() if key != "features"} for face in faces]
-    record = {**model_identity(pipe), "input": name, "faces": faces}
+    config = pipe.model.config
+    record = {**model_identity(config, config.name_or_path), "input": name, "faces": faces}
     summary = ", ".join(
         f"#{n + 1} {face['emotion']['label']} ({face['emotion']['score']:.2f})" for n, face in enumerate(faces)
     )
     plural = "s" if len(faces) > 1 else ""
     return ImageResult(f"Found {len(faces)} face{plural}: {summary}.", annotated, faces, record, crops)
-
-
-def model_identity(pipe) -> dict[str, Any]:
-    """The model fields every record carries (read from the config, as `mf2 analyze` records do)."""
-    config = pipe.model.config
-    return {
-        "model": getattr(config, "model_name", None) or config.name_or_path,
-        "model_version": getattr(config, "model_version", None),
-        "model_trained": bool(getattr(config, "trained", False)),
-    }
 
 
 def thresholds(pipe) -> dict[str, float]:
@@ -395,7 +388,6 @@ __all__ = [
     "draw_faces",
     "emotion_scores",
     "face_crop",
-    "model_identity",
     "thresholds",
     "write_record",
 ]
