@@ -80,7 +80,7 @@ from .analyze_inputs import InputPath, expand_paths
 from .analyze_parser import build_parser
 from .analyze_records import RecordWriter
 from .analyze_run import AnalyzeRun, open_output
-from .analyze_shards import annotation_names, device_for, launched, run_sharded
+from .analyze_shards import annotation_names, check_resumed_model, device_for, launched, run_sharded
 
 
 def _first_line(error: BaseException) -> str:
@@ -167,6 +167,8 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
+    if args.resume:
+        check_resumed_model(Path(args.output), fmt, common)
     if sharded:  # each process's share into its part, merged by process 0
         names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..local_files import written_aside
 from ..video import is_video
@@ -277,6 +277,26 @@ def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> 
         part.unlink(missing_ok=True)
 
 
+def check_resumed_model(output: Path, fmt: str, identity: dict[str, Any]) -> None:
+    """Raise `AnalyzeError` where `output` or its parts hold records of another model (name or version) than
+    `identity`'s: a resumed run would mix two models' answers in one file."""
+    wanted = (str(identity["model"]), str(identity["model_version"]))
+    for path in [output, *part_paths(output)]:
+        header, lines = read_lines(path, fmt)
+        for _, text in lines:
+            if fmt == "jsonl":
+                record = json.loads(text)
+                found = (str(record.get("model")), str(record.get("model_version")))
+            else:
+                row = dict(zip(header or [], next(csv.reader([text]))))
+                found = (row.get("model") or "None", row.get("model_version") or "None")
+            if found != wanted:
+                raise AnalyzeError(
+                    f"--resume: {path} holds records of {found[0]} {found[1]}, and this run uses {wanted[0]} "
+                    f"{wanted[1]}; resume with that model (--model), or write to another --output"
+                )
+
+
 def done_paths(output: Path, fmt: str) -> set[str]:
     """The inputs that already have their records in `output`."""
     return {path for path, _ in read_lines(output, fmt)[1]}
@@ -343,6 +363,7 @@ def run_sharded(
 
 __all__ = [
     "Processes",
+    "check_resumed_model",
     "annotation_names",
     "device_for",
     "launched",

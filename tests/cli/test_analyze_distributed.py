@@ -142,6 +142,25 @@ def test_resume_and_overwrite_without_resume(checkpoint, images, reference, tmp_
     assert capsys.readouterr().err.strip().endswith("need --output FILE (not standard output)")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_over_another_models_records_is_refused(checkpoint, images, reference, tmp_path, capsys, fmt):
+    """One output file holds one model's answers: resuming with another model would mix them."""
+    output = tmp_path / f"out.{fmt}"
+    text = reference[fmt].read_text()
+    record = json.loads(reference["jsonl"].read_text().splitlines()[0])
+    model, version = record["model"], record["model_version"]
+    output.write_text(text.replace(f",{model},", ",mf2-base,") if fmt == "csv" else text.replace(model, "mf2-base"))
+    argv = ["analyze", str(images), "--model", str(checkpoint), "-o", str(output), "--no-progress", "--resume"]
+    assert cli_main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"mf2 analyze: --resume: {output} holds records of mf2-base {version}, and this run uses {model} {version}; "
+        "resume with that model (--model), or write to another --output"
+    )
+    output.write_text(text)  # its own model's records: resumed, nothing left to do
+    assert cli_main(argv) == 0 and output.read_text() == text
+
+
 def test_shards_and_truncated_lines(tmp_path):
     files = [Path(f"{name}.png") for name in "abcdefg"]
     todo, share = shard(files + [Path("a.png")], {"b.png"}, Processes(rank=1, world_size=2))
