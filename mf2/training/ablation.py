@@ -124,8 +124,7 @@ def run_row(row: AblationRow, seed: int, args: MF2AblationArguments, settings: R
         recipe.run(("data", "pretrain", "emotion"))
     else:
         link_stages(full, folder, ("data",))
-        recipe.run(("data",))
-        recipe.run_probe()
+        recipe.run(("data", "emotion_head"))  # the probe's stage after the shared data stage
     if not (folder / "inference.json").is_file():
         recipe._write("inference.json", {"inference_ms_per_face": inference_ms_per_face(recipe, row)})
     return recipe

@@ -45,9 +45,9 @@ def au_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class ProbeRecipe(Recipe):
     """The probe over a recipe run's data stage (its base model's frozen encoder and its token caches)."""
 
-    def run_probe(self) -> None:
-        if self.is_done("emotion_head"):
-            return
+    def stage_emotion_head(self) -> None:
+        """The probes, in place of the recipe's stages after `data` (run as its last stage, so it resumes and is held
+        by the run's lock as every stage is)."""
         start = time.perf_counter()
         model = MF2ForFacialStateRecognition.from_pretrained(str(self.stage_dir("data") / "base")).eval()
         model.config.emotion_reads_au_features = False
@@ -67,7 +67,6 @@ class ProbeRecipe(Recipe):
         labels["au"] = ckplus.labels("au_labels").numpy()
         self.probe_emotion(model.config, features, labels, time.perf_counter() - start)
         self.probe_ckplus(model.config, features, labels)
-        self.mark_done("emotion_head", time.perf_counter() - start)
 
     def emotion_probe(self, features, labels, classes: int, ckplus_rows=None):
         settings = self.settings
