@@ -18,8 +18,10 @@ This file imports nothing from mf2, so it travels with the remote-code pipeline 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import warnings
 
 try:  # POSIX; where it is missing, `exclusive_lock` cannot keep two processes apart
     import fcntl
@@ -57,6 +59,15 @@ def exclusive_lock(lock_file: str | os.PathLike, wait: bool = True) -> Iterator[
             except BlockingIOError:
                 handle.seek(0)
                 raise LockHeldError(lock_file, handle.read().strip()) from None
+            except OSError as error:  # a file system without locks (some network and FUSE mounts): go on unlocked
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                warnings.warn(
+                    f"{lock_file}: this file system cannot lock files ({error.strerror}); two processes "
+                    "in the same folder would not be kept apart",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -82,3 +82,30 @@ def test_env_flag_reads_the_values_huggingface_hub_accepts(monkeypatch, value, o
     assert env_flag("MF2_TEST_FLAG") is on
     monkeypatch.delenv("MF2_TEST_FLAG")
     assert env_flag("MF2_TEST_FLAG") is False
+
+
+def test_a_held_lock_is_refused_or_waited_for_and_names_its_holder(tmp_path):
+    from mf2.local_files import LockHeldError, exclusive_lock
+
+    lock = tmp_path / ".lock"
+    with exclusive_lock(lock):
+        with pytest.raises(LockHeldError) as raised:
+            with exclusive_lock(lock, wait=False):
+                pass
+    assert raised.value.holder == str(os.getpid()) and raised.value.lock_file == lock
+    with exclusive_lock(lock, wait=False):  # released: taken at once
+        pass
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from mf2 import local_files
+
+    def unsupported(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(local_files.fcntl, "flock", unsupported)
+    with pytest.warns(RuntimeWarning, match="cannot lock files"):
+        with local_files.exclusive_lock(tmp_path / ".lock", wait=False):
+            pass

@@ -279,17 +279,16 @@ def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> 
 
 def check_resumed_model(output: Path, fmt: str, identity: dict[str, Any]) -> None:
     """Raise `AnalyzeError` where `output` or its parts hold records of another model (name or version) than
-    `identity`'s: a resumed run would mix two models' answers in one file."""
+    `identity`'s: a resumed run would mix two models' answers in one file. Records without the model fields (written
+    before mf2 wrote them) are not compared."""
     wanted = (str(identity["model"]), str(identity["model_version"]))
     for path in [output, *part_paths(output)]:
         header, lines = read_lines(path, fmt)
         for _, text in lines:
-            if fmt == "jsonl":
-                record = json.loads(text)
-                found = (str(record.get("model")), str(record.get("model_version")))
-            else:
-                row = dict(zip(header or [], next(csv.reader([text]))))
-                found = (row.get("model") or "None", row.get("model_version") or "None")
+            record = _fields(text, header, fmt)
+            if "model" not in record:
+                continue
+            found = tuple(str(record.get(name) or None) for name in ("model", "model_version"))
             if found != wanted:
                 raise AnalyzeError(
                     f"--resume: {path} holds records of {found[0]} {found[1]}, and this run uses {wanted[0]} "

@@ -85,14 +85,14 @@ class MF2AblationArguments:
 
 
 def ablation_arguments(argv: list[str] | None = None) -> tuple[MF2AblationArguments, RecipeSettings]:
-    preset = chosen_preset(argv, "reduced")
+    preset = chosen_preset(argv, "reduced", ABLATION_PRESETS, "mf2 ablate")
     return parse_args(
         (MF2AblationArguments, RecipeSettings),
         argv,
         description="The paper's Table IV on the development data: the recipe with one part removed per row.",
         prog="mf2 ablate",
         usage="--data DIR [--output_dir DIR] [--preset reduced|cpu|smoke] [--seeds 0 1] [--SETTING VALUE ...]",
-        defaults=ABLATION_PRESETS.get(preset, {}),
+        defaults=ABLATION_PRESETS[preset],
     )
 
 

@@ -33,6 +33,8 @@ def emotion_head_inputs(
     model = model.eval().to(device)
     features: dict[str, np.ndarray] = {}
     total = len(cached) * len(views)
+    if progress is not None:
+        progress(0, total)
     for number, view in enumerate(views):
         parts, labels = [], []
         loader = DataLoader(cached, batch_size=batch_size, collate_fn=lambda rows: rows)

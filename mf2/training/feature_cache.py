@@ -60,11 +60,13 @@ def hash_value(digest, name: str, value: Any) -> None:
         digest.update(repr(value).encode())
 
 
-def _finished_shards(staging: Path, key: str) -> list[dict[str, Any]]:
-    """The shards an interrupted build of entry `key` wrote into `staging` (the folder made ready when it is new)."""
+def _finished_shards(staging: Path, key: str, label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The shards an interrupted build of entry `key` with `label_names` wrote into `staging` (the folder made ready
+    when there are none)."""
     try:
         state = json.loads((staging / PROGRESS_NAME).read_text())
-        if state["key"] == key and all((staging / shard["file"]).is_file() for shard in state["shards"]):
+        same = state["key"] == key and state["label_names"] == list(label_names)
+        if same and all((staging / shard["file"]).is_file() for shard in state["shards"]):
             return list(state["shards"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start again
         pass
@@ -194,12 +196,12 @@ class FeatureCache:
                 loader_options = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": num_workers}
                 self._write(staging, key, components, dataset, loader_options, label_names, progress)
                 os.replace(staging, entry)  # atomic: a half-written entry is never visible
-                lock.unlink()  # a process still waiting holds it open, wakes up and finds the entry
+                lock.unlink(missing_ok=True)  # a process still waiting holds it open, wakes up, finds the entry
         return CachedFeatureDataset(entry, in_memory=in_memory)
 
     def _write(self, directory, key, components, dataset, loader_options, label_names, progress) -> None:
         """Write `dataset`'s shards and manifest into `directory`, after the shards an earlier attempt finished."""
-        shards = _finished_shards(directory, key)
+        shards = _finished_shards(directory, key, label_names)
         count = sum(shard["num_examples"] for shard in shards)
         remaining = Subset(dataset, range(count, len(dataset))) if count else dataset
         batches = DataLoader(remaining, shuffle=False, **loader_options)
@@ -220,9 +222,12 @@ class FeatureCache:
             tensors = {name: torch.cat([part[name] for part in pending]).contiguous() for name in names}
             file = f"shard-{len(shards):05d}.safetensors"
             save_file(tensors, str(directory / file))
+            with open(directory / file, "rb") as written:  # on disk before the progress file names it (a host crash)
+                os.fsync(written.fileno())
             shards.append({"file": file, "num_examples": pending_count, "keys": sorted(tensors)})
+            state = {"key": key, "label_names": list(label_names), "shards": shards}
             with written_aside(directory / PROGRESS_NAME) as partial:  # after the shard: the build resumes from here
-                partial.write_text(json.dumps({"key": key, "shards": shards}, indent=2))
+                partial.write_text(json.dumps(state, indent=2))
             pending.clear()
             pending_count = 0
 

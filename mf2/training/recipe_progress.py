@@ -21,17 +21,22 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 class Progress:
-    """Prints `stage: done/total, elapsed, ETA` lines (at most every `every` seconds). The first call's `done` is
-    where the work starts (a resumed build's finished part), so the ETA counts only this process's pace."""
+    """Prints `stage: done/total, elapsed, ETA` lines (at most every `every` seconds). The first call says where the
+    work starts (0, or a resumed build's finished part) and starts the clock, so the ETA counts only this process's
+    pace; there is no ETA until some work is done."""
 
     def __init__(self, stage: str, every: float = 30.0):
-        self.stage, self.every, self.start, self.last = stage, every, time.perf_counter(), 0.0
+        self.stage, self.every, self.last = stage, every, 0.0
         self.first: int | None = None
+        self.start = 0.0
 
     def __call__(self, done: int, total: int) -> None:
-        if self.first is None:
-            self.first = done
         now = time.perf_counter()
+        if self.first is None:
+            self.first, self.start = done, now
+            logger.info("%s: %d/%d to start from", self.stage, done, total)
+            self.last = now
+            return
         if now - self.last < self.every and done < total:
             return
         self.last = now

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -166,7 +167,8 @@ class MF2RecipeArguments:
     )
     output_dir: str = field(default="outputs/recipe", metadata={"help": "work folder (caches, checkpoints, metrics)"})
     export_dir: str | None = field(
-        default=None, metadata={"help": "where the finished model goes (default OUTPUT_DIR/mf2-base)"}
+        default=None,
+        metadata={"help": "where the finished model goes (default OUTPUT_DIR/<its name>, e.g. OUTPUT_DIR/mf2-base)"},
     )
     device: str = field(default="cpu", metadata={"help": "where it trains", "choices": ["cpu", "cuda"]})
     preset: str = field(
@@ -179,11 +181,12 @@ class MF2RecipeArguments:
     )
 
 
-def chosen_preset(argv: list[str] | None, default: str) -> str:
+def chosen_preset(argv: list[str] | None, default: str, choices: Collection[str], prog: str) -> str:
     """The `--preset` of a command line (either spelling), else the `preset:` of its `--config` YAML file, read before
-    the full parse because it sets the defaults; an unknown preset or an unreadable file is left to the full parser's
-    own error."""
-    pre = argparse.ArgumentParser(add_help=False)
+    the full parse because it sets the defaults. One not in `choices` is argparse's one-line error (exit status 2)
+    here, since the full parser does not check a value the YAML file gives; an unreadable file is left to the full
+    parser's own error."""
+    pre = argparse.ArgumentParser(add_help=False, prog=prog)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--config", default=None)
     known = pre.parse_known_args(argv)[0]
@@ -194,13 +197,16 @@ def chosen_preset(argv: list[str] | None, default: str) -> str:
         except (OSError, yaml.YAMLError):
             values = None
         known.preset = values.get("preset") if isinstance(values, dict) else None
-    return known.preset or default
+    preset = known.preset or default
+    if preset not in choices:
+        pre.error(f"argument --preset: invalid choice: {preset!r} (choose from {', '.join(choices)})")
+    return preset
 
 
 def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments, RecipeSettings]:
     """`mf2 recipe`'s command line: its options, and its settings (`--preset`'s, then the YAML file's, then the
     command line's). A bad option is argparse's one-line error, exit status 2."""
-    preset = chosen_preset(argv, "cpu")
+    preset = chosen_preset(argv, "cpu", PRESETS, "mf2 recipe")
     return parse_args(
         (MF2RecipeArguments, RecipeSettings),
         argv,
@@ -208,7 +214,7 @@ def recipe_arguments(argv: list[str] | None = None) -> tuple[MF2RecipeArguments,
         "setting is a `RecipeSettings` field; --preset sets their defaults.",
         prog="mf2 recipe",
         usage="--data DIR [--output_dir DIR] [--preset cpu|gpu|smoke] [--SETTING VALUE ...]",
-        defaults=PRESETS.get(preset, {}),
+        defaults=PRESETS[preset],
     )
 
 

@@ -41,6 +41,7 @@ logger = logging.getLogger("mf2.recipe")
 
 DONE = "done.json"
 LOCK_NAME = ".lock"  # held by the process running in the folder
+SPEED_ONLY_SETTINGS = frozenset({"cache_batch_size"})  # a resumed run may change them (a smaller GPU, less memory)
 DEVELOPMENT_FILES = ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/dev.parquet")
 
 
@@ -50,7 +51,10 @@ class RecipeSettingsError(ValueError):
     def __init__(self, folder: Path, differences: dict[str, tuple[Any, Any]]):
         self.folder, self.differences = folder, differences
         changed = ", ".join(f"{name}={old!r} (now {new!r})" for name, (old, new) in differences.items())
-        super().__init__(f"{folder} was started with {changed}; resume with those settings or start another folder")
+        super().__init__(
+            f"{folder} was started with {changed}; resume with those settings, or start another --output_dir (its "
+            "caches can be shared: they are keyed by content)"
+        )
 
 
 # What stops a run, said in one line with exit status 2: a folder it cannot use, a training that diverged.
@@ -94,8 +98,8 @@ class Recipe(EmotionStage, CKPlusStages):
     def __init__(self, data_dir: Path, output_dir: Path, export_dir: Path, settings: RecipeSettings, device: str):
         self.data_dir, self.output_dir, self.export_dir = data_dir, output_dir, export_dir
         self.settings, self.device = settings, device
-        # Pre-processed rows and vision tokens. A dataset's fingerprint (part of a token entry's key) follows the path
-        # of its pre-processed file, so a run sharing another run's caches must name this same folder.
+        # Pre-processed rows and vision tokens, keyed by the data files' content and the processor's options: a run
+        # pointing `cache_dir` at another run's folder shares its entries.
         self.cache_dir = output_dir / "cache"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = self._read("timings.json") or {}
@@ -137,7 +141,11 @@ class Recipe(EmotionStage, CKPlusStages):
         """Raise `RecipeSettingsError` where the settings differ from those the folder's run was started with (a
         setting the stored file lacks, added to mf2 since, is not compared)."""
         stored, given = self._read("settings.json") or {}, asdict(self.settings)
-        differences = {name: (value, given[name]) for name, value in stored.items() if given.get(name, value) != value}
+        differences = {
+            name: (value, given[name])
+            for name, value in stored.items()
+            if name not in SPEED_ONLY_SETTINGS and given.get(name, value) != value
+        }
         if differences:
             raise RecipeSettingsError(self.output_dir, differences)
 

@@ -32,8 +32,8 @@ class NonFinitePredictionsError(ValueError):
         self.part, self.rows, self.total = part, rows, total
         super().__init__(
             f"the model's {part} are not finite (NaN or infinite) for {len(rows)} of {total} examples (first: "
-            f"{rows[:5]}): its training diverged or its dtype is too narrow; lower the learning rate or predict in "
-            "float32"
+            f"{rows[:5]}): its training diverged or its dtype is too narrow; train again with a lower learning rate, "
+            "or predict in float32"
         )
 
 

@@ -159,6 +159,13 @@ def test_resume_over_another_models_records_is_refused(checkpoint, images, refer
     )
     output.write_text(text)  # its own model's records: resumed, nothing left to do
     assert cli_main(argv) == 0 and output.read_text() == text
+    if fmt == "jsonl":  # records written before mf2 wrote the model fields are not compared
+        older = "".join(
+            json.dumps({k: v for k, v in json.loads(line).items() if not k.startswith("model")}) + "\n"
+            for line in text.splitlines()
+        )
+        output.write_text(older)
+        assert cli_main(argv) == 0
 
 
 def test_shards_and_truncated_lines(tmp_path):

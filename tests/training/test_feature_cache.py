@@ -64,6 +64,14 @@ def test_interrupted_build_resumes_after_its_last_shard(tmp_path):
     assert not list((tmp_path / "cache").glob(f"{STAGING_PREFIX}*"))  # staging renamed, lock removed
 
 
+def test_a_build_asked_for_other_labels_starts_again(tmp_path):
+    with pytest.raises(_Interrupted):
+        _build(_LinearCache(tmp_path, stop_after=2))
+    cache = _LinearCache(tmp_path)
+    entry = cache.build(ROWS, batch_size=2, fingerprint="rows", label_names=())
+    assert cache.batches_seen == 5 and entry.label_names == []
+
+
 def test_leftovers_of_another_entry_are_not_resumed_and_clear_removes_them(tmp_path):
     with pytest.raises(_Interrupted):
         _build(_LinearCache(tmp_path, stop_after=2))
@@ -88,10 +96,13 @@ def test_the_progress_eta_counts_only_this_process_pace(caplog, monkeypatch):
     """A build resumed at 8,192 of 25,045 images must not promise to finish at once."""
     from mf2.training import recipe_progress
 
-    clock = iter([0.0, 0.0, 60.0])  # start, the first call, the call after 60 s
+    clock = iter([100.0, 160.0])  # the first call (where the build starts), the call 60 s later
     monkeypatch.setattr(recipe_progress.time, "perf_counter", lambda: next(clock))
     progress = recipe_progress.Progress("tokens", every=0.0)
     with caplog.at_level("INFO", logger="mf2.recipe"):
         progress(8192, 25045)
         progress(8192 + 600, 25045)  # 600 images in 60 s: 10 per second
-    assert caplog.records[-1].getMessage() == "tokens: 8792/25045, 60 s elapsed, ETA 1625 s"
+    assert [record.getMessage() for record in caplog.records] == [
+        "tokens: 8192/25045 to start from",
+        "tokens: 8792/25045, 60 s elapsed, ETA 1625 s",
+    ]

@@ -143,6 +143,7 @@ def test_a_folder_started_with_other_settings_is_refused_before_any_stage(tmp_pa
     del stored["cache_batch_size"]  # a setting added since the folder's run started is not compared
     (output / "settings.json").write_text(json.dumps(stored))
     Recipe(data, output, output / "export", smoke, "cpu").check_settings()
+    Recipe(data, output, output / "export", replace(smoke, cache_batch_size=4), "cpu").check_settings()  # speed only
 
     changed = replace(smoke, head_steps=7, class_weight_power=0.0)
     with pytest.raises(RecipeSettingsError) as raised:
@@ -174,6 +175,20 @@ def test_a_preset_named_in_the_yaml_file_sets_the_defaults(tmp_path):
     assert args.preset == "gpu" and settings.image_size == PRESETS["gpu"]["image_size"] and settings.au_epochs == 2.0
     _, settings = recipe_arguments(["--data", str(tmp_path), "--config", str(config), "--preset", "smoke"])
     assert settings.max_ckplus == PRESETS["smoke"]["max_ckplus"]  # the command line's preset over the file's
+    config.write_text("preset: gpuu\n")
+    with pytest.raises(SystemExit) as raised:
+        recipe_arguments(["--data", str(tmp_path), "--config", str(config)])
+    assert raised.value.code == 2
+
+
+def test_a_preset_misspelt_in_the_yaml_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("preset: gpuu\n")
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--config", str(config)])
+    assert "mf2 recipe: error: argument --preset: invalid choice: 'gpuu' (choose from cpu, gpu, smoke)" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
