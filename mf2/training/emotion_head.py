@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2RecognitionHeads
+from .scoring import check_finite
 from .vision_cache import flip_au_boxes
 
 VIEWS = {"tokens": False, "flipped_tokens": True}  # cache view -> mirrored AU boxes
@@ -88,8 +89,12 @@ def fit_emotion_head(
 
 
 def head_logits(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    """`head`'s logits of `features`. Raises `NonFinitePredictionsError` where some are NaN or infinite (a refit that
+    diverged), as every prediction the training commands score does."""
     with torch.no_grad():
-        return head(torch.from_numpy(features).float()).numpy()
+        logits = head(torch.from_numpy(features).float()).numpy()
+    check_finite({"emotion_logits": logits})
+    return logits
 
 
 def install_emotion_head(model: MF2ForFacialStateRecognition, head: torch.nn.Sequential) -> None:
