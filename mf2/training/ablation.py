@@ -30,6 +30,7 @@ from .argument_parser import parse_args
 from .collator import MF2DataCollator
 from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
 from .recipe_stages import RUN_ERRORS, Recipe, development_data_problem
+from .run_setup import write_json
 
 logger = logging.getLogger("mf2.ablate")
 
@@ -168,8 +169,7 @@ def record_first_call(args: MF2AblationArguments, argv: list[str]) -> None:
     """`made_by.json` in the output folder: the command and commit that started its runs (later calls resume them)."""
     path = Path(args.output_dir) / MADE_BY
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"command": f"mf2 ablate {' '.join(argv)}", "commit": commit_of_checkout()}))
+        write_json(path, {"command": f"mf2 ablate {' '.join(argv)}", "commit": commit_of_checkout()})
 
 
 def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: float) -> str:
@@ -178,7 +178,7 @@ def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: f
     made_by = json.loads(path.read_text())
     if "minutes" not in made_by:  # the call that first finished every run
         made_by["minutes"] = round(seconds / 60)
-        path.write_text(json.dumps(made_by))
+        write_json(path, made_by)
     head = (
         f"Runs made by `{made_by['command']}` at commit {made_by['commit']} ({made_by['minutes']} min on the 2-core "
         f"CPU); table written at commit {commit_of_checkout()} (preset {args.preset}, seeds {args.seeds}). "

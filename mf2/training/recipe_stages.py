@@ -33,7 +33,7 @@ from .recipe_ckplus import CKPlusStages
 from .recipe_emotion import EmotionStage, emotion_metrics
 from .recipe_progress import Progress
 from .recipe_settings import RECIPE_STAGES, RecipeSettings
-from .run_setup import last_complete_checkpoint
+from .run_setup import last_complete_checkpoint, write_json
 from .trainer import MF2Trainer
 from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 
@@ -111,8 +111,7 @@ class Recipe(EmotionStage, CKPlusStages):
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _write(self, name: str, value: Any) -> None:
-        with written_aside(self.output_dir / name) as partial:
-            partial.write_text(json.dumps(value, indent=2, sort_keys=True, default=float))
+        write_json(self.output_dir / name, value)
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
@@ -124,7 +123,7 @@ class Recipe(EmotionStage, CKPlusStages):
         self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
         self._write("timings.json", self.timings)
-        (self.stage_dir(stage) / DONE).write_text(json.dumps({"seconds": seconds, **facts}, indent=2, default=float))
+        write_json(self.stage_dir(stage) / DONE, {"seconds": seconds, **facts})  # whole or not at all: the mark
 
     def run(self, stages: tuple[str, ...] = RECIPE_STAGES) -> None:
         """Run `stages`, skipping the finished ones and resuming the interrupted one.
