@@ -10,6 +10,8 @@ the temporary and leaves `target` as it was; a killed process leaves only a hidd
 the same target removes. So a reader never sees half a file where a finished one is expected: a resumed run either
 finds the whole target or writes it again.
 
+`write_json(path, payload)` writes a JSON file that way.
+
 `exclusive_lock(path)` holds a lock file for a block, so that two processes never write one thing at once (a cache
 entry, a training run's folder); the system releases it when a process dies, so a killed run never leaves it held.
 
@@ -19,6 +21,7 @@ This file imports nothing from mf2, so it travels with the remote-code pipeline 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import warnings
@@ -30,6 +33,7 @@ except ImportError:  # pragma: no cover
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 MF2_HOME_VARIABLE = "MF2_HOME"
 
@@ -109,6 +113,12 @@ def written_aside(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(partial, target)
     finally:
         _remove(partial)  # gone after the rename; still there only when the block failed
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON (indented, keys sorted) to `path`, creating folders; whole or not at all (`written_aside`)."""
+    with written_aside(path) as partial:
+        partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def _remove_stale_partials(target: Path) -> None:

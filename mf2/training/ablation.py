@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from ..local_files import write_json
 from .ablation_report import INTRO, plot, report
 from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
 from .collator import MF2DataCollator
 from .recipe_settings import PRESETS, RecipeSettings, chosen_preset
 from .recipe_stages import RUN_ERRORS, Recipe, development_data_problem
-from .run_setup import write_json
 
 logger = logging.getLogger("mf2.ablate")
 

@@ -21,12 +21,19 @@ from transformers import HfArgumentParser, TrainingArguments
 from .arguments import MF2FinetuneArguments, MF2ScriptArguments
 
 
-def _yaml_defaults(path: str | os.PathLike, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
-    """The YAML file's mapping, checked against the fields of `dataclass_types`."""
+def read_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of option names to values a `--config` YAML file holds (empty for an empty file). Raises
+    `OSError`, `yaml.YAMLError`, or `ValueError` where the file holds something else than a mapping."""
     with open(path, encoding="utf-8") as handle:
         values = yaml.safe_load(handle) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: the YAML file must hold a mapping of option names to values.")
+    return values
+
+
+def _yaml_defaults(path: str | os.PathLike, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """The YAML file's mapping, checked against the fields of `dataclass_types`."""
+    values = read_yaml_options(path)
     known = {item.name for kind in dataclass_types for item in dataclasses.fields(kind) if item.init}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -304,4 +311,4 @@ def parse_args(
     return tuple(outputs[: len(dataclass_types)])
 
 
-__all__ = ["HELP_OPTIONS", "MF2ArgumentParser", "check_command", "parse_args"]
+__all__ = ["HELP_OPTIONS", "MF2ArgumentParser", "check_command", "parse_args", "read_yaml_options"]

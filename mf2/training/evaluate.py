@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 from ..data.schema import DataError
+from ..local_files import write_json
 from .argument_parser import check_command, parse_args
 from .arguments import MF2ScriptArguments, MF2TrainingArguments
 from .collator import MF2DataCollator
 from .preprocess import prepare_data
-from .run_setup import apply_mixed_precision, load_processor, setup_torch, write_json, write_jsonl
+from .run_setup import apply_mixed_precision, load_processor, setup_torch, write_jsonl
 from .scoring import NonFinitePredictionsError, load_recognition_model, predict, score, store_thresholds
 from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 

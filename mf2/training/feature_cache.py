@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..local_files import exclusive_lock, written_aside
+from ..local_files import exclusive_lock, write_json
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -87,7 +87,7 @@ def _write_manifest(directory: Path, key: str, components: dict[str, Any], shard
         "labels": sorted(name.removeprefix("labels.") for name in first if name.startswith("labels.")),
         "components": components,
     }
-    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    write_json(directory / MANIFEST_NAME, manifest)
 
 
 class FeatureCache:
@@ -226,8 +226,7 @@ class FeatureCache:
                 os.fsync(written.fileno())
             shards.append({"file": file, "num_examples": pending_count, "keys": sorted(tensors)})
             state = {"key": key, "label_names": list(label_names), "shards": shards}
-            with written_aside(directory / PROGRESS_NAME) as partial:  # after the shard: the build resumes from here
-                partial.write_text(json.dumps(state, indent=2))
+            write_json(directory / PROGRESS_NAME, state)  # after the shard: the build resumes from here
             pending.clear()
             pending_count = 0
 

@@ -42,6 +42,7 @@ from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..data.schema import DataError
+from ..local_files import write_json
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .argument_parser import check_command, parse_args
 from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments
@@ -65,7 +66,6 @@ from .run_setup import (
     load_splits,
     resolve_resume_checkpoint,
     setup_torch,
-    write_json,
     write_jsonl,
 )
 from .scoring import NonFinitePredictionsError, merge_parts, predict, score, store_thresholds

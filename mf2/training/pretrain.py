@@ -26,6 +26,7 @@ from transformers import set_seed
 
 from ..configuration_mf2 import MF2Config
 from ..data.schema import DataError
+from ..local_files import write_json
 from ..modeling_mf2 import MF2ForPreTraining
 from .argument_parser import check_command, parse_args
 from .arguments import MF2ScriptArguments, MF2TrainingArguments
@@ -39,7 +40,6 @@ from .run_setup import (
     resolve_encoders,
     resolve_resume_checkpoint,
     setup_torch,
-    write_json,
     write_jsonl,
 )
 from .scoring import NonFinitePredictionsError, predict, score

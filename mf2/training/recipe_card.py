@@ -3,10 +3,10 @@ card (its sections on the shipped model and its limitations)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from ..local_files import write_json
 from .recipe_settings import RecipeSettings
 
 SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "2.0"
@@ -89,31 +89,29 @@ def write_card_inputs(
     `transfer`: the emotion stage's figures (`emotion/metrics.json`: its FER+-only model on CK+ dev peak frames)."""
     from .model_card import build_model_card
 
-    (folder / "training_data.json").write_text(json.dumps(training_data, indent=2))
+    write_json(folder / "training_data.json", training_data)
     results = {
         "eval_emotion_accuracy": emotion["ferplus_valid_accuracy"],
         "eval_emotion_macro_f1": emotion["ferplus_valid_macro_f1"],
         "eval_emotion_mean_class_accuracy": emotion["ferplus_valid_mean_class_accuracy"],
         "eval_emotion_count": emotion["ferplus_valid_rows"],
     }
-    (folder / "eval_results.json").write_text(json.dumps(results, indent=2))
+    write_json(folder / "eval_results.json", results)
     if cv:
         mean = {
             "au_f1_train_tuned": cv["mean_au_f1"],
             "emotion_accuracy": cv["mean_emotion_accuracy_peak"],
             **{key.removeprefix("mean_"): value for key, value in cv.items() if key.startswith("mean_au_f1_")},
         }
-        (folder / "cv_results.json").write_text(
-            json.dumps(
-                {
-                    "dataset": "ckplus:dev.parquet",
-                    "num_folds": len(cv["folds"]),
-                    "mean": mean,
-                    "pooled": {},
-                    "folds": cv["folds"],
-                },
-                indent=2,
-            )
+        write_json(
+            folder / "cv_results.json",
+            {
+                "dataset": "ckplus:dev.parquet",
+                "num_folds": len(cv["folds"]),
+                "mean": mean,
+                "pooled": {},
+                "folds": cv["folds"],
+            },
         )
     card = build_model_card(
         folder,

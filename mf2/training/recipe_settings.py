@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .argument_parser import parse_args
+from .argument_parser import parse_args, read_yaml_options
 
 RECIPE_STAGES = ("data", "pretrain", "emotion", "au", "emotion_head", "export")
 
@@ -192,11 +192,9 @@ def chosen_preset(argv: list[str] | None, default: str, choices: Collection[str]
     known = pre.parse_known_args(argv)[0]
     if known.preset is None and known.config is not None:
         try:
-            with open(known.config, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle)
-        except (OSError, yaml.YAMLError):
-            values = None
-        known.preset = values.get("preset") if isinstance(values, dict) else None
+            known.preset = read_yaml_options(known.config).get("preset")
+        except (OSError, yaml.YAMLError, ValueError):
+            pass
     preset = known.preset or default
     if preset not in choices:
         pre.error(f"argument --preset: invalid choice: {preset!r} (choose from {', '.join(choices)})")

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, set_seed
 
 from ..image_processing_mf2 import MF2ImageProcessor
 from ..integration.encoders import text_encoder_path, vision_encoder_path
-from ..local_files import LockHeldError, exclusive_lock, written_aside
+from ..local_files import LockHeldError, exclusive_lock, write_json, written_aside
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from ..processing_mf2 import MF2Processor
 from . import scoring
@@ -33,7 +33,7 @@ from .recipe_ckplus import CKPlusStages
 from .recipe_emotion import EmotionStage, emotion_metrics
 from .recipe_progress import Progress
 from .recipe_settings import RECIPE_STAGES, RecipeSettings
-from .run_setup import last_complete_checkpoint, write_json
+from .run_setup import last_complete_checkpoint
 from .trainer import MF2Trainer
 from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 

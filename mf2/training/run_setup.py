@@ -106,12 +106,6 @@ def load_processor(script_args, config, text_encoder: str | None = None):
     )
 
 
-def write_json(path: str | os.PathLike, payload: Any) -> None:
-    """Write JSON (indented, keys sorted) to `path`, creating folders; whole or not at all."""
-    with written_aside(path) as partial:
-        partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-
-
 def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
     """Write one JSON line per record to `path`, creating folders; whole or not at all."""
     with written_aside(path) as partial, partial.open("w") as handle:
@@ -161,6 +155,5 @@ __all__ = [
     "resolve_encoders",
     "resolve_resume_checkpoint",
     "setup_torch",
-    "write_json",
     "write_jsonl",
 ]

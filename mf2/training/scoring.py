@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..local_files import write_json
 from .collator import MF2DataCollator
 from .metrics import compute_mf2_metrics, tune_au_thresholds
-from .run_setup import write_json
 from .trainer import MF2Trainer, split_predictions
 
 THRESHOLDS_FILE = "thresholds.json"
