@@ -31,7 +31,9 @@ escape (`"b\\udce9.png"`; `os.fsencode(record["path"])` gives its bytes back) an
 (`mf2.cli.analyze_records`). A failure ends the run with one line on stderr, never a traceback: exit status 2 for a bad
 command line, 1 for a failed run (a model that cannot be loaded, an output that cannot be written: disk full) or an
 input's error record, 130 for Ctrl-C. A write that fails or is interrupted is cut back, so the output holds whole inputs
-only and `--resume` goes on from it; an annotated PNG is written aside and renamed, so none is left cut.
+only and `--resume` goes on from it; an annotated PNG is written aside and renamed, so none is left cut. A `--resume`
+with another model or other record-shaping options (`--adapter`, `--threshold`, `--all-faces`, ...) than the run that
+began the output is refused: one file holds one model's answers read one way (`mf2.cli.analyze_resume`).
 
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`,
 `mf2.integration.default_model`). Every record carries the model's name, version and whether it is trained (`model`,
@@ -39,7 +41,8 @@ Without `--model`, the command uses the trained MF² shipped inside the package 
 
 This module is the command: it checks the command line, loads the model and starts the run, whose loop is
 `mf2.cli.analyze_run`. The rest lives beside it: the command line's checks in
-`mf2.cli.analyze_checks`, runs over several processes (`accelerate launch`) and `--resume` in `mf2.cli.analyze_shards`,
+`mf2.cli.analyze_checks`, runs over several processes (`accelerate launch`) and `--resume` in `mf2.cli.analyze_shards`
+(what a resumed output must agree on in `mf2.cli.analyze_resume`),
 the inputs and their one read in `mf2.cli.analyze_inputs`, the records and writers in `mf2.cli.analyze_records`, the
 drawing in `mf2.visualization`, the pipeline factory in `mf2.integration.default_model`.
 """
@@ -79,8 +82,9 @@ from .analyze_checks import (
 from .analyze_inputs import InputPath, expand_paths
 from .analyze_parser import build_parser
 from .analyze_records import RecordWriter
+from .analyze_resume import check_resumed_run, forget_settings, record_settings
 from .analyze_run import AnalyzeRun, open_output
-from .analyze_shards import annotation_names, check_resumed_model, device_for, launched, run_sharded
+from .analyze_shards import annotation_names, device_for, launched, run_sharded
 
 
 def _first_line(error: BaseException) -> str:
@@ -168,7 +172,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
     if args.resume:
-        check_resumed_model(Path(args.output), fmt, common)
+        check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
+    elif args.output != "-" and processes.rank == 0:
+        forget_settings(Path(args.output))  # the output is replaced: its kept options go with it
     if sharded:  # each process's share into its part, merged by process 0
         names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(

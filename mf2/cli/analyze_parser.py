@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="analyse only the inputs not yet in --output (a killed run's unfinished last input again)",
+        help="analyse only the inputs not yet in --output (a killed run's unfinished last input again); "
+        "the options that shape the records are kept in OUTPUT.resume.json, and a --resume with others is refused",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..local_files import written_aside
 from ..video import is_video
@@ -202,7 +202,7 @@ def without_unfinished_input(lines: list[Line], header: list[str] | None, fmt: s
     if not lines:
         return lines
     path, text = lines[-1]
-    record = _fields(text, header, fmt)
+    record = record_fields(text, header, fmt)
     if is_video(path):
         finished = bool(record.get("error"))
     else:
@@ -211,7 +211,7 @@ def without_unfinished_input(lines: list[Line], header: list[str] | None, fmt: s
     return lines if finished else without_last_input(lines)
 
 
-def _fields(text: str, header: list[str] | None, fmt: str) -> dict:
+def record_fields(text: str, header: list[str] | None, fmt: str) -> dict:
     """One record's fields, from its JSON line or its CSV row and the CSV header (CSV values are text)."""
     if fmt == "jsonl":
         return json.loads(text)
@@ -275,25 +275,6 @@ def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> 
         write_atomically(output, header if lines else None, lines)
     for part in parts:
         part.unlink(missing_ok=True)
-
-
-def check_resumed_model(output: Path, fmt: str, identity: dict[str, Any]) -> None:
-    """Raise `AnalyzeError` where `output` or its parts hold records of another model (name or version) than
-    `identity`'s: a resumed run would mix two models' answers in one file. Records without the model fields (written
-    before mf2 wrote them) are not compared."""
-    wanted = (str(identity["model"]), str(identity["model_version"]))
-    for path in [output, *part_paths(output)]:
-        header, lines = read_lines(path, fmt)
-        for _, text in lines:
-            record = _fields(text, header, fmt)
-            if "model" not in record:
-                continue
-            found = tuple(str(record.get(name) or None) for name in ("model", "model_version"))
-            if found != wanted:
-                raise AnalyzeError(
-                    f"--resume: {path} holds records of {found[0]} {found[1]}, and this run uses {wanted[0]} "
-                    f"{wanted[1]}; resume with that model (--model), or write to another --output"
-                )
 
 
 def done_paths(output: Path, fmt: str) -> set[str]:
@@ -362,12 +343,12 @@ def run_sharded(
 
 __all__ = [
     "Processes",
-    "check_resumed_model",
     "annotation_names",
     "device_for",
     "launched",
     "merge",
     "read_lines",
+    "record_fields",
     "run_sharded",
     "without_last_input",
     "without_unfinished_input",

@@ -1,0 +1,71 @@
+"""`mf2 analyze --resume` refuses to add records read another way (other options) to an output: one file holds one
+model's answers read one way."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_pipeline_mf2 import save_tiny_checkpoint
+
+from mf2.cli import main as cli_main
+from mf2.cli.analyze_resume import RECORD_OPTIONS, settings_path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-mf2"))
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    return folder
+
+
+def analyze(images: Path, checkpoint: Path, output: Path, *options: str) -> int:
+    return cli_main(["analyze", str(images), "--model", str(checkpoint), "-o", str(output), "--no-progress", *options])
+
+
+def test_a_resume_with_other_options_is_refused_naming_each(checkpoint, images, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    assert analyze(images, checkpoint, output, "--resume", "--top-k", "2") == 0
+    kept = json.loads(settings_path(output).read_text())
+    assert sorted(kept) == sorted(RECORD_OPTIONS) and kept["top_k"] == 2 and kept["all_faces"] is False
+    records = output.read_text()
+    shutil.copy(EXAMPLES / "two_faces.png", images / "b.png")
+    capsys.readouterr()
+    assert analyze(images, checkpoint, output, "--resume", "--all-faces", "--threshold", "0.3") == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"mf2 analyze: --resume: {output} was written with --threshold not given (this run: 0.3), --top-k 2 (this run: "
+        "3), --all-faces off (this run: on); resume with the same options, or write to another --output"
+    )
+    assert output.read_text() == records  # nothing added
+    assert analyze(images, checkpoint, output, "--resume", "--top-k", "2") == 0  # the same options: it goes on
+    assert "1 file(s) analysed by 1 process(es), 1 already in" in capsys.readouterr().err
+    assert output.read_text().startswith(records) and len(output.read_text().splitlines()) == 2
+    assert analyze(images, checkpoint, output) == 0  # without --resume the output is replaced, its options forgotten
+    assert not settings_path(output).exists()
+
+
+def test_an_output_begun_without_resume_is_not_vouched_for(checkpoint, images, tmp_path):
+    """Its options were not kept: the records' model fields are compared, and no options file is written for it."""
+    output = tmp_path / "out.csv"
+    assert analyze(images, checkpoint, output, "--threshold", "0.3") == 0
+    assert analyze(images, checkpoint, output, "--resume") == 0
+    assert not settings_path(output).exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_a_damaged_options_file_is_one_line(checkpoint, images, tmp_path, capsys, content):
+    output = tmp_path / "out.jsonl"
+    settings_path(output).write_text(content)
+    assert analyze(images, checkpoint, output, "--resume") == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mf2 analyze: --resume: ") and str(settings_path(output)) in line
+    assert line.endswith("remove it to resume without the check") and not output.exists()
