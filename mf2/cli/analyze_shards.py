@@ -18,6 +18,7 @@ Records are matched to inputs by their `path`; an input named twice is analysed 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -309,6 +310,8 @@ def run_sharded(
 
     def prepare() -> dict[str, int]:
         if processes.rank == 0:
+            if output.parent.exists() and not output.parent.is_dir():  # mkdir would say "File exists"
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(output.parent))
             output.parent.mkdir(parents=True, exist_ok=True)
             if resume:
                 merge(output, fmt, files, interrupted=True)
@@ -333,7 +336,10 @@ def run_sharded(
         merge(output, fmt, files, interrupted=False)  # summing waited for every process: the parts are whole
     except RuntimeError as error:  # another process failed, or the process group broke
         raise AnalyzeError(str(error).strip().splitlines()[0]) from error
-    except (OSError, ValueError) as error:
+    except OSError as error:  # the system's words and the file they are about, not Python's "[Errno 17] ..."
+        where = f": {error.filename}" if error.filename is not None else ""
+        raise AnalyzeError(f"--output {output}: {error.strerror or error}{where}") from error
+    except ValueError as error:
         raise AnalyzeError(f"--output {output}: {str(error).strip().splitlines()[0]}") from error
     finally:
         finish(processes)

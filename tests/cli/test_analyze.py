@@ -135,7 +135,7 @@ def _bad_flag_cases():
         (["--model", "{tmp}/not-a-model"], 2, "holds no config.json"),
         (["--model", "nobody-here/not-a-cached-model"], 1, "HF_HUB_OFFLINE=1"),
         (["-o", "{tmp}/a-file.txt/out.jsonl"], 1, "cannot write the output file"),
-        (["-o", "{tmp}/a-file.txt/out.jsonl", "--resume"], 1, "a-file.txt"),
+        (["-o", "{tmp}/a-file.txt/out.jsonl", "--resume"], 1, "Not a directory: "),
         (["--annotate", "{tmp}/a-file.txt"], 2, "--annotate takes a folder"),
     ]
     import torch
