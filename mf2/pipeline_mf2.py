@@ -39,6 +39,7 @@ from .face_tracking import VideoMixin
 from .facs import explanation
 from .image_loading import is_array
 from .landmark_backend import as_numpy
+from .local_files import write_json
 from .video import is_video
 
 REMOTE_TASK = "mf2-facial-state"
@@ -428,7 +429,7 @@ class FacialStatePipeline(VideoMixin, Pipeline):
                 "type": "image",
             }
         }
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json(config_file, config)  # whole or not at all: a killed call leaves the model's config as it was
         return copied
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..local_files import write_json
+from ..local_files import write_json, written_aside
 from .ablation_report import INTRO, plot, report
 from .ablation_rows import RECIPE_ROW_STAGES, ROWS, AblationRow, DFNRecipe
 from .argument_parser import parse_args
@@ -184,11 +184,12 @@ def write_table(args: MF2AblationArguments, settings: RecipeSettings, seconds: f
         f"CPU); table written at commit {commit_of_checkout()} (preset {args.preset}, seeds {args.seeds}). "
         f"Settings: `{json.dumps(asdict(settings))}`.\n\n"
     )
-    (Path(args.output_dir) / "ablations.md").write_text(head + text + "\n")
+    with written_aside(Path(args.output_dir) / "ablations.md") as partial:  # whole or not at all, as every report
+        partial.write_text(head + text + "\n")
     if args.docs:
         docs = Path(args.docs)
-        docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(INTRO + head + text + "\n")
+        with written_aside(docs) as partial:
+            partial.write_text(INTRO + head + text + "\n")
         plot(rows, docs.with_suffix(".png"), args.bootstrap)
     return head + text
 
