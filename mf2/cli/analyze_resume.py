@@ -49,7 +49,7 @@ def check_resumed_run(output: Path, fmt: str, identity: dict[str, Any], settings
     """Raise `AnalyzeError` where `output` (or its parts) was written by another model than `identity`'s, or with
     other `settings` than its `OUTPUT.resume.json` holds. With `keep` (one process of a run writes it), store
     `settings` there for a new output: one holding no records yet."""
-    _check_model(output, fmt, identity)
+    has_records = _check_model(output, fmt, identity)
     kept = _kept_settings(output)
     if kept is not None:
         differing = [name for name in RECORD_OPTIONS if kept.get(name) != settings[name]]
@@ -61,7 +61,7 @@ def check_resumed_run(output: Path, fmt: str, identity: dict[str, Any], settings
                 f"--resume: {output} was written with {said}; resume with the same options, or write to another "
                 "--output"
             )
-    elif keep and not _has_records(output, fmt):
+    elif keep and not has_records:
         try:
             write_json(settings_path(output), settings)
         except OSError:
@@ -71,16 +71,20 @@ def check_resumed_run(output: Path, fmt: str, identity: dict[str, Any], settings
 def forget_settings(output: Path) -> None:
     """Remove the kept options of an output that a run without `--resume` replaces (where there are any: an output
     that cannot be written is the run's own one-line error)."""
-    if settings_path(output).is_file():
-        settings_path(output).unlink()
+    path = settings_path(output)
+    if path.is_file():
+        path.unlink()
 
 
-def _check_model(output: Path, fmt: str, identity: dict[str, Any]) -> None:
-    """Records of another model (name or version) than `identity`'s are refused; records without the model fields
-    (written before mf2 wrote them) are not compared."""
+def _check_model(output: Path, fmt: str, identity: dict[str, Any]) -> bool:
+    """Refuse records of another model (name or version) than `identity`'s; records without the model fields
+    (written before mf2 wrote them) are not compared. Returns whether the output or its parts hold any record (read
+    once, here)."""
     wanted = (str(identity["model"]), str(identity["model_version"]))
+    has_records = False
     for path in [output, *part_paths(output)]:
         header, lines = read_lines(path, fmt)
+        has_records = has_records or bool(lines)
         for _, text in lines:
             record = record_fields(text, header, fmt)
             if "model" not in record:
@@ -91,6 +95,7 @@ def _check_model(output: Path, fmt: str, identity: dict[str, Any]) -> None:
                     f"--resume: {path} holds records of {found[0]} {found[1]}, and this run uses {wanted[0]} "
                     f"{wanted[1]}; resume with that model (--model), or write to another --output"
                 )
+    return has_records
 
 
 def _kept_settings(output: Path) -> dict[str, Any] | None:
@@ -104,10 +109,6 @@ def _kept_settings(output: Path) -> dict[str, Any] | None:
     if not isinstance(kept, dict):
         raise AnalyzeError(f"--resume: {path} does not hold options; remove it to resume without the check")
     return kept
-
-
-def _has_records(output: Path, fmt: str) -> bool:
-    return any(read_lines(path, fmt)[1] for path in [output, *part_paths(output)])
 
 
 def _option(name: str, value: Any) -> str:
