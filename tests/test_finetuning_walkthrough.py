@@ -95,6 +95,7 @@ def test_mf2_analyze_runs_the_adapter(walkthrough):
     done = run(["mf2", "analyze", "my_faces/smile.png", "--adapter", "outputs/my-dfn", "--no-progress"], folder)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(done.stdout.splitlines()[0])
+    assert record["adapter"] == "outputs/my-dfn" and record["model"] == "mf2-base"
     adapted = run(
         [
             sys.executable,

@@ -37,7 +37,7 @@ began the output is refused: one file holds one model's answers read one way (`m
 
 Without `--model`, the command uses the trained MF² shipped inside the package (`mf2-base`,
 `mf2.integration.default_model`). Every record carries the model's name, version and whether it is trained (`model`,
-`model_version`, `model_trained`), read from the model's config.
+`model_version`, `model_trained`), read from the model's config, and with `--adapter` the adapter as given (`adapter`).
 
 This module is the command: it checks the command line, loads the model and starts the run, whose loop is
 `mf2.cli.analyze_run`. The rest lives beside it: the command line's checks in
@@ -171,6 +171,8 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     pipe = _load(args.model or DEFAULT_MODEL_NAME, args)
     check_detection_size(pipe.image_processor, args.max_detection_size)
     common = model_identity(pipe.model.config, args.model or DEFAULT_MODEL_NAME)
+    if args.adapter is not None:  # the probabilities are the adapted model's, not those of `model` alone
+        common["adapter"] = args.adapter
     if args.resume:
         check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
     elif args.output != "-" and processes.rank == 0:

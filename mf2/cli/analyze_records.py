@@ -67,7 +67,7 @@ def face_records(faces: list[dict], source: dict[str, Any], common: dict[str, An
 
 # CSV columns copied from a record as they are, around the box, emotion and AU columns that `_text` formats.
 _SOURCE_COLUMNS = ("path", "frame", "time", "face", "faces", "error", "warning")
-_RECORD_COLUMNS = ("landmark_backend", "explanation", "model", "model_version", "model_trained")
+_RECORD_COLUMNS = ("landmark_backend", "explanation", "model", "model_version", "model_trained", "adapter")
 _TRACK_COLUMNS = ("track",)  # last, after the detection scale: videos only
 
 

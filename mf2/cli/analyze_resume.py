@@ -32,6 +32,15 @@ RECORD_OPTIONS = (
 )
 """The command-line options (as `argparse` destinations) that change the records of an input."""
 
+OTHER_OPTIONS = (
+    *("paths", "no_recursive", "resume"),  # which inputs: a resume exists to add more of them
+    *("model", "trust_remote_code"),  # which model: compared on the records' own model fields instead
+    *("output", "format", "annotate", "summary", "plot", "no_progress"),  # where and in what form the answers go
+    *("batch_size", "device"),  # how fast: the same numbers (dtype and runtime, which change them, are kept)
+)
+"""The other options of `mf2 analyze`. Every option is in one of the two lists (a test holds it), so a new one is
+classed on purpose rather than left out of the check by default."""
+
 
 def settings_path(output: Path) -> Path:
     """Where the options of a `--resume` run's output are kept."""

@@ -54,7 +54,7 @@ def test_example_images_to_jsonl_with_annotations(checkpoint, tmp_path, capsys):
     ]
     for record in records:
         # A random tiny model: its config says untrained, and it has no published name.
-        assert record["model_trained"] is False and record["model"] == str(checkpoint)
+        assert record["model_trained"] is False and record["model"] == str(checkpoint) and "adapter" not in record
         assert len(record["action_units"]) == 12 and len(record["landmarks"]) == 68
         assert record["explanation"].startswith("The person") and "features" not in record
     assert "3 face(s), 0 error(s)" in capsys.readouterr().err
@@ -92,6 +92,7 @@ def test_csv_has_one_column_per_au_and_emotion(checkpoint, tmp_path):
     assert len(emotions) == 8 and sum(emotions.values()) == pytest.approx(1.0, abs=1e-4)
     assert row["emotion"] == max(emotions, key=emotions.get).removeprefix("emotion_")
     assert float(row["x1"]) < float(row["x2"])
+    assert row["adapter"] == ""  # the column is there for every run; empty: no --adapter
 
 
 def test_faceless_and_unreadable_files_are_reported_and_the_run_goes_on(checkpoint, tmp_path, capsys):

@@ -9,7 +9,8 @@ import pytest
 from test_pipeline_mf2 import save_tiny_checkpoint
 
 from mf2.cli import main as cli_main
-from mf2.cli.analyze_resume import RECORD_OPTIONS, settings_path
+from mf2.cli.analyze_parser import build_parser
+from mf2.cli.analyze_resume import OTHER_OPTIONS, RECORD_OPTIONS, settings_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -69,3 +70,9 @@ def test_a_damaged_options_file_is_one_line(checkpoint, images, tmp_path, capsys
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("mf2 analyze: --resume: ") and str(settings_path(output)) in line
     assert line.endswith("remove it to resume without the check") and not output.exists()
+
+
+def test_every_option_of_analyze_is_classed_as_shaping_the_records_or_not():
+    options = {action.dest for action in build_parser()._actions} - {"help"}
+    assert not set(RECORD_OPTIONS) & set(OTHER_OPTIONS)
+    assert options == set(RECORD_OPTIONS) | set(OTHER_OPTIONS), "class the new option in mf2/cli/analyze_resume.py"
