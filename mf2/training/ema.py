@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from ..local_files import written_aside
+
+logger = logging.get_logger(__name__)
 
 EMA_FILE = "ema.safetensors"
 
@@ -28,10 +33,20 @@ class EMACallback(TrainerCallback):
         self.average = {name: p.detach().clone().float() for name, p in self.parameters.items()}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if checkpoint and (Path(checkpoint) / EMA_FILE).is_file():
-            stored = load_file(str(Path(checkpoint) / EMA_FILE))
-            self.average.update({name: stored[name] for name in self.average if name in stored})
+        """Start the average from the weights training starts from: the checkpoint's average when `Trainer` resumes
+        (`state.global_step` is then the checkpoint's step, its weights already loaded), else the weights themselves
+        (the constructor's copy predates a resume's loading)."""
+        step = state.global_step
+        stored = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}" / EMA_FILE
+        with torch.no_grad():
+            self.average = {name: p.detach().clone().float() for name, p in self.parameters.items()}
+        if step == 0:
+            return
+        if not stored.is_file():  # killed between the checkpoint and its average: the resumed weights start anew
+            logger.warning("No %s beside the resumed checkpoint; the weight average starts from its weights.", EMA_FILE)
+            return
+        average = load_file(str(stored))
+        self.average.update({name: average[name] for name in self.average if name in average})
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
@@ -43,7 +58,8 @@ class EMACallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
-            save_file({name: value.contiguous() for name, value in self.average.items()}, str(folder / EMA_FILE))
+            with written_aside(folder / EMA_FILE) as partial:  # a kill mid-write leaves no half file to resume from
+                save_file({name: value.contiguous() for name, value in self.average.items()}, str(partial))
 
     def on_train_end(self, args, state, control, **kwargs):
         with torch.no_grad():

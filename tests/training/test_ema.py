@@ -34,9 +34,62 @@ def test_the_average_is_saved_with_each_checkpoint_and_read_back_on_resume(tmp_p
     (tmp_path / "checkpoint-7").mkdir()
     args = SimpleNamespace(output_dir=str(tmp_path))
     callback.on_save(args, SimpleNamespace(global_step=7), None)
-    assert (tmp_path / "checkpoint-7" / EMA_FILE).is_file()
+    assert [path.name for path in (tmp_path / "checkpoint-7").iterdir()] == [EMA_FILE]  # no partial left beside
     resumed = EMACallback(model, decay=0.9)
-    resumed.on_train_begin(args, None, None)
+    resumed.on_train_begin(args, SimpleNamespace(global_step=7), None)
     assert torch.equal(resumed.average["weight"], torch.full_like(model.weight, 0.25))
     with pytest.raises(ValueError, match="decay"):
         EMACallback(model, decay=1.0)
+
+
+@pytest.mark.parametrize("step", [0, 9])
+def test_the_average_starts_from_the_weights_training_starts_from(tmp_path, step):
+    """Fresh (step 0), or resumed from a checkpoint whose average was never written (killed between the two): the
+    average starts from the weights as training begins, which `Trainer` loaded from the checkpoint after the callback
+    was made, never from the weights the callback first saw."""
+    model = torch.nn.Linear(2, 1)
+    callback = EMACallback(model, decay=0.9)
+    (tmp_path / "checkpoint-9").mkdir()
+    (tmp_path / "checkpoint-7").mkdir()
+    callback.average["weight"].fill_(0.25)
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=7), None)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # the checkpoint's weights, loaded by Trainer before training begins
+    callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=step), None)
+    assert torch.equal(callback.average["weight"], torch.full_like(model.weight, 3.0))
+
+
+class _Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, inputs, labels):
+        return {"loss": torch.nn.functional.mse_loss(self.linear(inputs).squeeze(-1), labels)}
+
+
+def _train(output_dir, resume: str | None = None, max_steps: int = 8) -> torch.Tensor:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = _Regression()
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(32, 3, generator=generator)
+    data = Dataset.from_dict({"inputs": inputs.tolist(), "labels": (inputs.sum(-1) + 1).tolist()})
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=0.1,
+        save_strategy="steps", save_steps=4, report_to=[], use_cpu=True, seed=0, logging_strategy="no", lr_scheduler_type="constant",
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[EMACallback(model, decay=0.9)])
+    trainer.train(resume_from_checkpoint=resume)
+    return model.linear.weight.detach().clone()
+
+
+def test_a_run_stopped_at_a_checkpoint_and_resumed_ends_with_the_same_average(tmp_path):
+    """Through `Trainer` itself: the resumed run reads the average of the checkpoint it resumes from."""
+    whole = _train(tmp_path / "whole")
+    _train(tmp_path / "cut", max_steps=4)  # stops at its checkpoint-4, as a killed run's last checkpoint
+    resumed = _train(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-4"))
+    torch.testing.assert_close(resumed, whole)
