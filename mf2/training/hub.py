@@ -12,9 +12,11 @@ Everything goes up in one commit of one repository:
 | `config.json`, `model.safetensors`, `*.py` | the model (`save_pretrained`, with its remote code) and its AU thresholds |
 | `processor_config.json`, `tokenizer*` | the `MF2Processor` |
 | `dfn/adapter_config.json`, `dfn/adapter_model.safetensors`, `dfn/thresholds.json` | the DFN adapter, if given |
-| `README.md` | the generated model card |
+| `README.md` | the model folder's own card (the recipe writes one), the adapter's use and results added; else a generated card |
 
-The card's YAML front matter lists the training data with their licences (from `training_data.json`, written by
+The weights go up in the dtype they are stored in (the shipped model's float16), and `config.json` keeps its `dtype`.
+
+A generated card's YAML front matter lists the training data with their licences (from `training_data.json`, written by
 `mf2 train` / `mf2 finetune`), the metrics of `eval_results.json` / `cv_results.json` (and any `--metrics` file), and
 `license: other`: the code is Apache-2.0, but weights trained on FER+ / CK+ inherit those data's research-only terms.
 
@@ -24,14 +26,17 @@ The Hub endpoint and token come from the usual `HF_ENDPOINT` / `HF_TOKEN` enviro
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .model_card import ADAPTER_SUBFOLDER, build_model_card
+from ..local_files import write_json
+from .model_card import ADAPTER_SUBFOLDER, ADAPTER_TAGS, adapter_usage, build_model_card, collect_results, metrics_table
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,26 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "thresholds
 
 
 # --------------------------------------------------------------------------------------------------- staging and upload
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def _stored_dtype(model_dir: Path) -> str | None:
+    """The floating dtype the folder's weights are stored in (`"float16"` for the shipped model), or None."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    name = next(iter(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else "model.safetensors"
+    if not (model_dir / name).is_file():
+        return None
+    with safe_open(str(model_dir / name), framework="pt") as handle:
+        stored = (handle.get_slice(key).get_dtype() for key in handle.keys())
+        return next((_SAFETENSORS_DTYPES[dtype] for dtype in stored if dtype in _SAFETENSORS_DTYPES), None)
+
+
 def _load_model(model_dir: Path):
+    """The folder's model, in the dtype its weights are stored in: re-saved, they take as much room as before (the
+    shipped float16 weights would otherwise go up as float32, twice the download)."""
+    import torch
     from transformers import AutoConfig
 
     from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
@@ -48,7 +72,46 @@ def _load_model(model_dir: Path):
     model_class = (
         MF2ForPreTraining if "MF2ForPreTraining" in (config.architectures or []) else MF2ForFacialStateRecognition
     )
-    return model_class.from_pretrained(model_dir)
+    stored = _stored_dtype(model_dir)
+    return model_class.from_pretrained(model_dir, **({"dtype": getattr(torch, stored)} if stored else {}))
+
+
+def _keep_config_dtype(model_dir: Path, output_dir: Path) -> None:
+    """Give the re-saved `config.json` (and its sub-configs) the source's `dtype` (the shipped model asks for float32
+    whatever it stores, so that a CPU load is fast), not the one the weights were loaded in."""
+    source = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+
+    def restore(saved: dict[str, Any], given: dict[str, Any]) -> None:
+        for key, value in given.items():
+            if key == "dtype":
+                saved[key] = value
+            elif isinstance(value, dict) and isinstance(saved.get(key), dict):
+                restore(saved[key], value)
+
+    restore(config, source)
+    write_json(output_dir / "config.json", config)
+
+
+def _repository_card(model_dir: Path, repo_id: str, adapter_dir: Path | None, metrics_files: Sequence[str | Path]):
+    """The model folder's own card where it has one (the recipe writes one, with its evaluation and how it was
+    made), with the adapter's use and results added; else the card `build_model_card` makes from the folders."""
+    from huggingface_hub import ModelCard
+
+    if not (model_dir / "README.md").is_file():
+        return build_model_card(model_dir, repo_id, adapter_dir, metrics_files)
+    card = ModelCard.load(model_dir / "README.md")
+    if adapter_dir is not None or metrics_files:
+        results = collect_results([adapter_dir] if adapter_dir is not None else [], [Path(p) for p in metrics_files])
+        usage = adapter_usage(repo_id) if adapter_dir is not None else ""
+        card.text += f"\n## {'DFN adapter' if adapter_dir is not None else 'More results'}\n{usage}\n"
+        card.text += metrics_table(results) + "\n"
+        if adapter_dir is not None:
+            card.data.tags = [
+                *(card.data.tags or []),
+                *(tag for tag in ADAPTER_TAGS if tag not in (card.data.tags or [])),
+            ]
+    return card
 
 
 def stage_repository(
@@ -66,6 +129,7 @@ def stage_repository(
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _load_model(model_dir)
     model.save_pretrained(output_dir)
+    _keep_config_dtype(model_dir, output_dir)
     processor = load_saved_processor(str(model_dir))
     processor.save_pretrained(output_dir)
     # The repository then also loads as `pipeline(model=repo, trust_remote_code=True)` where mf2 is not installed.
@@ -80,7 +144,8 @@ def stage_repository(
         missing = [name for name in ADAPTER_FILES[:2] if not (target / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{adapter_dir} is not a DFN adapter folder: {missing} missing.")
-    build_model_card(model_dir, repo_id, adapter_dir, metrics_files).save(output_dir / "README.md")
+    card = _repository_card(model_dir, repo_id, None if adapter_dir is None else Path(adapter_dir), metrics_files)
+    card.save(output_dir / "README.md")
     return output_dir
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCardData
 
 ADAPTER_SUBFOLDER = "dfn"
+ADAPTER_TAGS = ("peft", "dfn")  # the card's extra tags when the repository holds a DFN adapter
 RESULT_FILES = ("eval_results.json", "cv_results.json", "all_results.json")
 
 DATA_LICENCES: dict[str, dict[str, str]] = {
@@ -208,7 +209,7 @@ def _card_data(
         license="other",
         license_name="research-only-training-data",
         tags=["mf2", "facial-action-units", "facial-expression-recognition", "emotion-recognition", "blip-2"]
-        + (["peft", "dfn"] if with_adapter else []),
+        + (list(ADAPTER_TAGS) if with_adapter else []),
         metrics=["accuracy", "f1"],
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
@@ -217,7 +218,7 @@ def _card_data(
     )
 
 
-def _adapter_usage(repo_id: str) -> str:
+def adapter_usage(repo_id: str) -> str:
     """The card's paragraph on loading the DFN adapter from its subfolder."""
     return f"""
 The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder:
@@ -320,7 +321,7 @@ def build_model_card(
     results = collect_results(folders, [Path(p) for p in metrics_files])
     data = training_data_entries(folders)
     card_data = _card_data(repo_id, bool(adapter_dir), _eval_results(results), data)
-    adapter_text = _adapter_usage(repo_id) if adapter_dir else ""
+    adapter_text = adapter_usage(repo_id) if adapter_dir else ""
     content = _card_markdown(
         front_matter=card_data.to_yaml(),
         repo_id=repo_id,
@@ -332,4 +333,12 @@ def build_model_card(
     return ModelCard(content)
 
 
-__all__ = ["ADAPTER_SUBFOLDER", "DATA_LICENCES", "build_model_card", "collect_results", "metrics_table"]
+__all__ = [
+    "ADAPTER_SUBFOLDER",
+    "ADAPTER_TAGS",
+    "DATA_LICENCES",
+    "adapter_usage",
+    "build_model_card",
+    "collect_results",
+    "metrics_table",
+]

@@ -165,3 +165,36 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     assert result["adapter_changes_outputs"] > 0  # the adapter really was loaded from the `dfn/` subfolder
     assert result["thresholds"] == [0.3] * 12
     assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.requests)
+
+
+def test_a_float16_model_with_its_own_card_goes_up_as_it_is_stored_and_described(trained, tmp_path):
+    """The shipped model's case: float16 weights with `dtype: float32` in the config (a fast CPU load), and a model
+    card written by the recipe. Staged for the Hub, the weights stay float16 (not twice the download), the config keeps
+    its dtype, and the card is the folder's own, with the adapter's use and results added."""
+    from safetensors import safe_open
+
+    from mf2.training.hub import main as push_main
+
+    model_dir, adapter_dir = trained
+    half = tmp_path / "half"
+    MF2ForFacialStateRecognition.from_pretrained(model_dir).to(torch.float16).save_pretrained(half)
+    config = json.loads((half / "config.json").read_text())
+    config["dtype"] = config["vision_config"]["dtype"] = "float32"
+    (half / "config.json").write_text(json.dumps(config))
+    for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "eval_results.json"):
+        if (model_dir / name).is_file():
+            (half / name).write_bytes((model_dir / name).read_bytes())
+    (half / "README.md").write_text(
+        "---\nlicense: other\ntags:\n- mf2\n---\n\n# tiny\n\n## How it was made\n\nBy hand.\n"
+    )
+    out = tmp_path / "staged"
+    argv = ["--model_dir", str(half), "--adapter_dir", str(adapter_dir), "--repo_id", REPO_ID, "--dry_run"]
+    assert push_main([*argv, "--output_dir", str(out)]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"F16"}
+    assert (out / "model.safetensors").stat().st_size <= (half / "model.safetensors").stat().st_size * 1.01
+    staged = json.loads((out / "config.json").read_text())
+    assert staged["dtype"] == staged["vision_config"]["dtype"] == "float32"
+    card = (out / "README.md").read_text()
+    assert "## How it was made\n\nBy hand." in card and "## DFN adapter" in card and 'subfolder="dfn"' in card
+    assert "- dfn" in card.split("---")[1]  # the adapter's tags join the card's own
