@@ -69,7 +69,7 @@ from .run_setup import (
     write_jsonl,
 )
 from .scoring import NonFinitePredictionsError, merge_parts, predict, score, store_thresholds
-from .trainer import MF2Trainer, make_compute_metrics, prediction_records
+from .trainer import MF2Trainer, NonFiniteLossError, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_command("mf2 finetune", script_args, training_args, required=("model_name_or_path", "train_data"))
         run_finetuning(script_args, finetune_args, training_args)
-    except (DataError, NonFinitePredictionsError) as error:
+    except (DataError, NonFinitePredictionsError, NonFiniteLossError) as error:
         print(f"mf2 finetune: {error}", file=sys.stderr)
         return 2
     return 0

@@ -43,7 +43,7 @@ from .run_setup import (
     write_jsonl,
 )
 from .scoring import NonFinitePredictionsError, predict, score
-from .trainer import MF2Trainer, make_compute_metrics, prediction_records
+from .trainer import MF2Trainer, NonFiniteLossError, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_command("mf2 train", script_args, training_args, required=("train_data",))
         run_pretraining(script_args, training_args)
-    except (DataError, NonFinitePredictionsError) as error:
+    except (DataError, NonFinitePredictionsError, NonFiniteLossError) as error:
         print(f"mf2 train: {error}", file=sys.stderr)
         return 2
     return 0

@@ -34,7 +34,7 @@ from .recipe_emotion import EmotionStage, emotion_metrics
 from .recipe_progress import Progress
 from .recipe_settings import RECIPE_STAGES, RecipeSettings
 from .run_setup import last_complete_checkpoint
-from .trainer import MF2Trainer
+from .trainer import MF2Trainer, NonFiniteLossError
 from .vision_cache import VisionTokenCache, VisionTokenCollator, VisionTokenDataset
 
 logger = logging.getLogger("mf2.recipe")
@@ -58,7 +58,7 @@ class RecipeSettingsError(ValueError):
 
 
 # What stops a run, said in one line with exit status 2: a folder it cannot use, a training that diverged.
-RUN_ERRORS = (LockHeldError, RecipeSettingsError, scoring.NonFinitePredictionsError)
+RUN_ERRORS = (LockHeldError, RecipeSettingsError, scoring.NonFinitePredictionsError, NonFiniteLossError)
 
 
 def development_data_problem(data: str | None) -> str | None:

@@ -31,6 +31,24 @@ ID_KEY = "example_ids"
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training loss that is NaN or infinite: the run stops there, before the diverged weights reach a checkpoint
+    or a saved model (`Trainer` alone logs such a step as 0 and goes on).
+
+    Attributes:
+        step: the optimizer steps done before the batch (`state.global_step`).
+        parts: each loss part of the batch (`mf2.LOSS_NAMES`), with its value, for the ones it computed.
+    """
+
+    def __init__(self, step: int, parts: dict[str, float]):
+        self.step, self.parts = step, parts
+        said = ", ".join(f"{name} {value:.4g}" for name, value in parts.items()) or "no parts"
+        super().__init__(
+            f"the training loss is not finite (NaN or infinite) after step {step} ({said}): the training diverged; "
+            "resume from its last checkpoint with a lower learning rate, or train in float32"
+        )
+
+
 class MF2Trainer(Trainer):
     """`Trainer` that logs each of MF²'s loss parts and carries example ids through evaluation.
 
@@ -86,6 +104,8 @@ class MF2Trainer(Trainer):
         inputs = dict(inputs)
         inputs.pop(ID_KEY, None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(self.state.global_step, _loss_parts(outputs))
         self._accumulate_parts(outputs, inputs, "train" if model.training else "eval")
         return (loss, outputs) if return_outputs else loss
 
@@ -114,6 +134,13 @@ class MF2Trainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------------------- metrics
+def _loss_parts(outputs: Any) -> dict[str, float]:
+    """The loss parts an output holds, as floats (for an error message)."""
+    if not isinstance(outputs, dict):
+        return {}
+    return {name: float(outputs[name].detach().float()) for name in LOSS_NAMES if outputs.get(name) is not None}
+
+
 def split_predictions(predictions: Any, label_ids: Any) -> dict[str, np.ndarray | None]:
     """`Trainer` predictions `(au_logits, emotion_logits)` and labels `(au, emotion[, ids])` as named arrays."""
     predictions = predictions if isinstance(predictions, (tuple, list)) else (predictions,)
@@ -169,4 +196,11 @@ def prediction_records(parts: dict[str, np.ndarray | None], config) -> list[dict
     return records
 
 
-__all__ = ["TRAINER_STATE_NAME", "MF2Trainer", "make_compute_metrics", "prediction_records", "split_predictions"]
+__all__ = [
+    "TRAINER_STATE_NAME",
+    "MF2Trainer",
+    "NonFiniteLossError",
+    "make_compute_metrics",
+    "prediction_records",
+    "split_predictions",
+]

@@ -210,3 +210,23 @@ def test_predictions_that_are_not_finite_are_an_error_not_a_score(tmp_path, caps
     assert evaluate.main([*argv, "--model_name_or_path", str(tmp_path / "diverged")]) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 evaluate:")]
     assert "emotion_logits are not finite (NaN or infinite) for 6 of 6 examples" in line
+
+
+def test_a_loss_that_is_not_finite_stops_training_in_one_line_before_anything_is_saved(tiny_setup, tmp_path, capsys):
+    """`Trainer` alone logs a NaN step as 0 and goes on, to a saved model of NaN weights marked trained."""
+    from mf2.training import pretrain
+    from mf2.training.trainer import NonFiniteLossError
+
+    setup = write_setup(tmp_path, train_size=8, eval_size=4)
+    model = MF2ForPreTraining(MF2Config.from_pretrained(setup["config"]))
+    with torch.no_grad():
+        model.heads.emotion_classifier.weight.fill_(float("nan"))  # as a diverged step leaves it
+    model.save_pretrained(tmp_path / "diverged")
+    argv = pretrain_argv(setup, tmp_path / "out", num_train_epochs=1)
+    argv = [*argv[: argv.index("--config_name")], *argv[argv.index("--config_name") + 2 :]]
+    assert pretrain.main([*argv, "--model_name_or_path", str(tmp_path / "diverged")]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 train:")]
+    assert "the training loss is not finite (NaN or infinite) after step 0 (" in line and "emotion_loss nan" in line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    error = NonFiniteLossError(3, {"au_loss": float("inf")})
+    assert (error.step, error.parts) == (3, {"au_loss": float("inf")})
