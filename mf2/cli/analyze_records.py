@@ -163,7 +163,9 @@ class RecordWriter:
 
 def _write_whole(descriptor: int, data: bytes) -> None:
     """`data` at the end of the file, or nothing: a failed or interrupted write is cut back to where it started."""
-    start = os.lseek(descriptor, 0, os.SEEK_CUR)
+    # A descriptor opened to append (the shell's `>>`) stands at 0 until its first write, which goes to the end:
+    # cutting back to 0 would empty the file of everything it held before.
+    start = os.lseek(descriptor, 0, os.SEEK_END if _appends(descriptor) else os.SEEK_CUR)
     try:
         view = memoryview(data)
         while view:
@@ -175,6 +177,15 @@ def _write_whole(descriptor: int, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _appends(descriptor: int) -> bool:
+    """Whether the descriptor was opened to append (`O_APPEND`; where `fcntl` is missing, e.g. Windows: False)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    return bool(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_APPEND)
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

@@ -1,11 +1,15 @@
 """`mf2 analyze`'s records: JSON lines rounded, CSV rows with one column per AU and emotion, unique PNG names."""
 
 import csv
+import errno
 import io
 import json
+import os
 from pathlib import Path
 
-from mf2.cli.analyze_records import RecordWriter, annotation_name, face_records
+import pytest
+
+from mf2.cli.analyze_records import OutputWriteError, RecordWriter, annotation_name, face_records
 
 FACE = {
     "box": [1.23456, 2.0, 30.0, 40.0],
@@ -75,3 +79,26 @@ def test_annotation_names_are_unique_per_run():
     assert annotation_name(Path("y/face.png"), None, used) == "face-1.png"
     assert annotation_name(Path("clip.mp4"), 7, used) == "clip_frame000007.png"
     assert annotation_name("https://example.com/img/cat.jpg?size=2", None, used) == "cat.png"
+
+
+def test_a_failed_write_to_a_file_opened_to_append_keeps_what_it_held(tmp_path, monkeypatch):
+    """`mf2 analyze new/ >> all.jsonl`: the shell's descriptor stands at 0 until the first write goes to the end; a
+    disk that fills during that write must cut back the new bytes only, not empty the file."""
+    from mf2.cli import analyze_records
+
+    path = tmp_path / "all.jsonl"
+    path.write_text('{"path": "old-1.png"}\n{"path": "old-2.png"}\n')
+    stream = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND), "w")
+    assert os.lseek(stream.fileno(), 0, os.SEEK_CUR) == 0
+    write = os.write
+
+    def write_half_then_fail(descriptor, data):
+        write(descriptor, bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(analyze_records.os, "write", write_half_then_fail)
+    with stream, pytest.raises(OutputWriteError):
+        RecordWriter(stream, "jsonl", ["AU6", "AU12"], ["neutral", "happiness"]).write_input(
+            face_records([FACE], {"path": "new.png"}, {})
+        )
+    assert path.read_text() == '{"path": "old-1.png"}\n{"path": "old-2.png"}\n'
