@@ -77,7 +77,7 @@ from .analyze_checks import (
     check_outputs,
     check_reports,
     check_runtime,
-    plot_names,
+    video_stems,
 )
 from .analyze_inputs import InputPath, expand_paths
 from .analyze_parser import build_parser
@@ -177,6 +177,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
     elif args.output != "-" and processes.rank == 0:
         forget_settings(Path(args.output))  # the output is replaced: its kept options go with it
+    stems = video_stems(files)  # over every input, before a share or a resume: the same PNG names every run
     if sharded:  # each process's share into its part, merged by process 0
         names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(
@@ -185,14 +186,14 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             fmt,
             files,
             args.resume,
-            lambda output, share: _analyse(args, pipe, output, fmt, common, share, names),
+            lambda output, share: _analyse(args, pipe, output, fmt, common, share, stems, names),
         )
         if done is None:  # not process 0, which reports for all
             return 1 if counts["errors"] else 0
     else:
         output = open_output(args.output)
         cleanup.callback(output.flush if output is sys.stdout else output.close)
-        counts, done = _analyse(args, pipe, output, fmt, common, files), f"{len(files)} file(s)"
+        counts, done = _analyse(args, pipe, output, fmt, common, files, stems), f"{len(files)} file(s)"
     print(f"mf2 analyze: {_run_summary(args, done, counts)}", file=sys.stderr)
     if not common["model_trained"]:  # said last, beside the summary: a run that fails still says one line
         print(
@@ -257,6 +258,7 @@ def _analyse(
     fmt: str,
     common: dict[str, Any],
     files: list[InputPath],
+    stems: dict[str, str],
     names: dict[str, str] | None = None,
 ) -> dict[str, int]:
     with warnings.catch_warnings():
@@ -264,7 +266,7 @@ def _analyse(
         writer = RecordWriter(output, fmt, list(pipe.model.config.au_names), pipe.model.config.emotion_labels)
         run = AnalyzeRun(args, pipe, writer, common)
         run.names = names or {}
-        run.plot_stems = plot_names(files) if args.plot else {}
+        run.video_stems = stems
         try:
             run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
         finally:

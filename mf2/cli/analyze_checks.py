@@ -103,9 +103,10 @@ def _same_place(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b) or (_key(a) is not None and _key(a) == _key(b))
 
 
-def plot_names(files: list) -> dict[str, str]:
-    """The `--plot` PNG stem of every video among `files` (`<stem>_track<N>.png` then), unique over the run, in
-    input order: two videos of one name in two folders do not write over each other's timelines."""
+def video_stems(files: list) -> dict[str, str]:
+    """The PNG stem of every video among `files` (`<stem>_track<N>.png` for `--plot`, `<stem>_frame<N>.png` for
+    `--annotate`), unique over the run, in input order, and worked out over every input before a run is shared out or
+    resumed: two videos of one name in two folders never write over each other's PNGs."""
     from ..video import is_video
 
     used: set[str] = set()
@@ -186,7 +187,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
     input file; and for a file `--annotate` or `--plot` would replace that is not a PNG mf2 analyze wrote. `files`
     are the expanded inputs (URLs are `str`), `args.paths` as given, `names` the images' annotation PNG names
     (`mf2.cli.analyze_shards.annotation_names`)."""
-    from ..video import VIDEO_EXTENSIONS, is_video
+    from ..video import VIDEO_EXTENSIONS
     from .analyze_inputs import IMAGE_EXTENSIONS
 
     recursive = not args.no_recursive
@@ -224,16 +225,16 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
         if _key(annotate) is not None:  # an existing folder: what it would overwrite is checked
             for name in names.values():
                 check_annotation_target(annotate, name)
-            for video in dict.fromkeys(path for path in local if is_video(path)):
-                frame = re.compile(re.escape(video.stem) + r"_frame\d{6}(-\d+)?\.png")
-                for existing in sorted(annotate.glob(glob.escape(video.stem) + "_frame*.png")):
+            for stem in video_stems(files).values():
+                frame = re.compile(re.escape(stem) + r"_frame\d{6}\.png")
+                for existing in sorted(annotate.glob(glob.escape(stem) + "_frame*.png")):
                     if frame.fullmatch(existing.name):
                         check_annotation_target(annotate, existing.name)
     if args.plot is not None:
         plot = Path(args.plot)
         _check_png_folder("--plot", plot, folders, local)
         if _key(plot) is not None:
-            for stem in plot_names(files).values():
+            for stem in video_stems(files).values():
                 timeline = re.compile(re.escape(stem) + r"_track\d+\.png")
                 for existing in sorted(plot.glob(glob.escape(stem) + "_track*.png")):
                     if timeline.fullmatch(existing.name):
@@ -276,5 +277,5 @@ __all__ = [
     "check_reports",
     "check_runtime",
     "is_annotation",
-    "plot_names",
+    "video_stems",
 ]

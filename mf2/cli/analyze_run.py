@@ -99,7 +99,7 @@ class AnalyzeRun:
             self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
             self._write_summary([], header=True)
         self.plot_dir = Path(args.plot) if args.plot else None
-        self.plot_stems: dict[str, str] = {}  # --plot: each video's PNG stem (`plot_names`)
+        self.video_stems: dict[str, str] = {}  # each video's PNG stem, for --plot and --annotate (`video_stems`)
         if self.plot_dir is not None:
             try:
                 self.plot_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +133,12 @@ class AnalyzeRun:
         self.emit([{"path": str(path), **where, "face": None, "error": message, **self.common}])
 
     def save_annotation(self, image: Image.Image, faces: list[dict], path: InputPath, frame: int | None = None) -> None:
-        name = self.names.get(str(path)) if frame is None else None
-        name = name or annotation_name(path, frame, self.used_names)
+        if frame is None:
+            name = self.names.get(str(path)) or annotation_name(path, None, self.used_names)
+        elif str(path) in self.video_stems:
+            name = f"{self.video_stems[str(path)]}_frame{frame:06d}.png"
+        else:
+            name = annotation_name(path, frame, self.used_names)
         drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)
         self._save_png(drawn, self.annotate_dir, name, "--annotate", "annotated image")
 
@@ -172,7 +176,7 @@ class AnalyzeRun:
             self._write_summary(tracks.rows(str(path)))
         if self.plot_dir is None:
             return
-        stem = self.plot_stems.get(str(path)) or path.stem or "video"
+        stem = self.video_stems.get(str(path)) or path.stem or "video"
         for number in sorted(tracks.tracks):
             title = f"{path.name} - track {number}"
             self._save_png(

@@ -761,3 +761,22 @@ def test_a_huge_video_fps_samples_every_frame(checkpoint, tmp_path, capsys):
     assert cli_main(argv) == 0
     assert [record["frame"] for record in read_jsonl(output)] == list(range(10))
     assert "0 error(s)" in _one_line(capsys)
+
+
+def test_two_videos_of_one_name_keep_their_own_annotated_frames_over_a_resume(checkpoint, tmp_path):
+    """A resume analyses the output's last video again; its frames keep the names the first run gave them, and the
+    other video's PNGs stay as they are."""
+    from mf2.video import write_video
+
+    pytest.importorskip("av")
+    for folder, shift in (("a", 0), ("b", 20)):
+        (tmp_path / folder).mkdir()
+        write_video(tmp_path / folder / "session.mp4", _face_frames(2 + shift)[shift:], fps=10)
+    output, annotated = tmp_path / "out.jsonl", tmp_path / "frames"
+    argv = ["analyze", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(checkpoint), "-o", str(output)]
+    argv += ["--annotate", str(annotated), "--no-progress"]
+    assert cli_main(argv) == 0
+    first = {path.name: path.read_bytes() for path in annotated.iterdir()}
+    assert sorted(first) == sorted(f"session{k}_frame00000{n}.png" for k in ("", "-1") for n in (0, 1))
+    assert cli_main([*argv, "--resume"]) == 0
+    assert {path.name: path.read_bytes() for path in annotated.iterdir()} == first
