@@ -219,12 +219,16 @@ class VideoReader:
             # FFmpeg's own frame threading keeps a fixed small number of frames in flight: faster, still bounded.
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate) if stream.average_rate else None
-            yielded, decoded, time = 0, 0, None
+            origin = stream_origin(stream)
+            yielded, decoded, time, step = 0, 0, None, 1.0 / rate if rate else 0.0
             try:
                 for index, frame in enumerate(container.decode(stream)):
                     decoded = index + 1
                     # Without timestamps in the container, a constant rate is assumed.
-                    time = float(frame.time) if frame.time is not None else (index / rate if rate else float(index))
+                    fallback = index / rate if rate else float(index)
+                    previous, time = time, float(frame.time) - origin if frame.time is not None else fallback
+                    if not rate and previous is not None and time > previous:  # no declared rate: the last gap
+                        step = time - previous
                     if self.end is not None and time >= self.end:
                         return
                     if not self.sampler.keeps(index, time):
@@ -235,13 +239,21 @@ class VideoReader:
                     if self.max_frames is not None and yielded >= self.max_frames:
                         return
             except _av().FFmpegError as error:
-                raise VideoDecodeError(self.path, decoded, _next_time(time, rate), str(error)) from error
+                raise VideoDecodeError(self.path, decoded, _next_time(time, step), str(error)) from error
             # FFmpeg ends a cut file quietly at its last whole packet; only the declared length tells it was cut.
-            missing = _missing_end(container, stream, decoded, time, rate)
+            missing = _missing_end(container, stream, decoded, time, step)
             if missing:
-                raise VideoDecodeError(self.path, decoded, _next_time(time, rate), missing)
+                raise VideoDecodeError(self.path, decoded, _next_time(time, step), missing)
         finally:
             container.close()
+
+
+def stream_origin(stream: Any) -> float:
+    """The stream's start time in seconds, which frame times count from: MPEG-TS, browser-made WebM and trimmed clips
+    start their clocks past 0 (MPEG-TS typically at 1.4 s), and `VideoFrame.time` counts from the first moment."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
 
 
 def display_rotation(frame: Any) -> int:
@@ -260,15 +272,16 @@ def upright(image: np.ndarray, frame: Any) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
-def _next_time(time: float | None, rate: float | None) -> float | None:
-    """Where the frame after one at `time` starts (the first moment not decoded)."""
+def _next_time(time: float | None, step: float) -> float:
+    """Where the frame after one at `time` starts (the first moment not decoded), frames lasting `step` seconds."""
     if time is None:
         return 0.0
-    return time + 1.0 / rate if rate else time
+    return time + step
 
 
-def _missing_end(container, stream, decoded: int, time: float | None, rate: float | None) -> str | None:
-    """Why a stream that decoded `decoded` frames (the last at `time`) stopped short of its declared end, or `None`.
+def _missing_end(container, stream, decoded: int, time: float | None, step: float) -> str | None:
+    """Why a stream that decoded `decoded` frames (the last at `time`, each lasting `step` seconds: 1 / the declared
+    rate, else the last gap between frames) stopped short of its declared end, or `None`.
 
     MP4 declares its frame count; Matroska and others only a duration, the container's of which may include a
     longer audio track, hence the wider margin there.
@@ -285,9 +298,8 @@ def _missing_end(container, stream, decoded: int, time: float | None, rate: floa
         duration, margin = container.duration / 1_000_000, 0.05 if len(container.streams) == 1 else 1.0
     else:
         return None  # nothing declared to compare with
-    interval = 1.0 / rate if rate else 0.0
-    reached = _next_time(time, rate) if decoded else 0.0
-    if reached < duration - 2 * interval - margin:
+    reached = _next_time(time, step) if decoded else 0.0
+    if reached < duration - 2 * step - margin:
         return f"the stream ends at {reached:.3f} s of the {duration:.3f} s its container declares (cut short?)"
     return None
 
@@ -327,6 +339,7 @@ __all__ = [
     "VideoReader",
     "display_rotation",
     "is_video",
+    "stream_origin",
     "upright",
     "video_info",
     "write_video",

@@ -292,3 +292,34 @@ def test_display_rotation_rounds_to_quarter_turns():
     assert display_rotation(SimpleNamespace()) == 0 and display_rotation(SimpleNamespace(rotation=None)) == 0
     image = np.arange(6).reshape(2, 3)
     assert upright(image, SimpleNamespace(rotation=-90)).tolist() == np.rot90(image, -1).tolist()
+
+
+def _mpegts(path: Path, start: float, count: int = 10, fps: int = 10) -> Path:
+    """`count` frames of `gradient_frames` in MPEG-TS, which declares no frame rate and no frame count, with the
+    stream's clock starting at `start` seconds (as MPEG-TS from FFmpeg, camcorders and trimmed clips do)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height = stream.width = 64
+        stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, fps)
+        for index, array in enumerate(gradient_frames(count)):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = round(start * fps) + index, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("start", [0.0, 10.0])
+def test_frame_times_count_from_the_streams_start_and_a_whole_stream_without_a_rate_is_whole(tmp_path, start):
+    """Frame 0 is at 0 s whatever clock the stream starts on; with no declared rate the last frame lasts as long as
+    the gap before it, so a whole file reaches its declared duration (not "cut short" one frame before it)."""
+    video = _mpegts(tmp_path / "clip.ts", start)
+    assert video_info(video)["fps"] is None  # the case: no rate to add a frame's length with
+    assert [round(frame.time, 3) for frame in VideoReader(video)] == [k / 10 for k in range(10)]
+    assert [frame.index for frame in VideoReader(video, fps=5, start=0.4)] == [4, 6, 8]
