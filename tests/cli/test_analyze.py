@@ -138,6 +138,8 @@ def _bad_flag_cases():
         (["-o", "{tmp}/a-file.txt/out.jsonl"], 1, "cannot write the output file"),
         (["-o", "{tmp}/a-file.txt/out.jsonl", "--resume"], 1, "Not a directory: "),
         (["--annotate", "{tmp}/a-file.txt"], 2, "--annotate takes a folder"),
+        (["--landmarks", "-o", "{tmp}/faces.csv"], 2, "--landmarks: CSV has one column per value"),
+        (["--landmarks", "--format", "csv"], 2, "--landmarks: CSV has one column per value"),
     ]
     import torch
 
