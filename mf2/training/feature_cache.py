@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..local_files import exclusive_lock, write_json
 
 CACHE_FORMAT_VERSION = 1
+DEFAULT_LABELS = ("au_labels", "emotion_labels")  # the batch keys stored beside the features unless told
 MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = "progress.json"
 STAGING_PREFIX = ".building-"
@@ -145,13 +146,24 @@ class FeatureCache:
             hash_value(digest, "batch", dict(batch))
         return digest.hexdigest()
 
-    def components(self, data_fingerprint: str) -> dict[str, Any]:
-        """What an entry's key is made of: source-module hash, feature spec and data fingerprint."""
-        return {"backbone": self.source_fingerprint(), "spec": self.feature_spec(), "data": data_fingerprint}
+    def components(self, data_fingerprint: str, label_names: Sequence[str] = DEFAULT_LABELS) -> dict[str, Any]:
+        """What an entry's key is made of: source-module hash, feature spec, data fingerprint and the labels stored
+        beside the features (an entry built without a label must not serve a build that asks for it)."""
+        return {
+            "backbone": self.source_fingerprint(),
+            "spec": self.feature_spec(),
+            "data": data_fingerprint,
+            "labels": sorted(set(label_names)),
+        }
 
-    def key(self, data_fingerprint: str, components: dict[str, Any] | None = None) -> str:
-        """The entry name for these source modules, feature spec and data."""
-        payload = json.dumps(components or self.components(data_fingerprint), sort_keys=True)
+    def key(
+        self,
+        data_fingerprint: str,
+        components: dict[str, Any] | None = None,
+        label_names: Sequence[str] = DEFAULT_LABELS,
+    ) -> str:
+        """The entry name for these source modules, feature spec, data and labels."""
+        payload = json.dumps(components or self.components(data_fingerprint, label_names), sort_keys=True)
         return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
     # ------------------------------------------------------------------------------------------- build / load
@@ -161,7 +173,7 @@ class FeatureCache:
         collate_fn: Callable | None = None,
         batch_size: int = 32,
         fingerprint: str | None = None,
-        label_names: Sequence[str] = ("au_labels", "emotion_labels"),
+        label_names: Sequence[str] = DEFAULT_LABELS,
         num_workers: int = 0,
         in_memory: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -182,7 +194,7 @@ class FeatureCache:
         self.check_buildable()
         if fingerprint is None:
             fingerprint = self.data_fingerprint(dataset, collate_fn, batch_size)
-        components = self.components(fingerprint)  # hashing the source modules reads every weight: do it once
+        components = self.components(fingerprint, label_names)  # hashing the source modules reads every weight: once
         key = self.key(fingerprint, components)
         entry = self.cache_dir / key
         if (entry / MANIFEST_NAME).is_file():
@@ -255,9 +267,10 @@ class FeatureCache:
             raise ValueError(f"{self.name}: the dataset is empty.")
         _write_manifest(directory, key, components, shards)
 
-    def load(self, fingerprint: str) -> CachedFeatureDataset | None:
-        """The valid entry for data `fingerprint`, or None when there is none (stale entries are never returned)."""
-        entry = self.cache_dir / self.key(fingerprint)
+    def load(self, fingerprint: str, label_names: Sequence[str] = DEFAULT_LABELS) -> CachedFeatureDataset | None:
+        """The valid entry for data `fingerprint` and `label_names` (as built), or None when there is none (stale
+        entries are never returned)."""
+        entry = self.cache_dir / self.key(fingerprint, label_names=label_names)
         return CachedFeatureDataset(entry) if (entry / MANIFEST_NAME).is_file() else None
 
     def entries(self) -> list[Path]:
@@ -267,10 +280,10 @@ class FeatureCache:
         manifests = self.cache_dir.glob(f"*/{MANIFEST_NAME}")
         return sorted(path.parent for path in manifests if not path.parent.name.startswith(STAGING_PREFIX))
 
-    def clear(self, keep_current: str | None = None) -> None:
+    def clear(self, keep_current: str | None = None, label_names: Sequence[str] = DEFAULT_LABELS) -> None:
         """Delete the entries in `cache_dir` and what interrupted builds left, except the entry for data fingerprint
-        `keep_current` (and its unfinished build). Not while another process builds in `cache_dir`."""
-        keep = self.key(keep_current) if keep_current is not None else None
+        `keep_current` and `label_names` (and its unfinished build). Not while another process builds in `cache_dir`."""
+        keep = self.key(keep_current, label_names=label_names) if keep_current is not None else None
         for entry in self.entries():
             if entry.name != keep:
                 shutil.rmtree(entry)

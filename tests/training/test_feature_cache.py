@@ -72,6 +72,20 @@ def test_a_build_asked_for_other_labels_starts_again(tmp_path):
     assert cache.batches_seen == 5 and entry.label_names == []
 
 
+def test_a_finished_entry_does_not_serve_a_build_that_asks_for_labels_it_lacks(tmp_path):
+    """An entry built with fewer labels (the API's defaults) would hand `mf2 finetune` rows without the ones it needs,
+    and it would train without them in silence: the labels are part of the key."""
+    rows = [{**row, "au_labels": torch.zeros(12)} for row in ROWS]
+    cache = _LinearCache(tmp_path)
+    fewer = cache.build(rows, batch_size=2, fingerprint="rows", label_names=("au_labels",))
+    assert fewer.label_names == ["au_labels"] and cache.batches_seen == 5
+    more = cache.build(rows, batch_size=2, fingerprint="rows", label_names=("emotion_labels", "au_labels"))
+    assert more.label_names == ["au_labels", "emotion_labels"] and cache.batches_seen == 10
+    again = cache.build(rows, batch_size=2, fingerprint="rows", label_names=("au_labels", "emotion_labels"))
+    assert again.path == more.path and cache.batches_seen == 10  # the order the labels are named in does not matter
+    assert cache.load("rows", ("au_labels",)).path == fewer.path and cache.load("rows").path == more.path
+
+
 def test_leftovers_of_another_entry_are_not_resumed_and_clear_removes_them(tmp_path):
     with pytest.raises(_Interrupted):
         _build(_LinearCache(tmp_path, stop_after=2))
@@ -79,8 +93,8 @@ def test_leftovers_of_another_entry_are_not_resumed_and_clear_removes_them(tmp_p
     cache.layer.weight.data += 1  # other weights: another key, so the leftover shards must not be reused
     _build(cache)
     assert cache.batches_seen == 5
-    cache.clear(keep_current="rows")
-    assert [path.name for path in tmp_path.iterdir()] == [cache.key("rows")]
+    cache.clear(keep_current="rows", label_names=("emotion_labels",))
+    assert [path.name for path in tmp_path.iterdir()] == [cache.key("rows", label_names=("emotion_labels",))]
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
