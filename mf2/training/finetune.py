@@ -23,13 +23,15 @@ un-augmented data. `--full` trains every Q-Former and head weight instead (the v
 
 Outputs: the adapter (`adapter_config.json`, `adapter_model.safetensors`) and `thresholds.json` (per-AU thresholds
 tuned on `--eval_data`) for DFN, or the full model with the thresholds in its `config.json` for `--full`; the processor;
-metrics. With `--cv_folds K`: `cv_results.json` (per-fold, mean and pooled metrics) and `cv_predictions.jsonl`.
+metrics. With `--cv_folds K`: `cv_results.json` (per-fold, mean and pooled metrics) and `cv_predictions.jsonl`; each
+finished fold is kept in `fold-N/`, and `--resume` after a kill trains only the folds not finished.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -59,6 +61,7 @@ from .fitting import (
 )
 from .metrics import compute_mf2_metrics
 from .pretraining_stages import TASKS
+from .recipe_progress import save_npz
 from .run_setup import (
     TRAINING_DATA_FILE,
     apply_mixed_precision,
@@ -96,18 +99,45 @@ def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], 
     return {"num_folds": len(results), "folds": results, "mean": mean, "pooled": pooled_metrics}, merged
 
 
-def _fold(base, dataset, full_features, collator, finetune_args, training_args):
+FOLD_RESULT, FOLD_PREDICTIONS = "fold_result.json", "fold_predictions.npz"
+
+
+def _save_fold(folder: Path, result: dict[str, Any], parts: dict[str, Any], test_rows: np.ndarray) -> None:
+    """A finished fold's predictions, then its result: the result file is the fold's done mark for `--resume`."""
+    save_npz(folder / FOLD_PREDICTIONS, test_rows=test_rows, **{k: v for k, v in parts.items() if v is not None})
+    write_json(folder / FOLD_RESULT, {"result": result, "absent": [k for k, v in parts.items() if v is None]})
+
+
+def _finished_fold(folder: Path, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """What `_save_fold` kept of this fold, or None: none kept, or kept for other test rows (other data or folds)."""
+    if not (folder / FOLD_RESULT).is_file():
+        return None
+    stored = json.loads((folder / FOLD_RESULT).read_text(encoding="utf-8"))
+    with np.load(folder / FOLD_PREDICTIONS) as arrays:
+        parts = {name: arrays[name] for name in arrays.files}
+    if not np.array_equal(parts.pop("test_rows"), test_rows):
+        return None
+    return stored["result"], {**parts, **dict.fromkeys(stored["absent"])}
+
+
+def _fold(base, dataset, full_features, collator, finetune_args, training_args, resume: bool = False):
     """`cross_validate`'s work for one fold: a fresh adapter (or a fresh copy of the model with `--full`) fine-tuned
-    on the training rows and tested on the test rows, AU thresholds tuned on the training rows' predictions."""
+    on the training rows and tested on the test rows, AU thresholds tuned on the training rows' predictions. Each
+    finished fold is kept in its folder; with `resume`, a fold kept for the same test rows is read, not trained."""
     config = base.config
 
     def run_fold(fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+        folder = Path(training_args.output_dir) / f"fold-{fold}"
+        kept = _finished_fold(folder, test_rows) if resume else None
+        if kept is not None:
+            logger.info("Fold %d: done already (%s)", fold, folder / FOLD_RESULT)
+            return kept
         set_seed(training_args.seed + fold)
         model = make_finetune_model(copy.deepcopy(base), finetune_args)
         train_part, test_part, data_collator = _fold_sets(full_features, dataset, train_rows, test_rows, collator)
         fold_args = dataclasses.replace(
             training_args,
-            output_dir=str(Path(training_args.output_dir) / f"fold-{fold}"),
+            output_dir=str(folder),
             save_strategy="no",
             eval_strategy="no",
         )
@@ -135,6 +165,8 @@ def _fold(base, dataset, full_features, collator, finetune_args, training_args):
         logger.info(
             "Fold %d: %s", fold, {k: round(v, 4) for k, v in fit.metrics.items() if k.endswith(("au_f1", "accuracy"))}
         )
+        if training_args.process_index == 0:
+            _save_fold(folder, result, parts, test_rows)
         return result, parts
 
     return run_fold
@@ -161,7 +193,7 @@ def cross_validated_finetuning(
             training_args.per_device_eval_batch_size,
             training_args,
         )
-    run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args)
+    run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args, script_args.resume)
     folds = cross_validate(dataset["group"], finetune_args.cv_folds, finetune_args.cv_seed, run_fold)
     report, merged = _pooled_report([result for result, _ in folds], [parts for _, parts in folds], base.config)
     if is_main_process:

@@ -155,6 +155,13 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
     tested = [set(fold["test_groups"]) for fold in report["folds"]]
     assert all(not a & b for i, a in enumerate(tested) for b in tested[i + 1 :])  # subject-wise
     assert "pooled_au_f1" in report["pooled"] and "test_au_f1" in report["mean"]
+    # Killed in its last fold: --resume reads the finished folds and trains only that one, to the same report.
+    (cv_dir / "fold-2" / "fold_result.json").unlink()
+    kept = {fold: (cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns for fold in (0, 1)}
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, resume=True, **common)) == 0
+    assert {fold: (cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns for fold in (0, 1)} == kept
+    resumed = json.loads((cv_dir / "cv_results.json").read_text())
+    assert resumed["pooled"] == pytest.approx(report["pooled"]) and resumed["folds"][:2] == report["folds"][:2]
 
     # Evaluating the adapter reproduces the fine-tuning's evaluation, with the thresholds tuned there (thresholds.json).
     eval_dir = tmp_path / "eval"
