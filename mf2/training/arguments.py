@@ -188,6 +188,13 @@ class MF2ScriptArguments:
         default=False,
         metadata={"help": "Continue from the last complete checkpoint in --output_dir (after a crash or kill)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds an earlier run, removing its checkpoints, model and "
+            "results first (without it, or --resume, such a folder is refused)."
+        },
+    )
 
     def __post_init__(self):
         if self.model_name_or_path is not None:

@@ -64,9 +64,11 @@ from .pretraining_stages import TASKS
 from .recipe_progress import save_npz
 from .run_setup import (
     TRAINING_DATA_FILE,
+    EarlierRunError,
     apply_mixed_precision,
     load_processor,
     load_splits,
+    prepare_output_dir,
     resolve_resume_checkpoint,
     setup_torch,
     write_jsonl,
@@ -373,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 finetune", script_args, training_args, required=("model_name_or_path", "train_data"))
+        prepare_output_dir("mf2 finetune", script_args, training_args)
         run_finetuning(script_args, finetune_args, training_args)
-    except (DataError, NonFinitePredictionsError, NonFiniteLossError) as error:
+    except (DataError, EarlierRunError, NonFinitePredictionsError, NonFiniteLossError) as error:
         print(f"mf2 finetune: {error}", file=sys.stderr)
         return 2
     return 0

@@ -34,9 +34,11 @@ from .collator import MF2DataCollator
 from .pretraining_stages import Stage, get_stage
 from .run_setup import (
     TRAINING_DATA_FILE,
+    EarlierRunError,
     apply_mixed_precision,
     load_processor,
     load_splits,
+    prepare_output_dir,
     resolve_encoders,
     resolve_resume_checkpoint,
     setup_torch,
@@ -168,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 train", script_args, training_args, required=("train_data",))
+        prepare_output_dir("mf2 train", script_args, training_args)
         run_pretraining(script_args, training_args)
-    except (DataError, NonFinitePredictionsError, NonFiniteLossError) as error:
+    except (DataError, EarlierRunError, NonFinitePredictionsError, NonFiniteLossError) as error:
         print(f"mf2 train: {error}", file=sys.stderr)
         return 2
     return 0

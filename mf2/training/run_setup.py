@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,57 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     if not found:
         return None
     return str(max(found)[1])
+
+
+# What a run of `mf2 train` / `mf2 finetune` leaves in its --output_dir that a later run must not take for its own:
+# checkpoints a resume would pick, thresholds an adapter would be loaded with, results a model card would publish.
+RUN_FILES = (
+    *("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "adapter_config.json"),
+    *("thresholds.json", "train_results.json", "eval_results.json", "base_eval_results.json", "all_results.json"),
+    *("cv_results.json", "cv_predictions.jsonl", "eval_predictions.jsonl", TRAINER_STATE_NAME),
+)
+RUN_FOLDERS = re.compile(rf"^({PREFIX_CHECKPOINT_DIR}|fold)-\d+$")
+
+
+class EarlierRunError(ValueError):
+    """A fresh run's --output_dir holds an earlier run's files (`found`, by name)."""
+
+    def __init__(self, prog: str, output_dir: str, found: list[str]):
+        self.output_dir, self.found = output_dir, found
+        listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        super().__init__(
+            f"--output_dir {output_dir} holds an earlier run ({listed}); continue it with --resume, start afresh "
+            f"there with --overwrite_output_dir (which removes those files), or give {prog} another --output_dir"
+        )
+
+
+def earlier_run_files(output_dir: str | os.PathLike) -> list[str]:
+    """The names of an earlier run's files and folders (`RUN_FILES`, `checkpoint-N`, `fold-N`) in `output_dir`."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.name in RUN_FILES or RUN_FOLDERS.match(path.name))
+
+
+def prepare_output_dir(prog: str, script_args: MF2ScriptArguments, training_args: Any) -> None:
+    """Refuse to start a fresh run over an earlier one (mixed checkpoints, stale thresholds and results), unless
+    `--resume` continues it or `--overwrite_output_dir` removes its files first (on the main process).
+
+    Raises:
+        EarlierRunError: the folder holds an earlier run, and neither option was given.
+    """
+    if script_args.resume or training_args.resume_from_checkpoint:
+        return
+    found = earlier_run_files(training_args.output_dir)
+    if not found:
+        return
+    if not script_args.overwrite_output_dir:
+        raise EarlierRunError(prog, training_args.output_dir, found)
+    if training_args.process_index == 0:
+        logger.warning("--overwrite_output_dir: removing the earlier run's %s", ", ".join(found))
+        for name in found:
+            path = Path(training_args.output_dir) / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def resolve_resume_checkpoint(resume: bool, resume_from_checkpoint: str | None, output_dir: str | None) -> str | None:
@@ -147,11 +199,15 @@ def load_splits(script_args: MF2ScriptArguments, training_args, processor):
 
 
 __all__ = [
+    "RUN_FILES",
     "TRAINING_DATA_FILE",
+    "EarlierRunError",
     "apply_mixed_precision",
+    "earlier_run_files",
     "last_complete_checkpoint",
     "load_processor",
     "load_splits",
+    "prepare_output_dir",
     "resolve_encoders",
     "resolve_resume_checkpoint",
     "setup_torch",

@@ -237,3 +237,23 @@ def test_a_loss_that_is_not_finite_stops_training_in_one_line_before_anything_is
     assert not (tmp_path / "out" / "model.safetensors").exists()
     error = NonFiniteLossError(3, {"au_loss": float("inf")})
     assert (error.step, error.parts) == (3, {"au_loss": float("inf")})
+
+
+def test_a_fresh_run_over_an_earlier_one_is_refused_unless_it_overwrites_it(tmp_path, capsys):
+    """An earlier run's checkpoints would be resumed as this run's, its thresholds loaded with this run's adapter and
+    its results published as this run's: a fresh run over it is one line, `--overwrite_output_dir` removes them."""
+    from mf2.training import pretrain
+
+    setup = write_setup(tmp_path, train_size=8, eval_size=4)
+    output = tmp_path / "out"
+    (output / "checkpoint-1500").mkdir(parents=True)
+    (output / "thresholds.json").write_text('{"au_thresholds": [0.1]}')
+    (output / "notes.txt").write_text("the user's own file")
+    argv = pretrain_argv(setup, output, num_train_epochs=1)
+    assert pretrain.main(argv) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 train:")]
+    assert f"--output_dir {output} holds an earlier run (checkpoint-1500, thresholds.json)" in line
+    assert "--resume" in line and "--overwrite_output_dir" in line
+    assert pretrain.main([*argv, "--overwrite_output_dir", "true"]) == 0
+    assert not (output / "checkpoint-1500").exists() and not (output / "thresholds.json").exists()
+    assert (output / "notes.txt").is_file() and (output / "model.safetensors").is_file()
