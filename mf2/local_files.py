@@ -121,6 +121,15 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
         partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
 
 
+def write_config(config: Any, folder: str | os.PathLike) -> Path:
+    """A transformers config as `folder/config.json` (what `config.save_pretrained` writes), whole or not at all: the
+    config is rewritten beside trained weights, and a kill mid-write must not leave a model that no longer loads."""
+    target = Path(folder) / "config.json"
+    with written_aside(target) as partial:
+        config.to_json_file(partial)
+    return target
+
+
 def _remove_stale_partials(target: Path) -> None:
     """Remove the temporaries left in `target`'s folder by processes that were killed (no longer running).
 
@@ -164,5 +173,7 @@ __all__ = [
     "env_flag",
     "exclusive_lock",
     "mf2_home",
+    "write_config",
+    "write_json",
     "written_aside",
 ]

@@ -30,7 +30,14 @@ from .arguments import MF2ScriptArguments, MF2TrainingArguments
 from .collator import MF2DataCollator
 from .preprocess import prepare_data
 from .run_setup import apply_mixed_precision, load_processor, setup_torch, write_jsonl
-from .scoring import NonFinitePredictionsError, load_recognition_model, predict, score, store_thresholds
+from .scoring import (
+    NonFinitePredictionsError,
+    check_threshold_target,
+    load_recognition_model,
+    predict,
+    score,
+    store_thresholds,
+)
 from .trainer import MF2Trainer, make_compute_metrics, prediction_records
 
 logger = logging.getLogger(__name__)
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 evaluate", script_args, training_args, required=("model_name_or_path", "eval_data"))
+        if script_args.store_thresholds and script_args.adapter_name_or_path is None:
+            check_threshold_target(script_args.model_name_or_path)  # before the evaluation, not after it
         run_evaluation(script_args, training_args)
     except (DataError, NonFinitePredictionsError) as error:
         print(f"mf2 evaluate: {error}", file=sys.stderr)

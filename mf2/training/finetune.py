@@ -44,7 +44,7 @@ from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..data.schema import DataError
-from ..local_files import write_json
+from ..local_files import write_config, write_json
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .argument_parser import check_command, parse_args
 from .arguments import MF2FinetuneArguments, MF2ScriptArguments, MF2TrainingArguments
@@ -273,7 +273,7 @@ def _store_tuned_thresholds(thresholds, config, script_args, finetune_args, outp
     """Keep the thresholds tuned on the evaluation set: in the model's config (full) or beside the adapter (DFN)."""
     config.au_thresholds = thresholds
     if finetune_args.full:
-        config.save_pretrained(output_dir)
+        write_config(config, output_dir)  # whole or not at all, beside the trained weights
     else:
         store_thresholds(thresholds, script_args.model_name_or_path, adapter_dir=output_dir)
 

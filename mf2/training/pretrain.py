@@ -26,7 +26,7 @@ from transformers import set_seed
 
 from ..configuration_mf2 import MF2Config
 from ..data.schema import DataError
-from ..local_files import write_json
+from ..local_files import write_config, write_json
 from ..modeling_mf2 import MF2ForPreTraining
 from .argument_parser import check_command, parse_args
 from .arguments import MF2ScriptArguments, MF2TrainingArguments
@@ -83,7 +83,7 @@ def finish_evaluation(trainer: MF2Trainer, evaluation, processor, script_args, o
         metrics["eval_au_thresholds"] = thresholds
     if trainer.is_world_process_zero():
         if thresholds is not None:
-            config.save_pretrained(output_dir)
+            write_config(config, output_dir)  # whole or not at all, beside the trained weights
         if script_args.save_predictions:
             write_jsonl(Path(output_dir) / "eval_predictions.jsonl", prediction_records(parts, config))
     trainer.log_metrics("eval", {k: v for k, v in metrics.items() if not isinstance(v, list)})

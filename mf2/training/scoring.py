@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..local_files import write_json
+from ..integration.default_model import default_model_path
+from ..local_files import write_config, write_json
 from .collator import MF2DataCollator
 from .metrics import compute_mf2_metrics, tune_au_thresholds
 from .trainer import MF2Trainer, split_predictions
@@ -127,6 +128,24 @@ def read_thresholds(folder: str | Path) -> list[float] | None:
     return [float(value) for value in json.loads(path.read_text())["au_thresholds"]]
 
 
+def check_threshold_target(model_dir: str | Path) -> None:
+    """Refuse to store thresholds into a checkpoint's config that is not a local folder (a Hub id) or that is the model
+    shipped in the package (every use of the installed package would change).
+
+    Raises:
+        mf2.data.DataError: one line naming the folder and the fix.
+    """
+    from ..data.schema import DataError
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise DataError(f"--store_thresholds writes into a local checkpoint folder; {model_dir} holds no config.json")
+    if Path(model_dir).resolve() == default_model_path():
+        raise DataError(
+            f"--store_thresholds would rewrite the model shipped in the mf2 package ({model_dir}) for every use of "
+            "it; save a copy (`save_pretrained`) and store into that"
+        )
+
+
 def store_thresholds(thresholds: list[float], model_dir: str | Path, adapter_dir: str | Path | None = None) -> Path:
     """Store tuned thresholds: in the adapter folder's `thresholds.json` with an adapter, else in the checkpoint's
     `config.json` (`MF2Config.au_thresholds`)."""
@@ -136,10 +155,10 @@ def store_thresholds(thresholds: list[float], model_dir: str | Path, adapter_dir
         target = Path(adapter_dir) / THRESHOLDS_FILE
         write_json(target, {"au_thresholds": list(thresholds)})
         return target
+    check_threshold_target(model_dir)
     config = MF2Config.from_pretrained(model_dir)
     config.au_thresholds = list(thresholds)
-    config.save_pretrained(model_dir)
-    return Path(model_dir) / "config.json"
+    return write_config(config, model_dir)
 
 
 def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,6 +169,7 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 __all__ = [
     "THRESHOLDS_FILE",
     "NonFinitePredictionsError",
+    "check_threshold_target",
     "check_finite",
     "load_recognition_model",
     "merge_parts",

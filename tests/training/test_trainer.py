@@ -1,6 +1,7 @@
 """MF2Trainer logs every loss part; the pretrain / finetune / evaluate entry points run end to end on a tiny model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,31 @@ def test_a_fresh_run_over_an_earlier_one_is_refused_unless_it_overwrites_it(tmp_
     assert pretrain.main([*argv, "--overwrite_output_dir", "true"]) == 0
     assert not (output / "checkpoint-1500").exists() and not (output / "thresholds.json").exists()
     assert (output / "notes.txt").is_file() and (output / "model.safetensors").is_file()
+
+
+def test_thresholds_are_stored_whole_into_a_local_checkpoint_only(tmp_path, monkeypatch):
+    from mf2.data import DataError
+    from mf2.integration.default_model import default_model_path
+    from mf2.training.scoring import store_thresholds
+
+    setup = write_setup(tmp_path, train_size=4, eval_size=4)
+    model_dir = tmp_path / "model"
+    MF2ForPreTraining(MF2Config.from_pretrained(setup["config"])).save_pretrained(model_dir)
+    assert store_thresholds([0.25] * 12, model_dir) == model_dir / "config.json"
+    assert MF2Config.from_pretrained(model_dir).au_thresholds == [0.25] * 12
+    before = (model_dir / "config.json").read_text()
+
+    def half_then_fail(config, path, use_diff=True):
+        Path(path).write_text(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MF2Config, "to_json_file", half_then_fail)
+    with pytest.raises(OSError):
+        store_thresholds([0.5] * 12, model_dir)
+    assert (model_dir / "config.json").read_text() == before  # a failed write leaves the config as it was
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="shipped in the mf2 package"):
+        store_thresholds([0.5] * 12, default_model_path())
+    with pytest.raises(DataError, match="holds no config.json"):
+        store_thresholds([0.5] * 12, "someone/some-hub-model")
+    assert store_thresholds([0.5] * 12, model_dir, adapter_dir=tmp_path / "adapter").name == "thresholds.json"
