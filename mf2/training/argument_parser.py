@@ -297,7 +297,11 @@ def parse_args(
     parser.add_argument("--config", default=None, help="YAML file of options; the command line overrides it.")
     parser.set_defaults(**(defaults or {}))
     if known.config:
-        parser.set_defaults(**_yaml_defaults(known.config, dataclass_types))
+        try:
+            parser.set_defaults(**_yaml_defaults(known.config, dataclass_types))
+        except (OSError, yaml.YAMLError, ValueError) as error:  # a missing, unreadable or mistyped file: one line
+            said = " ".join(str(getattr(error, "strerror", None) or error).split())  # YAML's errors run over lines
+            parser.error(f"--config {known.config}: {said}")
     # The extra `--config` argument comes back as a trailing namespace after the dataclasses; unknown options and the
     # dataclasses' own checks (`__post_init__`) are one line with the usage, exit status 2, as argparse's errors are.
     try:

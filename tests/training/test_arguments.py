@@ -38,9 +38,24 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     assert training.num_train_epochs == 2 and training.gradient_accumulation_steps == 2
     assert training.weight_decay == 0.05  # untouched defaults stay Table VI's
 
-    config.write_text("no_such_option: 1\n")
-    with pytest.raises(ValueError, match="no_such_option"):
-        parse_args(TYPES, ["--config", str(config)])
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("no_such_option: 1\n", "unknown option(s) ['no_such_option']"),
+        ("- a list\n", "must hold a mapping"),
+        ("a: [\n", "expected the node content"),
+        (None, "No such file or directory"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_with_the_usage(tmp_path, capsys, text, words):
+    config = tmp_path / "run.yaml"
+    if text is not None:
+        config.write_text(text)
+    with pytest.raises(SystemExit) as raised:
+        parse_args(TYPES, ["--config", str(config)], prog="mf2 train")
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 train: error:")]
+    assert raised.value.code == 2 and line.startswith(f"mf2 train: error: --config {config}: ") and words in line
 
 
 def test_stages_fix_branches_and_targets():
