@@ -301,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     # Not a relative import: the pipeline's remote-code export copies this file, and must not pull in the CLI's.
     default_model = importlib.import_module("mf2.integration.default_model")
 
+    checks = importlib.import_module("mf2.cli.analyze_checks")
+    try:
+        if args.model is not None:
+            checks.check_model(args.model)  # a missing folder, a file, an adapter folder: one line before loading
+    except checks.UsageError as error:
+        print(f"mf2 export: {error}", file=sys.stderr)
+        return 2
     try:
         require_onnxruntime()
         pipe = default_model.load_pipeline(

