@@ -7,13 +7,17 @@ This file uses only relative imports of flat sibling modules, so it travels with
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import urllib.request
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+URL_TIMEOUT = 30.0  # seconds to download an image given by URL
 
 
 class ImageInputError(ValueError):
@@ -72,8 +76,8 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
         values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         if np.issubdtype(array.dtype, np.floating) and values.max(initial=0.0) <= 1.0:
             values = values * 255.0  # floats in [0, 1]
-        elif array.dtype == np.uint16:
-            values = values / 257.0
+        elif array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and values.max(initial=0.0) > 255):
+            values = values / 257.0  # 16-bit values (a PIL "I" image's array is int32): _to_rgb's rule
         array = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -82,6 +86,8 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB; transparent pixels become white, 16-bit and float images are scaled to 8 bits."""
+    if "transparency" in image.info and image.mode in ("RGB", "L", "P"):
+        image = image.convert("RGBA")  # a PNG colour key (tRNS): its pixels are transparent, as alpha would say
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -117,7 +123,7 @@ def load_image(item: Any, index: int = 0) -> Image.Image:
             raise ImageInputError(index, None, f"the PIL image cannot be decoded ({error}).") from error
         if item.width == 0 or item.height == 0:
             raise ImageInputError(index, None, f"the image is empty ({item.width}x{item.height}).")
-        return _to_rgb(item)
+        return _to_rgb(ImageOps.exif_transpose(item))  # a phone photo from Image.open, upright as from its path
     if type(item).__module__.startswith("torch"):
         item = item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
@@ -131,12 +137,12 @@ def load_image(item: Any, index: int = 0) -> Image.Image:
 
 def _load_path(path: str, index: int) -> Image.Image:
     if path.startswith(("http://", "https://")):
-        from transformers.image_utils import load_image as load_url
-
         try:
-            return _to_rgb(load_url(path))
-        except Exception as error:
-            raise ImageInputError(index, path, f"{type(error).__name__}: {error}") from error
+            with urllib.request.urlopen(path, timeout=URL_TIMEOUT) as response:  # noqa: S310 - http(s) only
+                data = response.read()
+        except (OSError, ValueError) as error:
+            raise ImageInputError(index, path, f"cannot download it ({error}).") from error
+        return _decoded(io.BytesIO(data), path, index, heif=False)  # the bytes read as a file's are
     if os.path.isdir(path):
         raise ImageInputError(index, path, "it is a folder, not an image file; pass the image files in it.")
     if not os.path.isfile(path):
@@ -144,8 +150,14 @@ def _load_path(path: str, index: int) -> Image.Image:
     heif = os.path.splitext(path)[1].lower() in (".heic", ".heif")
     if heif:
         _heif_opener()
+    return _decoded(path, path, index, heif)
+
+
+def _decoded(source: Any, path: str, index: int, heif: bool) -> Image.Image:
+    """An image file's (or downloaded bytes') first frame, upright (EXIF) and in RGB, with an `AnimatedImageWarning`
+    when it has more frames."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             frames = int(getattr(opened, "n_frames", 1))
             opened.load()
             image = ImageOps.exif_transpose(opened)
@@ -167,7 +179,7 @@ def _load_path(path: str, index: int) -> Image.Image:
             f"'{path}' is an animated image of {frames} frames; only its first frame is analysed (convert it to a "
             f"video to analyse every frame).",
             AnimatedImageWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         image.info["n_frames"] = frames
     return image
@@ -221,6 +233,7 @@ def own_channels(item: Any, index: int, channel_order: str) -> Image.Image | Non
             item = ImageOps.exif_transpose(opened)
             item.load()
     if isinstance(item, Image.Image):
+        item = ImageOps.exif_transpose(item)  # upright, as `load_image` reads it
         return item if item.mode in ("L", "LA", "RGBA") else None
     if not is_array(item):
         return None

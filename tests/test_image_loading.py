@@ -42,3 +42,67 @@ def test_a_folder_is_named_as_a_folder_and_an_animated_image_warns(tmp_path):
     with pytest.warns(image_loading.AnimatedImageWarning, match="animated image of 3 frames; only its first"):
         image = image_loading.load_image(str(tmp_path / "moving.gif"))
     assert image.info["n_frames"] == 3 and np.asarray(image).max() == 0  # the first frame
+
+
+def _served(folder):
+    """A loopback HTTP server of `folder` (a context manager giving its base URL)."""
+    import contextlib
+    import functools
+    import http.server
+    import threading
+
+    @contextlib.contextmanager
+    def serving():
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *args: None
+        with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                yield f"http://127.0.0.1:{server.server_address[1]}"
+            finally:
+                server.shutdown()
+
+    return serving()
+
+
+def _odd_images(folder):
+    """Images whose reading needs care: transparency by alpha and by colour key, 16 bits, a sideways phone photo."""
+    face = Image.fromarray(astronaut()).crop((150, 60, 300, 240))
+    rgba = face.convert("RGBA")
+    rgba.putalpha(Image.new("L", face.size, 0))  # wholly transparent
+    rgba.save(folder / "clear.png")
+    keyed = Image.new("RGB", (8, 8), (0, 0, 0))
+    keyed.save(folder / "keyed.png", transparency=(0, 0, 0))  # tRNS: black is transparent
+    deep = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    Image.fromarray(deep).save(folder / "deep.png")
+    exif = face.getexif()
+    exif[0x0112] = 8  # orientation: turn 90 degrees to show
+    face.save(folder / "sideways.jpg", exif=exif, quality=95)
+    return ["clear.png", "keyed.png", "deep.png", "sideways.jpg"]
+
+
+def test_a_url_a_path_and_an_opened_image_read_alike(tmp_path):
+    """The same file as a path, a URL and a PIL image (EXIF orientation, transparency, 16 bits): the same pixels."""
+    names = _odd_images(tmp_path)
+    with _served(tmp_path) as base:
+        for name in names:
+            from_path = np.asarray(image_loading.load_image(tmp_path / name))
+            from_url = np.asarray(image_loading.load_image(f"{base}/{name}"))
+            with Image.open(tmp_path / name) as opened:
+                from_pil = np.asarray(image_loading.load_image(opened))
+            assert from_path.shape == from_url.shape == from_pil.shape, name
+            assert np.array_equal(from_path, from_url) and np.array_equal(from_path, from_pil), name
+    assert (np.asarray(image_loading.load_image(tmp_path / "clear.png")) == 255).all()  # transparent: white
+    assert (np.asarray(image_loading.load_image(tmp_path / "keyed.png")) == 255).all()
+    assert image_loading.load_image(tmp_path / "sideways.jpg").size == (180, 150)  # upright: taller than wide
+    with pytest.raises(image_loading.ImageInputError, match="cannot download it"):
+        image_loading.load_image("http://127.0.0.1:9/face.png")  # a closed port
+
+
+def test_16_bit_values_in_any_integer_array_are_scaled_as_16_bits():
+    deep = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    expected = np.asarray(image_loading.load_image(deep))
+    for dtype in (np.int32, np.int64, np.uint32):
+        assert np.array_equal(np.asarray(image_loading.load_image(deep.astype(dtype))), expected), dtype
+    assert np.asarray(image_loading.load_image(np.full((4, 4), 200, np.int32))).max() == 200  # 8-bit values stay
