@@ -79,6 +79,60 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+STAMP_WEIGHTS, STAMP_QUANTIZE = "mf2_weights_sha256", "mf2_quantize"
+"""The metadata an export carries: the float32 weights it was made from, and its quantization ("none", "int8")."""
+
+
+def _stamp(path: Path, values: dict[str, str]) -> None:
+    """Set `values` in the ONNX file's metadata (`metadata_props`), keeping the other entries."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    kept = {entry.key: entry.value for entry in graph.metadata_props if entry.key not in values}
+    del graph.metadata_props[:]
+    for key, value in {**kept, **values}.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+def stamp_of_file(path: Path) -> dict[str, str]:
+    """The mf2 metadata of an ONNX file (empty when it has none)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return {entry.key: entry.value for entry in graph.metadata_props if entry.key in (STAMP_WEIGHTS, STAMP_QUANTIZE)}
+
+
+def stamp_of(session: Any) -> dict[str, str]:
+    """The mf2 metadata of an onnxruntime session's graph (empty for an export made before mf2 wrote it)."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    return {key: metadata[key] for key in (STAMP_WEIGHTS, STAMP_QUANTIZE) if key in metadata}
+
+
+def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) -> None:
+    """Refuse an ONNX file made from other weights than `model`'s, or quantized otherwise than asked: the pipeline would
+    read every face with another network under this model's labels and thresholds, in silence.
+
+    Raises:
+        ValueError: one line naming the file and the fix.
+    """
+    stamp = stamp_of(runner.session)
+    if not stamp:
+        return  # an export of an mf2 that did not stamp its files: nothing to compare
+    if stamp.get(STAMP_WEIGHTS) != weights_fingerprint(_float32_cpu(model)):
+        raise ValueError(
+            f"{runner.path} was exported from other weights than this model's; export this model "
+            "(`mf2 export --model MODEL --output FILE`) or run without a given ONNX file"
+        )
+    wanted = quantize or "none"
+    if stamp.get(STAMP_QUANTIZE, wanted) != wanted:
+        raise ValueError(
+            f"{runner.path} holds a {stamp[STAMP_QUANTIZE].replace('none', 'float32')} graph, and "
+            f"{'int8' if quantize else 'float32'} was asked for; give the matching export, or leave the file out"
+        )
+
+
 def _float32_cpu(model: nn.Module) -> nn.Module:
     """The model itself when it is float32 on the CPU, else a float32 CPU copy (the graph is float32)."""
     parameter = next(model.parameters())
@@ -132,6 +186,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
+            _stamp(partial, {STAMP_WEIGHTS: weights_fingerprint(source), STAMP_QUANTIZE: "none"})
     finally:
         source.train(was_training)
     return path
@@ -168,6 +223,7 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
                 per_channel=True,
                 weight_type=QuantType.QInt8,
             )
+            _stamp(partial, {**stamp_of_file(Path(source)), STAMP_QUANTIZE: "int8"})
     finally:
         logger.setLevel(level)
     return path
@@ -337,7 +393,10 @@ def onnx_runner(
     """The onnxruntime runner of `model` (`quantize="int8"`: of its int8 version): the graph at `path`, else the
     weights-keyed cache (written on first use)."""
     require_onnxruntime()  # before a (slow) export that could not run
-    return ONNXRecognitionModel(ensure_onnx(model, image_size, path, quantize), providers=providers_for(device))
+    runner = ONNXRecognitionModel(ensure_onnx(model, image_size, path, quantize), providers=providers_for(device))
+    if path is not None:  # the cache's files are named by these weights already
+        check_export_matches(runner, model, quantize)
+    return runner
 
 
 __all__ = [
@@ -350,6 +409,7 @@ __all__ = [
     "ONNXRecognitionOutput",
     "build_parser",
     "cached_onnx_path",
+    "check_export_matches",
     "check_quantize",
     "ensure_onnx",
     "export_onnx",

@@ -175,6 +175,27 @@ def test_mf2_export_of_a_folder_that_is_not_a_model_is_one_line(tmp_path, capsys
     assert missing.startswith(f"mf2 export: --model {tmp_path / 'nowhere'}: no such folder")
 
 
+def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(home, tmp_path):
+    """Another checkpoint's export would read every face with another network under this model's labels and
+    thresholds; a float32 file given for `quantize="int8"` would drop the quantization: both are refused."""
+    from test_pipeline_mf2 import save_tiny_checkpoint
+
+    first, second = (save_tiny_checkpoint(tmp_path / f"model-{seed}", seed=seed) for seed in (0, 1))
+    first_pipe = pipeline("facial-state", model=str(first), device="cpu", runtime="onnx")
+    assert onnx_export.stamp_of(first_pipe.onnx_model.session)[onnx_export.STAMP_QUANTIZE] == "none"
+    exported = first_pipe.onnx_model.path
+    with pytest.raises(ValueError, match="exported from other weights than this model's"):
+        pipeline("facial-state", model=str(second), device="cpu", runtime="onnx", onnx_path=str(exported))
+    with pytest.raises(ValueError, match="holds a float32 graph, and int8 was asked for"):
+        pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(exported), quantize="int8")
+    int8 = pipeline("facial-state", model=str(first), runtime="onnx", quantize="int8").onnx_model
+    assert onnx_export.stamp_of(int8.session) == {
+        onnx_export.STAMP_WEIGHTS: onnx_export.stamp_of(first_pipe.onnx_model.session)[onnx_export.STAMP_WEIGHTS],
+        onnx_export.STAMP_QUANTIZE: "int8",
+    }
+    pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(int8.path), quantize="int8")  # its own
+
+
 def test_roi_align_tokens_exports_exactly(tmp_path):
     """The AU boxes' RoIAlign (grid_sample) through ONNX GridSample equals PyTorch's, boxes past the border included."""
     generator = torch.Generator().manual_seed(0)
