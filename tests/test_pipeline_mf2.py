@@ -261,6 +261,18 @@ def test_save_pretrained_keeps_the_processor(pipe, tmp_path):
     assert_same_faces(pipe(astronaut()), reloaded(astronaut()), atol=0)
 
 
+def test_save_pretrained_of_a_pipeline_with_an_adapter_is_refused(checkpoint, tmp_path):
+    """Saved, the folder would hold the adapter alone and not load back (no config.json, no base weights)."""
+    from mf2.dfn import DFNConfig, get_dfn_model
+
+    base = MF2ForFacialStateRecognition.from_pretrained(checkpoint)
+    get_dfn_model(base, DFNConfig(num_layers=2, bottleneck_size=8)).save_pretrained(tmp_path / "adapter")
+    adapted = pipeline("facial-state", model=str(checkpoint), adapter=str(tmp_path / "adapter"), device="cpu")
+    with pytest.raises(ValueError, match="runs a DFN adapter, which a pipeline folder cannot hold"):
+        adapted.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+
+
 @pytest.fixture
 def processor_remote_code():
     """Export the processors' code too, as `mf2/__init__` will once the pipeline is integrated; restore afterwards."""
