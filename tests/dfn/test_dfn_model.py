@@ -163,12 +163,20 @@ def test_print_trainable_parameters(capsys):
     assert printed.startswith(f"trainable params: {trainable:,} || all params: {total:,} || trainable%:")
 
 
-def test_merge_is_refused_and_unload_returns_the_base_model():
+def test_merge_is_refused_and_unload_keeps_the_trained_heads_as_peft_does():
+    """`unload()` removes the side networks; the heads (`modules_to_save`) stay the adapter's trained copies, PEFT's
+    rule for every tuner (docs: mf2/dfn/README.md). The base model's own heads are what `disable_adapter()` runs."""
     base = build(MF2ForFacialStateRecognition)
     model = get_dfn_model(base, dfn_config())
     with pytest.raises(ValueError, match="cannot be merged"):
         model.merge_and_unload()
-    assert model.unload() is base
+    trained = model.base_model.model.heads.modules_to_save["default"]
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.5)  # as training leaves them
+    unloaded = model.unload()
+    assert unloaded is base and unloaded.heads is trained
+    assert not any("dfn_side" in name for name, _ in unloaded.named_modules())
 
 
 def test_images_without_a_caption_are_left_out_of_dfn_itc():
@@ -181,3 +189,24 @@ def test_images_without_a_caption_are_left_out_of_dfn_itc():
     with torch.no_grad():
         with_gap, without = model(**masked), model(**subset)
     assert with_gap.emo_itc.item() == pytest.approx(without.emo_itc.item(), rel=1e-5)
+
+
+def test_an_adapter_with_text_cells_runs_on_the_recogniser_to_the_same_outputs(tmp_path):
+    """Trained on MF2ForPreTraining with text cells (its default where the checkpoint has text weights), an adapter is
+    used through the recogniser (pipeline, mf2 evaluate, load_dfn_model), which has no text side and never reads them."""
+    from tiny import tiny_config
+
+    from mf2.dfn import DFNConfig, load_adapter
+
+    torch.manual_seed(0)
+    MF2ForPreTraining(tiny_config()).save_pretrained(tmp_path / "base")
+    adapted = get_dfn_model(
+        MF2ForPreTraining.from_pretrained(tmp_path / "base"),
+        DFNConfig(num_layers=2, bottleneck_size=8, init_weights=False, modalities=["image", "text"]),
+    ).eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    recogniser = load_adapter(MF2ForFacialStateRecognition.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = adapted(pixel_values=pixels), recogniser(pixel_values=pixels)
+    assert torch.equal(expected.au_logits, got.au_logits) and torch.equal(expected.emotion_logits, got.emotion_logits)
