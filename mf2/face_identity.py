@@ -36,6 +36,7 @@ This file imports only flat sibling modules, so it travels with the remote-code 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,7 @@ class FaceIdentities:
         self.same_person, self.other_person = float(same_person), float(other_person)
         self.tracks: dict[int, Track] = {}
         self.opened = 0
+        self.last_time = -math.inf  # the previous frame's time
 
     def __call__(self, time: float, boxes: Any, features: Any = None, followed_from: Any = None) -> list[int]:
         """The track number of each face of the frame at `time` (seconds), in their order.
@@ -201,9 +203,14 @@ class FaceIdentities:
         count = len(boxes)
         if features is not None:
             features = unit(np.asarray(features, np.float32).reshape(count, -1)) if count else None
-        time = float(time)
-        for number in [n for n, track in self.tracks.items() if time - track.time > self.max_gap + 1e-9]:
-            del self.tracks[number]  # gone too long: closed for good
+        time, looked = float(time), self.last_time
+        # Gone too long: missed on the last frame and unseen for more than `max_gap`, closed for good. A track seen on
+        # the last frame stays open whatever the time since: sampled frames may lie further apart than `max_gap` (a
+        # frame every 3 s), and then every track would close between frames.
+        gone = [n for n, t in self.tracks.items() if t.time < looked - 1e-9 and time - t.time > self.max_gap + 1e-9]
+        for number in gone:
+            del self.tracks[number]
+        self.last_time = time
         tracks = list(self.tracks.values())
         similarity = None
         if features is not None and tracks and all(track.feature is not None for track in tracks):

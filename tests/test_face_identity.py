@@ -59,6 +59,17 @@ def test_a_person_out_of_sight_comes_back_with_the_track_within_max_gap():
     assert identities.opened == 3 and sorted(identities.tracks) == [2, 3]
 
 
+@pytest.mark.parametrize(("spacing", "max_gap"), [(2.5, DEFAULT_MAX_GAP), (1 / FPS, 0.0)])
+def test_a_person_seen_on_every_sampled_frame_keeps_one_track_however_far_apart_the_frames(spacing, max_gap):
+    """Frames sampled further apart than `max_gap` (`--video-fps 0.4`, `--every-n-frames 100`, `--max-gap 0`): a track
+    seen on the last frame is not gone, so it is not closed before the next frame can take it up."""
+    identities = FaceIdentities(max_gap=max_gap)
+    seen = [identities(k * spacing, [box(100, 100)], [feature(1)], followed_from=[0] if k else None) for k in range(6)]
+    assert seen == [[1]] * 6
+    assert identities(6 * spacing + max_gap + 0.5, [], []) == [] and identities.tracks  # missed once: still open
+    assert identities(7 * spacing + max_gap + 1.0, [box(100, 100)], [feature(1)]) == [2]  # gone longer: a new one
+
+
 def test_without_features_a_person_comes_back_where_they_were():
     identities = FaceIdentities(max_gap=1.0)
     assert identities(0.0, [box(0, 0)]) == [1]
