@@ -34,6 +34,7 @@ from datasets.fingerprint import Hasher
 
 from ..configuration_mf2 import AU_NAMES, EMOTION_LABELS
 from .schema import (
+    MAX_AU_INTENSITY,
     MFA_FEATURES,
     NUM_AUS,
     UNKNOWN,
@@ -138,7 +139,7 @@ def _row_aus(record: Mapping) -> list[int]:
             except (TypeError, ValueError) as error:
                 raise ValueError(
                     f"column {column}: {value!r} is not a label (1 active, 0 absent, empty unknown; "
-                    "an intensity > 0 counts as active)"
+                    f"an intensity from 1 to {MAX_AU_INTENSITY} counts as active)"
                 ) from error
     return values
 

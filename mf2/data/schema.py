@@ -110,8 +110,12 @@ def au_vector(values: Sequence[int | float | str | None] | None) -> list[int]:
     return [au_value(value) for value in values]
 
 
+MAX_AU_INTENSITY = 5  # FACS intensities A-E as 1-5
+
+
 def au_value(value: int | float | str | None) -> int:
-    """One AU label as 0 / 1 / -1: `None`, NaN, `""` and negatives are unknown; any positive intensity is active."""
+    """One AU label as 0 / 1 / -1: `None`, NaN, `""` and negatives are unknown; any positive intensity (up to 5) is
+    active. Raises `ValueError` above the intensity scale (a "not coded" 9 would otherwise count as active)."""
     if value is None:
         return UNKNOWN
     if isinstance(value, str):
@@ -123,6 +127,11 @@ def au_value(value: int | float | str | None) -> int:
         return UNKNOWN
     if value < 0:
         return UNKNOWN
+    if value > MAX_AU_INTENSITY:  # 9 is "not coded" in BP4D / DISFA files, 99 a slip: neither is "active"
+        raise ValueError(
+            f"AU label {value:g} is above the intensity scale (0-{MAX_AU_INTENSITY}); write -1 or leave it empty for "
+            "an AU that is not coded"
+        )
     # Intensity-coded sources (0-5) count any positive intensity as present.
     return 1 if value > 0 else 0
 

@@ -55,3 +55,6 @@ def test_missing_images_and_unknown_emotions_are_errors(images):
     (images / "bad.csv").write_text("file_name,emotion\nfaces/img0.png,boredom\n")
     with pytest.raises(ValueError, match="boredom"):
         load_image_folder(images / "bad.csv")
+    (images / "not-coded.csv").write_text("file_name,AU12\nfaces/img0.png,9\n")
+    with pytest.raises(ValueError, match="column AU12: '9' is not a label"):
+        load_image_folder(images / "not-coded.csv")

@@ -123,6 +123,25 @@ def test_faults_retries_validation_and_cache(chat_server, tmp_path):
     again.cache.close()
 
 
+def test_a_run_with_another_model_does_not_take_the_cached_captions_of_the_first(chat_server, tmp_path):
+    """A trial with a cheap model, then the real run with another `--model` into the same cache: asked again."""
+    request = CaptionRequest(labels(["AU6", "AU12"]), 4, png_bytes(0))
+    first = make_captioner(chat_server, tmp_path / "cache.jsonl")
+    first.caption_batch([request])
+    first.cache.close()
+    asked = len(chat_server.log)
+    other = LLMCaptioner(
+        chat_server.url, "other-model", "test-key", cache=tmp_path / "cache.jsonl", show_progress=False
+    )
+    other.caption_batch([request])
+    assert len(chat_server.log) == 2 * asked and other.stats["cache_hits"] == 0
+    other.cache.close()
+    same = make_captioner(chat_server, tmp_path / "cache.jsonl")
+    same.caption_batch([request])  # the first model again: the later entries, the other model's, are not its own
+    assert same.stats["cache_hits"] == 0
+    same.cache.close()
+
+
 def test_duplicate_images_are_asked_once(chat_server):
     request = CaptionRequest(labels(["AU6", "AU12"]), 4, png_bytes(0))
     captioner = make_captioner(chat_server, None)

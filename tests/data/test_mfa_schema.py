@@ -55,4 +55,8 @@ def test_au_helpers():
     )
     with pytest.raises(ValueError):
         au_vector([0] * 11)
+    assert au_vector([5] + [0] * 11)[0] == 1  # the top of the intensity scale (E)
+    for not_coded in (9, "9", 99.0):  # BP4D / DISFA's "not coded", or a slip: not an active AU
+        with pytest.raises(ValueError, match="above the intensity scale"):
+            au_vector([not_coded] + [0] * 11)
     assert active_aus([1] + [0] * 10 + [1]) == [AU_NAMES[0], AU_NAMES[-1]]

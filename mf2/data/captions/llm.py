@@ -306,8 +306,8 @@ class LLMCaptioner:
 
     def _cached(self, task: _Task) -> Verdict | None:
         record = self.cache.get(task.key)
-        if record is None:
-            return None
+        if record is None or record.get("model", self.model) != self.model:
+            return None  # another model's caption is not this model's: a run with a new --model asks again
         # Re-check on reuse: a cache written by an older, laxer validator must not leak bad captions.
         verdict = validate_reply(task.caption_type, record.get("reply", ""), task.request.au, task.request.emotion)
         return verdict if verdict.ok else None
