@@ -68,6 +68,13 @@ class DataSpec:
         spec = cls(source=source, path=path, **values)
         if spec.no_face is not None and spec.no_face not in (*NO_FACE_CHOICES, *DEPRECATED_NO_FACE):
             raise DataError(f"data spec {text!r}: no_face must be one of {NO_FACE_CHOICES}.")
+        if spec.max_samples is not None and spec.max_samples < 1:
+            raise DataError(f"data spec {text!r}: max_samples must be 1 or more, got {spec.max_samples}.")
+        if spec.split is not None and spec.source != "mfa":
+            raise DataError(
+                f"data spec {text!r}: split= picks a split of an mfa dataset; give {spec.source} the split's own "
+                "file (train.parquet, valid.parquet, ...)."
+            )
         return spec
 
     def backend(self, default: str) -> str:
@@ -89,16 +96,54 @@ def load_source(spec: DataSpec, cache_dir: str | None = None) -> Dataset:
     elif spec.source == "ckplus":
         dataset = load_ckplus(spec.path, cache_dir=cache_dir)
     else:
-        dataset = load_mfa(spec.path, cache_dir=cache_dir)
-        if isinstance(dataset, DatasetDict):
-            if spec.split is None:
-                if len(dataset) != 1:
-                    raise ValueError(f"{spec.path} holds splits {list(dataset)}; add ',split=NAME' to the spec.")
-                spec.split = next(iter(dataset))
-            dataset = dataset[spec.split]
+        try:
+            dataset = load_mfa(spec.path, cache_dir=cache_dir)
+        except ValueError as error:  # not the MFA schema (missing columns, a label out of range)
+            raise DataError(f"{spec.path}: {' '.join(str(error).split())}") from error
+        dataset = _split(dataset, spec)
+        _check_au_labels(dataset, spec)
     if spec.max_samples is not None and spec.max_samples < len(dataset):
         dataset = dataset.select(stratified_indices(dataset["emotion"], spec.max_samples, seed=spec.seed))
     return dataset
+
+
+def _split(dataset: Dataset | DatasetDict, spec: DataSpec) -> Dataset:
+    """The split of an mfa dataset that `spec` names (the only one where it names none)."""
+    if not isinstance(dataset, DatasetDict):
+        if spec.split is not None:
+            raise DataError(f"{spec.path} holds one dataset, with no splits; drop split={spec.split}.")
+        return dataset
+    if spec.split is None:
+        if len(dataset) != 1:
+            raise DataError(f"{spec.path} holds splits {list(dataset)}; add ',split=NAME' to the spec.")
+        spec.split = next(iter(dataset))
+    if spec.split not in dataset:
+        raise DataError(f"{spec.path} has no split {spec.split!r}; its splits: {list(dataset)}.")
+    return dataset[spec.split]
+
+
+def _check_au_labels(dataset: Dataset, spec: DataSpec) -> None:
+    """AU labels are -1 (unknown), 0 or 1 in the MFA schema; an intensity there would fail the first training step."""
+    values = np.unique(np.asarray(dataset["au"], dtype=np.int64)) if len(dataset) else np.array([], np.int64)
+    odd = [int(value) for value in values if value not in (-1, 0, 1)]
+    if odd:
+        raise DataError(
+            f"{spec.path}: AU labels must be -1 (unknown), 0 or 1 in the MFA schema, found {odd}; map intensities to "
+            "1 (mf2.data.au_vector does) and 'not coded' to -1"
+        )
+
+
+def _quietly_loaded(spec: DataSpec) -> Dataset:
+    """`load_source` without the `datasets` bars (a check: a refusal must stay one line)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    shown = not are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        return load_source(spec)
+    finally:
+        if shown:
+            enable_progress_bars()
 
 
 def check_data_specs(specs: Sequence[str | DataSpec], option: str = "--train_data") -> list[DataSpec]:
@@ -129,8 +174,12 @@ def check_data_specs(specs: Sequence[str | DataSpec], option: str = "--train_dat
                         "file_name,emotion,AU1,...,AU26 (empty = unknown; see docs/finetuning.md); or give a Parquet "
                         "or `save_to_disk` dataset"
                     )
+            if spec.source in ("ferplus", "ckplus") and not path.is_file():
+                raise DataError(f"{path} is a folder; give {spec.source} its .parquet file (e.g. {path}/train.parquet)")
             if labels is not None:  # the labels read, every listed image there (none opened), a known label
                 check_labelled(load_image_folder(labels), labels)
+            elif spec.source == "mfa":  # a Parquet or `save_to_disk` dataset: its schema, split and labels
+                _quietly_loaded(DataSpec(**{**vars(spec), "max_samples": None}))
         except DataError as error:
             raise type(error)(f"{option} {item if isinstance(item, str) else item.name}: {error}") from error
         parsed.append(spec)

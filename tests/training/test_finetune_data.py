@@ -101,6 +101,43 @@ def test_a_bad_folder_or_spec_is_one_line_with_exit_status_2(faces, spec, messag
     assert len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.fixture
+def parquets(faces):
+    """MFA datasets as `mf2 caption` and users write them: two splits in one folder, one file, one with intensities."""
+    from datasets import Dataset
+    from training_testing import synthetic_rows
+
+    from mf2.data import MFA_FEATURES
+
+    rows = synthetic_rows(4)
+    (faces.parent / "two").mkdir()
+    for split in ("train", "validation"):
+        Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "two" / f"{split}.parquet"))
+    Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "one.parquet"))
+    rows["au"] = [[0, 3, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0]] * 4
+    Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "intensities.parquet"))
+    (faces.parent / "ferplus").mkdir()
+    return faces.parent
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("mfa:two", "two holds splits ['train', 'validation']; add ',split=NAME' to the spec"),
+        ("mfa:two,split=valid", "two has no split 'valid'; its splits: ['train', 'validation']"),
+        ("mfa:one.parquet,split=validation", "one.parquet holds one dataset, with no splits; drop split=validation"),
+        ("mfa:intensities.parquet", "AU labels must be -1 (unknown), 0 or 1 in the MFA schema, found [3, 5]"),
+        ("mfa:one.parquet,max_samples=0", "max_samples must be 1 or more, got 0"),
+        ("ferplus:one.parquet,split=valid", "split= picks a split of an mfa dataset"),
+        ("ferplus:ferplus", "ferplus is a folder; give ferplus its .parquet file"),
+    ],
+)
+def test_a_dataset_file_that_cannot_train_is_one_line_before_the_model_loads(parquets, spec, message, capsys):
+    assert main(finetune(spec)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
 def test_evaluate_checks_its_data_too(faces, capsys):
     (faces / "labels.csv").write_text("file_name,emotion\nnope.png,happiness\n")
     argv = ["evaluate", "--model_name_or_path", "mf2-base", "--eval_data", "mfa:my_faces", "--output_dir", "out"]
