@@ -476,3 +476,25 @@ def test_summary_and_plot_need_a_video(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
     assert cli_main(["analyze", str(tmp_path / "photo.png"), "--summary", str(tmp_path / "s.csv")]) == 2
     assert "none of the inputs is a video" in capsys.readouterr().err
+
+
+def test_a_timeline_of_unevenly_sampled_frames_has_no_false_gaps_and_shows_a_missed_one():
+    """--video-fps 10 on a 25 fps video keeps frames 0.08 s and 0.12 s apart: every sighting's bar must reach the
+    next one; a frame where the face was not seen must still show as a gap."""
+    from mf2.cli.track_report import VideoTracks, _bar_ends
+
+    times = [round(k * 0.1 / 0.04) * 0.04 for k in range(100)]  # the first 25-fps frame at or after each 1/10 s
+    tracks = VideoTracks(["AU1"], ["neutral"])
+    for index, time in enumerate(times):
+        face = {
+            "track": 1,
+            "action_units": {"AU1": 0.9},
+            "active_action_units": ["AU1"],
+            "emotion": {"label": "neutral", "score": 1.0},
+        }
+        tracks.add(time, [] if index == 50 else [face])  # missed on one frame
+    bins, _, _ = tracks.tracks[1].timeline.bins()
+    ends = _bar_ends(bins, tracks.step)
+    touching = [ends[k] >= bins[k + 1, 0] - 1e-9 for k in range(len(bins) - 1)]
+    assert touching.count(False) == 1 and bins[touching.index(False), 1] == times[49]
+    tracks.image(1, "uneven", [0.5])  # and it draws

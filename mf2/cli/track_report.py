@@ -234,6 +234,18 @@ def _clock(seconds: float, step: float) -> str:
     return f"{seconds:.1f} s" if step < 1 else f"{seconds:.0f} s"
 
 
+def _bar_ends(times: np.ndarray, step: float) -> list[float]:
+    """Where each bin's bar ends: at the next bin's start when less than two frames (`step`, the shortest spacing)
+    lie between them, so that sampled frames touch however unevenly `--video-fps` spaces them (0.08 s and 0.12 s
+    apart at 10 of 25 frames a second); else one frame after its last sighting, so that a missed frame shows."""
+    ends = [end + step for _, end in times]
+    for index in range(len(times) - 1):
+        following = times[index + 1, 0]
+        if following - times[index, 1] < 1.9 * step:
+            ends[index] = max(ends[index], following)
+    return ends
+
+
 def timeline_image(
     stats: TrackStats,
     title: str,
@@ -261,10 +273,9 @@ def timeline_image(
     labels = [au_label(name) for name in names]
     canvas = _Canvas.for_track(stats, labels, step, width)
     canvas.heading(stats, title)
-    # A bin spans its sightings and one frame after the last: consecutive frames touch, a gap shows as one.
     columns = [
-        (math.floor(canvas.x_of(start)), max(math.ceil(canvas.x_of(end + step)) - 1, math.floor(canvas.x_of(start))))
-        for start, end in times
+        (math.floor(canvas.x_of(start)), max(math.ceil(canvas.x_of(until)) - 1, math.floor(canvas.x_of(start))))
+        for (start, _), until in zip(times, _bar_ends(times, step))
     ]
     y = canvas.au_rows(stats, labels, thresholds, columns, probabilities)
     y = canvas.emotion_strip(stats, columns, emotions, y)
