@@ -382,7 +382,6 @@ class FacialStatePipeline(VideoMixin, Pipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any):
         """Save the model, the processor(s) and, when the task is registered (`import mf2`), this pipeline's code.
-        A pipeline that runs a DFN `adapter` is refused (`ValueError`): save the base and the adapter folder apart.
 
         Two departures from `Pipeline.save_pretrained`:
 
@@ -398,8 +397,7 @@ class FacialStatePipeline(VideoMixin, Pipeline):
         if hasattr(self.model, "peft_config"):  # saved, the folder would hold the adapter alone, and not load back
             raise ValueError(
                 "This pipeline runs a DFN adapter, which a pipeline folder cannot hold: save the base model's pipeline "
-                "(built without adapter=) and keep the adapter folder beside it, or publish both with "
-                "`mf2 push --model_dir BASE --adapter_dir ADAPTER`."
+                "(built without adapter=) and keep the adapter folder beside it, or publish both with `mf2 push`."
             )
         registered = [
             info for info in getattr(type(self), "_registered_impl", {}).values() if info["impl"] is type(self)

@@ -407,9 +407,7 @@ def resolve_dfn_config(config: DFNConfig, model: MF2RecognitionPreTrainedModel) 
     text_loaded = has_text and checkpoint_has_text_weights(getattr(model, "name_or_path", None)) is not False
     if config.modalities is None:
         config.modalities = ["image", "text"] if text_loaded else ["image"]
-    if "text" in config.modalities and not has_text and config.inference_mode:
-        # Recognition never reads the text cells (they adapt the captions' path for ITC): an adapter trained with them
-        # on MF2ForPreTraining runs on the recogniser without them, to the same outputs.
+    if "text" in config.modalities and not has_text and config.inference_mode:  # recognition never reads text cells
         config.modalities = [modality for modality in config.modalities if modality != "text"]
     if "text" in config.modalities and not has_text:
         raise ValueError(
