@@ -70,10 +70,13 @@ class _RecognitionGraph(nn.Module):
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes, values): the export cache key."""
+    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes, values) as the float32 graph holds them:
+    the export cache key. Floating tensors are read as float32 one at a time, so a float16 model and its float32 copy
+    share one export and checking a stamp never copies the whole model."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = tensor.detach().cpu()
+        tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
@@ -120,7 +123,7 @@ def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) ->
     stamp = stamp_of(runner.session)
     if not stamp:
         return  # an export of an mf2 that did not stamp its files: nothing to compare
-    if stamp.get(STAMP_WEIGHTS) != weights_fingerprint(_float32_cpu(model)):
+    if stamp.get(STAMP_WEIGHTS) != weights_fingerprint(model):
         raise ValueError(
             f"{runner.path} was exported from other weights than this model's; export this model "
             "(`mf2 export --model MODEL --output FILE`) or run without a given ONNX file"

@@ -196,6 +196,24 @@ def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(hom
     pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(int8.path), quantize="int8")  # its own
 
 
+def test_fingerprint_reads_the_weights_as_the_float32_graph_holds_them():
+    """A float16 model's export is the graph of its float32 copy: one fingerprint for both (so checking a stamp needs
+    no copy of the model), and any changed weight changes it."""
+    import copy
+
+    from tiny import tiny_config
+
+    from mf2.modeling_mf2 import MF2ForFacialStateRecognition
+
+    torch.manual_seed(0)
+    half = MF2ForFacialStateRecognition(tiny_config()).eval().half()
+    widened = copy.deepcopy(half).float()
+    assert onnx_export.weights_fingerprint(half) == onnx_export.weights_fingerprint(widened)
+    with torch.no_grad():
+        next(widened.parameters()).add_(1.0)
+    assert onnx_export.weights_fingerprint(half) != onnx_export.weights_fingerprint(widened)
+
+
 def test_roi_align_tokens_exports_exactly(tmp_path):
     """The AU boxes' RoIAlign (grid_sample) through ONNX GridSample equals PyTorch's, boxes past the border included."""
     generator = torch.Generator().manual_seed(0)
