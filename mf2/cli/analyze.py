@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
-    files, names = _checked_inputs(args)
+    files, names, stems = _checked_inputs(args)
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
     if fmt == "csv" and args.landmarks:  # refused, not dropped: a user who asked for them would not find them
         raise UsageError("--landmarks: CSV has one column per value and no room for 68 points; write JSON lines")
@@ -179,7 +179,6 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
     elif args.output != "-" and processes.rank == 0:
         forget_settings(Path(args.output))  # the output is replaced: its kept options go with it
-    stems = video_stems(files)  # over every input, before a share or a resume: the same PNG names every run
     if sharded:  # each process's share into its part, merged by process 0
         names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(
@@ -206,9 +205,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     return 1 if counts["errors"] else 0
 
 
-def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str, str] | None]:
-    """The input files, and with `--annotate` their PNG names, once everything the command line alone can tell is
-    checked: before the (slow) model loading."""
+def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str, str] | None, dict[str, str]]:
+    """The input files, with `--annotate` their images' PNG names, and their videos' PNG stems, once everything the
+    command line alone can tell is checked: before the (slow) model loading."""
     check_device(args.device)
     if args.model is not None:
         check_model(args.model)
@@ -220,9 +219,11 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str
         raise UsageError(str(error)) from error
     check_reports(args, files)
     # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
+    # over every input, before a share or a resume: the same PNG names every run
     names = annotation_names(files) if args.annotate is not None else None
-    check_outputs(args, files, names or {})
-    return files, names
+    stems = video_stems(files)
+    check_outputs(args, files, names or {}, stems)
+    return files, names, stems
 
 
 def _check_sharding(args: argparse.Namespace, sharded: bool) -> None:

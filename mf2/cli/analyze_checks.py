@@ -185,13 +185,15 @@ def _within(path: Path, folders: dict[tuple[int, int], str], deep: bool) -> str 
     return None
 
 
-def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict[str, str]) -> None:
+def check_outputs(
+    args: argparse.Namespace, files: list[Path | str], names: dict[str, str], stems: dict[str, str]
+) -> None:
     """Outputs never touch inputs. Raise `OutputClashError` for an `--output` or `--summary` that is an input file,
     or an image or video name inside an input folder (a later run would read it as an input), or a `--summary` that
     is the `--output`; for an `--annotate` or `--plot` folder that is an input folder or inside one, or that holds an
     input file; and for a file `--annotate` or `--plot` would replace that is not a PNG mf2 analyze wrote. `files`
     are the expanded inputs (URLs are `str`), `args.paths` as given, `names` the images' annotation PNG names
-    (`mf2.cli.analyze_shards.annotation_names`)."""
+    (`mf2.cli.analyze_shards.annotation_names`), `stems` the videos' PNG stems (`video_stems`)."""
     from ..video import VIDEO_EXTENSIONS
     from .analyze_inputs import IMAGE_EXTENSIONS
 
@@ -230,7 +232,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
         if _key(annotate) is not None:  # an existing folder: what it would overwrite is checked
             for name in names.values():
                 check_annotation_target(annotate, name)
-            for stem in video_stems(files).values():
+            for stem in stems.values():
                 frame = re.compile(re.escape(stem) + r"_frame\d{6}\.png")
                 for existing in sorted(annotate.glob(glob.escape(stem) + "_frame*.png")):
                     if frame.fullmatch(existing.name):
@@ -239,7 +241,7 @@ def check_outputs(args: argparse.Namespace, files: list[Path | str], names: dict
         plot = Path(args.plot)
         _check_png_folder("--plot", plot, folders, local)
         if _key(plot) is not None:
-            for stem in video_stems(files).values():
+            for stem in stems.values():
                 timeline = re.compile(re.escape(stem) + r"_track\d+\.png")
                 for existing in sorted(plot.glob(glob.escape(stem) + "_track*.png")):
                     if timeline.fullmatch(existing.name):

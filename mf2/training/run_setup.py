@@ -27,6 +27,10 @@ TRAINING_DATA_FILE = "training_data.json"
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FOLDER = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+"""A `Trainer` checkpoint's folder name, its step in group 1."""
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest `checkpoint-N` folder that was written to the end, or None.
 
@@ -36,10 +40,9 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
     found = []
     for path in folder.iterdir():
-        match = pattern.match(path.name)
+        match = CHECKPOINT_FOLDER.match(path.name)
         if match and path.is_dir() and (path / TRAINER_STATE_NAME).is_file():
             found.append((int(match.group(1)), path))
     if not found:
@@ -54,7 +57,7 @@ RUN_FILES = (
     *("thresholds.json", "train_results.json", "eval_results.json", "base_eval_results.json", "all_results.json"),
     *("cv_results.json", "cv_predictions.jsonl", "eval_predictions.jsonl", TRAINER_STATE_NAME),
 )
-RUN_FOLDERS = re.compile(rf"^({PREFIX_CHECKPOINT_DIR}|fold)-\d+$")
+FOLD_FOLDER = re.compile(r"^fold-\d+$")  # `mf2 finetune --cv_folds`: one finished fold each
 
 
 class EarlierRunError(ValueError):
@@ -74,7 +77,11 @@ def earlier_run_files(output_dir: str | os.PathLike) -> list[str]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    return sorted(path.name for path in folder.iterdir() if path.name in RUN_FILES or RUN_FOLDERS.match(path.name))
+    return sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.name in RUN_FILES or CHECKPOINT_FOLDER.match(path.name) or FOLD_FOLDER.match(path.name)
+    )
 
 
 def prepare_output_dir(prog: str, script_args: MF2ScriptArguments, training_args: Any) -> None:
