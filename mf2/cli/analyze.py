@@ -82,7 +82,7 @@ from .analyze_checks import (
 from .analyze_inputs import InputPath, expand_paths
 from .analyze_parser import build_parser
 from .analyze_records import RecordWriter
-from .analyze_resume import check_resumed_run, forget_settings, record_settings
+from .analyze_resume import check_resumed_run, forget_run, record_settings
 from .analyze_run import AnalyzeRun, open_output
 from .analyze_shards import annotation_names, device_for, launched, run_sharded
 
@@ -178,7 +178,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if args.resume:
         check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
     elif args.output != "-" and processes.rank == 0:
-        forget_settings(Path(args.output))  # the output is replaced: its kept options go with it
+        forget_run(Path(args.output))  # the output is replaced: its kept options and parts go with it
     if sharded:  # each process's share into its part, merged by process 0
         names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
         done, counts = run_sharded(

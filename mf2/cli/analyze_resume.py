@@ -77,12 +77,14 @@ def check_resumed_run(output: Path, fmt: str, identity: dict[str, Any], settings
             pass  # its folder cannot hold files: writing the output fails next, in the run's own one line
 
 
-def forget_settings(output: Path) -> None:
-    """Remove the kept options of an output that a run without `--resume` replaces (where there are any: an output
-    that cannot be written is the run's own one-line error)."""
-    path = settings_path(output)
-    if path.is_file():
-        path.unlink()
+def forget_run(output: Path) -> None:
+    """Remove what an earlier run kept beside an output that a run without `--resume` replaces: its options and the
+    part files of a killed `--resume` or multi-process run, which a later `--resume` would otherwise fold in as done
+    inputs, read with options nothing vouches for any more. (An output that cannot be written is the run's own
+    one-line error.)"""
+    for path in [settings_path(output), *part_paths(output)]:
+        if path.is_file():
+            path.unlink()
 
 
 def _check_model(output: Path, fmt: str, identity: dict[str, Any]) -> bool:
@@ -133,4 +135,4 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["RECORD_OPTIONS", "check_resumed_run", "forget_settings", "record_settings", "settings_path"]
+__all__ = ["RECORD_OPTIONS", "check_resumed_run", "forget_run", "record_settings", "settings_path"]

@@ -11,6 +11,7 @@ from test_pipeline_mf2 import save_tiny_checkpoint
 from mf2.cli import main as cli_main
 from mf2.cli.analyze_parser import build_parser
 from mf2.cli.analyze_resume import OTHER_OPTIONS, RECORD_OPTIONS, settings_path
+from mf2.cli.analyze_shards import part_path, part_paths
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -60,6 +61,22 @@ def test_an_output_begun_without_resume_is_not_vouched_for(checkpoint, images, t
     assert analyze(images, checkpoint, output, "--threshold", "0.3") == 0
     assert analyze(images, checkpoint, output, "--resume") == 0
     assert not settings_path(output).exists()
+
+
+def test_a_run_without_resume_drops_the_parts_of_a_killed_run(checkpoint, images, tmp_path, capsys):
+    """A `--resume` run killed before its merge leaves a part file. A run without `--resume` replaces the output and
+    forgets its options; it drops the part too, or a later `--resume` would fold in the killed run's records, read
+    with options nothing vouches for any more, as done inputs."""
+    output = tmp_path / "out.jsonl"
+    shutil.copy(EXAMPLES / "two_faces.png", images / "b.png")
+    assert analyze(images, checkpoint, output, "--resume", "--threshold", "0.99") == 0
+    part_path(output, 0).write_text(output.read_text())  # as the killed run left it: its records in its part
+    output.unlink()
+    assert analyze(images / "a.png", checkpoint, output) == 0
+    assert part_paths(output) == []
+    capsys.readouterr()
+    assert analyze(images, checkpoint, output, "--resume") == 0
+    assert "1 file(s) analysed by 1 process(es), 1 already in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
