@@ -161,7 +161,10 @@ def read_lines(path: Path, fmt: str) -> tuple[list[str] | None, list[Line]]:
 
 
 def _json_lines(text: str) -> Iterable[Line]:
-    for line in text.splitlines(keepends=True):
+    # Records end at "\n" alone: `str.splitlines` also breaks at U+2028, U+2029 and U+0085, which a file name may hold
+    # and JSON writes raw (ensure_ascii=False), and would drop that input's record as two damaged halves.
+    for line in text.split("\n")[:-1]:
+        line += "\n"
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

@@ -598,6 +598,22 @@ def test_file_names_of_any_bytes_are_carried_and_resumed(checkpoint, tmp_path, c
     assert resumed.read_bytes() == data
 
 
+def test_a_name_holding_a_unicode_line_separator_keeps_its_record(checkpoint, tmp_path):
+    """JSON writes U+2028, U+2029 and U+0085 raw; `--resume` merges the records on "\\n" alone, so such a name's
+    record is neither split into two damaged halves nor dropped."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["a.png", "b\u2028c.png", "d\u0085e.png", "f.png"]
+    for name in names:
+        shutil.copy(EXAMPLES / "astronaut.png", folder / name)
+    output = tmp_path / "out.jsonl"
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "--no-progress", "-o", str(output), "--resume"]
+    assert cli_main(argv) == 0
+    assert [Path(record["path"]).name for record in read_jsonl(output)] == names
+    assert cli_main(argv) == 0  # resumed: every input recognised as done, nothing analysed twice
+    assert [Path(record["path"]).name for record in read_jsonl(output)] == names
+
+
 def _failing_write(monkeypatch, failure: BaseException, at: int):
     """`os.write` into the records' file that writes half of the `at`-th input's records, then raises `failure`."""
     from mf2.cli import analyze_records as records

@@ -176,6 +176,18 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     assert [line["key"] for line in lines] == ["a", "c"]
 
 
+def test_a_caption_holding_a_unicode_line_separator_is_kept(tmp_path):
+    """JSON writes U+2028 and U+0085 raw: the cache reads its entries at "\\n" alone, so a reply holding one is not
+    dropped as two damaged halves (and paid for again)."""
+    path = tmp_path / "cache.jsonl"
+    reply = "brows raised\u2028mouth open\u0085lips parted"
+    with CaptionCache(path) as cache:
+        cache.put("a", {"reply": reply})
+        cache.put("b", {"reply": "x"})
+    with CaptionCache(path) as cache:
+        assert cache.keys() == ["a", "b"] and cache.get("a")["reply"] == reply and cache.skipped_lines == 0
+
+
 def test_other_emotion_prompt_asks_for_the_label_word(chat_server):
     request = CaptionRequest(labels(["AU12"]), EMOTION_LABELS.index("other"), png_bytes(3))
     make_captioner(chat_server, None).caption_batch([request])

@@ -54,7 +54,8 @@ class CaptionCache:
                 handle.truncate(end)
             data = data[:end]
             self.skipped_lines += 1
-        for line in data.decode("utf-8", errors="replace").splitlines():
+        # Entries end at "\n" alone: a caption may hold U+2028, U+2029 or U+0085, at which `str.splitlines` breaks.
+        for line in data.decode("utf-8", errors="replace").split("\n"):
             if not line.strip():
                 continue
             try:
