@@ -31,7 +31,7 @@ from typing import TextIO
 from ..local_files import written_aside
 from ..video import is_video
 from .analyze_checks import AnalyzeError
-from .analyze_inputs import InputPath
+from .analyze_inputs import InputPath, is_url
 from .analyze_records import OUTPUT_ERRORS, annotation_name
 
 Line = tuple[str, str]
@@ -231,19 +231,28 @@ def _number(value) -> int | None:
         return None
 
 
+def input_key(path: InputPath | str) -> str:
+    """What names one input across runs: a URL as written, a local file by its real path, so that `--resume` knows
+    `imgs/a.png` from `./imgs/a.png` or `/home/me/imgs/a.png` (each record keeps the spelling it was given)."""
+    name = str(path)
+    return name if is_url(name) else os.path.realpath(name)
+
+
 def ordered(lines: list[Line], files: list[InputPath]) -> list[Line]:
-    """Records grouped by input in the order of `files` (each input's records keep their order; records of inputs
-    not among `files`, from an earlier run, come last), each input's records once: the first copy found wins."""
-    position = {}
+    """Records grouped by input (`input_key`) in the order of `files` (each input's records keep their order; records
+    of inputs not among `files`, from an earlier run, come last), each input's records once: the first copy found
+    wins."""
+    position: dict[str, int] = {}
     for index, path in enumerate(files):
-        position.setdefault(str(path), index)
-    groups: dict[str, list[str]] = {}
+        position.setdefault(input_key(path), index)
+    groups: dict[str, list[Line]] = {}
     owner: dict[str, int] = {}  # which source (output or part) gave an input's records: copies from others are dropped
-    for source, (path, text) in lines:
-        if owner.setdefault(path, source) == source:
-            groups.setdefault(path, []).append(text)
-    keys = sorted(groups, key=lambda path: position.get(path, len(files)))
-    return [(path, text) for path in keys for text in groups[path]]
+    for source, line in lines:
+        key = input_key(line[0])
+        if owner.setdefault(key, source) == source:
+            groups.setdefault(key, []).append(line)
+    keys = sorted(groups, key=lambda key: position.get(key, len(files)))
+    return [line for key in keys for line in groups[key]]
 
 
 def write_atomically(output: Path, header: list[str] | None, lines: list[Line]) -> None:
@@ -281,17 +290,19 @@ def merge(output: Path, fmt: str, files: list[InputPath], interrupted: bool) -> 
         part.unlink(missing_ok=True)
 
 
-def done_paths(output: Path, fmt: str) -> set[str]:
-    """The inputs that already have their records in `output`."""
-    return {path for path, _ in read_lines(output, fmt)[1]}
+def done_inputs(output: Path, fmt: str) -> set[str]:
+    """The inputs (`input_key`) that already have their records in `output`."""
+    return {input_key(path) for path, _ in read_lines(output, fmt)[1]}
 
 
 def shard(files: list[InputPath], done: set[str], processes: Processes) -> tuple[list[InputPath], list[InputPath]]:
-    """(the inputs still to analyse, in order and each once; this process's share of them: every N-th)."""
+    """(the inputs still to analyse, in order and each once; this process's share of them: every N-th). `done` holds
+    `input_key`s."""
     todo, seen = [], set(done)
     for path in files:
-        if str(path) not in seen:
-            seen.add(str(path))
+        key = input_key(path)
+        if key not in seen:
+            seen.add(key)
             todo.append(path)
     return todo, todo[processes.rank :: processes.world_size]
 
@@ -332,7 +343,7 @@ def run_sharded(
     start(processes)
     try:
         _share_failure(processes, prepare)  # then every process reads the same output: the same inputs to do
-        todo, share = shard(files, done_paths(output, fmt) if resume else set(), processes)
+        todo, share = shard(files, done_inputs(output, fmt) if resume else set(), processes)
         counts = _share_failure(processes, analyse_share)
         if processes.rank != 0:
             return None, counts

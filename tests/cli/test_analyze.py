@@ -614,6 +614,23 @@ def test_a_name_holding_a_unicode_line_separator_keeps_its_record(checkpoint, tm
     assert [Path(record["path"]).name for record in read_jsonl(output)] == names
 
 
+def test_resume_knows_an_input_however_it_is_spelled(checkpoint, tmp_path, monkeypatch, capsys):
+    """An input done as `in/a.png` is done when the folder is given by its absolute path: not analysed again, its
+    record not written twice; each record keeps the spelling it was given."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(EXAMPLES / "astronaut.png", folder / name)
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "out.jsonl"
+    options = ["--model", str(checkpoint), "--no-progress", "-o", str(output), "--resume"]
+    assert cli_main(["analyze", "in/a.png", *options]) == 0
+    capsys.readouterr()
+    assert cli_main(["analyze", str(folder), *options]) == 0
+    assert "1 file(s) analysed by 1 process(es), 1 already in" in capsys.readouterr().err
+    assert [record["path"] for record in read_jsonl(output)] == ["in/a.png", str(folder / "b.png")]
+
+
 def _failing_write(monkeypatch, failure: BaseException, at: int):
     """`os.write` into the records' file that writes half of the `at`-th input's records, then raises `failure`."""
     from mf2.cli import analyze_records as records
