@@ -180,7 +180,9 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     elif args.output != "-" and processes.rank == 0:
         forget_run(Path(args.output))  # the output is replaced: its kept options and parts go with it
     if sharded:  # each process's share into its part, merged by process 0
-        names = names if names is not None else annotation_names(files)  # the same PNG names everywhere, every run
+        names = (
+            names if names is not None else annotation_names(files, stems)
+        )  # the same PNG names everywhere, every run
         done, counts = run_sharded(
             processes,
             Path(args.output),
@@ -220,8 +222,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str
     check_reports(args, files)
     # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
     # over every input, before a share or a resume: the same PNG names every run
-    names = annotation_names(files) if args.annotate is not None else None
     stems = video_stems(files)
+    names = annotation_names(files, stems) if args.annotate is not None else None
     check_outputs(args, files, names or {}, stems)
     return files, names, stems
 

@@ -196,6 +196,7 @@ def check_outputs(
     (`mf2.cli.analyze_shards.annotation_names`), `stems` the videos' PNG stems (`video_stems`)."""
     from ..video import VIDEO_EXTENSIONS
     from .analyze_inputs import IMAGE_EXTENSIONS
+    from .analyze_records import frame_png_pattern  # it imports this module
 
     recursive = not args.no_recursive
     folders = {_key(name): name for name in args.paths if Path(name).is_dir()}
@@ -233,7 +234,7 @@ def check_outputs(
             for name in names.values():
                 check_annotation_target(annotate, name)
             for stem in stems.values():
-                frame = re.compile(re.escape(stem) + r"_frame\d{6}\.png")
+                frame = frame_png_pattern(stem)
                 for existing in sorted(annotate.glob(glob.escape(stem) + "_frame*.png")):
                     if frame.fullmatch(existing.name):
                         check_annotation_target(annotate, existing.name)

@@ -199,13 +199,23 @@ def _rounded(value: Any, digits: int = 6) -> Any:
     return value
 
 
+def frame_png_name(stem: str, frame: int) -> str:
+    """The `--annotate` PNG of a video's frame: `<stem>_frame<6 digits>.png`."""
+    return f"{stem}_frame{frame:06d}.png"
+
+
+def frame_png_pattern(stem: str) -> re.Pattern:
+    """Every name `frame_png_name` gives a video of PNG stem `stem`."""
+    return re.compile(re.escape(stem) + r"_frame\d{6}\.png")
+
+
 def annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:
     """A PNG file name for an input (and video frame) not yet in `used` (which it joins)."""
     from urllib.parse import urlparse
 
     stem = Path(urlparse(path).path).stem if isinstance(path, str) else path.stem
     stem = stem or "image"
-    stem = stem if frame is None else f"{stem}_frame{frame:06d}"
+    stem = stem if frame is None else frame_png_name(stem, frame).removesuffix(".png")
     name, k = f"{stem}.png", 1
     while name in used:  # two inputs with the same stem (different folders) must not overwrite each other
         name, k = f"{stem}-{k}.png", k + 1
@@ -213,4 +223,12 @@ def annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:
     return name
 
 
-__all__ = ["OUTPUT_ERRORS", "OutputWriteError", "RecordWriter", "annotation_name", "face_records"]
+__all__ = [
+    "OUTPUT_ERRORS",
+    "OutputWriteError",
+    "RecordWriter",
+    "annotation_name",
+    "face_records",
+    "frame_png_name",
+    "frame_png_pattern",
+]

@@ -31,7 +31,7 @@ from .analyze_checks import (
     check_annotation_target,
 )
 from .analyze_inputs import InputPath, ReadImage, read_image
-from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
+from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records, frame_png_name
 from .track_report import VideoTracks, summary_columns, write_summary_rows
 
 
@@ -136,7 +136,7 @@ class AnalyzeRun:
         if frame is None:
             name = self.names.get(str(path)) or annotation_name(path, None, self.used_names)
         elif str(path) in self.video_stems:
-            name = f"{self.video_stems[str(path)]}_frame{frame:06d}.png"
+            name = frame_png_name(self.video_stems[str(path)], frame)
         else:
             name = annotation_name(path, frame, self.used_names)
         drawn = annotate(image, faces, self.pipe.image_processor, self.thresholds)

@@ -32,7 +32,7 @@ from ..local_files import written_aside
 from ..video import is_video
 from .analyze_checks import AnalyzeError
 from .analyze_inputs import InputPath, is_url
-from .analyze_records import OUTPUT_ERRORS, annotation_name
+from .analyze_records import OUTPUT_ERRORS, annotation_name, frame_png_pattern
 
 Line = tuple[str, str]
 """One record of an output file: its input's path and its text (a JSON line, or a CSV row with its line end)."""
@@ -128,11 +128,21 @@ def device_for(processes: Processes, device: str | None) -> str | None:
     return f"cuda:{processes.local_rank % torch.cuda.device_count()}"
 
 
-def annotation_names(files: list[InputPath]) -> dict[str, str]:
+def annotation_names(files: list[InputPath], stems: dict[str, str]) -> dict[str, str]:
     """The `--annotate` PNG name of every image among `files`, given in input order as one process gives them, so
-    that processes (and resumed runs) that each see only some inputs never write two images to one name."""
+    that processes (and resumed runs) that each see only some inputs never write two images to one name; and never a
+    name of a video's frame PNGs (`stems`: the videos' PNG stems, `video_stems`), so that `clip_frame000000.png`
+    beside `clip.mp4` does not replace that video's first annotated frame."""
+    frames = [frame_png_pattern(stem) for stem in stems.values()]
     used: set[str] = set()
-    return {str(path): annotation_name(path, None, used) for path in dict.fromkeys(files) if not is_video(path)}
+    names = {}
+    for path in dict.fromkeys(files):
+        if not is_video(path):
+            name = annotation_name(path, None, used)
+            while any(frame.fullmatch(name) for frame in frames):
+                name = annotation_name(path, None, used)  # the next free one: that name is a video frame's
+            names[str(path)] = name
+    return names
 
 
 def part_path(output: Path, rank: int) -> Path:

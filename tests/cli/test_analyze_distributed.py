@@ -12,6 +12,7 @@ from PIL import Image
 from test_pipeline_mf2 import save_tiny_checkpoint
 
 from mf2.cli import main as cli_main
+from mf2.cli.analyze_checks import video_stems
 from mf2.cli.analyze_shards import (
     Processes,
     annotation_names,
@@ -201,7 +202,22 @@ def test_an_outputs_last_input_is_dropped_only_when_it_may_be_unfinished():
 
 def test_annotation_names_are_fixed_over_the_whole_input_list():
     files = [Path("a/x.png"), Path("clip.mp4"), Path("b/x.png"), Path("a/x.png"), "https://host/p/y.jpg"]
-    assert annotation_names(files) == {"a/x.png": "x.png", "b/x.png": "x-1.png", "https://host/p/y.jpg": "y.png"}
+    assert annotation_names(files, {}) == {"a/x.png": "x.png", "b/x.png": "x-1.png", "https://host/p/y.jpg": "y.png"}
+
+
+def test_an_image_never_takes_the_name_of_a_video_frames_png():
+    """`clip_frame000000.png` beside `clip.mp4` would replace that video's first annotated frame (both PNGs are
+    mf2's, so nothing refused it): the image takes the next free name."""
+    files = [Path("d/clip.mp4"), Path("d/clip_frame000000.png"), Path("d/clip_frame7.png"), Path("e/clip.mp4")]
+    stems = video_stems(files)
+    assert stems == {"d/clip.mp4": "clip", "e/clip.mp4": "clip-1"}
+    assert annotation_names(files, stems) == {
+        "d/clip_frame000000.png": "clip_frame000000-1.png",
+        "d/clip_frame7.png": "clip_frame7.png",  # not a frame PNG's name: six digits
+    }
+    assert annotation_names([Path("clip-1_frame000012.png"), Path("e/clip.mp4")], stems) == {
+        "clip-1_frame000012.png": "clip-1_frame000012-1.png"
+    }
 
 
 def test_resumed_annotations_keep_distinct_names(checkpoint, tmp_path):
