@@ -45,8 +45,16 @@ def is_url(name: str) -> bool:
     return name.startswith(("http://", "https://"))
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    """Whether `path`, found in `folder`, is or lies in a hidden file or folder (`.name`) or macOS's `__MACOSX` (its
+    `._name` files hold no image): thumbnails and metadata, not the user's photos. Named on the command line, such a
+    file is analysed."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts)
+
+
 def expand_paths(paths: list[str], recursive: bool = True) -> list[InputPath]:
-    """Files to analyse, in a stable order: files and URLs as given; folders' images and videos, sorted.
+    """Files to analyse, in a stable order: files and URLs as given; folders' images and videos, sorted, hidden
+    files and folders (`.name`, `__MACOSX`) left out.
 
     Raises:
         ValueError: a path does not exist, or a folder holds no image or video.
@@ -60,7 +68,9 @@ def expand_paths(paths: list[str], recursive: bool = True) -> list[InputPath]:
         path = Path(name)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in known)
+            found = sorted(
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in known and not _hidden(p, path)
+            )
             if not found:
                 raise ValueError(f"Folder '{path}' holds no image or video ({', '.join(sorted(known))}).")
             files.extend(found)

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_inputs_and_outputs(parser: argparse.ArgumentParser) -> None:
     """What to read (paths, model, adapter) and what to write (records, annotated PNGs)."""
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="images, folders (searched recursively), videos or image URLs"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="images, folders (searched recursively; hidden files and __MACOSX left out), videos or image URLs",
     )
     parser.add_argument(
         "--model",

@@ -34,3 +34,17 @@ def test_a_folder_lists_every_image_kind_that_is_read_when_named(tmp_path):
     assert read_image(0, files[0], False)[1].size == (8, 8)
     heic = read_image(1, files[1], False)[0].error
     assert "pillow-heif" in heic or "not an image file" in heic
+
+
+def test_a_folder_leaves_out_hidden_files_and_macos_metadata_unless_named(tmp_path):
+    """A folder unzipped from macOS holds `__MACOSX/._a.jpg` (no image) beside `a.jpg`, and thumbnail folders are
+    hidden: left out of the scan, where they gave error records and an exit status 1, or the same face twice."""
+    folder = tmp_path / "photos"
+    for path in (folder / "a.jpg", folder / ".thumbs" / "a.jpg", folder / "sub" / ".b.png", folder / "sub" / "c.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    (folder / "__MACOSX").mkdir()
+    (folder / "__MACOSX" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert [path.relative_to(folder).as_posix() for path in expand_paths([str(folder)])] == ["a.jpg", "sub/c.png"]
+    assert expand_paths([str(folder / ".thumbs" / "a.jpg")]) == [folder / ".thumbs" / "a.jpg"]  # named: analysed
+    assert expand_paths([str(folder / ".thumbs")]) == [folder / ".thumbs" / "a.jpg"]  # a hidden folder, named
