@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import pipeline
 
 import mf2  # noqa: F401  (registers the "facial-state" task and the MF² classes with transformers)
+from mf2.pipeline_mf2 import InputError
 
 EXAMPLE_IMAGES = sorted((Path(__file__).resolve().parent / "images").glob("*.png"))
 
@@ -26,9 +27,11 @@ def main(argv: list[str] | None = None) -> list[list[dict]]:
     args = parser.parse_args(argv)
 
     pipe = pipeline("facial-state", model=args.model, device=args.device)  # no model: the shipped mf2-base
-    # A list is batched (faces of several photos share a forward pass); `multiple_faces="all"` keeps every face.
-    results = pipe(args.images, batch_size=8, multiple_faces="all", explain=True)
+    results = analyse(pipe, args.images)
     for path, faces in zip(args.images, results):
+        if isinstance(faces, InputError):
+            print(f"{path}: {faces}")
+            continue
         print(f"{path}: {len(faces)} face(s)")
         for number, face in enumerate(faces):
             box = ", ".join(f"{v:.0f}" for v in face["box"])
@@ -38,6 +41,22 @@ def main(argv: list[str] | None = None) -> list[list[dict]]:
             print("    active AUs:", ", ".join(face["active_action_units"]) or "none")
             print("    explanation:", face["explanation"])
     return results
+
+
+def analyse(pipe, images: list[str]) -> list[list[dict] | InputError]:
+    """Each photo's faces (none where it has no face), or the error that says why it could not be read."""
+    # `multiple_faces="all"` keeps every face; `no_face="skip"` gives a photo without one an empty list.
+    options = {"multiple_faces": "all", "explain": True, "no_face": "skip"}
+    try:
+        return pipe(images, batch_size=8, **options)  # a list is batched: several photos' faces share a forward pass
+    except InputError:  # an unreadable file stops the batch: read them one by one, so the others still answer
+        results = []
+        for image in images:
+            try:
+                results.append(pipe(image, **options))
+            except InputError as error:
+                results.append(error)
+        return results
 
 
 if __name__ == "__main__":

@@ -46,6 +46,22 @@ def test_quickstart(checkpoint, capsys):
     assert "two_faces.png: 2 face(s)" in output and "explanation: The person" in output
 
 
+def test_quickstart_answers_for_the_readable_photos_beside_a_faceless_or_broken_one(checkpoint, tmp_path, capsys):
+    """A photo without a face gives no face, a broken file one line naming it; the other photos still answer."""
+    from PIL import Image
+
+    blank, broken = tmp_path / "blank.png", tmp_path / "broken.jpg"
+    Image.new("RGB", (96, 96), "gray").save(blank)
+    broken.write_bytes(b"not a jpeg")
+    photo = EXAMPLES / "images" / "astronaut.png"
+    results = run_example("quickstart.py", ["--model", str(checkpoint), str(blank), str(broken), str(photo)])
+    assert results[0] == [] and len(results[2]) == 1
+    output = capsys.readouterr().out
+    assert f"{blank}: 0 face(s)" in output and f"{photo}: 1 face(s)" in output
+    (line,) = [line for line in output.splitlines() if line.startswith(str(broken))]
+    assert "Could not read input" in line
+
+
 def test_build_mfa_dataset(tmp_path, capsys):
     dataset = run_example(
         "build_mfa_dataset.py", ["--demo", str(tmp_path / "faces"), "--output", str(tmp_path / "mfa")]
