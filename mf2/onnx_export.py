@@ -37,6 +37,7 @@ from .local_files import mf2_home, written_aside
 
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
+MIN_OPSET = 16
 INPUT_NAMES = ("pixel_values", "au_boxes")
 OUTPUT_NAMES = ("au_logits", "emotion_logits")
 INSTALL_HINT = "pip install 'mf2[onnx]'"
@@ -166,8 +167,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
     """
     if getattr(model.mf2, "emotion_branch", None) is None or getattr(model.mf2, "au_branch", None) is None:
         raise ValueError("ONNX export needs a model with both the emotion and the AU branch.")
-    if opset < 16:
-        raise ValueError(f"opset {opset} has no GridSample (the AU boxes' RoIAlign); use 16 or later.")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} has no GridSample (the AU boxes' RoIAlign); use {MIN_OPSET} or later.")
     source = _float32_cpu(model)
     was_training = source.training
     graph = _RecognitionGraph(source).eval()  # the exporter restores the wrapper's mode: it must be eval
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", "-o", help="the .onnx file (default: the cache `mf2 analyze --runtime onnx` reads, $MF2_HOME/onnx/)"
     )
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; 16 at least)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; {MIN_OPSET} at least)")
     parser.add_argument(
         "--quantize",
         choices=QUANTIZE_CHOICES,
@@ -364,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model is not None:
             checks.check_model(args.model)  # a missing folder, a file, an adapter folder: one line before loading
+        if args.opset < MIN_OPSET:
+            raise checks.UsageError(f"--opset {args.opset}: opset {MIN_OPSET} at least (GridSample, the AU boxes')")
+        if args.output is not None and Path(args.output).is_dir():
+            raise checks.UsageError(f"--output {args.output} is a folder; give the .onnx file to write")
     except checks.UsageError as error:
         print(f"mf2 export: {error}", file=sys.stderr)
         return 2
@@ -379,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             export_onnx(pipe.model, output, size, opset=args.opset)
     except (ImportError, OSError, ValueError, RuntimeError) as error:
-        print(f"mf2 export: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}", file=sys.stderr)
+        said = str(error).strip()
+        print(f"mf2 export: {said.splitlines()[0] if said else repr(error)}", file=sys.stderr)
         return 1
     kind = "int8 weights, dynamic int8 activations" if args.quantize else "float32"
     print(

@@ -175,6 +175,23 @@ def test_mf2_export_of_a_folder_that_is_not_a_model_is_one_line(tmp_path, capsys
     assert missing.startswith(f"mf2 export: --model {tmp_path / 'nowhere'}: no such folder")
 
 
+def test_mf2_export_refuses_a_bad_opset_or_output_folder_before_loading_and_says_errors_unquoted(
+    tmp_path, capsys, monkeypatch
+):
+    assert cli_main(["export", "--opset", "15", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert cli_main(["export", "-o", str(tmp_path)]) == 2
+    opset, folder = capsys.readouterr().err.strip().splitlines()
+    assert opset == "mf2 export: --opset 15: opset 16 at least (GridSample, the AU boxes')"
+    assert folder == f"mf2 export: --output {tmp_path} is a folder; give the .onnx file to write"
+
+    def failing_export(*args, **kwargs):
+        raise ValueError("the reason\nand more")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", failing_export)
+    assert cli_main(["export", "-o", str(tmp_path / "m.onnx")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "mf2 export: the reason"  # not its repr, in quotes
+
+
 def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(home, tmp_path):
     """Another checkpoint's export would read every face with another network under this model's labels and
     thresholds; a float32 file given for `quantize="int8"` would drop the quantization: both are refused."""
