@@ -85,6 +85,13 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def names_local_path(name: str | os.PathLike) -> bool:
+    """Whether a model or adapter name can only be a local path: a Hub id is `name` or `owner/name`, so anything with
+    more separators, a backslash or a leading `.`, `/`, `~` is a path (and a missing one is an error, not a download)."""
+    text = os.fspath(name)
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+
+
 def mf2_home() -> Path:
     """`$MF2_HOME`, else `~/.cache/mf2`."""
     return Path(os.environ.get(MF2_HOME_VARIABLE, Path.home() / ".cache" / "mf2"))

@@ -94,6 +94,8 @@ def _first_line(error: BaseException) -> str:
 
 def _load(model: str | os.PathLike, args: argparse.Namespace):
     """`load_pipeline`, with a failure (missing download, unreadable checkpoint) as one `AnalyzeError` line."""
+    from ..dfn.loading import AdapterLoadError  # here: `mf2 analyze --help` imports neither torch nor peft
+
     try:
         runtime = {}
         if args.runtime == "onnx":
@@ -105,6 +107,10 @@ def _load(model: str | os.PathLike, args: argparse.Namespace):
         )
     except (DefaultModelMissingError, ImportError) as error:  # ImportError: --runtime onnx without onnxruntime
         raise AnalyzeError(_first_line(error)) from error
+    except AdapterLoadError as error:  # the adapter's failure, not the model's
+        raise AnalyzeError(
+            f"{error} (pass the --output_dir of `mf2 finetune`, or the Hub id of a DFN adapter)"
+        ) from error
     except Exception as error:  # noqa: BLE001 - whatever the loaders raise (a damaged safetensors, a refused pickle,
         # an ONNX file onnxruntime cannot parse) is one line: the run cannot start
         hint, reason = "pass a saved model's folder or a Hub id", _first_line(error)

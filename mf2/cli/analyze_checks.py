@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from ..local_files import names_local_path
+
 
 class UsageError(Exception):
     """A command line that cannot run as given: one line on stderr, exit status 2."""
@@ -38,11 +40,6 @@ def check_device(name: str | None) -> None:
         raise UsageError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu")
 
 
-def _looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else with a separator or a leading `.`, `/`, `~` is a path."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
 def check_model(name: str) -> None:
     """Raise `UsageError` for a `--model` that names a missing folder, a file, or a folder that is not a model."""
     path = Path(name).expanduser()
@@ -59,7 +56,7 @@ def check_model(name: str) -> None:
             )
     elif path.exists():
         raise UsageError(f"--model {name} is a file; pass the model's folder (with config.json), or a Hub id")
-    elif _looks_like_path(name):
+    elif names_local_path(name):
         raise UsageError(f"--model {name}: no such folder; pass a saved model's folder, or a Hub id")
 
 
@@ -106,6 +103,16 @@ def check_reports(args: argparse.Namespace, files: list) -> None:
 
 def _same_place(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b) or (_key(a) is not None and _key(a) == _key(b))
+
+
+def frame_png_name(stem: str, frame: int) -> str:
+    """The `--annotate` PNG of a video's frame: `<stem>_frame<6 digits>.png`."""
+    return f"{stem}_frame{frame:06d}.png"
+
+
+def frame_png_pattern(stem: str) -> re.Pattern:
+    """Every name `frame_png_name` gives a video of PNG stem `stem`."""
+    return re.compile(re.escape(stem) + r"_frame\d{6}\.png")
 
 
 def video_stems(files: list) -> dict[str, str]:
@@ -196,7 +203,6 @@ def check_outputs(
     (`mf2.cli.analyze_shards.annotation_names`), `stems` the videos' PNG stems (`video_stems`)."""
     from ..video import VIDEO_EXTENSIONS
     from .analyze_inputs import IMAGE_EXTENSIONS
-    from .analyze_records import frame_png_pattern  # it imports this module
 
     recursive = not args.no_recursive
     folders = {_key(name): name for name in args.paths if Path(name).is_dir()}

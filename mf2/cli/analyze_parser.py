@@ -16,6 +16,7 @@ from typing import Any
 from ..face_identity import DEFAULT_MAX_GAP
 from ..face_tracking import DEFAULT_DETECT_EVERY
 from ..integration.default_model import DEFAULT_MODEL_NAME
+from ..local_files import names_local_path
 from .analyze_checks import UsageError
 
 DEFAULT_BATCH_SIZE = 16
@@ -76,7 +77,7 @@ def adapter_problem(name: str) -> str | None:
         return f"{name} holds {found}: no {ADAPTER_CONFIG}; pass the --output_dir of `mf2 finetune`"
     if path.exists():
         return f"{name} is a file; pass the adapter's folder (the --output_dir of `mf2 finetune`)"
-    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+    if names_local_path(name):
         return f"{name}: no such folder; pass the --output_dir of `mf2 finetune`"
     return None
 

@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 from typing import Any, TextIO
 
-from .analyze_checks import AnalyzeError
+from .analyze_checks import AnalyzeError, frame_png_name
 from .analyze_inputs import InputPath
 
 OUTPUT_ERRORS = "surrogateescape"
@@ -199,16 +199,6 @@ def _rounded(value: Any, digits: int = 6) -> Any:
     return value
 
 
-def frame_png_name(stem: str, frame: int) -> str:
-    """The `--annotate` PNG of a video's frame: `<stem>_frame<6 digits>.png`."""
-    return f"{stem}_frame{frame:06d}.png"
-
-
-def frame_png_pattern(stem: str) -> re.Pattern:
-    """Every name `frame_png_name` gives a video of PNG stem `stem`."""
-    return re.compile(re.escape(stem) + r"_frame\d{6}\.png")
-
-
 def annotation_name(path: InputPath, frame: int | None, used: set[str]) -> str:
     """A PNG file name for an input (and video frame) not yet in `used` (which it joins)."""
     from urllib.parse import urlparse
@@ -229,6 +219,4 @@ __all__ = [
     "RecordWriter",
     "annotation_name",
     "face_records",
-    "frame_png_name",
-    "frame_png_pattern",
 ]

@@ -29,9 +29,10 @@ from .analyze_checks import (
     AnalyzeError,
     OutputClashError,
     check_annotation_target,
+    frame_png_name,
 )
 from .analyze_inputs import InputPath, ReadImage, read_image
-from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records, frame_png_name
+from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
 from .track_report import VideoTracks, summary_columns, write_summary_rows
 
 

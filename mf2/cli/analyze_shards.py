@@ -30,9 +30,9 @@ from typing import TextIO
 
 from ..local_files import written_aside
 from ..video import is_video
-from .analyze_checks import AnalyzeError
+from .analyze_checks import AnalyzeError, frame_png_pattern
 from .analyze_inputs import InputPath, is_url
-from .analyze_records import OUTPUT_ERRORS, annotation_name, frame_png_pattern
+from .analyze_records import OUTPUT_ERRORS, annotation_name
 
 Line = tuple[str, str]
 """One record of an output file: its input's path and its text (a JSON line, or a CSV row with its line end)."""

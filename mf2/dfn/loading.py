@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..local_files import names_local_path
 from .config import DFN_PEFT_TYPE
 from .model import checkpoint_has_text_weights
 from .peft_model import DFNModel
@@ -28,6 +29,15 @@ from .peft_model import DFNModel
 ADAPTER_CONFIG = "adapter_config.json"
 THRESHOLDS_FILE = "thresholds.json"  # = mf2.training.scoring.THRESHOLDS_FILE, which writes it
 """Beside the adapter: `{"au_thresholds": [...]}`, the per-AU thresholds tuned on `mf2 finetune`'s evaluation data."""
+
+
+class AdapterLoadError(OSError):
+    """The DFN adapter `adapter` could not be read (`reason`, its loader's first line): neither a local folder nor a
+    Hub repo that holds one, or a damaged one. Raised as itself so that a caller never blames the base model."""
+
+    def __init__(self, adapter: str | os.PathLike, reason: str):
+        self.adapter, self.reason = os.fspath(adapter), reason
+        super().__init__(f"could not load the DFN adapter {self.adapter}: {reason}")
 
 
 def read_thresholds(folder: str | os.PathLike) -> list[float] | None:
@@ -43,9 +53,10 @@ def check_adapter_folder(adapter_name_or_path: str | os.PathLike) -> None:
     are no local path are left to PEFT, as Hub ids)."""
     path = Path(adapter_name_or_path).expanduser()
     if not path.exists():
-        text = os.fspath(adapter_name_or_path)
-        if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
-            raise ValueError(f"adapter {text}: no such folder; pass the --output_dir of `mf2 finetune`.")
+        if names_local_path(adapter_name_or_path):
+            raise ValueError(
+                f"adapter {os.fspath(adapter_name_or_path)}: no such folder; pass the --output_dir of `mf2 finetune`."
+            )
         return
     if not path.is_dir():
         raise ValueError(f"adapter {path} is a file; pass the adapter's folder (the --output_dir of `mf2 finetune`).")
@@ -65,12 +76,17 @@ def load_adapter(model: nn.Module, adapter_name_or_path: str | os.PathLike, adap
 
     Raises:
         ValueError: a local folder that is not a DFN adapter (one line naming the fix).
+        AdapterLoadError: the adapter could not be read.
     """
     check_adapter_folder(adapter_name_or_path)
     thresholds = read_thresholds(adapter_name_or_path)
     if thresholds is not None:
         model.config.au_thresholds = thresholds
-    adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name)
+    try:
+        adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name)
+    except (OSError, ValueError) as error:  # not here nor on the Hub (PEFT: ValueError), a damaged file (OSError)
+        said = str(error).strip()
+        raise AdapterLoadError(adapter_name_or_path, said.splitlines()[0] if said else repr(error)) from error
     return adapted.eval()
 
 
@@ -89,6 +105,7 @@ def load_dfn_model(
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "AdapterLoadError",
     "THRESHOLDS_FILE",
     "check_adapter_folder",
     "checkpoint_has_text_weights",

@@ -631,6 +631,17 @@ def test_resume_knows_an_input_however_it_is_spelled(checkpoint, tmp_path, monke
     assert [record["path"] for record in read_jsonl(output)] == ["in/a.png", str(folder / "b.png")]
 
 
+def test_an_adapter_that_cannot_be_loaded_is_named_not_the_model(checkpoint, capsys, monkeypatch):
+    """`--adapter outputs/my-dfn` where no such folder is (an `owner/name` form, so looked up on the Hub) fails as the
+    adapter's load, in one line with its fix; it said "could not load the model" and blamed the base model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "--adapter", "outputs/my-dfn"]
+    assert cli_main([*argv, "--no-progress"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("mf2 analyze: could not load the DFN adapter outputs/my-dfn: ")
+    assert line.endswith("(pass the --output_dir of `mf2 finetune`, or the Hub id of a DFN adapter)")
+
+
 def _failing_write(monkeypatch, failure: BaseException, at: int):
     """`os.write` into the records' file that writes half of the `at`-th input's records, then raises `failure`."""
     from mf2.cli import analyze_records as records
