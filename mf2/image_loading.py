@@ -157,11 +157,15 @@ def _decoded(source: Any, path: str, index: int, heif: bool) -> Image.Image:
     """An image file's (or downloaded bytes') first frame, upright (EXIF) and in RGB, with an `AnimatedImageWarning`
     when it has more frames."""
     try:
-        with Image.open(source) as opened:
-            frames = int(getattr(opened, "n_frames", 1))
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            image = image.copy() if image is opened else image
+        with warnings.catch_warnings():
+            # A photo between PIL's pixel limit and twice it (90 to 179 MP, a large camera's) is read in silence;
+            # beyond that PIL refuses it (DecompressionBombError, below).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                frames = int(getattr(opened, "n_frames", 1))
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                image = image.copy() if image is opened else image
     except UnidentifiedImageError as error:
         if heif and not _heif_opener():
             raise ImageInputError(
@@ -169,7 +173,11 @@ def _decoded(source: Any, path: str, index: int, heif: bool) -> Image.Image:
             ) from error
         raise ImageInputError(index, path, "not an image file (PIL cannot identify it).") from error
     except Image.DecompressionBombError as error:
-        raise ImageInputError(index, path, str(error)) from error
+        raise ImageInputError(
+            index,
+            path,
+            f"{error} Downscale it, or, trusting the file, raise PIL.Image.MAX_IMAGE_PIXELS (Python) first.",
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(index, path, f"the file is corrupt or truncated ({error}).") from error
     image = _to_rgb(image)

@@ -44,6 +44,21 @@ def test_a_folder_is_named_as_a_folder_and_an_animated_image_warns(tmp_path):
     assert image.info["n_frames"] == 3 and np.asarray(image).max() == 0  # the first frame
 
 
+def test_a_large_photo_reads_in_silence_and_one_past_the_limit_says_the_fix(tmp_path, monkeypatch):
+    """Between PIL's pixel limit and twice it (90 to 179 MP by default: a large camera's photo) PIL warns of a
+    decompression bomb on the console; beyond it the error says what to do."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the default limit, scaled down: 1,600 px warn, 2,500 fail
+    for side in (40, 50):
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / f"{side}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image_loading.load_image(str(tmp_path / "40.png")).size == (40, 40)
+    with pytest.raises(ValueError, match=r"exceeds limit .* Downscale it, or, trusting the file, raise PIL"):
+        image_loading.load_image(str(tmp_path / "50.png"))
+
+
 def _served(folder):
     """A loopback HTTP server of `folder` (a context manager giving its base URL)."""
     import contextlib
