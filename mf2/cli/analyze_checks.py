@@ -239,20 +239,23 @@ def check_outputs(
         if _key(annotate) is not None:  # an existing folder: what it would overwrite is checked
             for name in names.values():
                 check_annotation_target(annotate, name)
-            for stem in stems.values():
-                frame = frame_png_pattern(stem)
-                for existing in sorted(annotate.glob(glob.escape(stem) + "_frame*.png")):
-                    if frame.fullmatch(existing.name):
-                        check_annotation_target(annotate, existing.name)
+            _check_video_pngs("--annotate", annotate, stems)
     if args.plot is not None:
         plot = Path(args.plot)
         _check_png_folder("--plot", plot, folders, local)
         if _key(plot) is not None:
-            for stem in stems.values():
-                timeline = re.compile(re.escape(stem) + r"_track\d+\.png")
-                for existing in sorted(plot.glob(glob.escape(stem) + "_track*.png")):
-                    if timeline.fullmatch(existing.name):
-                        check_annotation_target(plot, existing.name, "--plot")
+            _check_video_pngs("--plot", plot, stems)
+
+
+def _check_video_pngs(option: str, folder: Path, stems: dict[str, str]) -> None:
+    """Every PNG of the videos (`stems`) already in `folder` that this run may replace, `<stem>_frameNNNNNN.png`
+    (`--annotate`) or `<stem>_trackN.png` (`--plot`), is one mf2 analyze wrote (`check_annotation_target`)."""
+    for stem in stems.values():
+        kind = "_frame" if option == "--annotate" else "_track"
+        pattern = frame_png_pattern(stem) if kind == "_frame" else re.compile(re.escape(stem) + r"_track\d+\.png")
+        for existing in sorted(folder.glob(glob.escape(stem) + kind + "*.png")):
+            if pattern.fullmatch(existing.name):
+                check_annotation_target(folder, existing.name, option)
 
 
 def _check_png_folder(option: str, folder: Path, inputs: dict, local: list[Path]) -> None:

@@ -16,6 +16,7 @@ from mf2.cli.analyze_checks import video_stems
 from mf2.cli.analyze_shards import (
     Processes,
     annotation_names,
+    input_key,
     read_lines,
     shard,
     without_last_input,
@@ -171,7 +172,7 @@ def test_resume_over_another_models_records_is_refused(checkpoint, images, refer
 
 def test_shards_and_truncated_lines(tmp_path):
     files = [Path(f"{name}.png") for name in "abcdefg"]
-    todo, share = shard(files + [Path("a.png")], {"b.png"}, Processes(rank=1, world_size=2))
+    todo, share = shard(files + [Path("./a.png")], {input_key("b.png")}, Processes(rank=1, world_size=2))
     assert [p.stem for p in todo] == list("acdefg") and [p.stem for p in share] == list("ceg")
     part = tmp_path / "x.jsonl"
     part.write_text('{"path": "a", "face": 0}\n{"path": "b", "face": 0}\n{"path": "b", "face": 1}\n{"path": "c", "fa')
