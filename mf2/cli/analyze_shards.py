@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -245,7 +246,14 @@ def input_key(path: InputPath | str) -> str:
     """What names one input across runs: a URL as written, a local file by its real path, so that `--resume` knows
     `imgs/a.png` from `./imgs/a.png` or `/home/me/imgs/a.png` (each record keeps the spelling it was given)."""
     name = str(path)
-    return name if is_url(name) else os.path.realpath(name)
+    return name if is_url(name) else _real_path(name, "" if os.path.isabs(name) else os.getcwd())
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_path(name: str, cwd: str) -> str:
+    # Cached (by working folder too, which a relative name is read from): a merge asks once per record line, and a
+    # video's thousands of frame records share one path.
+    return os.path.realpath(os.path.join(cwd, name))
 
 
 def ordered(lines: list[Line], files: list[InputPath]) -> list[Line]:
