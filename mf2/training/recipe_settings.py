@@ -26,7 +26,7 @@ class RecipeSettings:
 
     image_size: int = field(default=112, metadata={"help": "side of the aligned face crop (px)"})
     vision_trainable_layers: int = field(
-        default=6, metadata={"help": "top DINOv2 blocks that train (the tokens below them are cached once)"}
+        default=8, metadata={"help": "top DINOv2 blocks that train (the tokens below them are cached once)"}
     )
     qformer_layers: int = field(default=4, metadata={"help": "layers of each Q-Former (MiniLM-initialised)"})
     num_query_tokens: int = field(default=16, metadata={"help": "Emo-VL's learned queries"})
@@ -47,7 +47,7 @@ class RecipeSettings:
     pretrain_batch_size: int = field(default=16, metadata={"help": "pretraining: batch"})
     pretrain_learning_rate: float = field(default=1e-4, metadata={"help": "pretraining: peak learning rate"})
     max_au_captions: int = field(default=2, metadata={"help": "pretraining: AU captions per image"})
-    emotion_epochs: float = field(default=3.0, metadata={"help": "emotion stage: epochs over FER+ train"})
+    emotion_epochs: float = field(default=4.5, metadata={"help": "emotion stage: epochs over FER+ train"})
     emotion_batch_size: int = field(default=64, metadata={"help": "emotion stage: batch"})
     emotion_learning_rate: float = field(
         default=2e-4, metadata={"help": "emotion stage: peak learning rate of Emo-VL and the recogniser"}
@@ -130,7 +130,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "gpu": {
         "image_size": 224,
-        "vision_trainable_layers": 6,
+        "vision_trainable_layers": 8,
         "qformer_layers": 6,
         "num_query_tokens": 32,
         "num_au_query_tokens": 8,

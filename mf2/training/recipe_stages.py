@@ -358,7 +358,7 @@ class Recipe(EmotionStage, CKPlusStages):
             # "auto") gives a CPU-friendly model unless the caller picks another dtype.
             stored = json.loads((staging / "config.json").read_text())
             stored["dtype"] = "float32"
-            stored.pop("_name_or_path", None)  # the folder it was loaded from on the training machine
+            _drop_machine_paths(stored)
             # The shipped copy is read by the installed package, so it carries no modeling code (never
             # trust_remote_code); publishing to the Hub (`mf2 push`) adds the code and its `auto_map`.
             stored.pop("auto_map", None)
@@ -372,6 +372,15 @@ class Recipe(EmotionStage, CKPlusStages):
             self.export_dir, record, emotion, cv, self.settings, timings, transfer=self._read("emotion/metrics.json")
         )
         logger.info("exported %s to %s", config.model_name, self.export_dir)
+
+
+def _drop_machine_paths(config: dict) -> None:
+    """Remove `_name_or_path` from a saved config and every sub-config in it: each holds the folder it was loaded from
+    on the training machine (the encoders' cache, the stage's output), which means nothing where the model is read."""
+    config.pop("_name_or_path", None)
+    for value in config.values():
+        if isinstance(value, dict):
+            _drop_machine_paths(value)
 
 
 __all__ = [

@@ -54,6 +54,7 @@ def test_the_shipped_model_is_complete_and_says_what_it_is():
     config = json.loads((folder / "config.json").read_text())
     assert config["trained"] is True and config["model_name"] == DEFAULT_MODEL_NAME and config["model_version"]
     assert len(config["au_thresholds"]) == 12 and all(0 < t < 1 for t in config["au_thresholds"])
+    assert '"_name_or_path"' not in (folder / "config.json").read_text()  # no folder of the machine that trained it
     assert (folder / "model.safetensors").stat().st_size < 160e6
     card = (folder / "README.md").read_text()
     for needed in ("research only", "FER+", "CK+", "mf2 recipe", "Limitations"):

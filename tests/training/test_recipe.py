@@ -34,7 +34,8 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     config = json.loads((export / "config.json").read_text())
     assert config["trained"] is True and config["model_name"] == "mf2-base" and len(config["au_thresholds"]) == 12
     assert config["dtype"] == "float32" and config["emotion_reads_au_features"] is True
-    assert "_name_or_path" not in config  # no path of the training machine
+    # No folder of the training machine, at the top or in a sub-config (the encoders' cache).
+    assert '"_name_or_path"' not in (export / "config.json").read_text()
     model = MF2ForFacialStateRecognition.from_pretrained(str(export))
     hidden = model.config.qformer_config.hidden_size
     assert model.heads.emotion_norm.normalized_shape == (2 * hidden,)  # Emo-VL and AU-VL, refit in emotion_head
