@@ -123,6 +123,15 @@ def per_image_boxes(face_boxes, count: int, backend) -> list[np.ndarray] | None:
     return boxes
 
 
+def check_boxes_in_image(boxes: np.ndarray, width: int, height: int, index: int) -> None:
+    """Raise `ValueError` for a given box that misses the image: landmarks would be placed on the padding around it,
+    a face-shaped answer with no face under it."""
+    outside = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= width) | (boxes[:, 1] >= height)
+    if outside.any():
+        box = [round(float(value), 1) for value in boxes[np.flatnonzero(outside)[0]]]
+        raise ValueError(f"`face_boxes` of image {index}: the box {box} lies outside the {width}x{height} image.")
+
+
 def find_faces(image: Image.Image, backend, multiple_faces: str, ratio: float) -> list[tuple[FaceLandmarks, str]]:
     """The faces `backend` finds on a copy of `image` scaled by `ratio` (`search_scale`), in `image`'s pixels, with
     the back-end's name: the largest, or all of them largest first (`multiple_faces`)."""
@@ -170,6 +179,7 @@ __all__ = [
     "find_faces",
     "fit_faces",
     "per_image_boxes",
+    "check_boxes_in_image",
     "plausible_faces",
     "resolve_no_face",
     "search_scale",

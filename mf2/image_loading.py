@@ -18,6 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 URL_TIMEOUT = 30.0  # seconds to download an image given by URL
+UNIT_RANGE_LIMIT = 2.0
+"""A float image whose largest value is at most this holds values in [0, 1] (scaled by 255, the rest clipped): resizing
+a [0, 1] image (bicubic, antialiased) overshoots 1 by some percent, and reading it as 0-255 made it black. A 0-255
+image this dark is black either way."""
 
 
 class ImageInputError(ValueError):
@@ -74,8 +78,8 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
             raise ImageInputError(index, None, f"unsupported array dtype {array.dtype}.")
         values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        if np.issubdtype(array.dtype, np.floating) and values.max(initial=0.0) <= 1.0:
-            values = values * 255.0  # floats in [0, 1]
+        if np.issubdtype(array.dtype, np.floating) and values.max(initial=0.0) <= UNIT_RANGE_LIMIT:
+            values = values * 255.0  # floats in [0, 1], overshoot clipped below
         elif array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and values.max(initial=0.0) > 255):
             values = values / 257.0  # 16-bit values (a PIL "I" image's array is int32): _to_rgb's rule
         array = np.clip(np.rint(values), 0, 255).astype(np.uint8)
@@ -93,7 +97,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0.0) > 255 else 255.0
-        if image.mode == "F" and array.max(initial=0.0) <= 1.0:
+        if image.mode == "F" and array.max(initial=0.0) <= UNIT_RANGE_LIMIT:
             peak = 1.0
         return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "P":

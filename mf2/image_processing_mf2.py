@@ -40,6 +40,7 @@ from .configuration_mf2 import AU_NAMES
 from .face_search import (
     FALLBACK_LABEL,
     NoFaceError,
+    check_boxes_in_image,
     find_faces,
     fit_faces,
     per_image_boxes,
@@ -339,6 +340,7 @@ class MF2ImageProcessor(BaseImageProcessor):
                 scale = search_scale(width, height, *limits)
                 found = find_faces(image, backend, options["multiple_faces"], scale)
             else:
+                check_boxes_in_image(boxes, width, height, index)
                 found = fit_faces(image, boxes, backend, options["multiple_faces"])
             if not found:
                 if options["no_face"] == "error":

@@ -136,3 +136,7 @@ def test_processor_places_landmarks_in_given_boxes(pipe):
         pipe.image_processor([photo], face_boxes=[[], []])
     with pytest.raises(ValueError, match="x2 > x1"):
         pipe.image_processor([photo], face_boxes=[[[50, 50, 40, 90]]])
+    for outside in ([1000, 1000, 1100, 1100], [-300, -300, -100, -100], [512, 0, 600, 80]):  # a 512x512 photo
+        with pytest.raises(ValueError, match="lies outside the 512x512 image"):  # no face-shaped answer on padding
+            pipe.image_processor([photo], face_boxes=[[outside]])
+    pipe.image_processor([photo], face_boxes=[[[500, 500, 600, 600]]], no_face="skip")  # overlapping it: no error

@@ -121,3 +121,18 @@ def test_16_bit_values_in_any_integer_array_are_scaled_as_16_bits():
     for dtype in (np.int32, np.int64, np.uint32):
         assert np.array_equal(np.asarray(image_loading.load_image(deep.astype(dtype))), expected), dtype
     assert np.asarray(image_loading.load_image(np.full((4, 4), 200, np.int32))).max() == 200  # 8-bit values stay
+
+
+def test_floats_in_0_1_that_overshoot_after_resizing_read_as_0_1():
+    """A resized [0, 1] image runs a little past 1 and below 0 (bicubic overshoot): it is still [0, 1], clipped, and
+    not read as 0-255 (which made it black); a 0-255 float image stays 0-255."""
+    unit = astronaut().astype(np.float32) / 255
+    expected = np.asarray(image_loading.load_image(unit))
+    overshot = unit.copy()
+    overshot[0, 0], overshot[1, 1] = 1.06, -0.04
+    read = np.asarray(image_loading.load_image(overshot))
+    assert read.mean() > 50 and (read[0, 0] == 255).all() and (read[1, 1] == 0).all()
+    assert np.array_equal(read[2:], expected[2:])
+    grey = Image.fromarray(overshot[..., 0], mode="F")  # PIL's float images follow the same rule
+    assert np.asarray(image_loading.load_image(grey)).mean() > 50
+    assert np.array_equal(np.asarray(image_loading.load_image(unit * 255)), np.asarray(Image.fromarray(astronaut())))
