@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 evaluate", script_args, training_args, required=("model_name_or_path", "eval_data"))
-        if script_args.store_thresholds and script_args.adapter_name_or_path is None:
-            check_threshold_target(script_args.model_name_or_path)  # before the evaluation, not after it
+        if script_args.store_thresholds:  # before the evaluation, not after it
+            check_threshold_target(script_args.model_name_or_path, script_args.adapter_name_or_path)
         run_evaluation(script_args, training_args)
     except (DataError, NonFinitePredictionsError) as error:
         print(f"mf2 evaluate: {error}", file=sys.stderr)

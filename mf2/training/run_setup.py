@@ -84,13 +84,38 @@ def earlier_run_files(output_dir: str | os.PathLike) -> list[str]:
     )
 
 
+def check_output_apart(script_args: MF2ScriptArguments, output_dir: str | None) -> None:
+    """Refuse an `--output_dir` that is the folder of the model the run starts from, or the model shipped in the
+    package: the run's model would replace it, and `--overwrite_output_dir` would delete it before it is read.
+
+    Raises:
+        mf2.data.DataError: one line naming the folder and the fix.
+    """
+    from ..data.schema import DataError
+    from ..integration.default_model import default_model_path
+
+    if not output_dir:
+        return
+    output = Path(output_dir).resolve()
+    source = script_args.model_name_or_path
+    if source and Path(source).is_dir() and Path(source).resolve() == output:
+        raise DataError(
+            f"--output_dir {output_dir} is the folder of --model_name_or_path: the run would overwrite the model it "
+            "starts from; give another --output_dir"
+        )
+    if output == default_model_path() or default_model_path() in output.parents:
+        raise DataError(f"--output_dir {output_dir} is the model shipped in the mf2 package; give another --output_dir")
+
+
 def prepare_output_dir(prog: str, script_args: MF2ScriptArguments, training_args: Any) -> None:
     """Refuse to start a fresh run over an earlier one (mixed checkpoints, stale thresholds and results), unless
     `--resume` continues it or `--overwrite_output_dir` removes its files first (on the main process).
 
     Raises:
         EarlierRunError: the folder holds an earlier run, and neither option was given.
+        mf2.data.DataError: the folder is the model the run starts from, or the shipped one (`check_output_apart`).
     """
+    check_output_apart(script_args, training_args.output_dir)
     if script_args.resume or training_args.resume_from_checkpoint:
         return
     found = earlier_run_files(training_args.output_dir)

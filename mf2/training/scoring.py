@@ -128,15 +128,24 @@ def read_thresholds(folder: str | Path) -> list[float] | None:
     return [float(value) for value in json.loads(path.read_text())["au_thresholds"]]
 
 
-def check_threshold_target(model_dir: str | Path) -> None:
-    """Refuse to store thresholds into a checkpoint's config that is not a local folder (a Hub id) or that is the model
-    shipped in the package (every use of the installed package would change).
+def check_threshold_target(model_dir: str | Path, adapter_dir: str | Path | None = None) -> None:
+    """Refuse to store thresholds where they would not reach the model they were tuned for: an adapter that is not a
+    local adapter folder (a Hub id would become a new folder of that name here), or, without an adapter, a
+    checkpoint's config that is not a local folder or that is the model shipped in the package (every use of the
+    installed package would change).
 
     Raises:
         mf2.data.DataError: one line naming the folder and the fix.
     """
     from ..data.schema import DataError
 
+    if adapter_dir is not None:
+        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise DataError(
+                f"--store_thresholds writes into a local adapter folder; {adapter_dir} holds no adapter_config.json "
+                "(a Hub id: download it with huggingface_hub.snapshot_download and give that folder)"
+            )
+        return
     if not (Path(model_dir) / "config.json").is_file():
         raise DataError(f"--store_thresholds writes into a local checkpoint folder; {model_dir} holds no config.json")
     if Path(model_dir).resolve() == default_model_path():
@@ -151,11 +160,11 @@ def store_thresholds(thresholds: list[float], model_dir: str | Path, adapter_dir
     `config.json` (`MF2Config.au_thresholds`)."""
     from ..configuration_mf2 import MF2Config
 
+    check_threshold_target(model_dir, adapter_dir)
     if adapter_dir is not None:
         target = Path(adapter_dir) / THRESHOLDS_FILE
         write_json(target, {"au_thresholds": list(thresholds)})
         return target
-    check_threshold_target(model_dir)
     config = MF2Config.from_pretrained(model_dir)
     config.au_thresholds = list(thresholds)
     return write_config(config, model_dir)

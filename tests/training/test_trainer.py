@@ -258,6 +258,23 @@ def test_a_fresh_run_over_an_earlier_one_is_refused_unless_it_overwrites_it(tmp_
     assert pretrain.main([*argv, "--overwrite_output_dir", "true"]) == 0
     assert not (output / "checkpoint-1500").exists() and not (output / "thresholds.json").exists()
     assert (output / "notes.txt").is_file() and (output / "model.safetensors").is_file()
+    # Starting from the model in that folder: --overwrite_output_dir would delete it before reading it.
+    assert pretrain.main([*argv, "--model_name_or_path", str(output), "--overwrite_output_dir", "true"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 train:")]
+    assert "is the folder of --model_name_or_path" in line and (output / "model.safetensors").is_file()
+
+
+def test_the_shipped_model_is_never_an_output_dir():
+    from types import SimpleNamespace
+
+    from mf2.data import DataError
+    from mf2.integration.default_model import default_model_path
+    from mf2.training.run_setup import check_output_apart
+
+    for output in (default_model_path(), default_model_path() / "dfn"):
+        with pytest.raises(DataError, match="the model shipped in the mf2 package"):
+            check_output_apart(SimpleNamespace(model_name_or_path=None), str(output))
+    check_output_apart(SimpleNamespace(model_name_or_path=str(default_model_path())), "outputs/elsewhere")
 
 
 def test_thresholds_are_stored_whole_into_a_local_checkpoint_only(tmp_path, monkeypatch):
@@ -285,4 +302,11 @@ def test_thresholds_are_stored_whole_into_a_local_checkpoint_only(tmp_path, monk
         store_thresholds([0.5] * 12, default_model_path())
     with pytest.raises(DataError, match="holds no config.json"):
         store_thresholds([0.5] * 12, "someone/some-hub-model")
-    assert store_thresholds([0.5] * 12, model_dir, adapter_dir=tmp_path / "adapter").name == "thresholds.json"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    assert store_thresholds([0.5] * 12, model_dir, adapter_dir=adapter).name == "thresholds.json"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="holds no adapter_config.json"):  # a Hub id: not a new local folder of its name
+        store_thresholds([0.5] * 12, model_dir, adapter_dir="someone/some-adapter")
+    assert not (tmp_path / "someone").exists()
