@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -104,17 +105,39 @@ def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], 
 FOLD_RESULT, FOLD_PREDICTIONS = "fold_result.json", "fold_predictions.npz"
 
 
-def _save_fold(folder: Path, result: dict[str, Any], parts: dict[str, Any], test_rows: np.ndarray) -> None:
+FOLD_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "seed")
+FOLD_SETTINGS += ("gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")
+
+
+def cv_run_key(model_name_or_path: str | None, dataset, finetune_args, training_args) -> str:
+    """What a kept fold must have been trained with to be read by `--resume`: the model, the data (the `datasets`
+    fingerprint of the prepared rows) and the settings that shape a fold's training."""
+    settings = {name: getattr(training_args, name, None) for name in FOLD_SETTINGS}
+    run = {
+        "model": model_name_or_path,
+        "data": getattr(dataset, "_fingerprint", None),
+        "finetune": dataclasses.asdict(finetune_args),
+        "training": settings,
+    }
+    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_fold(folder: Path, run: str, result: dict[str, Any], parts: dict[str, Any], test_rows: np.ndarray) -> None:
     """A finished fold's predictions, then its result: the result file is the fold's done mark for `--resume`."""
     save_npz(folder / FOLD_PREDICTIONS, test_rows=test_rows, **{k: v for k, v in parts.items() if v is not None})
-    write_json(folder / FOLD_RESULT, {"result": result, "absent": [k for k, v in parts.items() if v is None]})
+    absent = [k for k, v in parts.items() if v is None]
+    write_json(folder / FOLD_RESULT, {"run": run, "result": result, "absent": absent})
 
 
-def _finished_fold(folder: Path, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """What `_save_fold` kept of this fold, or None: none kept, or kept for other test rows (other data or folds)."""
+def _finished_fold(folder: Path, run: str, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """What `_save_fold` kept of this fold, or None: none kept, or kept by another run (`cv_run_key`: other model,
+    data or settings) or for other test rows (other folds)."""
     if not (folder / FOLD_RESULT).is_file():
         return None
     stored = json.loads((folder / FOLD_RESULT).read_text(encoding="utf-8"))
+    if stored.get("run") != run:
+        logger.warning("%s: kept by a run with other data or settings; training this fold again", folder)
+        return None
     with np.load(folder / FOLD_PREDICTIONS) as arrays:
         parts = {name: arrays[name] for name in arrays.files}
     if not np.array_equal(parts.pop("test_rows"), test_rows):
@@ -122,7 +145,7 @@ def _finished_fold(folder: Path, test_rows: np.ndarray) -> tuple[dict[str, Any],
     return stored["result"], {**parts, **dict.fromkeys(stored["absent"])}
 
 
-def _fold(base, dataset, full_features, collator, finetune_args, training_args, resume: bool = False):
+def _fold(base, dataset, full_features, collator, finetune_args, training_args, run: str, resume: bool = False):
     """`cross_validate`'s work for one fold: a fresh adapter (or a fresh copy of the model with `--full`) fine-tuned
     on the training rows and tested on the test rows, AU thresholds tuned on the training rows' predictions. Each
     finished fold is kept in its folder; with `resume`, a fold kept for the same test rows is read, not trained."""
@@ -130,7 +153,7 @@ def _fold(base, dataset, full_features, collator, finetune_args, training_args, 
 
     def run_fold(fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
         folder = Path(training_args.output_dir) / f"fold-{fold}"
-        kept = _finished_fold(folder, test_rows) if resume else None
+        kept = _finished_fold(folder, run, test_rows) if resume else None
         if kept is not None:
             logger.info("Fold %d: done already (%s)", fold, folder / FOLD_RESULT)
             return kept
@@ -168,7 +191,7 @@ def _fold(base, dataset, full_features, collator, finetune_args, training_args, 
             "Fold %d: %s", fold, {k: round(v, 4) for k, v in fit.metrics.items() if k.endswith(("au_f1", "accuracy"))}
         )
         if training_args.process_index == 0:
-            _save_fold(folder, result, parts, test_rows)
+            _save_fold(folder, run, result, parts, test_rows)
         return result, parts
 
     return run_fold
@@ -195,7 +218,8 @@ def cross_validated_finetuning(
             training_args.per_device_eval_batch_size,
             training_args,
         )
-    run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args, script_args.resume)
+    run = cv_run_key(script_args.model_name_or_path, dataset, finetune_args, training_args)
+    run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args, run, script_args.resume)
     folds = cross_validate(dataset["group"], finetune_args.cv_folds, finetune_args.cv_seed, run_fold)
     report, merged = _pooled_report([result for result, _ in folds], [parts for _, parts in folds], base.config)
     if is_main_process:

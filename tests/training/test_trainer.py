@@ -163,6 +163,9 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
     assert {fold: (cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns for fold in (0, 1)} == kept
     resumed = json.loads((cv_dir / "cv_results.json").read_text())
     assert resumed["pooled"] == pytest.approx(report["pooled"]) and resumed["folds"][:2] == report["folds"][:2]
+    # --resume with other settings or data trains every fold again: folds kept by another run are not its results.
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, resume=True, learning_rate=3e-3, **common)) == 0
+    assert all((cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns != kept[fold] for fold in (0, 1))
 
     # Evaluating the adapter reproduces the fine-tuning's evaluation, with the thresholds tuned there (thresholds.json).
     eval_dir = tmp_path / "eval"
