@@ -170,6 +170,34 @@ def write_parquet(dataset: Dataset, path: str | os.PathLike) -> None:
         embedded.with_format(None).to_parquet(str(partial))
 
 
+SAVED_MARKERS = {True: "dataset_dict.json", False: "state.json"}  # save_to_disk of a DatasetDict, of a Dataset
+
+
+def check_output_folder(output: Path, splits: list[str], output_format: str, is_dict: bool) -> None:
+    """Refuse an output folder holding a dataset that this write would not replace, which `load_mfa` would then read
+    instead of it or beside it: a `save_to_disk` dataset where Parquet splits are written (it is read first), Parquet
+    files where a `save_to_disk` dataset is written, Parquet splits of other names (read as extra splits), or the
+    other kind of `save_to_disk` dataset. The caption cache and a same-kind earlier output are fine: they are reused
+    or replaced.
+
+    Raises:
+        DataError: one line naming what is there and the fix.
+    """
+    if not output.is_dir():
+        return
+    parquet = sorted(path.name for path in output.glob("*.parquet"))
+    markers = [name for name in SAVED_MARKERS.values() if (output / name).exists()]
+    if output_format == "parquet":
+        stale = [name for name in parquet if name not in {f"{split}.parquet" for split in splits}] + markers
+    else:
+        stale = parquet + [name for name in markers if name != SAVED_MARKERS[is_dict]]
+    if stale:
+        raise DataError(
+            f"{output} holds another dataset ({', '.join(stale)}) that would be read with or instead of this one; "
+            f"give another --output, or remove it there (the caption cache {CACHE_FILE} can stay)"
+        )
+
+
 def caption_dataset(
     dataset_or_path: Dataset | DatasetDict | str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
@@ -200,11 +228,13 @@ def caption_dataset(
     output = Path(output_dir) if output_dir is not None else None
     if isinstance(dataset_or_path, (str, os.PathLike)):
         if output is not None and Path(dataset_or_path).resolve() == output.resolve():
-            raise ValueError("Write the captioned dataset to a folder other than its input.")
+            raise DataError(f"{output}: write the captioned dataset to a folder other than its input.")
         dataset_or_path = load_mfa(dataset_or_path, cache_dir=cache_dir)
+    splits = dataset_or_path if isinstance(dataset_or_path, DatasetDict) else {"train": dataset_or_path}
+    if output is not None:  # before any caption is paid for
+        check_output_folder(output, list(splits), output_format, isinstance(dataset_or_path, DatasetDict))
     if captioner is None:
         captioner = make_captioner("auto", cache=output / CACHE_FILE if output is not None else None)
-    splits = dataset_or_path if isinstance(dataset_or_path, DatasetDict) else {"train": dataset_or_path}
     captioned = DatasetDict(
         {
             name: caption_split(split, captioner, name=name, chunk_size=chunk_size, progress=progress)
@@ -274,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             progress=not args.no_progress,
         )
+    except DataError as error:
+        print(f"mf2 caption: {error}", file=sys.stderr)
+        return 2
     finally:
         if isinstance(captioner, LLMCaptioner):
             captioner.cache.close()

@@ -16,7 +16,7 @@ from mfa_fixtures import png_bytes
 from mf2.configuration_mf2 import AU_NAMES
 from mf2.data.caption_dataset import caption_dataset, load_mfa, main
 from mf2.data.captions.template import TemplateCaptioner
-from mf2.data.schema import MFA_FEATURES, mfa_row, rows_to_columns
+from mf2.data.schema import MFA_FEATURES, DataError, mfa_row, rows_to_columns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +73,24 @@ def test_template_to_parquet_and_disk(tmp_path):
     assert on_disk.features == MFA_FEATURES and on_disk["emotion_caption"] == captioned["train"]["emotion_caption"]
     with pytest.raises(ValueError, match="other than its input"):
         caption_dataset(tmp_path / "raw", tmp_path / "raw", TemplateCaptioner())
+
+
+def test_an_output_folder_holding_another_dataset_is_refused_before_captioning(tmp_path, capsys):
+    """`load_mfa` reads a `save_to_disk` dataset before Parquet files and every Parquet file as a split: writing one
+    kind over the other, or fewer splits, would leave the earlier dataset to be read as this one's."""
+    data = DatasetDict({"train": make_dataset(4), "validation": make_dataset(2, 4)})
+    data["train"].save_to_disk(str(tmp_path / "raw"))
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "raw"), "--output", str(out), "--captioner", "template", "--no-progress"]
+    assert main([*argv, "--format", "disk"]) == 0
+    assert main(argv) == 2  # Parquet over the save_to_disk dataset
+    assert "holds another dataset (state.json)" in capsys.readouterr().err and not (out / "train.parquet").exists()
+    assert main([*argv, "--format", "disk"]) == 0  # the same kind again: replaced
+    caption_dataset(data, tmp_path / "parquet", TemplateCaptioner(), progress=False)
+    with pytest.raises(DataError, match=r"holds another dataset \(validation.parquet\)"):
+        caption_dataset(data["train"], tmp_path / "parquet", TemplateCaptioner(), progress=False)
+    assert main(["--input", str(tmp_path / "missing"), "--output", str(out)]) == 2  # one line, no traceback
+    assert "no such folder or file" in capsys.readouterr().err
 
 
 def read_cache(path: Path) -> set[tuple[str, str]]:
