@@ -40,12 +40,26 @@ class AdapterLoadError(OSError):
         super().__init__(f"could not load the DFN adapter {self.adapter}: {reason}")
 
 
-def read_thresholds(folder: str | os.PathLike) -> list[float] | None:
-    """AU thresholds from `<folder>/thresholds.json`, if the folder is local and has one."""
-    path = Path(folder) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    return [float(value) for value in json.loads(path.read_text(encoding="utf-8"))["au_thresholds"]]
+def read_thresholds(folder: str | os.PathLike, subfolder: str | None = None) -> list[float] | None:
+    """AU thresholds from `thresholds.json` beside an adapter (a local folder, or a Hub repo and its `subfolder`,
+    where `mf2 push` puts it), or None where there is none. A Hub file that exists but cannot be fetched raises
+    `AdapterLoadError`: the adapter must not run with thresholds other than its own."""
+    if names_local_path(folder) or Path(folder).exists():
+        path = Path(folder, subfolder or "") / THRESHOLDS_FILE
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8")
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            text = Path(hf_hub_download(os.fspath(folder), THRESHOLDS_FILE, subfolder=subfolder)).read_text("utf-8")
+        except EntryNotFoundError:
+            return None
+        except OSError as error:  # offline and not cached, no such repo, a network error
+            raise AdapterLoadError(folder, f"its {THRESHOLDS_FILE} could not be read ({error})") from error
+    return [float(value) for value in json.loads(text)["au_thresholds"]]
 
 
 def check_adapter_folder(adapter_name_or_path: str | os.PathLike) -> None:
@@ -69,21 +83,29 @@ def check_adapter_folder(adapter_name_or_path: str | os.PathLike) -> None:
         raise ValueError(f"adapter {path} is a {peft_type} adapter; MF² runs DFN adapters (`mf2 finetune`).")
 
 
-def load_adapter(model: nn.Module, adapter_name_or_path: str | os.PathLike, adapter_name: str = "default") -> DFNModel:
-    """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path`, ready for
-    inference (eval mode, nothing trainable); the adapter folder's tuned AU thresholds (`thresholds.json`) replace
-    those of `model.config`, which the adapted model shares.
+def load_adapter(
+    model: nn.Module,
+    adapter_name_or_path: str | os.PathLike,
+    adapter_name: str = "default",
+    subfolder: str | None = None,
+) -> DFNModel:
+    """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path` (a folder, or
+    a Hub repo with `subfolder="dfn"` as `mf2 push` lays it out), ready for inference (eval mode, nothing trainable);
+    the adapter's tuned AU thresholds (`thresholds.json` beside it) replace those of `model.config`, which the
+    adapted model shares.
 
     Raises:
         ValueError: a local folder that is not a DFN adapter (one line naming the fix).
         AdapterLoadError: the adapter could not be read.
     """
-    check_adapter_folder(adapter_name_or_path)
-    thresholds = read_thresholds(adapter_name_or_path)
+    local = Path(adapter_name_or_path).exists()
+    check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
+    thresholds = read_thresholds(adapter_name_or_path, subfolder)
     if thresholds is not None:
         model.config.au_thresholds = thresholds
+    where = {"subfolder": subfolder} if subfolder else {}
     try:
-        adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name)
+        adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name, **where)
     except (OSError, ValueError) as error:  # not here nor on the Hub (PEFT: ValueError), a damaged file (OSError)
         said = str(error).strip()
         raise AdapterLoadError(adapter_name_or_path, said.splitlines()[0] if said else repr(error)) from error

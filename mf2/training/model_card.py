@@ -221,11 +221,12 @@ def _card_data(
 def adapter_usage(repo_id: str) -> str:
     """The card's paragraph on loading the DFN adapter from its subfolder."""
     return f"""
-The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder:
+The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder, with the AU thresholds
+tuned with it (`{ADAPTER_SUBFOLDER}/thresholds.json`), which `load_adapter` applies:
 
 ```python
-from mf2.dfn import DFNModel
-adapted = DFNModel.from_pretrained(model, "{repo_id}", subfolder="{ADAPTER_SUBFOLDER}")
+from mf2.dfn import load_adapter
+adapted = load_adapter(model, "{repo_id}", subfolder="{ADAPTER_SUBFOLDER}")
 ```
 """
 

@@ -118,16 +118,6 @@ def load_recognition_model(model_name_or_path: str, adapter_name_or_path: str | 
     return load_adapter(model, adapter_name_or_path)
 
 
-def read_thresholds(folder: str | Path) -> list[float] | None:
-    """AU thresholds from `<folder>/thresholds.json`, if the folder is local and has one."""
-    import json
-
-    path = Path(folder) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    return [float(value) for value in json.loads(path.read_text())["au_thresholds"]]
-
-
 def check_threshold_target(model_dir: str | Path, adapter_dir: str | Path | None = None) -> None:
     """Refuse to store thresholds where they would not reach the model they were tuned for: an adapter that is not a
     local adapter folder (a Hub id would become a new folder of that name here), or, without an adapter, a
@@ -183,7 +173,6 @@ __all__ = [
     "load_recognition_model",
     "merge_parts",
     "predict",
-    "read_thresholds",
     "score",
     "store_thresholds",
     "tuned_thresholds",

@@ -24,8 +24,7 @@ RELOAD = textwrap.dedent(
     import numpy as np, torch
     import mf2
     from mf2 import MF2ForFacialStateRecognition
-    from mf2.dfn import DFNModel
-    from mf2.training.scoring import read_thresholds
+    from mf2.dfn import DFNModel, load_adapter
     from mf2.processing_mf2 import load_saved_processor
 
     repo, model_dir, adapter_dir = sys.argv[1:4]
@@ -52,6 +51,8 @@ RELOAD = textwrap.dedent(
         "dfn_emotion": float((local[3] - hub[3]).abs().max()),
         "adapter_changes_outputs": float((hub[2] - hub[1]).abs().max()),
         "thresholds": hub[4],
+        "adapter_thresholds": load_adapter(MF2ForFacialStateRecognition.from_pretrained(repo), repo,
+                                           subfolder="dfn").config.au_thresholds,
     }))
     """
 )
@@ -164,6 +165,7 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     assert result["dfn_au"] == 0.0 and result["dfn_emotion"] == 0.0
     assert result["adapter_changes_outputs"] > 0  # the adapter really was loaded from the `dfn/` subfolder
     assert result["thresholds"] == [0.3] * 12
+    assert result["adapter_thresholds"] == [0.4] * 12  # dfn/thresholds.json, tuned with the adapter, applies
     assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.requests)
 
 
