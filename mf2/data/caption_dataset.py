@@ -93,9 +93,14 @@ def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Datase
     if any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
         return load_from_disk(str(path))
     files = sorted(path.glob("*.parquet"))
+    labels = find_labels_file(path)
+    if files and labels is not None:  # which one holds the data is the user's to say, not a rule of ours
+        raise DataError(
+            f"{path} holds both Parquet files ({files[0].name}) and a {LABELS_FILE}; give the label file itself "
+            f"({labels}) or a folder holding only the Parquet files."
+        )
     if files:
         return DatasetDict({file.stem: load_parquet(file, cache_dir) for file in files})
-    labels = find_labels_file(path)
     if labels is not None:
         return load_image_folder(labels)
     raise DataError(

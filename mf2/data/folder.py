@@ -79,7 +79,8 @@ def _records(labels_file: Path) -> Iterator[tuple[int, dict]]:
                     raise DataError(f"{labels_file}:{number}: not a JSON object ({error}).") from error
                 if not isinstance(record, dict):
                     raise DataError(f"{labels_file}:{number}: not a JSON object; write one object per line.")
-                yield number, record
+                _check_columns(labels_file, record, where=f":{number}")
+                yield number, {str(key).strip(): value for key, value in record.items()}  # as a CSV header is
         return
     with open(labels_file, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(handle)
@@ -92,6 +93,11 @@ def _records(labels_file: Path) -> Iterator[tuple[int, dict]]:
                 raise DataError(
                     f"{labels_file}:{reader.line_num}: more values than the header has columns "
                     f"({len(reader.fieldnames)}); quote values that hold commas."
+                )
+            if None in record.values():  # the values would belong to the columns before the missing ones
+                raise DataError(
+                    f"{labels_file}:{reader.line_num}: fewer values than the header has columns "
+                    f"({len(reader.fieldnames)}); leave an unknown value empty but keep its comma."
                 )
             if any(value not in (None, "") for value in record.values()):
                 yield reader.line_num, record
@@ -106,6 +112,18 @@ def _check_columns(labels_file: Path, columns, where: str = "") -> None:
         raise DataError(f"{labels_file}{where}: no `file_name` column, the image paths (found {columns}); {_FORMAT}.")
     if unknown:
         raise DataError(f"{labels_file}{where}: unknown column(s) {unknown}; rename or remove them ({_FORMAT}).")
+    meant = [_canonical(column) for column in columns]  # AU01 and AU1 are one column, as "emotion " and "emotion"
+    twice = sorted({column for column in meant if meant.count(column) > 1})
+    if twice:
+        raise DataError(f"{labels_file}{where}: column(s) {twice} given twice; keep one of each ({_FORMAT}).")
+    if "au" in meant and any(_AU_COLUMN.match(column) for column in columns):
+        raise DataError(f"{labels_file}{where}: both an `au` column and AU columns; give the AUs one way ({_FORMAT}).")
+
+
+def _canonical(column: str) -> str:
+    """The column a header name stands for: `AU<n>` for every spelling of an AU column, else the name."""
+    match = _AU_COLUMN.match(column)
+    return f"AU{int(match.group(1))}" if match else column
 
 
 def check_labelled(dataset: Dataset, labels_file: str | os.PathLike) -> None:
@@ -198,15 +216,17 @@ def load_image_folder(
     if not labels_file.is_file():
         raise MissingDataError(f"{labels_file}: no such label file.")
     image_dir = Path(image_dir) if image_dir is not None else labels_file.parent
-    json_lines = labels_file.suffix.lower() != ".csv"  # a CSV's header is checked once, in `_records`
-    rows, missing, stats = [], [], []
+    rows, missing, stats, lines = [], [], [], {}
     for number, record in _records(labels_file):
-        if json_lines:
-            _check_columns(labels_file, record, where=f":{number}")
         try:
             name, row = _row(record, image_dir, emotion_map, source)
         except (TypeError, ValueError) as error:
             raise DataError(f"{labels_file}:{number}: {error}.") from error
+        first = lines.setdefault(os.path.normpath(name), number)
+        if first != number:  # one face trained twice, with labels that may disagree
+            raise DataError(
+                f"{labels_file}:{number}: {name} is listed already (line {first}); keep one line per image."
+            )
         path = image_dir / name
         if not path.is_file():
             missing.append(name)

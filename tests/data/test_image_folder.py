@@ -7,7 +7,7 @@ from mfa_fixtures import png_bytes
 
 from mf2.configuration_mf2 import EMOTION_LABELS
 from mf2.data.folder import load_image_folder
-from mf2.data.schema import MFA_FEATURES
+from mf2.data.schema import MFA_FEATURES, DataError
 
 
 @pytest.fixture
@@ -58,3 +58,38 @@ def test_missing_images_and_unknown_emotions_are_errors(images):
     (images / "not-coded.csv").write_text("file_name,AU12\nfaces/img0.png,9\n")
     with pytest.raises(ValueError, match="column AU12: '9' is not a label"):
         load_image_folder(images / "not-coded.csv")
+
+
+@pytest.mark.parametrize(
+    "text, refusal",
+    [
+        ("file_name,emotion,AU1,AU2,AU4\nfaces/img0.png,1,0,1\n", "fewer values than the header"),  # emotion left out
+        ("file_name,emotion,AU1,AU01\nfaces/img0.png,happy,1,0\n", r"\['AU1'\] given twice"),
+        ("file_name,emotion,AU12,emotion\nfaces/img0.png,happy,1,\n", r"\['emotion'\] given twice"),
+        ('file_name,emotion,au,AU12\nfaces/img0.png,happy,"0 0 0 0 0 0 0 0 0 0 0 0",1\n', "both an `au` column and AU"),
+        ("file_name,emotion\nfaces/img0.png,happy\nfaces/img1.png,sad\n./faces/img0.png,anger\n", "listed already"),
+    ],
+)
+def test_labels_that_would_be_read_otherwise_than_written_are_refused(images, text, refusal):
+    """Each of these was read without a word: values slid into the columns before a missing one, the last of two
+    columns for one label won, the `au` column hid the AU columns, an image listed twice trained twice."""
+    (images / "labels.csv").write_text(text)
+    with pytest.raises(DataError, match=refusal):
+        load_image_folder(images / "labels.csv")
+
+
+def test_json_keys_with_stray_spaces_keep_their_values(images):
+    lines = [{"file_name": "faces/img0.png", "emotion ": "happy", " AU12": 1, "group ": "s1"}]
+    (images / "labels.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (row,) = load_image_folder(images / "labels.jsonl").remove_columns("image").to_list()
+    assert row["emotion"] == EMOTION_LABELS.index("happiness") and row["au"][6] == 1 and row["group"] == "s1"
+
+
+def test_a_folder_with_a_label_file_and_parquet_files_is_ambiguous(images):
+    from mf2.data.caption_dataset import load_mfa
+
+    (images / "labels.csv").write_text("file_name,emotion\nfaces/img0.png,happy\n")
+    load_image_folder(images / "labels.csv").to_parquet(str(images / "old_export.parquet"))
+    with pytest.raises(DataError, match="both Parquet files"):
+        load_mfa(images)
+    assert len(load_mfa(images / "labels.csv")) == 1
