@@ -21,6 +21,7 @@ import argparse
 import copy
 import hashlib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -70,16 +71,41 @@ class _RecognitionGraph(nn.Module):
         return output.au_logits, output.emotion_logits
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers (names, shapes, dtypes, values) as the float32 graph holds them:
-    the export cache key. Floating tensors are read as float32 one at a time, so a float16 model and its float32 copy
-    share one export and checking a stamp never copies the whole model."""
+OUTSIDE_THE_GRAPH = {"au_thresholds", "id2label", "label2id", "dtype", "torch_dtype", "_name_or_path"}
+OUTSIDE_THE_GRAPH |= {
+    "model_name",
+    "model_version",
+    "trained",
+    "training_data",
+    "transformers_version",
+    "architectures",
+}
+"""Config keys (at any depth) that the exported graph does not depend on: thresholds and labels are applied after it,
+the rest describes the checkpoint. A float16 model and its float32 copy differ only in `dtype`."""
+
+
+def _graph_config(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _graph_config(item) for key, item in value.items() if key not in OUTSIDE_THE_GRAPH}
+    return value
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of what the exported graph computes: the model's parameters and buffers (names, shapes, dtypes,
+    values) as the float32 graph holds them, its config but for `OUTSIDE_THE_GRAPH` (head counts, epsilons, which
+    features a recogniser reads), and whether a DFN model's adapters are switched off. The export cache key and stamp.
+    Floating tensors are read as float32 one at a time, so a float16 model and its float32 copy share one export and
+    checking a stamp never copies the whole model."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu()
         tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    config = getattr(model, "config", None)
+    settings = _graph_config(config.to_dict()) if hasattr(config, "to_dict") else None
+    switched_off = bool(getattr(model, "_adapters_disabled", False))  # DFNModel.disable_adapters: the base graph
+    digest.update(json.dumps([settings, switched_off], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -115,7 +141,7 @@ def stamp_of(session: Any) -> dict[str, str]:
 
 
 def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) -> None:
-    """Refuse an ONNX file made from other weights than `model`'s, or quantized otherwise than asked: the pipeline would
+    """Refuse an ONNX file made from another model than `model` (`model_fingerprint`), or quantized otherwise than asked: the pipeline would
     read every face with another network under this model's labels and thresholds, in silence.
 
     Raises:
@@ -124,9 +150,10 @@ def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) ->
     stamp = stamp_of(runner.session)
     if not stamp:
         return  # an export of an mf2 that did not stamp its files: nothing to compare
-    if stamp.get(STAMP_WEIGHTS) != weights_fingerprint(model):
+    if stamp.get(STAMP_WEIGHTS) != model_fingerprint(model):
         raise ValueError(
-            f"{runner.path} was exported from other weights than this model's; export this model "
+            f"{runner.path} was exported from another model than this one (other weights or settings); export this "
+            "model "
             "(`mf2 export --model MODEL --output FILE`) or run without a given ONNX file"
         )
     wanted = quantize or "none"
@@ -190,7 +217,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
-            _stamp(partial, {STAMP_WEIGHTS: weights_fingerprint(source), STAMP_QUANTIZE: "none"})
+            _stamp(partial, {STAMP_WEIGHTS: model_fingerprint(source), STAMP_QUANTIZE: "none"})
     finally:
         source.train(was_training)
     return path
@@ -237,7 +264,7 @@ def cached_onnx_path(model: nn.Module, image_size: int, opset: int = OPSET, quan
     """Where `ensure_onnx` keeps the export of `model`:
     `$MF2_HOME/onnx/<weights sha256[:16]>-opset<N>-<size>px[-int8].onnx`."""
     suffix = f"-{check_quantize(quantize)}" if quantize else ""
-    return mf2_home() / "onnx" / f"{weights_fingerprint(model)[:16]}-opset{opset}-{image_size}px{suffix}.onnx"
+    return mf2_home() / "onnx" / f"{model_fingerprint(model)[:16]}-opset{opset}-{image_size}px{suffix}.onnx"
 
 
 def ensure_onnx(
@@ -427,5 +454,5 @@ __all__ = [
     "providers_for",
     "quantize_onnx",
     "require_onnxruntime",
-    "weights_fingerprint",
+    "model_fingerprint",
 ]

@@ -201,7 +201,7 @@ def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(hom
     first_pipe = pipeline("facial-state", model=str(first), device="cpu", runtime="onnx")
     assert onnx_export.stamp_of(first_pipe.onnx_model.session)[onnx_export.STAMP_QUANTIZE] == "none"
     exported = first_pipe.onnx_model.path
-    with pytest.raises(ValueError, match="exported from other weights than this model's"):
+    with pytest.raises(ValueError, match="exported from another model than this one"):
         pipeline("facial-state", model=str(second), device="cpu", runtime="onnx", onnx_path=str(exported))
     with pytest.raises(ValueError, match="holds a float32 graph, and int8 was asked for"):
         pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(exported), quantize="int8")
@@ -213,22 +213,36 @@ def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(hom
     pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(int8.path), quantize="int8")  # its own
 
 
-def test_fingerprint_reads_the_weights_as_the_float32_graph_holds_them():
+def test_fingerprint_is_what_the_float32_graph_computes():
     """A float16 model's export is the graph of its float32 copy: one fingerprint for both (so checking a stamp needs
-    no copy of the model), and any changed weight changes it."""
+    no copy of the model); a changed weight, a config setting the forward pass reads, or a DFN model's adapters
+    switched off change it (each reused another model's export); thresholds, applied after the graph, do not."""
     import copy
 
     from tiny import tiny_config
 
+    from mf2.dfn import DFNConfig, get_dfn_model
     from mf2.modeling_mf2 import MF2ForFacialStateRecognition
 
+    fingerprint = onnx_export.model_fingerprint
     torch.manual_seed(0)
     half = MF2ForFacialStateRecognition(tiny_config()).eval().half()
     widened = copy.deepcopy(half).float()
-    assert onnx_export.weights_fingerprint(half) == onnx_export.weights_fingerprint(widened)
+    assert fingerprint(half) == fingerprint(widened)
+    widened.config.au_thresholds = [0.3] * 12
+    assert fingerprint(half) == fingerprint(widened)
+    widened.config.qformer_config.layer_norm_eps = 1e-3
+    assert fingerprint(half) != fingerprint(widened)
+    widened = copy.deepcopy(half).float()
     with torch.no_grad():
         next(widened.parameters()).add_(1.0)
-    assert onnx_export.weights_fingerprint(half) != onnx_export.weights_fingerprint(widened)
+    assert fingerprint(half) != fingerprint(widened)
+    adapted = get_dfn_model(copy.deepcopy(half).float(), DFNConfig(num_layers=1)).eval()
+    on = fingerprint(adapted)
+    adapted.disable_adapters()
+    assert fingerprint(adapted) != on
+    adapted.enable_adapters()
+    assert fingerprint(adapted) == on
 
 
 def test_roi_align_tokens_exports_exactly(tmp_path):
