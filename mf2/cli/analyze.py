@@ -82,7 +82,7 @@ from .analyze_checks import (
 from .analyze_inputs import InputPath, expand_paths
 from .analyze_parser import build_parser
 from .analyze_records import RecordWriter
-from .analyze_resume import check_resumed_run, forget_run, record_settings
+from .analyze_resume import begin_output, check_resumed_run, record_settings
 from .analyze_run import AnalyzeRun, open_output
 from .analyze_shards import annotation_names, device_for, launched, run_sharded
 
@@ -184,7 +184,7 @@ def _main(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if args.resume:
         check_resumed_run(Path(args.output), fmt, common, record_settings(args), keep=processes.rank == 0)
     elif args.output != "-" and processes.rank == 0:
-        forget_run(Path(args.output))  # the output is replaced: its kept options and parts go with it
+        begin_output(Path(args.output), record_settings(args))  # replaced: its parts go, this run's options stay
     if sharded:  # each process's share into its part, merged by process 0
         names = (
             names if names is not None else annotation_names(files, stems)

@@ -2,13 +2,13 @@
 read one way.
 
 The records say which model wrote them (`model`, `model_version`); the options that shape them do not (an adapter,
-`--threshold`, `--all-faces`, the runtime, the video sampling...). So a `--resume` run keeps those options beside its
-output, in `OUTPUT.resume.json`, and a later `--resume` with other ones is refused in one line naming each option that
-differs, instead of adding records read another way to the same file. A run without `--resume` replaces its output and
-removes that file.
+`--threshold`, `--all-faces`, the runtime, the video sampling...). So every run keeps those options beside its
+output, in `OUTPUT.resume.json` (a run without `--resume` replaces both), and a later `--resume` with other ones is
+refused in one line naming each option that differs, instead of adding records read another way to the same file: a
+killed run is told to go on with `--resume`, and it must go on as it began.
 
-An output begun without `--resume` (or by an mf2 that did not keep the file) has no such file: its records' model
-fields are still compared, and the file is not written for it, since it would vouch for options nobody kept.
+An output begun by an mf2 that did not keep the file has no such file: its records' model fields are still compared,
+and the file is not written for it, since it would vouch for options nobody kept.
 """
 
 from __future__ import annotations
@@ -77,14 +77,18 @@ def check_resumed_run(output: Path, fmt: str, identity: dict[str, Any], settings
             pass  # its folder cannot hold files: writing the output fails next, in the run's own one line
 
 
-def forget_run(output: Path) -> None:
-    """Remove what an earlier run kept beside an output that a run without `--resume` replaces: its options and the
-    part files of a killed `--resume` or multi-process run, which a later `--resume` would otherwise fold in as done
-    inputs, read with options nothing vouches for any more. (An output that cannot be written is the run's own
-    one-line error.)"""
+def begin_output(output: Path, settings: dict[str, Any]) -> None:
+    """For a run without `--resume`, which replaces `output`: remove the part files of a killed `--resume` or
+    multi-process run (a later `--resume` would fold them in as done inputs, read with other options), and keep this
+    run's `settings` in place of the earlier run's, for a `--resume` after it is killed. (An output that cannot be
+    written is the run's own one-line error.)"""
     for path in [settings_path(output), *part_paths(output)]:
         if path.is_file():
             path.unlink()
+    try:
+        write_json(settings_path(output), settings)
+    except OSError:
+        pass  # its folder cannot hold files: writing the output fails next, in the run's own one line
 
 
 def _check_model(output: Path, fmt: str, identity: dict[str, Any]) -> bool:
@@ -135,4 +139,4 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["RECORD_OPTIONS", "check_resumed_run", "forget_run", "record_settings", "settings_path"]
+__all__ = ["RECORD_OPTIONS", "begin_output", "check_resumed_run", "record_settings", "settings_path"]

@@ -475,6 +475,7 @@ def test_outputs_beside_the_inputs_run_and_a_rerun_replaces_only_its_own_annotat
         assert (folder / "a.png").read_bytes() == photo and sorted(p.name for p in folder.iterdir()) == [
             "a.png",
             "records.jsonl",
+            "records.jsonl.resume.json",  # its options, for a --resume after a kill
         ]
         assert Image.open(annotated / "a.png").info.get("Software") == "mf2 analyze"
 

@@ -86,23 +86,30 @@ def test_two_processes_write_the_records_of_one(checkpoint, images, reference, t
     assert output.read_text() == reference["jsonl"].read_text()  # the same records, bytes and order (no timings)
     assert "6 file(s) analysed by 2 process(es)" in done.stderr
     assert sorted(path.name for path in annotated.iterdir()) == sorted(path.name for path in images.iterdir())
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["annotated", "two.jsonl"]  # no part left
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["annotated", "two.jsonl", "two.jsonl.resume.json"]
 
 
 def test_a_failed_process_stops_both_in_one_line_each_and_resume_finishes(checkpoint, images, reference, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(images, inputs)
     output = tmp_path / "out.jsonl"
-    argv = [str(images), "--model", str(checkpoint), "-o", str(output)]
-    failed = launch_two([*argv, "--no-face", "error"])  # the face-less image (input 4, process 0's) ends the run
+    argv = [str(inputs), "--model", str(checkpoint), "-o", str(output), "--no-face", "error"]
+    failed = launch_two(argv)  # the face-less image (input 4, process 0's) ends the run
     assert failed.returncode != 0
     messages = [line for line in failed.stderr.splitlines() if line.startswith("mf2 analyze:")]
     assert "f_blank.png: no face found" in messages[0] or "f_blank.png: no face found" in messages[1]
     assert any("another process failed" in line for line in messages) and "[rank" not in failed.stderr
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl.rank0.part", "out.jsonl.rank1.part"]
+    parts = ["out.jsonl.rank0.part", "out.jsonl.rank1.part"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in", *parts, "out.jsonl.resume.json"]
+    refused = launch_two([*argv[:-2], "--resume"])  # its options were kept: it goes on as it began, or not at all
+    assert refused.returncode != 0 and "was written with --no-face error" in refused.stderr
+    (inputs / "f_blank.png").unlink()
     done = launch_two([*argv, "--resume"])  # the parts are kept, less each one's last input
     assert done.returncode == 0, done.stderr[-2000:]
     assert "analysed by 2 process(es)" in done.stderr and "0 already in" not in done.stderr
-    assert output.read_text() == reference["jsonl"].read_text()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.jsonl"]
+    expected = [line.replace(str(images), str(inputs)) for line in reference["jsonl"].read_text().splitlines()]
+    assert output.read_text().splitlines() == [line for line in expected if "f_blank.png" not in line]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in", "out.jsonl", "out.jsonl.resume.json"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -51,21 +51,25 @@ def test_a_resume_with_other_options_is_refused_naming_each(checkpoint, images, 
     assert analyze(images, checkpoint, output, "--resume", "--top-k", "2") == 0  # the same options: it goes on
     assert "1 file(s) analysed by 1 process(es), 1 already in" in capsys.readouterr().err
     assert output.read_text().startswith(records) and len(output.read_text().splitlines()) == 2
-    assert analyze(images, checkpoint, output) == 0  # without --resume the output is replaced, its options forgotten
-    assert not settings_path(output).exists()
+    assert analyze(images, checkpoint, output) == 0  # without --resume the output is replaced, and its options
+    assert json.loads(settings_path(output).read_text())["top_k"] == 3
 
 
-def test_an_output_begun_without_resume_is_not_vouched_for(checkpoint, images, tmp_path):
-    """Its options were not kept: the records' model fields are compared, and no options file is written for it."""
+def test_a_run_begun_without_resume_goes_on_only_as_it_began(checkpoint, images, tmp_path, capsys):
+    """A killed run is told to go on with --resume: its options were kept, so a resume with others is refused (it
+    added records read another way, the video sampling or --all-faces changing in the middle of one file)."""
     output = tmp_path / "out.csv"
     assert analyze(images, checkpoint, output, "--threshold", "0.3") == 0
-    assert analyze(images, checkpoint, output, "--resume") == 0
-    assert not settings_path(output).exists()
+    shutil.copy(EXAMPLES / "two_faces.png", images / "b.png")
+    capsys.readouterr()
+    assert analyze(images, checkpoint, output, "--resume", "--all-faces") == 1
+    assert "was written with --threshold 0.3 (this run: not given)" in capsys.readouterr().err
+    assert analyze(images, checkpoint, output, "--resume", "--threshold", "0.3") == 0
 
 
 def test_a_run_without_resume_drops_the_parts_of_a_killed_run(checkpoint, images, tmp_path, capsys):
     """A `--resume` run killed before its merge leaves a part file. A run without `--resume` replaces the output and
-    forgets its options; it drops the part too, or a later `--resume` would fold in the killed run's records, read
+    its options; it drops the part too, or a later `--resume` would fold in the killed run's records, read
     with options nothing vouches for any more, as done inputs."""
     output = tmp_path / "out.jsonl"
     shutil.copy(EXAMPLES / "two_faces.png", images / "b.png")
