@@ -278,10 +278,12 @@ def _analyse(
         run = AnalyzeRun(args, pipe, writer, common)
         run.names = names or {}
         run.video_stems = stems
+        finished = False
         try:
             run.run(files)  # a missing landmark back-end or model file is raised by the first image it sees
+            finished = True
         finally:
-            run.close()
+            run.close(finished)
     return run.counts
 
 

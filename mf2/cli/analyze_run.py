@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 from collections import deque
 from itertools import count, groupby
@@ -48,6 +49,11 @@ def open_output(name: str, buffering: int = -1) -> TextIO:
         raise AnalyzeError(
             f"cannot write the output file {name} ({error.strerror or error}); give -o a file in a writable folder"
         ) from error
+
+
+def partial_name(name: str) -> str:
+    """Where an output written whole at the end is written until then (`-`, standard output, streams as it is)."""
+    return name if name == "-" else name + ".partial"
 
 
 class AnalyzeRun:
@@ -96,7 +102,12 @@ class AnalyzeRun:
         self.au_names, self.emotion_labels = list(config.au_names), list(config.emotion_labels)
         self.summary = None  # --summary: the CSV, its header written now, a video's rows when the video is done
         if args.summary is not None:
-            self.summary = open_output(args.summary)
+            # Written as SUMMARY.partial and named SUMMARY when the run ends: a killed run's rows (its finished
+            # videos) must not read as a whole run's, nor an earlier run's file as this one's.
+            with contextlib.suppress(FileNotFoundError):
+                if args.summary != "-":
+                    Path(args.summary).unlink()
+            self.summary = open_output(partial_name(args.summary))
             self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
             self._write_summary([], header=True)
         self.plot_dir = Path(args.plot) if args.plot else None
@@ -110,9 +121,12 @@ class AnalyzeRun:
                     "--plot a writable place"
                 ) from error
 
-    def close(self) -> None:
-        if self.summary is not None:
+    def close(self, finished: bool = False) -> None:
+        """Close the summary, and give it its name where the run `finished` (else it stays SUMMARY.partial)."""
+        if self.summary is not None and self.summary is not sys.stdout:
             self.summary.close()
+            if finished:
+                os.replace(partial_name(self.args.summary), self.args.summary)
 
     def emit(self, records: list[dict[str, Any]]) -> None:
         """The records of one input (an image, a video frame, a failed file): written together, at once."""

@@ -827,3 +827,23 @@ def test_two_videos_of_one_name_keep_their_own_annotated_frames_over_a_resume(ch
     assert sorted(first) == sorted(f"session{k}_frame00000{n}.png" for k in ("", "-1") for n in (0, 1))
     assert cli_main([*argv, "--resume"]) == 0
     assert {path.name: path.read_bytes() for path in annotated.iterdir()} == first
+
+
+def test_a_killed_run_leaves_its_summary_as_partial_not_as_a_whole_one(checkpoint, tmp_path, capsys, monkeypatch):
+    """The summary's rows come as each video ends: a killed run's file held its finished videos' rows (or the header
+    alone) under the final name, like a whole run whose other videos had no faces; an earlier run's stayed there."""
+    from mf2.video import write_video
+
+    folder, output, summary = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "people.csv"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "astronaut.png", folder / "a.png")
+    write_video(folder / "b_clip.mp4", _face_frames(2), fps=10)
+    summary.write_text("an earlier run's summary\n")
+    argv = ["analyze", str(folder), "--model", str(checkpoint), "--no-progress", "-o", str(output)]
+    _failing_write(monkeypatch, KeyboardInterrupt(), at=2)
+    assert cli_main([*argv, "--summary", str(summary)]) == 130
+    assert not summary.exists() and Path(f"{summary}.partial").read_text().startswith("path,track,")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli_main([*argv, "--summary", str(summary)]) == 0
+    assert summary.read_text().startswith("path,track,") and not Path(f"{summary}.partial").exists()
