@@ -292,13 +292,16 @@ def _missing_end(container, stream, decoded: int, time: float | None, step: floa
         if decoded < declared - 2:
             return f"the stream ends after {decoded} of the {declared} frames its container declares (cut short?)"
         return None
+    reached = _next_time(time, step) if decoded else 0.0
     if stream.duration is not None and stream.time_base is not None:
         duration, margin = float(stream.duration * stream.time_base), 0.05
     elif container.duration is not None:
         duration, margin = container.duration / 1_000_000, 0.05 if len(container.streams) == 1 else 1.0
+        # Matroska's duration counts from 0, not from a stream that starts past it (1 s into a trimmed clip):
+        # compared with the end as the container's clock reads it, a whole file is not taken for a cut one.
+        reached += stream_origin(stream)
     else:
         return None  # nothing declared to compare with
-    reached = _next_time(time, step) if decoded else 0.0
     if reached < duration - 2 * step - margin:
         return f"the stream ends at {reached:.3f} s of the {duration:.3f} s its container declares (cut short?)"
     return None

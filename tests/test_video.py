@@ -294,14 +294,15 @@ def test_display_rotation_rounds_to_quarter_turns():
     assert upright(image, SimpleNamespace(rotation=-90)).tolist() == np.rot90(image, -1).tolist()
 
 
-def _mpegts(path: Path, start: float, count: int = 10, fps: int = 10) -> Path:
-    """`count` frames of `gradient_frames` in MPEG-TS, which declares no frame rate and no frame count, with the
-    stream's clock starting at `start` seconds (as MPEG-TS from FFmpeg, camcorders and trimmed clips do)."""
+def _mpegts(path: Path, start: float, count: int = 10, fps: int = 10, container_format: str = "mpegts") -> Path:
+    """`count` frames of `gradient_frames` in MPEG-TS (or `container_format`), which declares no frame rate and no
+    frame count, with the stream's clock starting at `start` seconds (as MPEG-TS from FFmpeg, camcorders and trimmed
+    clips do)."""
     from fractions import Fraction
 
     import av
 
-    with av.open(str(path), mode="w", format="mpegts") as container:
+    with av.open(str(path), mode="w", format=container_format) as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height = stream.width = 64
         stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, fps)
@@ -323,3 +324,11 @@ def test_frame_times_count_from_the_streams_start_and_a_whole_stream_without_a_r
     assert video_info(video)["fps"] is None  # the case: no rate to add a frame's length with
     assert [round(frame.time, 3) for frame in VideoReader(video)] == [k / 10 for k in range(10)]
     assert [frame.index for frame in VideoReader(video, fps=5, start=0.4)] == [4, 6, 8]
+
+
+def test_a_whole_matroska_clip_whose_clock_starts_past_0_is_not_called_cut(tmp_path):
+    """Matroska declares its duration from 0, not from the first frame: a whole clip starting at 1 s was reported as
+    "cut short" after its last frame (an error record, exit 1)."""
+    video = _mpegts(tmp_path / "clip.mkv", 1.0, count=30, fps=25, container_format="matroska")
+    frames = list(VideoReader(video))
+    assert len(frames) == 30 and frames[0].time == 0.0
