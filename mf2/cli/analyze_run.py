@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import math
 import os
+import re
 import sys
 from collections import deque
 from itertools import count, groupby
@@ -31,6 +33,7 @@ from .analyze_checks import (
     OutputClashError,
     check_annotation_target,
     frame_png_name,
+    is_annotation,
 )
 from .analyze_inputs import InputPath, ReadImage, read_image
 from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
@@ -192,6 +195,7 @@ class AnalyzeRun:
         if self.plot_dir is None:
             return
         stem = self.video_stems.get(str(path)) or path.stem or "video"
+        self._drop_stale_timelines(stem, set(tracks.tracks))
         for number in sorted(tracks.tracks):
             title = f"{path.name} - track {number}"
             self._save_png(
@@ -201,6 +205,15 @@ class AnalyzeRun:
                 "--plot",
                 "timeline",
             )
+
+    def _drop_stale_timelines(self, stem: str, numbers: set[int]) -> None:
+        """Remove the timelines an earlier run drew for tracks of this video that this run did not find: the folder
+        would show more people than the run saw. Only PNGs mf2 analyze wrote (`is_annotation`)."""
+        pattern = re.compile(re.escape(stem) + r"_track(\d+)\.png")
+        for path in self.plot_dir.glob(f"{glob.escape(stem)}_track*.png"):
+            match = pattern.fullmatch(path.name)
+            if match and int(match.group(1)) not in numbers and is_annotation(path):
+                path.unlink()
 
     def run(self, files: list[InputPath]) -> None:
         """Every input in the order given: each stretch of images streams through the pipeline together, each video

@@ -847,3 +847,38 @@ def test_a_killed_run_leaves_its_summary_as_partial_not_as_a_whole_one(checkpoin
     capsys.readouterr()
     assert cli_main([*argv, "--summary", str(summary)]) == 0
     assert summary.read_text().startswith("path,track,") and not Path(f"{summary}.partial").exists()
+
+
+def test_plot_drops_the_timelines_of_tracks_this_run_did_not_find(checkpoint, tmp_path):
+    """An earlier run's timelines of the same video stayed beside this run's: the folder showed people this run did
+    not see. Only that video's PNGs that mf2 analyze wrote go."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from mf2.cli.analyze_checks import ANNOTATION_MARK
+    from mf2.video import write_video
+
+    folder, plots = tmp_path / "in", tmp_path / "plots"
+    folder.mkdir()
+    plots.mkdir()
+    write_video(folder / "clip.mp4", _face_frames(2), fps=10)
+    mark = PngInfo()
+    mark.add_text(*ANNOTATION_MARK)
+    for name in ("clip_track7.png", "clip-1_track7.png", "other_track7.png"):
+        Image.new("RGB", (4, 4)).save(plots / name, pnginfo=mark)
+    output = tmp_path / "out.jsonl"
+    argv = [
+        "analyze",
+        str(folder),
+        "--model",
+        str(checkpoint),
+        "--no-progress",
+        "-o",
+        str(output),
+        "--plot",
+        str(plots),
+    ]
+    assert cli_main(argv) == 0
+    tracks = sorted({record["track"] for record in read_jsonl(output) if record.get("track") is not None})
+    assert tracks and sorted(path.name for path in plots.iterdir()) == sorted(
+        [*(f"clip_track{number}.png" for number in tracks), "clip-1_track7.png", "other_track7.png"]
+    )
