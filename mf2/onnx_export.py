@@ -71,17 +71,9 @@ class _RecognitionGraph(nn.Module):
         return output.au_logits, output.emotion_logits
 
 
-OUTSIDE_THE_GRAPH = {"au_thresholds", "id2label", "label2id", "dtype", "torch_dtype", "_name_or_path"}
-OUTSIDE_THE_GRAPH |= {
-    "model_name",
-    "model_version",
-    "trained",
-    "training_data",
-    "transformers_version",
-    "architectures",
-}
-"""Config keys (at any depth) that the exported graph does not depend on: thresholds and labels are applied after it,
-the rest describes the checkpoint. A float16 model and its float32 copy differ only in `dtype`."""
+OUTSIDE_THE_GRAPH = {"au_thresholds", "id2label", "label2id", "dtype", "torch_dtype", "_name_or_path", "trained"}
+OUTSIDE_THE_GRAPH |= {"model_name", "model_version", "training_data", "transformers_version", "architectures"}
+"""Config keys (any depth) the graph does not read: thresholds and labels apply after it, the rest names the model."""
 
 
 def _graph_config(value: Any) -> Any:

@@ -105,14 +105,7 @@ class AnalyzeRun:
         self.au_names, self.emotion_labels = list(config.au_names), list(config.emotion_labels)
         self.summary = None  # --summary: the CSV, its header written now, a video's rows when the video is done
         if args.summary is not None:
-            # Written as SUMMARY.partial and named SUMMARY when the run ends: a killed run's rows (its finished
-            # videos) must not read as a whole run's, nor an earlier run's file as this one's.
-            with contextlib.suppress(FileNotFoundError):
-                if args.summary != "-":
-                    Path(args.summary).unlink()
-            self.summary = open_output(partial_name(args.summary))
-            self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
-            self._write_summary([], header=True)
+            self._open_summary(args.summary)
         self.plot_dir = Path(args.plot) if args.plot else None
         self.video_stems: dict[str, str] = {}  # each video's PNG stem, for --plot and --annotate (`video_stems`)
         if self.plot_dir is not None:
@@ -123,6 +116,15 @@ class AnalyzeRun:
                     f"cannot create the --plot folder {self.plot_dir} ({error.strerror or error}); give "
                     "--plot a writable place"
                 ) from error
+
+    def _open_summary(self, name: str) -> None:
+        """Written as SUMMARY.partial and named SUMMARY when the run ends: a killed run's rows (its finished videos)
+        must not read as a whole run's, nor an earlier run's file as this one's."""
+        with contextlib.suppress(FileNotFoundError):
+            Path(name).unlink()
+        self.summary = open_output(partial_name(name))
+        self.summary_columns = summary_columns(self.au_names, self.emotion_labels)
+        self._write_summary([], header=True)
 
     def close(self, finished: bool = False) -> None:
         """Close the summary, and give it its name where the run `finished` (else it stays SUMMARY.partial)."""
