@@ -115,6 +115,16 @@ def frame_png_pattern(stem: str) -> re.Pattern:
     return re.compile(re.escape(stem) + r"_frame\d{6}\.png")
 
 
+def track_png_name(stem: str, track: int) -> str:
+    """The `--plot` timeline of a video's track: `<stem>_track<N>.png`."""
+    return f"{stem}_track{track}.png"
+
+
+def track_png_pattern(stem: str) -> re.Pattern:
+    """Every name `track_png_name` gives a video of PNG stem `stem`, the track number as group 1."""
+    return re.compile(re.escape(stem) + r"_track(\d+)\.png")
+
+
 def video_stems(files: list) -> dict[str, str]:
     """The PNG stem of every video among `files` (`<stem>_track<N>.png` for `--plot`, `<stem>_frame<N>.png` for
     `--annotate`), unique over the run, in input order, and worked out over every input before a run is shared out or
@@ -252,7 +262,7 @@ def _check_video_pngs(option: str, folder: Path, stems: dict[str, str]) -> None:
     (`--annotate`) or `<stem>_trackN.png` (`--plot`), is one mf2 analyze wrote (`check_annotation_target`)."""
     for stem in stems.values():
         kind = "_frame" if option == "--annotate" else "_track"
-        pattern = frame_png_pattern(stem) if kind == "_frame" else re.compile(re.escape(stem) + r"_track\d+\.png")
+        pattern = frame_png_pattern(stem) if kind == "_frame" else track_png_pattern(stem)
         for existing in sorted(folder.glob(glob.escape(stem) + kind + "*.png")):
             if pattern.fullmatch(existing.name):
                 check_annotation_target(folder, existing.name, option)

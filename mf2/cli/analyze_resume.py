@@ -82,7 +82,7 @@ def begin_output(output: Path, settings: dict[str, Any]) -> None:
     multi-process run (a later `--resume` would fold them in as done inputs, read with other options), and keep this
     run's `settings` in place of the earlier run's, for a `--resume` after it is killed. (An output that cannot be
     written is the run's own one-line error.)"""
-    for path in [settings_path(output), *part_paths(output)]:
+    for path in [settings_path(output), *part_paths(output)]:  # the earlier options go even if writing these fails
         if path.is_file():
             path.unlink()
     try:

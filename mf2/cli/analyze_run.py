@@ -12,7 +12,6 @@ import contextlib
 import glob
 import math
 import os
-import re
 import sys
 from collections import deque
 from itertools import count, groupby
@@ -23,7 +22,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..face_search import FALLBACK_LABEL, search_scale, search_warning
-from ..local_files import written_aside
+from ..local_files import PARTIAL_SUFFIX, written_aside
 from ..pipeline_mf2 import InputError
 from ..video import VideoDecodeError, VideoReader, is_video
 from ..visualization import annotate
@@ -34,6 +33,8 @@ from .analyze_checks import (
     check_annotation_target,
     frame_png_name,
     is_annotation,
+    track_png_name,
+    track_png_pattern,
 )
 from .analyze_inputs import InputPath, ReadImage, read_image
 from .analyze_records import OUTPUT_ERRORS, RecordWriter, annotation_name, face_records
@@ -55,8 +56,8 @@ def open_output(name: str, buffering: int = -1) -> TextIO:
 
 
 def partial_name(name: str) -> str:
-    """Where an output written whole at the end is written until then (`-`, standard output, streams as it is)."""
-    return name if name == "-" else name + ".partial"
+    """Where an output named at the end of the run is written until then (`-`, standard output, streams as it is)."""
+    return name if name == "-" else name + PARTIAL_SUFFIX
 
 
 class AnalyzeRun:
@@ -203,7 +204,7 @@ class AnalyzeRun:
             self._save_png(
                 tracks.image(number, title, self.thresholds),
                 self.plot_dir,
-                f"{stem}_track{number}.png",
+                track_png_name(stem, number),
                 "--plot",
                 "timeline",
             )
@@ -211,7 +212,7 @@ class AnalyzeRun:
     def _drop_stale_timelines(self, stem: str, numbers: set[int]) -> None:
         """Remove the timelines an earlier run drew for tracks of this video that this run did not find: the folder
         would show more people than the run saw. Only PNGs mf2 analyze wrote (`is_annotation`)."""
-        pattern = re.compile(re.escape(stem) + r"_track(\d+)\.png")
+        pattern = track_png_pattern(stem)
         for path in self.plot_dir.glob(f"{glob.escape(stem)}_track*.png"):
             match = pattern.fullmatch(path.name)
             if match and int(match.group(1)) not in numbers and is_annotation(path):
