@@ -123,8 +123,8 @@ class FacialStatePipeline(VideoMixin, Pipeline):
         multiple_faces (`"largest"` or `"all"`), landmark_backend, min_detection_size, backend_kwargs: passed to
             the image processor.
 
-    Construction: `adapter="outputs/my-dfn"` runs a DFN adapter (the folder `mf2 finetune` writes) on the model
-    (`mf2.dfn.load_adapter`, which also takes the AU thresholds tuned with it). `runtime="onnx"` runs the network in
+    Construction: `adapter="outputs/my-dfn"` runs a DFN adapter (a folder of `mf2 finetune`, or a repo of `mf2 push`,
+    in its `dfn/`) on the model (`mf2.dfn.load_adapter`, which also takes the AU thresholds tuned with it). `runtime="onnx"` runs the network in
     onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed export under `$MF2_HOME/onnx/`, written on first
     use; everything else is as with `runtime="torch"`, the default. `quantize="int8"` (with `runtime="onnx"`) runs
     the graph's int8 version (`mf2.onnx_export.quantize_onnx`): about twice as fast on a CPU, with the

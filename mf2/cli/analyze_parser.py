@@ -21,6 +21,7 @@ from .analyze_checks import UsageError
 
 DEFAULT_BATCH_SIZE = 16
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SUBFOLDER = "dfn"  # = mf2.dfn.loading.ADAPTER_SUBFOLDER (this module imports no torch)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,11 +69,12 @@ def _backend_name(text: str) -> str:
 
 def adapter_problem(name: str) -> str | None:
     """What is wrong with a DFN adapter argument (`--adapter`, `pipeline(..., adapter=)`), or None: a folder must hold
-    `adapter_config.json`; a name that is no local path is taken as a Hub id."""
+    `adapter_config.json`, itself or in `dfn/` (a repository `mf2 push` wrote); a name that is no local path is taken
+    as a Hub id."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if (path / ADAPTER_CONFIG).is_file():
-            return None
+        if (path / ADAPTER_CONFIG).is_file() or (path / ADAPTER_SUBFOLDER / ADAPTER_CONFIG).is_file():
+            return None  # an adapter folder, or a repository `mf2 push` wrote (its adapter in dfn/)
         found = "a saved model (config.json), not an adapter" if (path / "config.json").is_file() else "no adapter"
         return f"{name} holds {found}: no {ADAPTER_CONFIG}; pass the --output_dir of `mf2 finetune`"
     if path.exists():
@@ -126,7 +128,8 @@ def _add_inputs_and_outputs(parser: argparse.ArgumentParser) -> None:
         "--adapter",
         type=_adapter,
         metavar="DIR",
-        help="a DFN adapter to run on the model: the --output_dir of `mf2 finetune` (its tuned AU thresholds too)",
+        help="a DFN adapter to run on the model (its tuned AU thresholds too): the --output_dir of `mf2 finetune`, "
+        "or a Hub repo or folder `mf2 push` wrote",
     )
     parser.add_argument(
         "--output",

@@ -27,6 +27,8 @@ from .model import checkpoint_has_text_weights
 from .peft_model import DFNModel
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SUBFOLDER = "dfn"
+"""Where `mf2 push` puts the adapter in a repository that also holds its base model (= `mf2.cli.analyze_parser`'s)."""
 THRESHOLDS_FILE = "thresholds.json"  # = mf2.training.scoring.THRESHOLDS_FILE, which writes it
 """Beside the adapter: `{"au_thresholds": [...]}`, the per-AU thresholds tuned on `mf2 finetune`'s evaluation data."""
 
@@ -51,15 +53,45 @@ def read_thresholds(folder: str | os.PathLike, subfolder: str | None = None) -> 
         text = path.read_text(encoding="utf-8")
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
             text = Path(hf_hub_download(os.fspath(folder), THRESHOLDS_FILE, subfolder=subfolder)).read_text("utf-8")
+        except LocalEntryNotFoundError as error:  # offline and not cached: it may exist (a subclass of the next)
+            raise AdapterLoadError(folder, f"its {THRESHOLDS_FILE} could not be read ({error})") from error
         except EntryNotFoundError:
             return None
         except OSError as error:  # offline and not cached, no such repo, a network error
             raise AdapterLoadError(folder, f"its {THRESHOLDS_FILE} could not be read ({error})") from error
     return [float(value) for value in json.loads(text)["au_thresholds"]]
+
+
+def adapter_subfolder(adapter_name_or_path: str | os.PathLike, subfolder: str | None = None) -> str | None:
+    """The folder of `adapter_name_or_path` that holds the adapter: `subfolder` where one is given; else the root
+    where it holds `adapter_config.json`, and `dfn/` where only that does (a repository `mf2 push` wrote, on the Hub or
+    downloaded). Where neither is found (or the Hub cannot be asked) the root, whose loading then says what is wrong."""
+    if subfolder is not None:
+        return subfolder or None
+    path = Path(adapter_name_or_path).expanduser()
+    if path.exists():
+        pushed = not (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_SUBFOLDER / ADAPTER_CONFIG).is_file()
+        return ADAPTER_SUBFOLDER if pushed else None
+    if names_local_path(adapter_name_or_path):
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    for where in (None, ADAPTER_SUBFOLDER):
+        try:
+            hf_hub_download(os.fspath(adapter_name_or_path), ADAPTER_CONFIG, subfolder=where)
+            return where
+        except LocalEntryNotFoundError:  # offline and not cached: PEFT's own attempt reports it
+            return None
+        except EntryNotFoundError:
+            continue
+        except OSError:  # no such repo, a network error: as above
+            return None
+    return None
 
 
 def check_adapter_folder(adapter_name_or_path: str | os.PathLike) -> None:
@@ -89,16 +121,17 @@ def load_adapter(
     adapter_name: str = "default",
     subfolder: str | None = None,
 ) -> DFNModel:
-    """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path` (a folder, or
-    a Hub repo with `subfolder="dfn"` as `mf2 push` lays it out), ready for inference (eval mode, nothing trainable);
-    the adapter's tuned AU thresholds (`thresholds.json` beside it) replace those of `model.config`, which the
-    adapted model shares.
+    """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path` (a folder, a
+    Hub repo, or either as `mf2 push` lays it out, with the adapter in `dfn/`: see `adapter_subfolder`), ready for
+    inference (eval mode, nothing trainable); the adapter's tuned AU thresholds (`thresholds.json` beside it) replace
+    those of `model.config`, which the adapted model shares.
 
     Raises:
         ValueError: a local folder that is not a DFN adapter (one line naming the fix).
         AdapterLoadError: the adapter could not be read.
     """
     local = Path(adapter_name_or_path).exists()
+    subfolder = adapter_subfolder(adapter_name_or_path, subfolder)
     check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
     thresholds = read_thresholds(adapter_name_or_path, subfolder)
     if thresholds is not None:
@@ -120,15 +153,17 @@ def load_dfn_model(
     `from_pretrained` (`dtype`, `device_map`, ...); `"mf2-base"` is the shipped model."""
     from ..modeling_mf2 import MF2ForFacialStateRecognition
 
-    check_adapter_folder(adapter_name_or_path)
+    check_adapter_folder(Path(adapter_name_or_path, adapter_subfolder(adapter_name_or_path) or ""))
     base = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path, **kwargs)
     return load_adapter(base, adapter_name_or_path)
 
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "ADAPTER_SUBFOLDER",
     "AdapterLoadError",
     "THRESHOLDS_FILE",
+    "adapter_subfolder",
     "check_adapter_folder",
     "checkpoint_has_text_weights",
     "load_adapter",

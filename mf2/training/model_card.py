@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..dfn.loading import ADAPTER_SUBFOLDER
+
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCardData
 
-ADAPTER_SUBFOLDER = "dfn"
 ADAPTER_TAGS = ("peft", "dfn")  # the card's extra tags when the repository holds a DFN adapter
 RESULT_FILES = ("eval_results.json", "cv_results.json", "all_results.json")
 
@@ -222,11 +223,14 @@ def adapter_usage(repo_id: str) -> str:
     """The card's paragraph on loading the DFN adapter from its subfolder."""
     return f"""
 The DFN adapter (decoupled fine-tuning network) lives in the `{ADAPTER_SUBFOLDER}/` folder, with the AU thresholds
-tuned with it (`{ADAPTER_SUBFOLDER}/thresholds.json`), which `load_adapter` applies:
+tuned with it (`{ADAPTER_SUBFOLDER}/thresholds.json`), which loading the adapter applies. Give the repository as the
+adapter, as well as the model (`mf2 analyze --model {repo_id} --adapter {repo_id}` on the command line):
 
 ```python
-from mf2.dfn import load_adapter
-adapted = load_adapter(model, "{repo_id}", subfolder="{ADAPTER_SUBFOLDER}")
+import mf2
+from transformers import pipeline
+pipe = pipeline("facial-state", model="{repo_id}", adapter="{repo_id}")
+# or, for your own code: mf2.dfn.load_adapter(model, "{repo_id}")
 ```
 """
 

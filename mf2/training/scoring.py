@@ -118,6 +118,14 @@ def load_recognition_model(model_name_or_path: str, adapter_name_or_path: str | 
     return load_adapter(model, adapter_name_or_path)
 
 
+def adapter_folder(adapter_dir: str | Path) -> Path:
+    """The local folder holding the adapter of `adapter_dir`: itself, or its `dfn/` in a repository `mf2 push` wrote."""
+    from ..dfn.loading import ADAPTER_SUBFOLDER, adapter_subfolder
+
+    path = Path(adapter_dir)
+    return path / ADAPTER_SUBFOLDER if path.is_dir() and adapter_subfolder(path) else path  # a Hub id: not asked
+
+
 def check_threshold_target(model_dir: str | Path, adapter_dir: str | Path | None = None) -> None:
     """Refuse to store thresholds where they would not reach the model they were tuned for: an adapter that is not a
     local adapter folder (a Hub id would become a new folder of that name here), or, without an adapter, a
@@ -130,7 +138,7 @@ def check_threshold_target(model_dir: str | Path, adapter_dir: str | Path | None
     from ..data.schema import DataError
 
     if adapter_dir is not None:
-        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        if not (adapter_folder(adapter_dir) / "adapter_config.json").is_file():
             raise DataError(
                 f"--store_thresholds writes into a local adapter folder; {adapter_dir} holds no adapter_config.json "
                 "(a Hub id: download it with huggingface_hub.snapshot_download and give that folder)"
@@ -152,7 +160,7 @@ def store_thresholds(thresholds: list[float], model_dir: str | Path, adapter_dir
 
     check_threshold_target(model_dir, adapter_dir)
     if adapter_dir is not None:
-        target = Path(adapter_dir) / THRESHOLDS_FILE
+        target = adapter_folder(adapter_dir) / THRESHOLDS_FILE
         write_json(target, {"au_thresholds": list(thresholds)})
         return target
     config = MF2Config.from_pretrained(model_dir)

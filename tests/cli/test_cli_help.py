@@ -100,3 +100,16 @@ def test_analyze_adapter_option_is_checked(tmp_path):
         build_parser().parse_args(["a.png", "--adapter", str(tmp_path / "nope")])
     with pytest.raises(UsageError, match="drop --runtime onnx"):
         build_parser().parse_args(["a.png", "--adapter", str(tmp_path / "adapter"), "--runtime", "onnx"])
+    pushed = tmp_path / "pushed"  # a repository `mf2 push` wrote, downloaded: a model with its adapter in dfn/
+    (pushed / "dfn").mkdir(parents=True)
+    (pushed / "config.json").write_text("{}")
+    (pushed / "dfn" / "adapter_config.json").write_text("{}")
+    assert build_parser().parse_args(["a.png", "--adapter", str(pushed)]).adapter == str(pushed)
+
+
+def test_the_light_parser_names_the_adapter_layout_as_mf2_dfn_does():
+    from mf2.cli import analyze_parser
+    from mf2.dfn import loading
+
+    assert analyze_parser.ADAPTER_CONFIG == loading.ADAPTER_CONFIG
+    assert analyze_parser.ADAPTER_SUBFOLDER == loading.ADAPTER_SUBFOLDER

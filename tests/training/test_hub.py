@@ -42,6 +42,19 @@ RELOAD = textwrap.dedent(
             dfn = adapted(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"])
         return inputs["pixel_values"], base.au_logits, dfn.au_logits, dfn.emotion_logits, model.config.au_thresholds
 
+    def pipeline_reading(repo):
+        # The repository given as model and as adapter, as its card says: the adapter found in dfn/, with its
+        # thresholds; its AU probabilities against the adapter loaded by hand.
+        from transformers import pipeline
+        pipe = pipeline("facial-state", model=repo, adapter=repo, no_face="fallback")
+        got = pipe(image)[0]["action_units"]
+        model = load_adapter(MF2ForFacialStateRecognition.from_pretrained(repo), repo, subfolder="dfn")
+        inputs = pipe.image_processor(images=[image], no_face="fallback", return_tensors="pt")
+        with torch.no_grad():
+            want = torch.sigmoid(model(pixel_values=inputs["pixel_values"], au_boxes=inputs["au_boxes"]).au_logits)[0]
+        return {"thresholds": pipe.model.config.au_thresholds,
+                "difference": max(abs(float(got[name]) - float(p)) for name, p in zip(model.config.au_names, want))}
+
     local = outputs(model_dir, adapter_dir)
     hub = outputs(repo, repo, subfolder="dfn")
     print(json.dumps({
@@ -53,6 +66,7 @@ RELOAD = textwrap.dedent(
         "thresholds": hub[4],
         "adapter_thresholds": load_adapter(MF2ForFacialStateRecognition.from_pretrained(repo), repo,
                                            subfolder="dfn").config.au_thresholds,
+        "pipeline": pipeline_reading(repo),
     }))
     """
 )
@@ -166,6 +180,8 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     assert result["adapter_changes_outputs"] > 0  # the adapter really was loaded from the `dfn/` subfolder
     assert result["thresholds"] == [0.3] * 12
     assert result["adapter_thresholds"] == [0.4] * 12  # dfn/thresholds.json, tuned with the adapter, applies
+    # The repository given to the pipeline as its adapter, as the card says: the adapter in dfn/ and its thresholds.
+    assert result["pipeline"]["thresholds"] == [0.4] * 12 and result["pipeline"]["difference"] < 1e-5
     assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.requests)
 
 
@@ -198,5 +214,6 @@ def test_a_float16_model_with_its_own_card_goes_up_as_it_is_stored_and_described
     staged = json.loads((out / "config.json").read_text())
     assert staged["dtype"] == staged["vision_config"]["dtype"] == "float32"
     card = (out / "README.md").read_text()
-    assert "## How it was made\n\nBy hand." in card and "## DFN adapter" in card and 'subfolder="dfn"' in card
+    assert "## How it was made\n\nBy hand." in card and "## DFN adapter" in card
+    assert f'pipeline("facial-state", model="{REPO_ID}", adapter="{REPO_ID}")' in card
     assert "- dfn" in card.split("---")[1]  # the adapter's tags join the card's own

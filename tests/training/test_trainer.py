@@ -309,6 +309,10 @@ def test_thresholds_are_stored_whole_into_a_local_checkpoint_only(tmp_path, monk
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     assert store_thresholds([0.5] * 12, model_dir, adapter_dir=adapter).name == "thresholds.json"
+    pushed = tmp_path / "pushed"  # a downloaded repository of `mf2 push`: the adapter and its thresholds in dfn/
+    (pushed / "dfn").mkdir(parents=True)
+    (pushed / "dfn" / "adapter_config.json").write_text("{}")
+    assert store_thresholds([0.5] * 12, model_dir, adapter_dir=pushed) == pushed / "dfn" / "thresholds.json"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="holds no adapter_config.json"):  # a Hub id: not a new local folder of its name
         store_thresholds([0.5] * 12, model_dir, adapter_dir="someone/some-adapter")

@@ -1,0 +1,56 @@
+"""`mf2.dfn.loading` without a network: where an adapter is looked for in a repository, and what becomes of its AU
+thresholds when the Hub cannot be asked."""
+
+import pytest
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+from mf2.dfn import loading
+
+
+def fake_hub(monkeypatch, present: set[str], offline: bool = False):
+    """`hf_hub_download` answering from the file names in `present` (offline: nothing is cached)."""
+    import huggingface_hub
+
+    def download(repo_id, filename, subfolder=None, **_):
+        name = f"{subfolder}/{filename}" if subfolder else filename
+        if offline:
+            raise LocalEntryNotFoundError(f"{name} is not cached")
+        if name not in present:
+            raise EntryNotFoundError(f"{name} not in {repo_id}")
+        raise AssertionError("only the missing files are asked for in these tests")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+def test_a_repository_mf2_push_wrote_is_found_in_its_dfn_folder(monkeypatch, tmp_path):
+    pushed = tmp_path / "pushed"
+    (pushed / "dfn").mkdir(parents=True)
+    (pushed / "dfn" / "adapter_config.json").write_text("{}")
+    assert loading.adapter_subfolder(pushed) == "dfn"
+    (pushed / "adapter_config.json").write_text("{}")
+    assert loading.adapter_subfolder(pushed) is None  # an adapter at the root is the one asked for
+    assert loading.adapter_subfolder(pushed, subfolder="other") == "other"
+    fake_hub(monkeypatch, present=set())
+    assert loading.adapter_subfolder("someone/nothing-here") is None  # PEFT's own load says what is missing
+
+
+def test_hub_repository_layouts(monkeypatch):
+    calls = []
+    import huggingface_hub
+
+    def download(repo_id, filename, subfolder=None, **_):
+        calls.append(subfolder)
+        if subfolder != "dfn":
+            raise EntryNotFoundError("not at the root")
+        return "/cache/adapter_config.json"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert loading.adapter_subfolder("someone/mf2") == "dfn" and calls == [None, "dfn"]
+
+
+def test_thresholds_that_cannot_be_fetched_stop_the_load_and_missing_ones_do_not(monkeypatch):
+    fake_hub(monkeypatch, present=set(), offline=True)
+    with pytest.raises(loading.AdapterLoadError, match="thresholds.json could not be read"):
+        loading.read_thresholds("someone/adapter", "dfn")  # offline: it may exist, so the base's must not stand in
+    fake_hub(monkeypatch, present=set())
+    assert loading.read_thresholds("someone/adapter", "dfn") is None
