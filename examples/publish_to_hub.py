@@ -21,10 +21,9 @@ The Hub endpoint and token come from `HF_ENDPOINT` / `HF_TOKEN` (or `huggingface
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from mf2.training.hub import stage_repository
+from mf2.training.hub import push_to_hub, stage_repository
 
 
 def stage(model_dir: str, repo_id: str, output_dir: str | Path, adapter_dir: str | None = None) -> Path:
@@ -46,14 +45,10 @@ def main(argv: list[str] | None = None) -> str:
         print(f"Repository content in {folder}: {sorted(p.name for p in folder.iterdir())}")
         return str(folder)
 
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    with tempfile.TemporaryDirectory(prefix="mf2-publish-") as staging:
-        stage(args.model_dir, args.repo_id, staging, args.adapter_dir)
-        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-        info = api.upload_folder(repo_id=args.repo_id, folder_path=staging, commit_message="Upload MF² with pipeline")
-    url = str(getattr(info, "commit_url", info))
+    # The upload itself is `mf2 push`'s: one commit, which also removes an earlier push's adapter and thresholds.
+    url = push_to_hub(
+        args.model_dir, args.repo_id, args.adapter_dir, private=args.private, commit_message="Upload MF² with pipeline"
+    )
     print(f"Published: {url}")
     return url
 

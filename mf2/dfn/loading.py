@@ -124,7 +124,8 @@ def load_adapter(
     """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path` (a folder, a
     Hub repo, or either as `mf2 push` lays it out, with the adapter in `dfn/`: see `adapter_subfolder`), ready for
     inference (eval mode, nothing trainable); the adapter's tuned AU thresholds (`thresholds.json` beside it) replace
-    those of `model.config`, which the adapted model shares.
+    those of `model.config`, which the adapted model shares. As with PEFT's loaders, `model` itself is wrapped: its
+    layers carry the adapter from then on (load a fresh copy for the base model's own answers).
 
     Raises:
         ValueError: a local folder that is not a DFN adapter (one line naming the fix).
@@ -134,14 +135,14 @@ def load_adapter(
     subfolder = adapter_subfolder(adapter_name_or_path, subfolder)
     check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
     thresholds = read_thresholds(adapter_name_or_path, subfolder)
-    if thresholds is not None:
-        model.config.au_thresholds = thresholds
     where = {"subfolder": subfolder} if subfolder else {}
     try:
         adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name, **where)
     except (OSError, ValueError) as error:  # not here nor on the Hub (PEFT: ValueError), a damaged file (OSError)
         said = str(error).strip()
         raise AdapterLoadError(adapter_name_or_path, said.splitlines()[0] if said else repr(error)) from error
+    if thresholds is not None:  # only once the adapter is in: a failed load leaves the model's own
+        model.config.au_thresholds = thresholds
     return adapted.eval()
 
 

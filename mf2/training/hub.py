@@ -15,6 +15,10 @@ Everything goes up in one commit of one repository:
 | `README.md` | the model folder's own card (the recipe writes one), the adapter's use and results added; else a generated card |
 
 The weights go up in the dtype they are stored in (the shipped model's float16), and `config.json` keeps its `dtype`.
+A push replaces what an earlier push put in the repository (`PUSHED_PATTERNS`): its adapter, thresholds, weight files
+and processor files that this push does not write again are deleted in the same commit (they stay in its history), so
+that a repository never pairs a model with an adapter or thresholds of another push; other files are left alone. The
+adapter is loaded onto the model before anything is written, and `--dry_run` writes into a new or empty folder only.
 
 A generated card's YAML front matter lists the training data with their licences (from `training_data.json`, written by
 `mf2 train` / `mf2 finetune`), the metrics of `eval_results.json` / `cv_results.json` (and any `--metrics` file), and
@@ -35,12 +39,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..integration.default_model import resolve_model
 from ..local_files import write_json
-from .model_card import ADAPTER_SUBFOLDER, ADAPTER_TAGS, adapter_usage, build_model_card, collect_results, metrics_table
+from .model_card import (
+    ADAPTER_SUBFOLDER,
+    ADAPTER_TAGS,
+    adapter_usage,
+    build_model_card,
+    collect_results,
+    licence_lines,
+    metrics_table,
+    training_data_entries,
+)
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "thresholds.json")
+PUSHED_PATTERNS = (
+    f"{ADAPTER_SUBFOLDER}/*",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+"""What a push writes (beside its card and code): files of an earlier push that match and that this push does not
+write again are deleted in its commit."""
+
+
+class PushInputError(ValueError):
+    """A folder given to `mf2 push` that cannot be published as it is (`what`: the option; `reason`: one line)."""
+
+    def __init__(self, what: str, reason: str):
+        self.what, self.reason = what, reason
+        super().__init__(f"{what}: {reason}")
 
 
 # --------------------------------------------------------------------------------------------------- staging and upload
@@ -111,7 +146,40 @@ def _repository_card(model_dir: Path, repo_id: str, adapter_dir: Path | None, me
                 *(card.data.tags or []),
                 *(tag for tag in ADAPTER_TAGS if tag not in (card.data.tags or [])),
             ]
+            _add_adapter_data(card, adapter_dir)
     return card
+
+
+def _add_adapter_data(card, adapter_dir: Path) -> None:
+    """The adapter's training data and their licences, in the card's front matter and text: the model folder's own
+    card lists only the model's."""
+    entries = training_data_entries([adapter_dir])
+    if not entries:
+        return
+    card.data.training_data = [*(card.data.get("training_data") or []), *entries]
+    names = [*(card.data.get("datasets") or []), *(entry["name"] for entry in entries)]
+    card.data.datasets = list(dict.fromkeys(names))
+    card.text += f"\n### The adapter's training data and licences\n\n{licence_lines(entries)}\n"
+
+
+def check_push_inputs(model_dir: Path, adapter_dir: str | Path | None) -> None:
+    """Refuse folders that would publish a repository that does not load: a model folder without `config.json`, an
+    adapter folder without the adapter's files, or an adapter that does not load onto the model (`PushInputError`)."""
+    from ..dfn.loading import AdapterLoadError, check_adapter_folder, load_dfn_model
+
+    if not (model_dir / "config.json").is_file():
+        raise PushInputError("--model_dir", f"{model_dir} holds no config.json; give a saved MF² model's folder")
+    if adapter_dir is None:
+        return
+    missing = [name for name in ADAPTER_FILES[:2] if not Path(adapter_dir, name).is_file()]
+    try:
+        if missing:
+            raise ValueError(f"{adapter_dir} is not a DFN adapter folder: {', '.join(missing)} missing")
+        check_adapter_folder(adapter_dir)
+        load_dfn_model(str(model_dir), adapter_dir)
+    except (ValueError, RuntimeError, AdapterLoadError) as error:  # RuntimeError: weights of another model's shapes
+        said = str(error).strip().splitlines()[0]
+        raise PushInputError("--adapter_dir", f"{said} (the adapter must be trained on --model_dir)") from error
 
 
 def stage_repository(
@@ -125,7 +193,8 @@ def stage_repository(
     from ..pipeline_mf2 import FacialStatePipeline
     from ..processing_mf2 import load_saved_processor
 
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    model_dir, output_dir = Path(resolve_model(model_dir)), Path(output_dir)
+    check_push_inputs(model_dir, adapter_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _load_model(model_dir)
     model.save_pretrained(output_dir)
@@ -141,9 +210,6 @@ def stage_repository(
         for name in ADAPTER_FILES:
             if (adapter_dir / name).is_file():
                 shutil.copy2(adapter_dir / name, target / name)
-        missing = [name for name in ADAPTER_FILES[:2] if not (target / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{adapter_dir} is not a DFN adapter folder: {missing} missing.")
     card = _repository_card(model_dir, repo_id, None if adapter_dir is None else Path(adapter_dir), metrics_files)
     card.save(output_dir / "README.md")
     return output_dir
@@ -165,7 +231,12 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="mf2-push-") as staging:
         stage_repository(model_dir, staging, repo_id, adapter_dir, metrics_files)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            commit_message=commit_message,
+            delete_patterns=list(PUSHED_PATTERNS),  # an earlier push's files that this one does not replace
+        )
     return str(getattr(info, "commit_url", info))
 
 
@@ -185,23 +256,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         if not args.output_dir:
             parser.error("--dry_run needs --output_dir.")
-        path = stage_repository(args.model_dir, args.output_dir, args.repo_id, args.adapter_dir, args.metrics)
-        print(f"Repository content written to {path}")
-        return 0
-    url = push_to_hub(
-        args.model_dir,
-        args.repo_id,
-        args.adapter_dir,
-        args.metrics,
-        private=args.private,
-        token=args.token,
-        commit_message=args.commit_message,
-    )
+        if Path(args.output_dir).exists() and any(Path(args.output_dir).iterdir()):
+            parser.error(f"--output_dir {args.output_dir} is not empty; give a new or empty folder for the preview.")
+    try:
+        if args.dry_run:
+            path = stage_repository(args.model_dir, args.output_dir, args.repo_id, args.adapter_dir, args.metrics)
+            print(f"Repository content written to {path}")
+            return 0
+        url = push_to_hub(
+            args.model_dir,
+            args.repo_id,
+            args.adapter_dir,
+            args.metrics,
+            private=args.private,
+            token=args.token,
+            commit_message=args.commit_message,
+        )
+    except PushInputError as error:
+        parser.error(str(error))
+    except OSError as error:  # the Hub: no token, no network, no rights
+        print(f"mf2 push: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     print(f"Pushed to {url}")
     return 0
 
 
-__all__ = ["main", "push_to_hub", "stage_repository"]
+__all__ = ["PUSHED_PATTERNS", "PushInputError", "check_push_inputs", "main", "push_to_hub", "stage_repository"]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")

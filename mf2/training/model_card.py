@@ -235,7 +235,7 @@ pipe = pipeline("facial-state", model="{repo_id}", adapter="{repo_id}")
 """
 
 
-def _licence_lines(training_data: list[dict[str, Any]]) -> str:
+def licence_lines(training_data: list[dict[str, Any]]) -> str:
     """One Markdown bullet per training dataset with its licence (or `- not recorded`)."""
     return (
         "\n".join(
@@ -331,7 +331,7 @@ def build_model_card(
         front_matter=card_data.to_yaml(),
         repo_id=repo_id,
         usage_extra=adapter_text + extra_sections,
-        licence_lines=_licence_lines(data),
+        licence_lines=licence_lines(data),
         metrics=metrics_table(results),
         limitations=limitations,
     )
@@ -343,6 +343,7 @@ __all__ = [
     "ADAPTER_TAGS",
     "DATA_LICENCES",
     "adapter_usage",
+    "licence_lines",
     "build_model_card",
     "collect_results",
     "metrics_table",

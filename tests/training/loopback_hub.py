@@ -13,7 +13,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 ROUTES_POST = {
@@ -76,6 +76,7 @@ class LoopbackHub:
 
             def do_GET(self, head: bool = False):  # noqa: N802
                 path = unquote(urlparse(self.path).path)
+                self.query = parse_qs(urlparse(self.path).query)
                 hub.requests.append(("HEAD" if head else "GET", path))
                 for name, pattern in ROUTES_GET.items():
                     match = pattern.match(path)
@@ -193,12 +194,13 @@ class LoopbackHub:
         if repo is None:
             return handler._missing("RepoNotFound", head)
         prefix = (match["path"] or "").strip("/")
+        recursive = handler.query.get("recursive", [""])[0].lower() == "true"  # every file below: `list_repo_files`
         entries, folders = [], set()
         for path, data in sorted(repo["files"].items()):
             if prefix and not path.startswith(prefix + "/"):
                 continue
             rest = path[len(prefix) + 1 :] if prefix else path
-            if "/" in rest:
+            if "/" in rest and not recursive:
                 folders.add((prefix + "/" if prefix else "") + rest.split("/")[0])
             else:
                 entries.append({"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()})

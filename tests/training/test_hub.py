@@ -72,6 +72,11 @@ RELOAD = textwrap.dedent(
 )
 
 
+def run_python(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python ARGV...` from the repository with `env`, its output kept (a fresh process: nothing imported here)."""
+    return subprocess.run([sys.executable, *argv], env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture
 def hub():
     with LoopbackHub() as server:
@@ -123,9 +128,8 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
         HF_HOME=tmp_path / "hf-home-push",
         HF_HUB_DISABLE_XET="1",
     )
-    push = subprocess.run(
+    push = run_python(
         [
-            sys.executable,
             "-m",
             "mf2.training.hub",
             "--model_dir",
@@ -135,11 +139,7 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
             "--repo_id",
             REPO_ID,
         ],
-        env=env,
-        cwd=REPO_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env,
     )
     assert push.returncode == 0, push.stdout[-3000:] + push.stderr[-3000:]
 
@@ -165,14 +165,7 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     env["HF_HOME"] = str(tmp_path / "hf-home-reload")  # nothing cached: every file comes from the server
     script = tmp_path / "reload.py"
     script.write_text(RELOAD)
-    reload = subprocess.run(
-        [sys.executable, str(script), REPO_ID, str(model_dir), str(adapter_dir)],
-        env=env,
-        cwd=REPO_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    reload = run_python([str(script), REPO_ID, str(model_dir), str(adapter_dir)], env)
     assert reload.returncode == 0, reload.stdout[-3000:] + reload.stderr[-3000:]
     result = json.loads(reload.stdout.strip().splitlines()[-1])
     assert result["pixels"] == 0.0 and result["base"] == 0.0
@@ -183,6 +176,14 @@ def test_push_and_reload_through_a_loopback_hub(hub, trained, tmp_path):
     # The repository given to the pipeline as its adapter, as the card says: the adapter in dfn/ and its thresholds.
     assert result["pipeline"]["thresholds"] == [0.4] * 12 and result["pipeline"]["difference"] < 1e-5
     assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.requests)
+
+    # Pushed again without the adapter: the first push's adapter and thresholds leave the repository in the same
+    # commit (loading the repository as an adapter would otherwise pair them with this model).
+    again = run_python(["-m", "mf2.training.hub", "--model_dir", str(model_dir), "--repo_id", REPO_ID], env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert not [path for path in hub.repos[REPO_ID]["files"] if path.startswith("dfn/")]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.repos[REPO_ID]["files"])
+    assert len(hub.repos[REPO_ID]["commits"]) == 2
 
 
 def test_a_float16_model_with_its_own_card_goes_up_as_it_is_stored_and_described(trained, tmp_path):
@@ -205,6 +206,9 @@ def test_a_float16_model_with_its_own_card_goes_up_as_it_is_stored_and_described
     (half / "README.md").write_text(
         "---\nlicense: other\ntags:\n- mf2\n---\n\n# tiny\n\n## How it was made\n\nBy hand.\n"
     )
+    (adapter_dir / "training_data.json").write_text(
+        json.dumps({"stage": "dfn", "train": [{"name": "mfa:my_faces", "source": "mfa", "rows": 40}]})
+    )
     out = tmp_path / "staged"
     argv = ["--model_dir", str(half), "--adapter_dir", str(adapter_dir), "--repo_id", REPO_ID, "--dry_run"]
     assert push_main([*argv, "--output_dir", str(out)]) == 0
@@ -217,3 +221,33 @@ def test_a_float16_model_with_its_own_card_goes_up_as_it_is_stored_and_described
     assert "## How it was made\n\nBy hand." in card and "## DFN adapter" in card
     assert f'pipeline("facial-state", model="{REPO_ID}", adapter="{REPO_ID}")' in card
     assert "- dfn" in card.split("---")[1]  # the adapter's tags join the card's own
+    # The adapter's training data and licence join the card's own (which lists only the model's).
+    assert "mfa:my_faces" in card.split("---")[1] and "### The adapter's training data and licences" in card
+
+
+def test_push_refuses_what_would_not_load_in_one_line(trained, tmp_path, capsys):
+    from mf2.training.hub import main as push_main
+
+    model_dir, adapter_dir = trained
+    out = tmp_path / "preview"
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            push_main([*argv, "--repo_id", REPO_ID, "--dry_run", "--output_dir", str(out)])
+        assert exit_info.value.code == 2
+        said = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(said)
+        return said[-1]
+
+    assert "holds no config.json" in refused("--model_dir", str(tmp_path / "nope"))
+    assert "adapter_model.safetensors missing" in refused(
+        "--model_dir", str(model_dir), "--adapter_dir", str(model_dir)
+    )
+    other = tmp_path / "other"  # another architecture: the adapter's weights do not fit
+    MF2ForFacialStateRecognition(tiny_config(qformer_config={"hidden_size": 48})).save_pretrained(other)
+    assert "must be trained on --model_dir" in refused("--model_dir", str(other), "--adapter_dir", str(adapter_dir))
+    assert not out.exists()  # nothing was written for a refused push
+    out.mkdir()
+    (out / "earlier.txt").write_text("a file of the user's")
+    assert "is not empty" in refused("--model_dir", str(model_dir))
+    assert (out / "earlier.txt").read_text() == "a file of the user's"
