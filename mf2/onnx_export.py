@@ -93,7 +93,7 @@ def model_fingerprint(model: nn.Module) -> str:
         tensor = tensor.detach().cpu()
         tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     config = getattr(model, "config", None)
     settings = _graph_config(config.to_dict()) if hasattr(config, "to_dict") else None
     switched_off = bool(getattr(model, "_adapters_disabled", False))  # DFNModel.disable_adapters: the base graph

@@ -67,10 +67,12 @@ from .run_setup import (
     TRAINING_DATA_FILE,
     EarlierRunError,
     apply_mixed_precision,
+    check_run_key,
     load_processor,
     load_splits,
     prepare_output_dir,
     resolve_resume_checkpoint,
+    run_key,
     setup_torch,
     write_jsonl,
 )
@@ -105,21 +107,10 @@ def _pooled_report(results: list[dict[str, Any]], pooled: list[dict[str, Any]], 
 FOLD_RESULT, FOLD_PREDICTIONS = "fold_result.json", "fold_predictions.npz"
 
 
-FOLD_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "seed")
-FOLD_SETTINGS += ("gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type")
-
-
-def cv_run_key(model_name_or_path: str | None, dataset, finetune_args, training_args) -> str:
-    """What a kept fold must have been trained with to be read by `--resume`: the model, the data (the `datasets`
-    fingerprint of the prepared rows) and the settings that shape a fold's training."""
-    settings = {name: getattr(training_args, name, None) for name in FOLD_SETTINGS}
-    run = {
-        "model": model_name_or_path,
-        "data": getattr(dataset, "_fingerprint", None),
-        "finetune": dataclasses.asdict(finetune_args),
-        "training": settings,
-    }
-    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()
+def cv_run_key(key: dict[str, str]) -> str:
+    """What a kept fold must have been trained with to be read by `--resume`: the run's `run_key` (model, data,
+    settings), as one hash."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _save_fold(folder: Path, run: str, result: dict[str, Any], parts: dict[str, Any], test_rows: np.ndarray) -> None:
@@ -218,7 +209,7 @@ def cross_validated_finetuning(
             training_args.per_device_eval_batch_size,
             training_args,
         )
-    run = cv_run_key(script_args.model_name_or_path, dataset, finetune_args, training_args)
+    run = cv_run_key(run_key(base, dataset, training_args, finetune=finetune_args))
     run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args, run, script_args.resume)
     folds = cross_validate(dataset["group"], finetune_args.cv_folds, finetune_args.cv_seed, run_fold)
     report, merged = _pooled_report([result for result, _ in folds], [parts for _, parts in folds], base.config)
@@ -230,6 +221,24 @@ def cross_validated_finetuning(
             record["fold"] = int(fold)
         write_jsonl(output_dir / "cv_predictions.jsonl", records)
     return report
+
+
+def check_cv_options(script_args, finetune_args) -> None:
+    """Refuse evaluation options beside `--cv_folds`, which tests every subject with the fold that did not train on
+    it: they would be read and then ignored (and `--validation_fraction` would leave subjects out of every fold)."""
+    if not finetune_args.cv_folds:
+        return
+    options = {
+        "--eval_data": bool(script_args.eval_data),
+        "--validation_fraction": script_args.validation_fraction > 0,
+        "--evaluate_base": finetune_args.evaluate_base,
+    }
+    given = [name for name, on in options.items() if on]
+    if given:
+        raise DataError(
+            f"--cv_folds tests every subject with the fold that did not train on it; drop {', '.join(given)}, "
+            "which apply to a single run"
+        )
 
 
 def _evaluate_base(trainer: MF2Trainer, eval_set, config) -> dict[str, Any]:
@@ -318,6 +327,12 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
     train, evaluation, summary = load_splits(script_args, training_args, processor)
     preprocess_seconds = time.perf_counter() - start
     collator = MF2DataCollator(processor, with_captions=False, emotion_targets=emotion_targets, au_targets=au_targets)
+    groups = len(set(train["group"])) if finetune_args.cv_folds else 0
+    if finetune_args.cv_folds > groups:  # before the run's key is kept: a refused run leaves nothing behind
+        raise DataError(
+            f"--cv_folds {finetune_args.cv_folds}: the training data has {groups} groups; give at most that"
+        )
+    check_run_key(base, train, script_args, training_args, finetune=finetune_args)
     if finetune_args.cv_folds:
         main_process = training_args.process_index == 0
         return cross_validated_finetuning(
@@ -399,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 finetune", script_args, training_args, required=("model_name_or_path", "train_data"))
+        check_cv_options(script_args, finetune_args)
         prepare_output_dir("mf2 finetune", script_args, training_args)
         run_finetuning(script_args, finetune_args, training_args)
     except (DataError, EarlierRunError, NonFinitePredictionsError, NonFiniteLossError) as error:

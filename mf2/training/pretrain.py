@@ -36,6 +36,7 @@ from .run_setup import (
     TRAINING_DATA_FILE,
     EarlierRunError,
     apply_mixed_precision,
+    check_run_key,
     load_processor,
     load_splits,
     prepare_output_dir,
@@ -106,14 +107,10 @@ def run_pretraining(script_args: MF2ScriptArguments, training_args: MF2TrainingA
     start = time.perf_counter()
     train, evaluation, summary = load_splits(script_args, training_args, processor)
     preprocess_seconds = time.perf_counter() - start
-    logger.info(
-        "Stage %s (%s): %d training rows, %s evaluation rows.",
-        stage.name,
-        stage.description,
-        len(train),
-        len(evaluation) if evaluation is not None else 0,
-    )
-
+    rows = f"{len(train)} training rows, {len(evaluation) if evaluation is not None else 0} evaluation rows"
+    logger.info("Stage %s (%s): %s.", stage.name, stage.description, rows)
+    captions = script_args.max_au_captions_per_image
+    check_run_key(model, train, script_args, training_args, stage=stage.name, captions=captions)
     collator = MF2DataCollator(
         processor,
         emotion_targets=stage.emotion_targets,

@@ -4,6 +4,8 @@ training and evaluation data, and its JSON outputs."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..local_files import written_aside
+from ..local_files import write_json, written_aside
 from ..processing_mf2 import load_processor as _load_processor
 from .arguments import MF2ScriptArguments
 from .preprocess import prepare_data, split_validation
@@ -52,7 +54,10 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 # What a run of `mf2 train` / `mf2 finetune` leaves in its --output_dir that a later run must not take for its own:
 # checkpoints a resume would pick, thresholds an adapter would be loaded with, results a model card would publish.
+RUN_KEY_FILE = "run_key.json"
+"""What the run in an --output_dir was started with (`run_key`), which a `--resume` must share."""
 RUN_FILES = (
+    RUN_KEY_FILE,
     *("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "adapter_config.json"),
     *("thresholds.json", "train_results.json", "eval_results.json", "base_eval_results.json", "all_results.json"),
     *("cv_results.json", "cv_predictions.jsonl", "eval_predictions.jsonl", TRAINER_STATE_NAME),
@@ -128,6 +133,61 @@ def prepare_output_dir(prog: str, script_args: MF2ScriptArguments, training_args
         for name in found:
             path = Path(training_args.output_dir) / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+TRAINING_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "seed")
+TRAINING_SETTINGS += (
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_steps",
+    "warmup_ratio",
+    "lr_scheduler_type",
+)
+TRAINING_SETTINGS += ("max_grad_norm", "optim", "bf16", "fp16")
+"""The `TrainingArguments` that shape what a run learns (not where it writes or how often it logs)."""
+
+
+def run_key(model: torch.nn.Module, dataset, training_args, **settings: Any) -> dict[str, str]:
+    """What a run is made of, one hash per part: `model`, the model it starts from (weights and the config its graph
+    reads: `mf2.onnx_export.model_fingerprint`), `data`, its prepared training rows (their `datasets` fingerprint),
+    `training`, the `TRAINING_SETTINGS`, and one part per keyword (a dataclass of the command's own options)."""
+    from ..onnx_export import model_fingerprint
+
+    def digest(value: Any) -> str:
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {
+        "model": model_fingerprint(model)[:16],
+        "data": str(getattr(dataset, "_fingerprint", None)),
+        "training": digest({name: getattr(training_args, name, None) for name in TRAINING_SETTINGS}),
+        **{name: digest(value) for name, value in settings.items()},
+    }
+
+
+def check_run_key(model: torch.nn.Module, dataset, script_args, training_args, **settings: Any) -> None:
+    """Refuse a `--resume` of a run started with another model, data or settings (`run_key` of the arguments): its
+    checkpoints, thresholds and results would be mixed with this one's. Then keep the key in the --output_dir (the
+    main process). A folder from before run keys were kept is resumed as it is.
+
+    Raises:
+        mf2.data.DataError: one line naming the parts that differ and the fix.
+    """
+    from ..data.schema import DataError
+
+    output_dir = training_args.output_dir
+    key = run_key(model, dataset, training_args, **settings)
+    path = Path(output_dir, RUN_KEY_FILE)
+    if (script_args.resume or training_args.resume_from_checkpoint) and path.is_file():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        differ = sorted(name for name in {*kept, *key} if kept.get(name) != key.get(name))
+        if differ:
+            raise DataError(
+                f"--resume: {output_dir} holds a run started with another {', '.join(differ)}; resume it with the same "
+                "model, data and settings, or start afresh with --overwrite_output_dir (or another --output_dir)"
+            )
+    if training_args.process_index == 0:
+        write_json(path, key)
 
 
 def resolve_resume_checkpoint(resume: bool, resume_from_checkpoint: str | None, output_dir: str | None) -> str | None:
@@ -232,6 +292,10 @@ def load_splits(script_args: MF2ScriptArguments, training_args, processor):
 
 __all__ = [
     "RUN_FILES",
+    "RUN_KEY_FILE",
+    "TRAINING_SETTINGS",
+    "check_run_key",
+    "run_key",
     "TRAINING_DATA_FILE",
     "EarlierRunError",
     "apply_mixed_precision",

@@ -120,7 +120,7 @@ def test_pretrain_entry_point(pretrained):
     assert (output / "processor_config.json").is_file() and (output / "model.safetensors").is_file()
 
 
-def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
+def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path, capsys):
     from mf2.training import evaluate, finetune
 
     setup, output = pretrained
@@ -144,12 +144,23 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
     assert base["base_eval_emotion_macro_f1"] == pytest.approx(pretrained_results["eval_emotion_macro_f1"])
     trainable = json.loads((dfn_dir / "train_results.json").read_text())
     assert 0 < trainable["trainable_parameters"] < trainable["total_parameters"] / 2
+    # A --resume with other data (here: other settings too) is refused: the adapter would be half another run's.
+    other = pretrain_argv(setup, dfn_dir, train_data=f"mfa:{setup['eval']}", resume=True, learning_rate=5e-2, **common)
+    assert finetune.main(other) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert "holds a run started with another data" in said, said
 
     full_dir = tmp_path / "full"
     assert finetune.main(pretrain_argv(setup, full_dir, eval_data=f"mfa:{setup['eval']}", full=True, **common)) == 0
     assert MF2Config.from_pretrained(full_dir).au_thresholds is not None
 
     cv_dir = tmp_path / "cv"
+    # Evaluation options have nothing to score beside --cv_folds; more folds than subjects cannot be made: one line.
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, eval_data=f"mfa:{setup['eval']}", **common)) == 2
+    assert "drop --eval_data" in capsys.readouterr().err.splitlines()[-1]
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=99, **common)) == 2
+    assert "give at most that" in capsys.readouterr().err.splitlines()[-1]
+    assert not cv_dir.exists() or not list(cv_dir.iterdir())  # a refused run leaves nothing a fresh run would refuse
     assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, **common)) == 0
     report = json.loads((cv_dir / "cv_results.json").read_text())
     assert report["num_folds"] == 3 and sum(fold["test_rows"] for fold in report["folds"]) == 24
@@ -163,7 +174,12 @@ def test_finetune_dfn_full_and_cross_validation(pretrained, tmp_path):
     assert {fold: (cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns for fold in (0, 1)} == kept
     resumed = json.loads((cv_dir / "cv_results.json").read_text())
     assert resumed["pooled"] == pytest.approx(report["pooled"]) and resumed["folds"][:2] == report["folds"][:2]
-    # --resume with other settings or data trains every fold again: folds kept by another run are not its results.
+    # --resume with other settings is refused in one line: the folds kept are another run's results.
+    assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, resume=True, learning_rate=3e-3, **common)) == 2
+    assert "holds a run started with another training" in capsys.readouterr().err
+    assert {fold: (cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns for fold in (0, 1)} == kept
+    # A folder whose run key is gone (a run of an older mf2) still never reads folds of another run: trained again.
+    (cv_dir / "run_key.json").unlink()
     assert finetune.main(pretrain_argv(setup, cv_dir, cv_folds=3, resume=True, learning_rate=3e-3, **common)) == 0
     assert all((cv_dir / f"fold-{fold}" / "fold_result.json").stat().st_mtime_ns != kept[fold] for fold in (0, 1))
 
