@@ -68,7 +68,10 @@ class CKPlusStages:
         sequence of `mf2 finetune --cv_folds` (`fit_and_score`); then its emotion-head features."""
         fold_dir = self.stage_dir("au") / f"fold-{fold}"
         predictions_file = fold_dir / "predictions.npz"  # written last: the fold's mark of completion
-        if not (predictions_file.is_file() and (fold_dir / "features.npz").is_file()):
+        done = predictions_file.is_file() and (fold_dir / "features.npz").is_file()
+        if done and not np.array_equal(np.load(predictions_file)["test_rows"], test_rows):
+            done = False  # kept for other folds (other CK+ rows or seed): this fold is trained anew
+        if not done:
             model = copy.deepcopy(template)  # the Trainer seeds its data order and views with settings.seed
             checkpoints = fold_dir / "checkpoints"
             trainer = self.au_trainer(model, cached, train_rows.tolist(), checkpoints)

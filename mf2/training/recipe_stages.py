@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 from transformers import AutoTokenizer, set_seed
 
+from ..data.sources import content_fingerprint
 from ..image_processing_mf2 import MF2ImageProcessor
 from ..integration.encoders import text_encoder_path, vision_encoder_path
 from ..local_files import LockHeldError, exclusive_lock, write_json, written_aside
@@ -132,14 +133,21 @@ class Recipe(EmotionStage, CKPlusStages):
             LockHeldError: another process runs in this folder. RecipeSettingsError: the folder's run was started with
                 other settings (resuming would mix them in one model)."""
         with exclusive_lock(self.output_dir / LOCK_NAME, wait=False):
-            self.check_settings()
-            self._write("settings.json", asdict(self.settings))
+            given = self.run_settings()
+            self.check_settings(given)
+            self._write("settings.json", given)
             self.run_stages(stages)
 
-    def check_settings(self) -> None:
-        """Raise `RecipeSettingsError` where the settings differ from those the folder's run was started with (a
-        setting the stored file lacks, added to mf2 since, is not compared)."""
-        stored, given = self._read("settings.json") or {}, asdict(self.settings)
+    def run_settings(self) -> dict[str, Any]:
+        """The settings, and `data`: a hash of the development files' bytes (a run resumed on other data would pool
+        folds of two datasets and read the features of one by the rows of the other)."""
+        files = [self.data_dir / name for name in DEVELOPMENT_FILES]
+        return {**asdict(self.settings), "data": content_fingerprint([f for f in files if f.is_file()])}
+
+    def check_settings(self, given: dict[str, Any]) -> None:
+        """Raise `RecipeSettingsError` where the settings (and data) differ from those the folder's run was started
+        with (a setting the stored file lacks, added to mf2 since, is not compared)."""
+        stored = self._read("settings.json") or {}
         differences = {
             name: (value, given[name])
             for name, value in stored.items()

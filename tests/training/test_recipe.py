@@ -143,8 +143,10 @@ def test_a_folder_started_with_other_settings_is_refused_before_any_stage(tmp_pa
     stored = {**asdict(smoke), "a_setting_mf2_no_longer_has": 1}
     del stored["cache_batch_size"]  # a setting added since the folder's run started is not compared
     (output / "settings.json").write_text(json.dumps(stored))
-    Recipe(data, output, output / "export", smoke, "cpu").check_settings()
-    Recipe(data, output, output / "export", replace(smoke, cache_batch_size=4), "cpu").check_settings()  # speed only
+    recipe = Recipe(data, output, output / "export", smoke, "cpu")
+    recipe.check_settings(recipe.run_settings())
+    faster = Recipe(data, output, output / "export", replace(smoke, cache_batch_size=4), "cpu")
+    faster.check_settings(faster.run_settings())  # speed only
 
     changed = replace(smoke, head_steps=7, class_weight_power=0.0)
     with pytest.raises(RecipeSettingsError) as raised:
@@ -155,6 +157,21 @@ def test_a_folder_started_with_other_settings_is_refused_before_any_stage(tmp_pa
     assert main(["--data", str(data), "--output_dir", str(output), "--preset", "smoke", "--head_steps", "7"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"mf2 recipe: {output} was started with head_steps={smoke.head_steps} (now 7)")
+
+
+def test_a_folder_started_on_other_data_is_refused(tmp_path):
+    """Resumed on other development files, the CK+ folds of two datasets would be pooled and one's features read by
+    the other's rows."""
+    data, output = _fake_data(tmp_path / "data"), tmp_path / "out"
+    smoke = replace(RecipeSettings(), **PRESETS["smoke"])
+    output.mkdir()
+    recipe = Recipe(data, output, output / "export", smoke, "cpu")
+    (output / "settings.json").write_text(json.dumps(recipe.run_settings()))
+    recipe.check_settings(recipe.run_settings())  # the same files, as they were
+    (data / "ckplus" / "dev.parquet").write_bytes(b"other subjects")
+    with pytest.raises(RecipeSettingsError) as raised:
+        recipe.check_settings(recipe.run_settings())
+    assert list(raised.value.differences) == ["data"]
 
 
 def test_a_folder_another_process_runs_in_is_refused(tmp_path, capsys):
