@@ -28,6 +28,7 @@ python -m mf2.training.pretrain --config pretrain.yaml --learning_rate 5e-5
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,9 @@ class MF2ScriptArguments:
             self.model_name_or_path = resolve_model(self.model_name_or_path)  # the short name → the shipped folder
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 (or left out for all rows), got {getattr(self, name)}.")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"--image_size must be >= 8, got {self.image_size}.")
         if (self.vision_encoder is None) != (self.text_encoder is None):
@@ -267,6 +271,10 @@ class MF2FinetuneArguments:
             raise ValueError(f"--cv_folds must be 0 (off) or >= 2, got {self.cv_folds}.")
         if self.train_vision_encoder and not self.full:
             raise ValueError("--train_vision_encoder needs --full.")
+        if self.dfn_num_layers < 1 or (self.dfn_bottleneck_size is not None and self.dfn_bottleneck_size < 1):
+            raise ValueError("--dfn_num_layers and --dfn_bottleneck_size must be >= 1.")
+        if not math.isfinite(self.dfn_gate_scaling):
+            raise ValueError(f"--dfn_gate_scaling must be a finite number, got {self.dfn_gate_scaling}.")
 
 
 @dataclass
@@ -304,6 +312,13 @@ class MF2TrainingArguments(TrainingArguments):
     def __post_init__(self):
         # `TrainingArguments` turns a missing output_dir into "trainer_output"; the mf2 commands require one instead.
         self.output_dir_given = self.output_dir is not None
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"--learning_rate must be a finite number > 0, got {self.learning_rate}.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_steps <= 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"--num_train_epochs must be > 0 (or --max_steps given), got {self.num_train_epochs}.")
         super().__post_init__()
 
 

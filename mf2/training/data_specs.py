@@ -101,7 +101,7 @@ def load_source(spec: DataSpec, cache_dir: str | None = None) -> Dataset:
         except ValueError as error:  # not the MFA schema (missing columns, a label out of range)
             raise DataError(f"{spec.path}: {' '.join(str(error).split())}") from error
         dataset = _split(dataset, spec)
-        _check_au_labels(dataset, spec)
+        _check_labels(dataset, spec)
     if spec.max_samples is not None and spec.max_samples < len(dataset):
         dataset = dataset.select(stratified_indices(dataset["emotion"], spec.max_samples, seed=spec.seed))
     return dataset
@@ -122,14 +122,25 @@ def _split(dataset: Dataset | DatasetDict, spec: DataSpec) -> Dataset:
     return dataset[spec.split]
 
 
-def _check_au_labels(dataset: Dataset, spec: DataSpec) -> None:
-    """AU labels are -1 (unknown), 0 or 1 in the MFA schema; an intensity there would fail the first training step."""
-    values = np.unique(np.asarray(dataset["au"], dtype=np.int64)) if len(dataset) else np.array([], np.int64)
-    odd = [int(value) for value in values if value not in (-1, 0, 1)]
+def _check_labels(dataset: Dataset, spec: DataSpec) -> None:
+    """AU labels are -1 (unknown), 0 or 1 in the MFA schema, emotions -1 (unknown) or an index of `EMOTION_LABELS`;
+    anything else would fail the first training step, or an evaluation, after the data's pre-processing."""
+    from ..configuration_mf2 import EMOTION_LABELS
+
+    def values(column: str) -> np.ndarray:
+        return np.unique(np.asarray(dataset[column], dtype=np.int64)) if len(dataset) else np.array([], np.int64)
+
+    odd = [int(value) for value in values("au") if value not in (-1, 0, 1)]
     if odd:
         raise DataError(
             f"{spec.path}: AU labels must be -1 (unknown), 0 or 1 in the MFA schema, found {odd}; map intensities to "
             "1 (mf2.data.au_vector does) and 'not coded' to -1"
+        )
+    odd = [int(value) for value in values("emotion") if not -1 <= value < len(EMOTION_LABELS)]
+    if odd:
+        raise DataError(
+            f"{spec.path}: emotion labels must be -1 (unknown) or 0-{len(EMOTION_LABELS) - 1} "
+            f"({', '.join(EMOTION_LABELS)}) in the MFA schema, found {odd}"
         )
 
 

@@ -46,6 +46,21 @@ from .recipe_stages import RUN_ERRORS, Recipe, development_data_problem
 logger = logging.getLogger("mf2.recipe")
 
 
+def stage_order_problem(recipe: Recipe, stages: tuple[str, ...]) -> str | None:
+    """What is wrong with running `stages` in `recipe`'s folder, or None: a stage not done yet whose earlier stages
+    (`RECIPE_STAGES` order) are neither done nor asked for before it would start from files that are not there."""
+    ready = {stage for stage in RECIPE_STAGES if recipe.is_done(stage)}
+    for stage in stages:
+        missing = [earlier for earlier in RECIPE_STAGES[: RECIPE_STAGES.index(stage)] if earlier not in ready]
+        if missing and stage not in ready:
+            return (
+                f"--stages {stage} starts from the stages before it, not done in {recipe.output_dir} "
+                f"({', '.join(missing)}); add them to --stages, or leave --stages out"
+            )
+        ready.add(stage)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`mf2 recipe`: see the module docstring and `--help`. Missing data, a missing CUDA device, an output folder in
     use or started with other settings, or predictions that are not finite (a diverged training) is one line on stderr,
@@ -65,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output_dir)
     export = Path(args.export_dir) if args.export_dir else output / exported_name(settings)
     recipe = Recipe(data, output, export, settings, args.device)
+    problem = stage_order_problem(recipe, tuple(args.stages))
+    if problem:
+        print(f"mf2 recipe: {problem}.", file=sys.stderr)
+        return 2
     try:
         recipe.run(tuple(args.stages))
     except RUN_ERRORS as error:
@@ -73,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PRESETS", "RECIPE_STAGES", "Recipe", "RecipeSettings", "main"]
+__all__ = ["stage_order_problem", "PRESETS", "RECIPE_STAGES", "Recipe", "RecipeSettings", "main"]
 
 
 if __name__ == "__main__":

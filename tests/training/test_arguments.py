@@ -68,3 +68,23 @@ def test_stages_fix_branches_and_targets():
         get_stage("no_au_vl").check_config(MF2Config())
     with pytest.raises(ValueError, match="Unknown stage"):
         get_stage("nope")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--learning_rate", "nan"),
+        ("--learning_rate", "0"),
+        ("--per_device_train_batch_size", "0"),
+        ("--num_train_epochs", "0"),
+        ("--max_train_samples", "0"),
+        ("--dfn_num_layers", "0"),
+        ("--dfn_gate_scaling", "inf"),
+    ],
+)
+def test_a_value_no_run_could_use_is_one_line_before_anything_runs(tmp_path, capsys, option, value):
+    types = (MF2ScriptArguments, MF2FinetuneArguments, MF2TrainingArguments)
+    with pytest.raises(SystemExit) as raised:
+        parse_args(types, ["--output_dir", str(tmp_path), "--use_cpu", "True", option, value], prog="mf2 finetune")
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 finetune: error:")]
+    assert raised.value.code == 2 and option in line

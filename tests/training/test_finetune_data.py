@@ -104,7 +104,7 @@ def test_a_bad_folder_or_spec_is_one_line_with_exit_status_2(faces, spec, messag
 @pytest.fixture
 def parquets(faces):
     """MFA datasets as `mf2 caption` and users write them: two splits in one folder, one file, one with intensities."""
-    from datasets import Dataset
+    from datasets import Dataset, Value
     from training_testing import synthetic_rows
 
     from mf2.data import MFA_FEATURES
@@ -114,6 +114,9 @@ def parquets(faces):
     for split in ("train", "validation"):
         Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "two" / f"{split}.parquet"))
     Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "one.parquet"))
+    odd = MFA_FEATURES.copy()
+    odd["emotion"] = Value("int64")  # written by hand: no class names to check the values against
+    Dataset.from_dict({**rows, "emotion": [11, -3, 0, 1]}, features=odd).to_parquet(str(faces.parent / "odd.parquet"))
     rows["au"] = [[0, 3, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0]] * 4
     Dataset.from_dict(rows, features=MFA_FEATURES).to_parquet(str(faces.parent / "intensities.parquet"))
     (faces.parent / "ferplus").mkdir()
@@ -127,6 +130,7 @@ def parquets(faces):
         ("mfa:two,split=valid", "two has no split 'valid'; its splits: ['train', 'validation']"),
         ("mfa:one.parquet,split=validation", "one.parquet holds one dataset, with no splits; drop split=validation"),
         ("mfa:intensities.parquet", "AU labels must be -1 (unknown), 0 or 1 in the MFA schema, found [3, 5]"),
+        ("mfa:odd.parquet", "emotion labels must be -1 (unknown) or 0-7 (neutral, anger, "),
         ("mfa:one.parquet,max_samples=0", "max_samples must be 1 or more, got 0"),
         ("ferplus:one.parquet,split=valid", "split= picks a split of an mfa dataset"),
         ("ferplus:ferplus", "ferplus is a folder; give ferplus its .parquet file"),

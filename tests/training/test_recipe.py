@@ -226,3 +226,13 @@ def test_settings_no_run_could_use_are_one_line_before_any_work(tmp_path, capsys
         main(["--data", str(tmp_path), "--output_dir", str(tmp_path / "out"), *option])
     assert raised.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_stages_asked_for_out_of_order_are_one_line(tmp_path, capsys):
+    """`--stages pretrain` in a fresh folder would load the data stage's model that is not there (a traceback)."""
+    data, output = _fake_data(tmp_path / "data"), tmp_path / "out"
+    argv = ["--data", str(data), "--output_dir", str(output), "--preset", "smoke"]
+    assert main([*argv, "--stages", "pretrain"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--stages pretrain starts from the stages before it, not done in" in line and "(data)" in line
+    assert not output.exists() or not list(output.iterdir())  # refused before anything was written
