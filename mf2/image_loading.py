@@ -77,7 +77,9 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
     elif array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
             raise ImageInputError(index, None, f"unsupported array dtype {array.dtype}.")
-        values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():  # no brightness reading of the rest would be right
+            raise ImageInputError(index, None, NOT_FINITE)
         if np.issubdtype(array.dtype, np.floating) and values.max(initial=0.0) <= UNIT_RANGE_LIMIT:
             values = values * 255.0  # floats in [0, 1], overshoot clipped below
         elif array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and values.max(initial=0.0) > 255):
@@ -85,17 +87,23 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
         array = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))  # (H, W) → L, (H, W, 3) → RGB, (H, W, 4) → RGBA
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)), index)  # (H, W) → L, (H, W, 3) → RGB, (H, W, 4) → RGBA
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB; transparent pixels become white, 16-bit and float images are scaled to 8 bits."""
+NOT_FINITE = "the image holds NaN or infinite values."
+
+
+def _to_rgb(image: Image.Image, index: int = 0, path: str | None = None) -> Image.Image:
+    """RGB; transparent pixels become white, 16-bit and float images are scaled to 8 bits (a float image with a value
+    that is not finite is an `ImageInputError` of input `index` / `path`)."""
     if "transparency" in image.info and image.mode in ("RGB", "L", "P"):
         image = image.convert("RGBA")  # a PNG colour key (tRNS): its pixels are transparent, as alpha would say
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ImageInputError(index, path, NOT_FINITE)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0.0) > 255 else 255.0
         if image.mode == "F" and array.max(initial=0.0) <= UNIT_RANGE_LIMIT:
             peak = 1.0
@@ -127,7 +135,7 @@ def load_image(item: Any, index: int = 0) -> Image.Image:
             raise ImageInputError(index, None, f"the PIL image cannot be decoded ({error}).") from error
         if item.width == 0 or item.height == 0:
             raise ImageInputError(index, None, f"the image is empty ({item.width}x{item.height}).")
-        return _to_rgb(ImageOps.exif_transpose(item))  # a phone photo from Image.open, upright as from its path
+        return _to_rgb(ImageOps.exif_transpose(item), index)  # a phone photo from Image.open, upright as from its path
     if type(item).__module__.startswith("torch"):
         item = item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
@@ -184,7 +192,7 @@ def _decoded(source: Any, path: str, index: int, heif: bool) -> Image.Image:
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(index, path, f"the file is corrupt or truncated ({error}).") from error
-    image = _to_rgb(image)
+    image = _to_rgb(image, index, path)
     if frames > 1:
         # Say so rather than silently analysing one frame of many.
         warnings.warn(

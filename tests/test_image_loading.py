@@ -136,3 +136,15 @@ def test_floats_in_0_1_that_overshoot_after_resizing_read_as_0_1():
     grey = Image.fromarray(overshot[..., 0], mode="F")  # PIL's float images follow the same rule
     assert np.asarray(image_loading.load_image(grey)).mean() > 50
     assert np.array_equal(np.asarray(image_loading.load_image(unit * 255)), np.asarray(Image.fromarray(astronaut())))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_value_that_is_not_finite_is_an_input_error_not_a_dark_image(value):
+    """One NaN or infinite pixel made a [0, 1] image read as 0-255 (nearly black: "no face", or a made-up answer under
+    no_face="fallback"); it is an `ImageInputError` naming it, for arrays, tensors and PIL float images alike."""
+    unit = astronaut().astype(np.float32) / 255
+    unit[5, 5, 0] = value
+    with pytest.raises(image_loading.ImageInputError, match="NaN or infinite"):
+        image_loading.load_image(unit, index=3)
+    with pytest.raises(image_loading.ImageInputError, match="NaN or infinite"):
+        image_loading.load_image(Image.fromarray(unit[..., 0], mode="F"))
