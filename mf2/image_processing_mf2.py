@@ -81,6 +81,10 @@ IMAGE_FEATURES = (
 )
 
 
+BOOKKEEPING_KEYS = frozenset({"auto_map", "processor_class", "_processor_class"})
+"""What transformers writes beside the options in a saved processor file, and passes back when it loads one."""
+
+
 class MF2ImageProcessorKwargs(ImagesKwargs, total=False):
     """MF²'s own options beside `ImagesKwargs`' (`size`, `image_mean`, `image_std`, `do_normalize`, `do_convert_rgb`
     and `input_data_format` are used too). Named `<processor class>Kwargs`, as transformers' image processors name it.
@@ -229,6 +233,9 @@ class MF2ImageProcessor(BaseImageProcessor):
     def __init__(self, **kwargs):
         kwargs.pop("image_processor_type", None)
         options = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+        # `ImagesKwargs` declares options this processor does not apply (`do_resize`, `crop_size`, ...); taken here they
+        # would be saved and then ignored, so they are refused as a call refuses them. Transformers' own entries pass.
+        self.resolve_options(**{name: value for name, value in kwargs.items() if name not in BOOKKEEPING_KEYS})
         super().__init__(**kwargs)
         for name in OPTION_NAMES:
             given = name in options and (options[name] is not None or name in NONE_IS_A_VALUE)

@@ -68,3 +68,20 @@ def test_explicit_none_is_kept_and_means_off(tmp_path):
 def test_options_class_has_the_transformers_name():
     assert MF2ImageProcessor.valid_kwargs is MF2ImageProcessorKwargs is MF2ImagesKwargs
     assert {"do_convert_rgb", "input_data_format"} <= set(MF2ImageProcessorKwargs.__annotations__)
+
+
+@pytest.mark.parametrize(
+    "option", [{"do_rescale": False}, {"crop_size": {"height": 50, "width": 50}}, {"landmark_backnd": "template"}]
+)
+def test_an_option_the_processor_does_not_apply_is_refused_at_construction_as_in_a_call(option, tmp_path):
+    """`ImagesKwargs` declares options MF²'s processor does not apply: accepted, they were saved and then ignored (and
+    a misspelt option passed in silence)."""
+    from mf2 import MF2ImageProcessor
+
+    with pytest.raises(TypeError, match="unknown option"):
+        MF2ImageProcessor(**option)
+    MF2ImageProcessor(landmark_backend="template").save_pretrained(tmp_path)
+    if "landmark_backnd" not in option:  # from_pretrained passes on the declared names only, as transformers does
+        with pytest.raises(TypeError, match="unknown option"):
+            MF2ImageProcessor.from_pretrained(tmp_path, **option)
+    assert MF2ImageProcessor.from_pretrained(tmp_path).landmark_backend == "template"
