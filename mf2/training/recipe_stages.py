@@ -376,10 +376,18 @@ class Recipe(EmotionStage, CKPlusStages):
                 code.unlink()
         timings = {stage: self.timings[stage] for stage in RECIPE_STAGES if stage in self.timings}
         # In place: the card names its results by the folder.
-        write_card_inputs(
-            self.export_dir, record, emotion, cv, self.settings, timings, transfer=self._read("emotion/metrics.json")
-        )
+        transfer = self._read("emotion/metrics.json")
+        write_card_inputs(self.export_dir, record, emotion, cv, self.settings, timings, self.card_counts(), transfer)
         logger.info("exported %s to %s", config.model_name, self.export_dir)
+
+    def card_counts(self) -> dict[str, int]:
+        """What the run read, for the model card (`write_card_inputs`)."""
+        return {
+            "ferplus_valid": len(self.dataset("ferplus_valid")),
+            "ckplus_subjects": len(set(self.dataset("ckplus")["group"])),
+            "pretrain_ferplus": min(self.settings.pretrain_ferplus_samples, len(self.dataset("ferplus_train"))),
+            "head_ferplus": len(self.head_ferplus_rows()),
+        }
 
 
 def _drop_machine_paths(config: dict) -> None:

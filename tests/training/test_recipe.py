@@ -42,6 +42,10 @@ def test_every_stage_runs_and_exports_a_trained_model(smoke_run):
     assert model.dtype == torch.float32 and not any("alignment" in name for name, _ in model.named_parameters())
     card = (export / "README.md").read_text()
     assert "research only" in card and "CK+" in card and "mf2 recipe" in card
+    # The card's numbers are the run's (the smoke preset: 24 valid faces, 2 folds, 16 FER+ images for pretraining),
+    # not the shipped run's.
+    assert "FER+ validation (24 faces" in card and "the `2-fold CV` rows" in card and "5-fold" not in card
+    assert "16 FER+ train images + CK+ dev" in card
     # The model-index names each result by its data and its metric, never two rows alike.
     index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
     named = [(row["dataset"]["name"], row["metrics"][0]["name"]) for row in index]
