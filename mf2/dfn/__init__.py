@@ -22,7 +22,7 @@ from .cache import DFNCachedDataset, DFNFeatureCache, collate_cached_features
 from .config import BRANCHES, DFN_PEFT_TYPE, DFN_PREFIX, MODALITIES, DFNConfig
 from .features import DFNFeatures
 from .layer import DFNCell, DFNSideNetwork, default_layer_indices
-from .loading import AdapterLoadError, check_adapter_folder, load_adapter, load_dfn_model
+from .loading import AdapterBaseWarning, AdapterLoadError, check_adapter_folder, load_adapter, load_dfn_model
 from .model import DFNOutput, DFNTuner, checkpoint_has_text_weights
 from .peft_model import DFNModel, get_dfn_model
 
@@ -67,6 +67,7 @@ def is_dfn_registered() -> bool:
 register_dfn_with_peft()
 
 __all__ = [
+    "AdapterBaseWarning",
     "AdapterLoadError",
     "BRANCHES",
     "DFN_PEFT_TYPE",

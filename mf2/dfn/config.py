@@ -63,6 +63,9 @@ class DFNConfig(PeftConfig):
         init_weights (`bool`, defaults to `True`):
             Zero-initialise the cells' up-projections so that the adapted model starts out equal to the base model.
             `False` gives random up-projections (useful to test that an adapter changes the outputs).
+        base_model_fingerprint (`str`, *optional*):
+            Set by `get_dfn_model`: a hash of the base model's image path (vision encoder, queries, cross-attention) in
+            float16, which `load_adapter` compares with the model it is given.
         backbone_eval_mode (`bool`, defaults to `True`):
             Keep the frozen backbone in eval mode while the model trains (no dropout in the ViT and Q-Formers). A frozen
             backbone is a fixed feature extractor; dropout there adds only noise, and the feature cache needs the
@@ -108,6 +111,10 @@ class DFNConfig(PeftConfig):
     )
     backbone_eval_mode: bool = field(
         default=True, metadata={"help": "Keep the frozen backbone in eval mode (no dropout) while training."}
+    )
+    base_model_fingerprint: str | None = field(
+        default=None,
+        metadata={"help": "Set by `get_dfn_model`: the base model's image path as trained on (`base_fingerprint`)."},
     )
 
     def __post_init__(self):

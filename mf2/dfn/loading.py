@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 from ..local_files import names_local_path
 from .config import DFN_PEFT_TYPE
 from .model import checkpoint_has_text_weights
-from .peft_model import DFNModel
+from .peft_model import DFNModel, base_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SUBFOLDER = "dfn"
@@ -40,6 +41,18 @@ class AdapterLoadError(OSError):
     def __init__(self, adapter: str | os.PathLike, reason: str):
         self.adapter, self.reason = os.fspath(adapter), reason
         super().__init__(f"could not load the DFN adapter {self.adapter}: {reason}")
+
+
+class AdapterBaseWarning(UserWarning):
+    """The DFN adapter `adapter` was trained on another base model (its image path's weights differ): its outputs are
+    not those it was trained and tuned for. Load it on the model it was trained on."""
+
+    def __init__(self, adapter: str | os.PathLike):
+        self.adapter = os.fspath(adapter)
+        super().__init__(
+            f"the DFN adapter {self.adapter} was trained on another base model (its weights differ from this model's): "
+            "its answers are not the ones it was tuned for; load it on the model it was trained on"
+        )
 
 
 def read_thresholds(folder: str | os.PathLike, subfolder: str | None = None) -> list[float] | None:
@@ -135,12 +148,16 @@ def load_adapter(
     subfolder = adapter_subfolder(adapter_name_or_path, subfolder)
     check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
     thresholds = read_thresholds(adapter_name_or_path, subfolder)
+    fingerprint = base_fingerprint(model)  # before the adapter wraps it
     where = {"subfolder": subfolder} if subfolder else {}
     try:
         adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name, **where)
     except (OSError, ValueError) as error:  # not here nor on the Hub (PEFT: ValueError), a damaged file (OSError)
         said = str(error).strip()
         raise AdapterLoadError(adapter_name_or_path, said.splitlines()[0] if said else repr(error)) from error
+    trained_on = adapted.peft_config[adapter_name].base_model_fingerprint
+    if None not in (trained_on, fingerprint) and trained_on != fingerprint:
+        warnings.warn(AdapterBaseWarning(adapter_name_or_path), stacklevel=2)
     if thresholds is not None:  # only once the adapter is in: a failed load leaves the model's own
         model.config.au_thresholds = thresholds
     return adapted.eval()
@@ -162,6 +179,7 @@ def load_dfn_model(
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_SUBFOLDER",
+    "AdapterBaseWarning",
     "AdapterLoadError",
     "THRESHOLDS_FILE",
     "adapter_subfolder",

@@ -84,7 +84,29 @@ def get_dfn_model(model: nn.Module, config: DFNConfig | None = None, adapter_nam
             "Gradient checkpointing is useless under DFN (the backbone builds no graph); disabling it.", stacklevel=2
         )
         model.gradient_checkpointing_disable()
-    return DFNModel(model, config if config is not None else DFNConfig(), adapter_name=adapter_name)
+    config = config if config is not None else DFNConfig()
+    config.base_model_fingerprint = base_fingerprint(model)
+    return DFNModel(model, config, adapter_name=adapter_name)
 
 
-__all__ = ["DFNModel", "get_dfn_model"]
+def base_fingerprint(model: nn.Module) -> str | None:
+    """SHA-256 of what a DFN adapter reads of its base model: the image path (vision encoder, query tokens,
+    cross-attention, RoI positions), which a recognition model and a pretraining model of one checkpoint share, as
+    float16 values (a model and its float16 copy, such as the shipped weights loaded in float32, agree). None for a
+    model in another precision (bfloat16), whose values cannot be compared exactly."""
+    import hashlib
+
+    digest, seen = hashlib.sha256(), False
+    for name, tensor in sorted(model.state_dict().items()):
+        image_path = name.startswith("mf2.vision_model.") or ".crossattention." in name
+        if not (image_path or name.endswith(("query_tokens", "au_query_embeddings", "roi_position_embeddings"))):
+            continue
+        if tensor.dtype not in (torch.float32, torch.float16):
+            return None
+        values = tensor.detach().cpu().to(torch.float16).contiguous().reshape(-1)
+        digest.update(name.encode() + values.view(torch.uint8).numpy().tobytes())
+        seen = True
+    return digest.hexdigest() if seen else None
+
+
+__all__ = ["DFNModel", "base_fingerprint", "get_dfn_model"]

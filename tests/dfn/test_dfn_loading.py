@@ -54,3 +54,28 @@ def test_thresholds_that_cannot_be_fetched_stop_the_load_and_missing_ones_do_not
         loading.read_thresholds("someone/adapter", "dfn")  # offline: it may exist, so the base's must not stand in
     fake_hub(monkeypatch, present=set())
     assert loading.read_thresholds("someone/adapter", "dfn") is None
+
+
+def test_an_adapter_on_another_base_model_warns(tmp_path):
+    """Same architecture, other weights (e.g. a newer mf2-base under an adapter trained on the older one): it loads,
+    and says that its answers are not the ones it was tuned for."""
+    import warnings
+
+    import torch
+    from tiny import tiny_config
+
+    from mf2 import MF2ForFacialStateRecognition
+    from mf2.dfn import AdapterBaseWarning, DFNConfig, get_dfn_model, load_adapter
+
+    def model(seed: int) -> MF2ForFacialStateRecognition:
+        torch.manual_seed(seed)
+        return MF2ForFacialStateRecognition(tiny_config())
+
+    get_dfn_model(model(0), DFNConfig(num_layers=2, bottleneck_size=8)).save_pretrained(tmp_path / "adapter")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_adapter(model(0), tmp_path / "adapter")  # its own base: silent
+        load_adapter(model(0).half(), tmp_path / "adapter")  # its float16 copy: the same weights
+        load_adapter(model(1).bfloat16(), tmp_path / "adapter")  # bfloat16 cannot be compared: silent
+    with pytest.warns(AdapterBaseWarning, match="trained on another base model"):
+        load_adapter(model(1), tmp_path / "adapter")
