@@ -35,8 +35,8 @@ DEFAULT_UPSAMPLE = 1
 """Times dlib's HOG detector upsamples the image (each finds faces half as large, at 4x the cost)."""
 COARSE_MIN_SCORE = 0.5
 """Detector score from which a detection of the coarse search is trusted. Its weak ones include things the whole
-search does not box at all: the mission badge on the astronaut's suit (score 0.1-0.2, as large as her face, with
-68 landmarks that pass for a face)."""
+search does not box while it finds the face: the mission badge on the astronaut's suit (score 0.1-0.2, as large as
+her face, with 68 landmarks that pass for a face), which it does keep where it misses the face (rotated by 45°)."""
 FIT_MARGIN = 1.0
 """Box sides of image around a given box that `DlibBackend.fit` hands the shape predictor (it reads pixels up to a
 fraction of the box outside it; with this margin the landmarks are those of the whole image, to the bit)."""
