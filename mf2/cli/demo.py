@@ -62,14 +62,14 @@ def _unexpected(error: Exception) -> str:
     )
 
 
-def photo_handler(pipe, workdir: Path):
+def photo_handler(pipe, workdir: Path, max_mb: float = MAX_UPLOAD_MB):
     """The handler of uploads, webcam snapshots and examples: (status, annotated image, [(face, its crop)], JSON
     file, JSON record)."""
 
     def handle(image: Any) -> tuple[Any, ...]:
         name = Path(image).name if isinstance(image, (str, Path)) else "webcam snapshot"
         try:
-            result = analyze_image(pipe, image, name=name)
+            result = analyze_image(pipe, image, name=name, max_mb=max_mb)
         except DemoInputError as error:
             return _message(str(error), error=True), None, [], None, None
         except Exception as error:  # noqa: BLE001 - the page must keep working, whatever went wrong
@@ -81,7 +81,7 @@ def photo_handler(pipe, workdir: Path):
     return handle
 
 
-def video_handler(pipe, workdir: Path):
+def video_handler(pipe, workdir: Path, max_mb: float = MAX_UPLOAD_MB):
     """The handler of video uploads, a generator: Gradio shows each yield, so the tables and curves grow as the
     video streams through the pipeline, under a progress bar; each person's timeline comes with the last."""
     import gradio as gr
@@ -106,7 +106,7 @@ def video_handler(pipe, workdir: Path):
 
         try:
             update = None
-            for update in analyze_video(pipe, path, fps=float(fps), progress=report):
+            for update in analyze_video(pipe, path, fps=float(fps), progress=report, max_mb=max_mb):
                 yield outputs(update, final=False)
             if update is not None:
                 yield outputs(update, final=True)
@@ -143,7 +143,7 @@ def _face_tabs(faces: list[tuple[dict[str, Any], Any]], au_thresholds: dict[str,
                 gr.Markdown(f"**Why:** {face.get('explanation', '')}", elem_classes="mf2-explanation")
 
 
-def _photo_tab(pipe, workdir: Path, examples: list[str]) -> None:
+def _photo_tab(pipe, workdir: Path, examples: list[str], max_mb: float) -> None:
     import gradio as gr
 
     with gr.Row():
@@ -171,7 +171,7 @@ def _photo_tab(pipe, workdir: Path, examples: list[str]) -> None:
         with gr.Accordion("JSON record", open=False):
             record = gr.JSON()
     outputs = [status, annotated, faces, record_file, record]
-    handle = photo_handler(pipe, workdir)
+    handle = photo_handler(pipe, workdir, max_mb)
     upload.upload(handle, inputs=upload, outputs=outputs)
     webcam.change(handle, inputs=webcam, outputs=outputs)  # a snapshot taken (or cleared: the prompt again)
     if examples:
@@ -187,7 +187,7 @@ def _photo_tab(pipe, workdir: Path, examples: list[str]) -> None:
             )
 
 
-def _video_tab(pipe, workdir: Path) -> None:
+def _video_tab(pipe, workdir: Path, max_mb: float) -> None:
     import gradio as gr
 
     with gr.Row():
@@ -218,23 +218,24 @@ def _video_tab(pipe, workdir: Path) -> None:
     table = gr.Dataframe(label="Results per face and frame", interactive=False, wrap=True)
     record_file = gr.File(label="JSON lines (download)", interactive=False)
     start.click(
-        video_handler(pipe, workdir),
+        video_handler(pipe, workdir, max_mb),
         inputs=[video, fps],
         outputs=[status, table, curves, record_file, people, timelines],
     )
 
 
-def build_demo(pipe, workdir: str | Path, examples: list[str] | None = None):
-    """The page as a `gr.Blocks`: a photo tab (upload, webcam, examples) and a video tab."""
+def build_demo(pipe, workdir: str | Path, examples: list[str] | None = None, max_mb: float = MAX_UPLOAD_MB):
+    """The page as a `gr.Blocks`: a photo tab (upload, webcam, examples) and a video tab, taking uploads up to
+    `max_mb` megabytes."""
     import gradio as gr
 
     with gr.Blocks(title="MF² facial state", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             with gr.Tab("Photo"):
-                _photo_tab(pipe, Path(workdir), examples or [])
+                _photo_tab(pipe, Path(workdir), examples or [], max_mb)
             with gr.Tab("Video"):
-                _video_tab(pipe, Path(workdir))
+                _video_tab(pipe, Path(workdir), max_mb)
     return demo
 
 
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     import gradio as gr
 
     examples = example_photos()
-    demo = build_demo(pipe, workdir, examples)
+    demo = build_demo(pipe, workdir, examples, args.max_upload_mb)
     demo.queue(default_concurrency_limit=1, max_size=32)  # one analysis at a time: the model is not re-entrant
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..face_search import SMALLEST_FACE_SEEN
 from ..integration.default_model import model_identity
 
 MAX_UPLOAD_MB = 25
@@ -31,7 +32,10 @@ MAX_UPLOAD_MB = 25
 MAX_MEGAPIXELS = 50.0
 """Largest photo analysed. Bigger ones are refused before decoding: a small PNG can decode to gigabytes."""
 DISPLAY_SIZE = 1600
-"""Longest side of the annotated image sent to the browser (the analysis itself runs at full resolution)."""
+"""Longest side of the annotated image sent to the browser (the analysis itself reads the face at full resolution)."""
+DETECTION_SIZE = 2048
+"""Longest side of the copy faces are searched on (the pipeline's default is 1024, which misses faces under about
+160 px in a 12-megapixel phone photo; here about 80 px, for a longer search)."""
 VIDEO_FPS = 5.0
 MAX_VIDEO_FRAMES = 300
 """Sampled frames analysed per video (60 s at 5 fps): the demo runs on a shared CPU; `mf2 analyze` has no limit."""
@@ -110,6 +114,11 @@ def _too_large(what: str, pixels: int | None, limit: float) -> str:
     return f"{what}{size} the demo takes photos up to {limit:.0f} megapixels. Please downscale it and try again."
 
 
+def _without_path(error: Exception, path: str | Path) -> str:
+    """The first line of `error` with the upload's server-side path (a private temporary folder) cut to its name."""
+    return str(error).splitlines()[0].replace(str(path), Path(path).name)
+
+
 def _pipeline_message(error: Exception) -> str:
     """The pipeline's error without the server-side temporary path it names."""
     reason = getattr(error, "reason", None)
@@ -121,14 +130,17 @@ def _pipeline_message(error: Exception) -> str:
 # --------------------------------------------------------------------------------------------------- images
 
 
-def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "image") -> ImageResult:
-    """Every face of one photo (a path, as uploaded, or a PIL image from the webcam), or a message saying why not."""
+def analyze_image(
+    pipe, image: Image.Image | str | Path | None, name: str = "image", max_mb: float = MAX_UPLOAD_MB
+) -> ImageResult:
+    """Every face of one photo (a path, as uploaded, or a PIL image from the webcam), or a message saying why not.
+    Faces are searched for on a copy of at most `DETECTION_SIZE` px, and the message says which are too small there."""
     if image is None:
         return ImageResult("Upload a photo, take a webcam snapshot or click an example.")
     if isinstance(image, Image.Image):  # a webcam snapshot: the same size limit as an upload
         check_size(*image.size, what="This snapshot")
     else:
-        image = str(check_upload(image))
+        image = str(check_upload(image, max_mb=max_mb))
     emotions = len(pipe.model.config.id2label)
     try:
         faces = pipe(
@@ -139,11 +151,15 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
             multiple_faces="all",
             no_face="skip",
             top_k=emotions,
+            max_detection_size=DETECTION_SIZE,
         )
     except ValueError as error:  # the pipeline's input errors (unreadable data, non-finite output) are ValueErrors
         raise DemoInputError(_pipeline_message(error)) from error
+    unseen = _unseen_faces(image)
     if not faces:
-        raise DemoInputError("No face was found in this image. Try a photo where the face is frontal and well lit.")
+        raise DemoInputError(
+            f"No face was found in this image.{unseen} Try a photo where the face is frontal and well lit."
+        )
     annotated = draw_faces(image, faces)
     crops = [face_crop(annotated, face["box"]) for face in faces]
     annotated.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.LANCZOS)  # only ever shrinks
@@ -154,7 +170,20 @@ def analyze_image(pipe, image: Image.Image | str | Path | None, name: str = "ima
         f"#{n + 1} {face['emotion']['label']} ({face['emotion']['score']:.2f})" for n, face in enumerate(faces)
     )
     plural = "s" if len(faces) > 1 else ""
-    return ImageResult(f"Found {len(faces)} face{plural}: {summary}.", annotated, faces, record, crops)
+    return ImageResult(f"Found {len(faces)} face{plural}: {summary}.{unseen}", annotated, faces, record, crops)
+
+
+def _unseen_faces(image: Image.Image | str) -> str:
+    """The sentence on the faces too small to be seen in a photo larger than `DETECTION_SIZE`, else ""."""
+    if isinstance(image, Image.Image):
+        longest = max(image.size)
+    else:
+        with Image.open(image) as opened:
+            longest = max(opened.size)
+    if longest <= DETECTION_SIZE:
+        return ""
+    smallest = math.ceil(SMALLEST_FACE_SEEN * longest / DETECTION_SIZE)
+    return f" In a photo this large ({longest} px), faces under about {smallest} px across are not seen."
 
 
 def thresholds(pipe) -> dict[str, float]:
@@ -279,6 +308,7 @@ def analyze_video(
     max_frames: int = MAX_VIDEO_FRAMES,
     progress: Callable[[int, int | None], None] | None = None,
     every: int = 10,
+    max_mb: float = MAX_UPLOAD_MB,
 ) -> Iterator[VideoUpdate]:
     """Stream a video through `pipe.video`, yielding the results so far every `every` frames and at the end.
 
@@ -288,13 +318,13 @@ def analyze_video(
     if path is None:
         yield VideoUpdate("Upload a video to analyse it frame by frame.")
         return
-    if Path(path).stat().st_size > MAX_UPLOAD_MB * 2**20:
-        raise DemoInputError(f"This video is larger than {MAX_UPLOAD_MB} MB; please upload a shorter clip.")
+    if Path(path).stat().st_size > max_mb * 2**20:
+        raise DemoInputError(f"This video is larger than {max_mb:g} MB; please upload a shorter clip.")
     total = expected_frames(path, fps, max_frames)
     try:
         frames = pipe.video(str(path), fps=fps, max_frames=max_frames, explain=False, multiple_faces="all")
     except ValueError as error:
-        raise DemoInputError(f"Cannot read this file as a video: {str(error).splitlines()[0]}") from error
+        raise DemoInputError(f"Cannot read this file as a video: {_without_path(error, path)}") from error
     from mf2.cli.track_report import VideoTracks
 
     config = pipe.model.config
@@ -310,7 +340,7 @@ def analyze_video(
                 update.message = f"Analysed {count} frame(s)…"
                 yield update
     except ValueError as error:  # a decode error mid-way: keep the frames read, say where it stopped
-        update.message = f"The video could not be decoded to its end ({str(error).splitlines()[0]}); "
+        update.message = f"The video could not be decoded to its end ({_without_path(error, path)}); "
     else:
         update.message = ""
     frames_seen = len(update.records)

@@ -86,6 +86,12 @@ def test_bad_inputs_give_clear_messages(pipe, tmp_path, not_an_image):
         check_upload(blank, max_megapixels=0.01)  # a huge photo, refused from its header before decoding
     with pytest.raises(DemoInputError, match="up to 0 MB"):
         check_upload(blank, max_mb=1e-4)
+    with pytest.raises(DemoInputError, match="up to 0 MB"):  # `--max-upload-mb` reaches the photo's own check
+        analyze_image(pipe, str(blank), max_mb=1e-4)
+    wide = tmp_path / "wide.png"  # a photo larger than the search copy: the message says what it cannot see
+    Image.new("RGB", (4096, 1000), (128, 128, 128)).save(wide)
+    with pytest.raises(DemoInputError, match=r"In a photo this large \(4096 px\), faces under about 80 px across"):
+        analyze_image(pipe, str(wide))
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(ASTRONAUT.read_bytes()[:4000])  # a valid header, corrupt data: the pipeline says so
     with pytest.raises(DemoInputError, match="Cannot analyse this image"):
@@ -110,8 +116,11 @@ def test_a_video_streams_rows_curves_and_progress(pipe, tmp_path):
     assert [row["track"] for row in final.rows] == [1] * 4 + [None] * 2 and "1 person (tracks)" in final.message
     assert [person["track"] for person in final.people] == [1] and final.people[0]["frames"] == 4
     assert [caption for _, caption in final.timelines] == ["track 1"] and final.timelines[0][0].width == 1200
-    with pytest.raises(DemoInputError, match="Cannot read this file as a video"):
+    with pytest.raises(DemoInputError, match="Cannot read this file as a video") as refused:
         list(analyze_video(pipe, not_a_video))
+    assert str(tmp_path) not in str(refused.value) and "notes.mp4" in str(refused.value)  # no server-side folder
+    with pytest.raises(DemoInputError, match="larger than 0.0001 MB"):  # `--max-upload-mb` reaches the video's check
+        list(analyze_video(pipe, clip, max_mb=1e-4))
 
 
 def test_cli_says_how_to_install_gradio_when_it_is_missing(monkeypatch, capsys):

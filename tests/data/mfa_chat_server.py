@@ -31,6 +31,7 @@ class ChatServer:
         self.faults: dict[tuple[str, str], list[str]] = {}
         self.log: list[dict] = []
         self.last_payload: dict | None = None
+        self.last_payloads: dict[str, dict] = {}  # by caption type: the types' requests run side by side
         self.last_headers: dict | None = None
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -89,6 +90,7 @@ class ChatServer:
             fault = queue.pop(0) if queue else None
             self.log.append({"sha": sha, "type": caption_type, "outcome": fault or "ok", "time": time.time()})
             self.last_payload, self.last_headers = payload, dict(handler.headers)
+            self.last_payloads[caption_type] = payload
         if self.delay:
             time.sleep(self.delay)
         try:

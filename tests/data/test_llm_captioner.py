@@ -191,7 +191,8 @@ def test_a_caption_holding_a_unicode_line_separator_is_kept(tmp_path):
 def test_other_emotion_prompt_asks_for_the_label_word(chat_server):
     request = CaptionRequest(labels(["AU12"]), EMOTION_LABELS.index("other"), png_bytes(3))
     make_captioner(chat_server, None).caption_batch([request])
-    text = "\n".join(p["text"] for p in chat_server.last_payload["messages"][1]["content"] if p["type"] == "text")
+    payload = chat_server.last_payloads["emotion"]  # not the last request: the AU one may come after it
+    text = "\n".join(p["text"] for p in payload["messages"][1]["content"] if p["type"] == "text")
     assert "Emotion: other" in text and "'other' category" in text
 
 
