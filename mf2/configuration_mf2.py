@@ -1,6 +1,6 @@
 """Configuration of MF², the Multilevel Multimodal Face Foundation model."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
@@ -180,10 +180,12 @@ class MF2Config(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # The 8 emotions unless labels are given: `num_labels=2` is a binary head, not transformers' default.
+        labels_given = self.id2label is not None or kwargs.get("num_labels") is not None
         super().__post_init__(**kwargs)
         if self.au_names is None:
             self.au_names = list(AU_NAMES)
-        if self.id2label is None or (len(self.id2label) == 2 and self.id2label == {0: "LABEL_0", 1: "LABEL_1"}):
+        if not labels_given:
             self.id2label = dict(enumerate(EMOTION_LABELS))
         self.label2id = {name: index for index, name in self.id2label.items()}
         # The Q-Former reads the vision tokens and speaks the text encoder's vocabulary.
@@ -193,6 +195,11 @@ class MF2Config(PreTrainedConfig):
         # ITC/ITM/ITG run captions through the Q-Former, so its text FFN always exists in the config;
         # `MF2ForFacialStateRecognition` leaves it out of the image-only model it builds.
         self.qformer_config.use_qformer_text_input = True
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """As transformers writes it, with the labels always: transformers leaves out a map equal to its default
+        (`LABEL_0`, `LABEL_1`), which MF² would read back as its 8 emotions."""
+        return {**super().to_diff_dict(), "id2label": self.id2label, "label2id": self.label2id}
 
     @property
     def num_aus(self) -> int:

@@ -153,22 +153,21 @@ def itg_loss(
 
 
 def masked_au_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None):
-    """Binary cross-entropy over the known AU labels (label -1 = unknown, left out of the mean)."""
-    known = labels >= 0
-    if not known.any():
-        return logits.sum() * 0.0  # keeps the graph connected (data-parallel needs every head in every step)
-    return F.binary_cross_entropy_with_logits(
-        logits[known].float(),
-        labels[known].float(),
-        pos_weight=None if pos_weight is None else pos_weight.expand_as(labels)[known],
+    """Binary cross-entropy over the known AU labels (label -1 = unknown, left out of the mean). Without a branch on
+    the data, so that `torch.compile(fullgraph=True)` takes it; with no known label it is 0, its graph connected
+    (data-parallel training needs every head in every step)."""
+    known = (labels >= 0).to(torch.float32)
+    each = F.binary_cross_entropy_with_logits(
+        logits.float(), labels.clamp(min=0).float(), pos_weight=pos_weight, reduction="none"
     )
+    return (each * known).sum() / known.sum().clamp(min=1.0)
 
 
 def masked_emotion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the known emotion labels (label -1 = unknown)."""
-    if not (labels >= 0).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=-1)
+    """Cross-entropy over the known emotion labels (label -1 = unknown), as `masked_au_loss`: 0 with none known."""
+    known = (labels >= 0).to(torch.float32)
+    each = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    return (each * known).sum() / known.sum().clamp(min=1.0)
 
 
 # The Q-Former's text FFN (`encoder.layer.N.intermediate/output`, not `attention.output` nor `*_query`).
@@ -759,6 +758,18 @@ class MF2PreTrainedModel(PreTrainedModel):
     # Trainer must not pass `num_items_in_batch` nor skip dividing the loss by the accumulation steps.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with the vision encoder frozen as the config says
+        (`freeze_vision_encoder`, `vision_trainable_layers`): transformers rebuilds every loaded weight as trainable,
+        so a model trained from a loaded checkpoint would otherwise update the blocks its config keeps frozen."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True`: (model, info)
+        core = getattr(model, model.base_model_prefix, model)
+        if isinstance(core, MF2Model):
+            core.apply_vision_freezing()
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -1171,7 +1182,17 @@ class MF2RecognitionPreTrainedModel(MF2PreTrainedModel):
         return self.heads(features.emotion_embeds, features.au_embeds)
 
     def recognition_losses(self, au_logits, emotion_logits, au_labels, emotion_labels) -> dict[str, torch.Tensor]:
-        """Recogniser losses for the labels given, each weighted as the config says."""
+        """Recogniser losses for the labels given, each weighted as the config says. Known labels for a recogniser
+        that did not run (`branches` skipped a branch it reads) are a `ValueError`, not a loss left out."""
+        pairs = (("au_labels", au_labels, au_logits), ("emotion_labels", emotion_labels, emotion_logits))
+        for name, labels, logits in pairs:
+            if logits is None and labels is not None and not is_torchdynamo_compiling() and bool((labels >= 0).any()):
+                raise ValueError(
+                    f"{name} were given, but their recogniser did not run: `branches` skipped a branch it reads. Run "
+                    f"both branches, or leave {name} out."
+                )
+        if au_logits is None and emotion_logits is None:
+            return {}
         batch = (au_logits if au_logits is not None else emotion_logits).shape[0]
         self._check_labels(au_labels, emotion_labels, batch)
         losses = {}
@@ -1255,6 +1276,15 @@ class MF2ForPreTraining(MF2RecognitionPreTrainedModel):
             if enabled
         }
         self.post_init()
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Not supported: the captions' vocabulary is the text encoder's, in two tables tied to the ITG heads (Emo-VL,
+        AU-VL), and the image side is what `get_input_embeddings` names (transformers would resize the patch
+        embedding). Write captions in the text encoder's vocabulary (its tokenizer splits unknown words)."""
+        raise NotImplementedError(
+            "MF2ForPreTraining does not resize its caption vocabulary (the text encoder's, in two tables tied to the "
+            "ITG heads); write captions in that vocabulary: its tokenizer splits new words into known pieces."
+        )
 
     def text_alignment(self, branch: str) -> MF2TextAlignment | None:
         return self.emotion_alignment if branch == "emotion" else self.au_alignment

@@ -65,3 +65,12 @@ def test_au_decision_thresholds_are_the_tuned_ones_else_the_default():
     assert config.au_decision_thresholds == [DEFAULT_AU_THRESHOLD] * len(AU_NAMES)
     tuned = [round(0.1 + 0.05 * k, 2) for k in range(len(AU_NAMES))]
     assert MF2Config(au_thresholds=tuned).au_decision_thresholds == tuned
+
+
+def test_two_labels_are_a_binary_head_and_round_trip(tmp_path):
+    """`num_labels=2` is transformers' default map; MF² used to read it as "not given" (its 8 emotions), and
+    transformers leaves that map out of config.json, so a binary model reloaded as 8 emotions."""
+    binary = MF2Config(num_labels=2)
+    assert binary.num_labels == 2 and MF2Config().num_labels == 8 and MF2Config(num_labels=3).num_labels == 3
+    binary.save_pretrained(tmp_path)
+    assert MF2Config.from_pretrained(tmp_path).id2label == {0: "LABEL_0", 1: "LABEL_1"}

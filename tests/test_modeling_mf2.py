@@ -537,11 +537,13 @@ def test_recognition_compiles_as_one_graph(config, batch):
     # fullgraph=True fails on any graph break (a data-dependent check such as the boxes' NaN test would be one); the
     # "eager" backend checks the capture without code generation, which is torch's own concern.
     compiled = torch.compile(model, fullgraph=True, backend="eager")
+    labels = {"au_labels": batch["au_labels"], "emotion_labels": batch["emotion_labels"]}  # the losses too
     with torch.no_grad():
-        expected = model(batch["pixel_values"], batch["au_boxes"])
-        output = compiled(batch["pixel_values"], batch["au_boxes"])
+        expected = model(batch["pixel_values"], batch["au_boxes"], **labels)
+        output = compiled(batch["pixel_values"], batch["au_boxes"], **labels)
     torch.testing.assert_close(output.au_logits, expected.au_logits)
     torch.testing.assert_close(output.logits, expected.logits)
+    torch.testing.assert_close(output.loss, expected.loss)
 
 
 def test_bfloat16_loading_and_sdpa_eager_agreement(tmp_path, config, batch):
@@ -565,3 +567,35 @@ def test_bfloat16_loading_and_sdpa_eager_agreement(tmp_path, config, batch):
     for name in ("au_logits", "emotion_logits"):
         assert torch.isfinite(half_output[name]).all()
         torch.testing.assert_close(half_output[name].float(), expected[name], atol=0.1, rtol=0.05)
+
+
+def test_a_loaded_model_keeps_its_vision_encoder_frozen_as_its_config_says(tmp_path, config):
+    """transformers rebuilds loaded weights as trainable; MF² re-applies the config's freezing, so training a loaded
+    checkpoint never updates the blocks its config keeps frozen."""
+    frozen = MF2ForFacialStateRecognition(config)
+    frozen.save_pretrained(tmp_path / "frozen")
+    loaded = MF2ForFacialStateRecognition.from_pretrained(tmp_path / "frozen")
+    assert not any(p.requires_grad for p in loaded.mf2.vision_model.parameters())
+    assert any(p.requires_grad for p in loaded.mf2.emotion_branch.parameters())
+    top = tiny_config(vision_trainable_layers=1)
+    MF2ForPreTraining(top).save_pretrained(tmp_path / "top")
+    for model_class in (MF2ForPreTraining, MF2Model):
+        model = model_class.from_pretrained(tmp_path / "top")
+        core = model if isinstance(model, MF2Model) else model.mf2
+        assert [any(p.requires_grad for p in b.parameters()) for b in core.vision_blocks] == [False, True]
+
+
+def test_labels_for_a_recogniser_that_did_not_run_are_an_error_and_no_labels_no_loss(config, batch):
+    model = MF2ForFacialStateRecognition(config).eval()
+    inputs = {"pixel_values": batch["pixel_values"], "au_boxes": batch["au_boxes"]}
+    skipped = model(**inputs, branches=("emotion",))  # no labels: logits of what ran, None for the rest
+    assert skipped.au_logits is None and skipped.loss is None
+    with pytest.raises(ValueError, match="au_labels were given, but their recogniser did not run"):
+        model(**inputs, branches=("emotion",), au_labels=batch["au_labels"])
+    unknown = torch.full_like(batch["au_labels"], -1)  # only unknown labels: nothing is left out
+    assert model(**inputs, branches=("emotion",), au_labels=unknown).au_loss is None
+
+
+def test_resizing_the_caption_vocabulary_says_it_is_not_supported(config):
+    with pytest.raises(NotImplementedError, match="does not resize its caption vocabulary"):
+        MF2ForPreTraining(config).resize_token_embeddings(config.text_config.vocab_size + 1)
