@@ -87,9 +87,12 @@ def env_flag(name: str) -> bool:
 
 def names_local_path(name: str | os.PathLike) -> bool:
     """Whether a model or adapter name can only be a local path: a Hub id is `name` or `owner/name`, so anything with
-    more separators, a backslash or a leading `.`, `/`, `~` is a path (and a missing one is an error, not a download)."""
+    more separators, a backslash or a leading `.`, `/`, `~` is a path (and a missing one is an error, not a download),
+    and so is `folder/name` where `folder` is a folder here (`outputs/my-dfn` mistyped is not a Hub id to ask for)."""
     text = os.fspath(name)
-    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    return text.count("/") == 1 and os.path.isdir(text.split("/")[0])
 
 
 def mf2_home() -> Path:

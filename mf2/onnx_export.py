@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=QUANTIZE_CHOICES,
         help="also quantize the graph: int8 weights, "
-        "dynamic int8 activations (2x faster on CPUs; see the README for its accuracy)",
+        "dynamic int8 activations (2x faster on CPUs; accuracy: docs/analysis.md#int8)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser

@@ -80,13 +80,16 @@ def is_video(path: Any) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
+VIDEO_EXTRA_MISSING = "Reading videos needs PyAV: pip install 'mf2[video]' (its wheels include FFmpeg)."
+
+
 def _av():
     # Imported here (and through importlib, which transformers' remote-code import check does not flag) so that
     # images work without PyAV installed.
     try:
         return importlib.import_module("av")
     except ImportError as error:
-        raise ImportError("Reading videos needs PyAV: pip install av (its wheels include FFmpeg).") from error
+        raise ImportError(VIDEO_EXTRA_MISSING) from error
 
 
 def _open(path: str | os.PathLike):

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import pickle
 import sys
@@ -68,6 +69,7 @@ from ..integration.default_model import (
 )
 from ..landmarks import MissingBackendError, MissingModelFileError
 from ..local_files import env_flag
+from ..video import VIDEO_EXTRA_MISSING, is_video
 from .analyze_checks import (
     AnalyzeError,
     UsageError,
@@ -225,6 +227,9 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[InputPath], dict[str
         files = expand_paths(args.paths, recursive=not args.no_recursive)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    videos = [path for path in files if is_video(path)]
+    if videos and importlib.util.find_spec("av") is None:  # before any image is read: not a traceback at the video
+        raise UsageError(f"{videos[0]} is a video. {VIDEO_EXTRA_MISSING}")
     check_reports(args, files)
     # outputs never touch inputs, nor files they did not write; images' PNG names are fixed over the whole input list
     # over every input, before a share or a resume: the same PNG names every run

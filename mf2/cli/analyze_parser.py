@@ -171,7 +171,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=("int8",),
         help="with --runtime onnx: the int8 version of the graph "
-        "(about twice as fast on a CPU; accuracy in the README)",
+        "(about twice as fast on a CPU; accuracy: docs/analysis.md#int8)",
     )
 
 

@@ -120,6 +120,29 @@ def test_missing_paths_and_bad_options_fail_clearly(checkpoint, tmp_path, capsys
     assert "not allowed with" in capsys.readouterr().err
 
 
+def test_a_video_without_the_video_extra_is_one_line_before_anything_runs(checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read: the check comes first")
+    output = tmp_path / "out.jsonl"
+    assert cli_main(["analyze", str(EXAMPLES), str(clip), "--model", str(checkpoint), "-o", str(output)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "clip.mp4 is a video" in line and "pip install 'mf2[video]'" in line and not output.exists()
+
+
+def test_a_mistyped_folder_path_is_a_missing_folder_not_a_hub_id(tmp_path, monkeypatch, capsys):
+    from mf2.local_files import names_local_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    assert names_local_path("outputs/my-dfn") and not names_local_path("someone/my-dfn")
+    assert cli_main(["analyze", str(EXAMPLES), "--adapter", "outputs/my-dfn"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
 def _bad_flag_cases():
     """(extra argv, exit status, words the one-line message must hold); `{tmp}` is the test's folder, `{model}` the
     checkpoint. Exit 2: the command line cannot run as given; 1: the run failed (model download, output file)."""
