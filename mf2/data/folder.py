@@ -46,6 +46,7 @@ from .schema import (
     mfa_row,
     rows_to_columns,
 )
+from .sources import content_fingerprint
 
 LABELS_FILE = "labels.csv"
 """The label file a folder of images must hold to be read as a dataset (`mfa:FOLDER`)."""
@@ -231,9 +232,10 @@ def load_image_folder(
         if not path.is_file():
             missing.append(name)
             continue
-        stat = path.stat()
         rows.append(row)
-        stats.append((stat.st_size, stat.st_mtime_ns))
+        # The bytes, not size and time: an edit that keeps both (a fixed-size format, a tool that keeps dates) would
+        # reuse the old image's crop (reading them is cheap next to the face search the key saves).
+        stats.append(content_fingerprint([path]))
     if missing:
         raise MissingDataError(
             f"{labels_file}: {len(missing)} listed image(s) not found in {image_dir}, e.g. "
@@ -243,7 +245,7 @@ def load_image_folder(
         raise DataError(f"{labels_file}: no rows; add one line per image below the header.")
     columns = rows_to_columns(rows)
     dataset = Dataset.from_dict(columns, features=MFA_FEATURES)
-    fingerprint = Hasher.hash([columns, stats, source])  # the labels, and each image file's size and time
+    fingerprint = Hasher.hash([columns, stats, source])  # the labels, and each image file's content
     return Dataset(dataset.data, info=dataset.info, fingerprint=fingerprint)
 
 

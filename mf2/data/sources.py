@@ -45,8 +45,11 @@ def load_parquet(data_files: DataFiles, cache_dir: str | None = None) -> Dataset
     files = (
         [os.fspath(data_files)] if isinstance(data_files, (str, os.PathLike)) else [os.fspath(f) for f in data_files]
     )
-    raw = load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
-    return raw.select_columns(raw.column_names, new_fingerprint=f"parquet-{content_fingerprint(files)}")
+    content = content_fingerprint(files)
+    # `load_dataset` finds its Arrow copy by path and modification time: a file replaced with its time kept (`cp -p`,
+    # `rsync -a`) would be read from the old copy under the new content's key. The content names the copy instead.
+    raw = load_dataset("parquet", name=f"mf2-{content}", data_files=files, split="train", cache_dir=cache_dir)
+    return raw.select_columns(raw.column_names, new_fingerprint=f"parquet-{content}")
 
 
 def _load(data_files: DataFiles, cache_dir: str | None) -> Dataset:

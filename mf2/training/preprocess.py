@@ -18,10 +18,13 @@ The datasets come from data specs (`mf2.training.data_specs`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from datasets import Array2D, Array3D, Dataset, Features, List, Value, concatena
 from PIL import Image
 
 from ..au_regions import default_au_boxes
+from ..data.sources import content_fingerprint
 from ..face_search import FALLBACK_LABEL, resolve_no_face
 from ..image_processing_mf2 import MF2ImageProcessor
 from .data_specs import DataSpec, load_source
@@ -79,9 +83,20 @@ def _as_image(value: Any) -> Any:
 
 
 def processor_fingerprint(image_processor: MF2ImageProcessor) -> dict[str, Any]:
-    """The processor options that change its output (worker count does not)."""
+    """The processor options that change its output (worker count does not), and the content of the files its
+    back-end options name (`backend_kwargs={"predictor_path": ...}`: a retrained predictor at the same path places
+    other landmarks)."""
     options = image_processor.to_dict()
-    return {key: value for key, value in sorted(options.items()) if key not in ("num_workers",)}
+    fingerprint = {key: value for key, value in sorted(options.items()) if key not in ("num_workers",)}
+    named = sorted((image_processor.backend_kwargs or {}).items())
+    files = {key: content_fingerprint([value]) for key, value in named if _is_file(value)}
+    if files:  # only then: the keys of every cache made without such options stay as they were
+        fingerprint["backend_files"] = files
+    return fingerprint
+
+
+def _is_file(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike)) and os.path.isfile(value)
 
 
 def _processed_features(dataset: Dataset, options: dict[str, Any], pixel_format: str, keep_image: bool) -> Features:
@@ -153,7 +168,23 @@ def _cache_file(cache_dir: str | Path | None, fingerprint: str) -> str | None:
     if cache_dir is None:
         return None
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(Path(cache_dir))
     return str(Path(cache_dir) / f"preprocess-{fingerprint}.arrow")
+
+
+STALE_TEMPORARY_SECONDS = 3600
+"""Age from which a `datasets` temporary (`tmp*`, renamed into place when whole) in the cache folder is a killed run's:
+a running pre-processing writes to its own every few hundred rows."""
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Remove the half-written files that killed pre-processing runs left in `cache_dir` (never read, never renamed;
+    at full size of the data each)."""
+    now = time.time()
+    for path in cache_dir.glob("tmp*"):
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            if path.is_file() and now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                path.unlink()
 
 
 def _drop_faceless(processed: Dataset, cache_file: str | None, fingerprint: str) -> Dataset:

@@ -93,3 +93,19 @@ def test_a_folder_with_a_label_file_and_parquet_files_is_ambiguous(images):
     with pytest.raises(DataError, match="both Parquet files"):
         load_mfa(images)
     assert len(load_mfa(images / "labels.csv")) == 1
+
+
+def test_an_image_edited_with_its_size_and_time_kept_gets_a_new_key(images):
+    """The key of a folder's pre-processed crops: an edit that keeps the file's size and time (a fixed-size format, a
+    tool that keeps dates) must not reuse the old image's crop."""
+    import os
+
+    (images / "labels.csv").write_text("file_name,emotion\nfaces/img0.png,happy\n")
+    image = images / "faces" / "img0.png"
+    before = os.stat(image)
+    key = load_image_folder(images / "labels.csv")._fingerprint
+    edited = bytearray(image.read_bytes())
+    edited[-20] ^= 0xFF  # same size
+    image.write_bytes(bytes(edited))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_image_folder(images / "labels.csv")._fingerprint != key

@@ -63,3 +63,16 @@ def test_fingerprint_follows_content_not_file_time(tmp_path):
     _write_ferplus_like(copy, ["happiness", "anger"])
     assert load_ferplus(copy, cache_dir=cache)._fingerprint != fingerprint
     assert content_fingerprint([first]) != content_fingerprint([copy])
+
+
+def test_a_file_replaced_with_its_time_kept_is_read_anew(tmp_path):
+    """`cp -p`, `rsync -a` and `tar x` keep a file's modification time: the rows read must be the new file's, as its
+    key says, not those of `datasets`' copy of the old one."""
+    path = tmp_path / "train.parquet"
+    _write_ferplus_like(path, ["happiness", "neutral"])
+    cache = str(tmp_path / "hf")
+    before = os.stat(path)
+    assert load_ferplus(path, cache_dir=cache)["emotion"] == [EMOTION_LABELS.index(e) for e in ("happiness", "neutral")]
+    _write_ferplus_like(path, ["anger", "sadness"])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_ferplus(path, cache_dir=cache)["emotion"] == [EMOTION_LABELS.index(e) for e in ("anger", "sadness")]

@@ -129,3 +129,32 @@ def test_ferplus_training_crops_are_the_inference_crops(data_dir, tmp_path):
     stored = np.asarray(rows["pixel_values"], dtype=np.float32)
     assert np.abs(stored - np.rint(inference["pixel_values"] * 255)).max() <= 1
     np.testing.assert_allclose(np.asarray(rows["au_boxes"]), inference["au_boxes"], atol=1e-6)
+
+
+def test_the_key_covers_the_files_the_landmark_options_name(tmp_path):
+    """A retrained predictor written over the same path places other landmarks: its content is in the key; options
+    that name no file leave the key as it was (existing caches stay valid)."""
+    from mf2.training.preprocess import processor_fingerprint
+
+    predictor = tmp_path / "predictor.dat"
+    predictor.write_bytes(b"first")
+    plain = processor_fingerprint(MF2ImageProcessor(landmark_backend="template"))
+    assert "backend_files" not in plain
+    given = MF2ImageProcessor(landmark_backend="template", backend_kwargs={"predictor_path": str(predictor)})
+    first = processor_fingerprint(given)
+    predictor.write_bytes(b"other")
+    assert processor_fingerprint(given) != first and first["backend_files"]
+
+
+def test_a_killed_runs_temporary_is_removed_and_a_fresh_one_is_not(tmp_path):
+    import os
+    import time
+
+    from mf2.training.preprocess import STALE_TEMPORARY_SECONDS, _cache_file
+
+    old, fresh = tmp_path / "tmpkilled", tmp_path / "tmpwriting"
+    old.write_bytes(b"half"), fresh.write_bytes(b"half")
+    past = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (past, past))
+    _cache_file(tmp_path, "abc")
+    assert not old.exists() and fresh.exists()

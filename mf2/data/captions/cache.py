@@ -49,9 +49,11 @@ class CaptionCache:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            # A kill in the middle of a write leaves a partial last line; cut it so the next append starts clean.
-            with open(self.path, "r+b") as handle:
-                handle.truncate(end)
+            # A kill in the middle of a write leaves a partial last line: end it, so that the next append starts a
+            # line of its own (it is skipped when read). Never cut the file: another process sharing it may have
+            # appended whole lines since it was read.
+            with open(self.path, "ab") as handle:
+                handle.write(b"\n")
             data = data[:end]
             self.skipped_lines += 1
         # Entries end at "\n" alone: a caption may hold U+2028, U+2029 or U+0085, at which `str.splitlines` breaks.
