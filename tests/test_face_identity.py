@@ -143,6 +143,8 @@ def test_memory_is_bounded_however_long_the_video():
     assert stats.frames == stats.timeline.size == 8 * FPS  # fewer frames than bins: one bin each
     times, means, _ = stats.timeline.bins()
     assert times[0, 0] == 0.0 and times[-1, 1] == (8 * FPS - 1) / FPS and means[:2, 0].tolist() == [0.25, 0.75]
+    # Each track's timeline holds what it saw, not 1,024 bins up front: 180 tracks of 200 frames stay small.
+    assert sum(stats.timeline.au_sums.nbytes for stats in tracks.tracks.values()) <= 180 * 256 * 2 * 8
     long = VideoTracks(["AU1"], ["neutral"])
     for frame in range(frames):
         long.add(

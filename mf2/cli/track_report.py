@@ -65,10 +65,12 @@ class Timeline:
         if max_bins < 2:
             raise ValueError(f"`max_bins` must be at least 2, got {max_bins!r}.")
         self.max_bins = int(max_bins)
-        self.times = np.zeros((max_bins, 2))  # start, end
-        self.counts = np.zeros(max_bins)
-        self.au_sums = np.zeros((max_bins, num_aus))
-        self.emotion_counts = np.zeros((max_bins, num_emotions))
+        # Grown as sightings arrive (doubling, up to `max_bins`): a video's many short tracks stay small.
+        capacity = min(16, self.max_bins)
+        self.times = np.zeros((capacity, 2))  # start, end
+        self.counts = np.zeros(capacity)
+        self.au_sums = np.zeros((capacity, num_aus))
+        self.emotion_counts = np.zeros((capacity, num_emotions))
         self.size = 0
         self.per_bin = 1  # sightings a bin takes before the next one opens
 
@@ -78,6 +80,8 @@ class Timeline:
         else:
             if self.size == self.max_bins:
                 self._halve()
+            elif self.size == len(self.counts):
+                self._grow()
             index = self.size
             self.size += 1
             self.times[index] = time
@@ -85,6 +89,14 @@ class Timeline:
         self.counts[index] += 1
         self.au_sums[index] += au_probabilities
         self.emotion_counts[index, emotion] += 1
+
+    def _grow(self) -> None:
+        capacity = min(2 * len(self.counts), self.max_bins)
+        for name in ("times", "counts", "au_sums", "emotion_counts"):
+            array = getattr(self, name)
+            grown = np.zeros((capacity, *array.shape[1:]))
+            grown[: len(array)] = array
+            setattr(self, name, grown)
 
     def _halve(self) -> None:
         half = self.size // 2
