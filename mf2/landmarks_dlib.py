@@ -45,8 +45,11 @@ NEAR_FACE_SIZE = 100
 the face to have grown or shrunk by a fifth since its box was placed."""
 NEAR_FACE_MARGIN = 0.5
 """Box sides of image around the box that `DlibFaceDetector.finds_face_near` searches (the face may have moved)."""
-NEAR_FACE_OVERLAP = 0.3
-"""Intersection over union with the expected box from which a detection near it counts as the same face."""
+NEAR_FACE_OVERLAP = 0.6
+"""Intersection over union with the expected box from which a detection near it counts as the face still there. The
+landmarks of a followed face are placed in the expected box, so a face that has moved further (at 0.3, a head
+turning at 5 sampled frames a second left landmarks 12.6 px off on average, 40 px at most, AU probabilities up to 0.9
+off) is searched for instead (0.87 px, as searched; no slower on a slowly drifting clip)."""
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
