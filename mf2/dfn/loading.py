@@ -171,9 +171,10 @@ def load_dfn_model(
     `from_pretrained` (`dtype`, `device_map`, ...); `"mf2-base"` is the shipped model."""
     from ..modeling_mf2 import MF2ForFacialStateRecognition
 
-    check_adapter_folder(Path(adapter_name_or_path, adapter_subfolder(adapter_name_or_path) or ""))
+    subfolder = adapter_subfolder(adapter_name_or_path) or ""  # "": the root, known; not looked for again
+    check_adapter_folder(Path(adapter_name_or_path, subfolder))
     base = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path, **kwargs)
-    return load_adapter(base, adapter_name_or_path)
+    return load_adapter(base, adapter_name_or_path, subfolder=subfolder)
 
 
 __all__ = [

@@ -8,6 +8,7 @@ base model. Everything else of `PeftModel` applies (saving adapter-only checkpoi
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
 
 import torch
@@ -94,8 +95,6 @@ def base_fingerprint(model: nn.Module) -> str | None:
     cross-attention, RoI positions), which a recognition model and a pretraining model of one checkpoint share, as
     float16 values (a model and its float16 copy, such as the shipped weights loaded in float32, agree). None for a
     model in another precision (bfloat16), whose values cannot be compared exactly."""
-    import hashlib
-
     digest, seen = hashlib.sha256(), False
     for name, tensor in sorted(model.state_dict().items()):
         image_path = name.startswith("mf2.vision_model.") or ".crossattention." in name

@@ -189,7 +189,7 @@ def _fold(base, dataset, full_features, collator, finetune_args, training_args, 
 
 
 def cross_validated_finetuning(
-    base, dataset, collator, script_args, finetune_args, training_args, is_main_process: bool
+    base, dataset, collator, script_args, finetune_args, training_args, is_main_process: bool, key=None
 ) -> dict[str, Any]:
     """`--cv_folds K`: fine-tuning cross-validated over the dataset's groups (subjects) with `cross_validate`; every
     example is tested exactly once, by the fold that did not train on its subject.
@@ -209,7 +209,7 @@ def cross_validated_finetuning(
             training_args.per_device_eval_batch_size,
             training_args,
         )
-    run = cv_run_key(run_key(base, dataset, training_args, finetune=finetune_args))
+    run = cv_run_key(key or run_key(base, dataset, training_args, finetune=finetune_args))  # `key`: `check_run_key`'s
     run_fold = _fold(base, dataset, full_features, collator, finetune_args, training_args, run, script_args.resume)
     folds = cross_validate(dataset["group"], finetune_args.cv_folds, finetune_args.cv_seed, run_fold)
     report, merged = _pooled_report([result for result, _ in folds], [parts for _, parts in folds], base.config)
@@ -332,11 +332,11 @@ def run_finetuning(script_args, finetune_args, training_args) -> dict[str, Any]:
         raise DataError(
             f"--cv_folds {finetune_args.cv_folds}: the training data has {groups} groups; give at most that"
         )
-    check_run_key(base, train, script_args, training_args, finetune=finetune_args)
+    key = check_run_key(base, train, script_args, training_args, finetune=finetune_args)
     if finetune_args.cv_folds:
         main_process = training_args.process_index == 0
         return cross_validated_finetuning(
-            base, train, collator, script_args, finetune_args, training_args, main_process
+            base, train, collator, script_args, finetune_args, training_args, main_process, key
         )
     data = (train, evaluation, collator, summary, preprocess_seconds)
     return _finetune(base, processor, data, script_args, finetune_args, training_args)

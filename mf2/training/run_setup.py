@@ -165,10 +165,10 @@ def run_key(model: torch.nn.Module, dataset, training_args, **settings: Any) -> 
     }
 
 
-def check_run_key(model: torch.nn.Module, dataset, script_args, training_args, **settings: Any) -> None:
+def check_run_key(model: torch.nn.Module, dataset, script_args, training_args, **settings: Any) -> dict[str, str]:
     """Refuse a `--resume` of a run started with another model, data or settings (`run_key` of the arguments): its
     checkpoints, thresholds and results would be mixed with this one's. Then keep the key in the --output_dir (the
-    main process). A folder from before run keys were kept is resumed as it is.
+    main process), and return it. A folder from before run keys were kept is resumed as it is.
 
     Raises:
         mf2.data.DataError: one line naming the parts that differ and the fix.
@@ -188,6 +188,7 @@ def check_run_key(model: torch.nn.Module, dataset, script_args, training_args, *
             )
     if training_args.process_index == 0:
         write_json(path, key)
+    return key
 
 
 def resolve_resume_checkpoint(resume: bool, resume_from_checkpoint: str | None, output_dir: str | None) -> str | None:
