@@ -253,11 +253,12 @@ def join_clauses(clauses: list[str]) -> str:
     return "; ".join(clauses[:-1]) + "; and " + clauses[-1]
 
 
-def explain(emotion: str | int | None, active_aus: Iterable[str]) -> str:
+def explain(emotion: str | int | None, active_aus: Iterable[str], unknown_aus: Iterable[str] = ()) -> str:
     """One deterministic paragraph naming the emotion and the active AUs that decide it (the key-AU caption).
 
     Returns `""` when the emotion is unknown (`None` or -1). When no prototype AU of the emotion is active, the
-    sentence says so instead of naming an AU.
+    sentence says so instead of naming an AU, and where some of them are `unknown_aus` (not coded in the labels) it
+    says that none of the coded ones is, not that none is.
     """
     if emotion is None or emotion == -1:
         return ""
@@ -276,7 +277,9 @@ def explain(emotion: str | int | None, active_aus: Iterable[str]) -> str:
     if not prototype:
         return f"{opening} This class has no prototype action units, so no prototype AU is active."
     # Only active AUs may be named, so the prototype is described by its appearance, not by its codes.
-    return f"{opening} No prototype AU is active for this emotion; typically, {EMOTION_APPEARANCE[name]}."
+    uncoded = set(prototype) & {normalize_au(code) for code in unknown_aus}
+    none = "None of the coded prototype AUs" if uncoded else "No prototype AU"
+    return f"{opening} {none} is active for this emotion; typically, {EMOTION_APPEARANCE[name]}."
 
 
 def explanation(emotion: str, active_action_units: Sequence[str]) -> str:

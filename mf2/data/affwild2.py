@@ -86,6 +86,14 @@ def _lines(path: Path) -> tuple[list[str], list[str]]:
     return [cell.strip() for cell in lines[0].split(",")], lines[1:]
 
 
+def _whole_number(cell: str, path, line: int) -> int:
+    """A label cell as an int; a cell that is not a number names its file and line (releases have hundreds)."""
+    try:
+        return int(float(cell))
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {cell.strip()!r} is not a label value (a number per cell).") from None
+
+
 def read_au_file(path: str | os.PathLike) -> list[tuple[int, ...] | None]:
     """Per-frame AU labels in `AU_NAMES` order; `None` for a frame with any unannotated (-1) AU."""
     header, lines = _lines(Path(path))
@@ -95,8 +103,8 @@ def read_au_file(path: str | os.PathLike) -> list[tuple[int, ...] | None]:
         raise ValueError(f"{path}: header lacks {missing}.")
     order = [codes.index(code) for code in AU_NAMES]
     frames: list[tuple[int, ...] | None] = []
-    for line in lines:
-        values = [int(float(cell)) for cell in line.split(",")] if line else []
+    for number, line in enumerate(lines, start=2):
+        values = [_whole_number(cell, path, number) for cell in line.split(",")] if line else []
         if len(values) != len(codes):
             frames.append(None)
             continue
@@ -110,8 +118,8 @@ def read_expr_file(path: str | os.PathLike) -> list[int]:
     header, lines = _lines(Path(path))
     classes = [map_emotion(name) for name in header]
     frames: list[int] = []
-    for line in lines:
-        value = int(float(line)) if line else UNKNOWN
+    for number, line in enumerate(lines, start=2):
+        value = _whole_number(line, path, number) if line else UNKNOWN
         frames.append(classes[value] if 0 <= value < len(classes) else UNKNOWN)
     return frames
 
@@ -167,7 +175,8 @@ def build_affwild2_mfa(
 
     Returns:
         `DatasetDict` with `train` and `validation` in the `MFA_FEATURES` schema; images are referenced by path
-        (`caption_dataset` or `save_to_disk` embeds them), `group` is the video name and `frame` the frame number.
+        (`caption_dataset` or `save_to_disk` embeds them), `group` is the video's split unit (`split_key`: by default the clip, both tracks) and `frame` the frame
+        number.
     """
     frames = list(iter_affwild2_frames(root, annotations_dir=annotations_dir, images_dir=images_dir))
     if not frames:
@@ -185,7 +194,11 @@ def build_affwild2_mfa(
     )
 
     def to_dataset(indices: list[int]) -> Dataset:
-        rows = (mfa_row(f.image, f.au, f.emotion, f.video, f.frame, SOURCE) for f in (kept[i] for i in indices))
+        # `group` is the split unit (a clip's `_left`/`_right` tracks together), so a later split by group keeps
+        # what this one kept apart; the video is still in the image path.
+        rows = (
+            mfa_row(f.image, f.au, f.emotion, split_key(f.video), f.frame, SOURCE) for f in (kept[i] for i in indices)
+        )
         return Dataset.from_dict(rows_to_columns(rows), features=MFA_FEATURES)
 
     return DatasetDict({"train": to_dataset(train), "validation": to_dataset(validation)})

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Image, List, Value, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 from datasets.table import embed_table_storage
+from pyarrow import ArrowException
 
 from ..local_files import written_aside
 from .captions.base import Captioner, CaptionRequest
@@ -87,7 +89,7 @@ def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Datase
             return load_image_folder(path)
         if path.suffix.lower() != ".parquet":
             raise DataError(f"{path}: not a dataset; give a Parquet file, a label file ({LABELS_FILE}), or a folder.")
-        return load_parquet(path, cache_dir)
+        return _read_parquet(path, cache_dir)
     if not path.is_dir():
         raise MissingDataError(f"{path}: no such folder or file.")
     if any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
@@ -100,13 +102,22 @@ def load_mfa(path: str | os.PathLike, *, cache_dir: str | None = None) -> Datase
             f"({labels}) or a folder holding only the Parquet files."
         )
     if files:
-        return DatasetDict({file.stem: load_parquet(file, cache_dir) for file in files})
+        return DatasetDict({file.stem: _read_parquet(file, cache_dir) for file in files})
     if labels is not None:
         return load_image_folder(labels)
     raise DataError(
         f"{path} holds no {LABELS_FILE} (a folder of images needs one: file_name,emotion,AU1,...,AU26 with empty = "
         "unknown; see docs/finetuning.md), no Parquet files and no `save_to_disk` dataset."
     )
+
+
+def _read_parquet(path: Path, cache_dir: str | None) -> Dataset:
+    """`load_parquet`, with a file that is not Parquet (truncated, another format) as a one-line `DataError`."""
+    try:
+        return load_parquet(path, cache_dir)
+    except (ArrowException, DatasetGenerationError, OSError) as error:
+        reason = getattr(error, "__cause__", None) or error  # datasets wraps the reader's own error
+        raise DataError(f"{path}: not a readable Parquet file ({type(reason).__name__}: {reason})") from error
 
 
 def _image_bytes(value: dict) -> bytes:
@@ -124,7 +135,10 @@ def _conform(dataset: Dataset) -> Dataset:
             dataset = dataset.add_column(name, empty, feature=MFA_FEATURES[name])
     missing = [name for name in MFA_FEATURES if name not in dataset.column_names]
     if missing:
-        raise ValueError(f"Dataset lacks MFA columns {missing}; build it with an mf2.data builder.")
+        raise DataError(
+            f"the dataset lacks the MFA columns {missing}; build it with an mf2.data builder or give a folder of "
+            f"images with a {LABELS_FILE} (see docs/training.md)"
+        )
     return _as_mfa(dataset)
 
 

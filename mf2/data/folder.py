@@ -179,7 +179,8 @@ def _row(record: Mapping, image_dir: Path, emotion_map, source: str) -> tuple[st
     name = str(record.get("file_name") or "").strip()
     if not name:
         raise ValueError("no `file_name`")
-    group = str(record.get("group") or "").strip() or str(Path(name).with_suffix(""))
+    raw_group = record.get("group")  # a JSON number 0 is a subject id, not a missing one
+    group = ("" if raw_group is None else str(raw_group).strip()) or str(Path(name).with_suffix(""))
     frame = record.get("frame")
     try:
         frame = int(float(frame)) if frame not in (None, "") else -1

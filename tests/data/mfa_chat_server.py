@@ -134,6 +134,7 @@ def _reply(caption_type: str, emotion: str, active: list[str], inactive: list[st
         )
     if fault == "wrong_emotion":
         emotion = next(name for name in EMOTION_LABELS if name not in (emotion, "other", "neutral"))
+    emotion = "an expression of the 'other' category" if emotion == "other" else emotion  # as the prompt asks
     if caption_type == "emotion":
         return f"The person appears to feel {emotion}. The brows and the mouth make this plain."
     named = active + inactive[:1] if fault == "extra_au" else active

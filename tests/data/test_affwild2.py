@@ -1,8 +1,10 @@
 """Aff-Wild2 → MFA on a synthetic tree in the official layout: filtering, class balance and the video split."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from datasets import Image
 
 from mf2.configuration_mf2 import EMOTION_LABELS
 from mf2.data.affwild2 import build_affwild2_mfa, default_split_key, iter_affwild2_frames, read_expr_file
@@ -26,10 +28,11 @@ def test_every_kept_frame_has_both_labels(mfa, affwild2_tree):
     assert set(mfa) == {"train", "validation"}
     for split in mfa.values():
         assert split.features == MFA_FEATURES
-        rows = split.remove_columns("image")
-        for row in rows:
+        for row in split.cast_column("image", Image(decode=False)):
             assert row["source"] == "affwild2"
-            assert affwild2_tree.valid[(row["group"], row["frame"])] == (tuple(row["au"]), row["emotion"])
+            video = Path(row["image"]["path"]).parent.name
+            assert row["group"] == default_split_key(video)  # the split unit: a clip's two tracks together
+            assert affwild2_tree.valid[(video, row["frame"])] == (tuple(row["au"]), row["emotion"])
 
 
 def test_classes_are_balanced(mfa):
@@ -38,11 +41,17 @@ def test_classes_are_balanced(mfa):
     assert max(counts.values()) - min(counts.values()) <= 1
 
 
+def _videos(split) -> set[str]:
+    return {Path(image["path"]).parent.name for image in split.cast_column("image", Image(decode=False))["image"]}
+
+
 def test_split_is_by_video_and_near_the_target_fraction(mfa, affwild2_tree):
-    train_videos, validation_videos = set(mfa["train"]["group"]), set(mfa["validation"]["group"])
+    train_videos, validation_videos = _videos(mfa["train"]), _videos(mfa["validation"])
     assert not train_videos & validation_videos
-    # The two tracks of one clip stay on one side.
+    # The two tracks of one clip stay on one side, and share a group, so a later split by group keeps them so.
     assert {"clip7_left", "clip7_right"} <= train_videos or {"clip7_left", "clip7_right"} <= validation_videos
+    assert not set(mfa["train"]["group"]) & set(mfa["validation"]["group"])
+    assert "clip7" in set(mfa["train"]["group"]) | set(mfa["validation"]["group"])
     units = {default_split_key(video) for video in train_videos | validation_videos}
     validation_units = {default_split_key(video) for video in validation_videos}
     assert len(validation_units) == round(0.1 * len(units))
@@ -77,6 +86,13 @@ def test_expression_header_maps_names(tmp_path):
     path = tmp_path / "v.txt"
     path.write_text("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n4\n-1\n7\n")
     assert read_expr_file(path) == [4, -1, 7]
+
+
+def test_a_cell_that_is_not_a_number_names_its_file_and_line(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n4\n4,\n")
+    with pytest.raises(ValueError, match=r"v\.txt:3: '4,' is not a label value"):
+        read_expr_file(path)
 
 
 def test_missing_annotations_are_reported(tmp_path):

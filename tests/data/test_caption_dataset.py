@@ -93,6 +93,17 @@ def test_an_output_folder_holding_another_dataset_is_refused_before_captioning(t
     assert "no such folder or file" in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_an_mfa_parquet_is_one_line(tmp_path, capsys):
+    other = tmp_path / "ferplus_like.parquet"
+    Dataset.from_dict({"emotion": ["happiness"], "file_name": ["a.png"]}).to_parquet(str(other))
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(other.read_bytes()[:64])
+    for path, says in ((other, "lacks the MFA columns"), (truncated, "not a readable Parquet file")):
+        assert main(["--input", str(path), "--output", str(tmp_path / "out"), "--captioner", "template"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+
+
 def read_cache(path: Path) -> set[tuple[str, str]]:
     pairs = set()
     for line in path.read_text().splitlines():

@@ -41,11 +41,13 @@ def test_jsonl_with_au_list_and_separate_image_dir(images):
     lines = [
         {"file_name": "img0.png", "au": [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, -1], "emotion": "surprise"},
         {"file_name": "img1.png"},
+        {"file_name": "img2.png", "group": 0},  # subject 0 (a JSON number) is a subject, not a missing one
     ]
     (images / "labels.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     rows = load_image_folder(images / "labels.jsonl", images / "faces").remove_columns("image").to_list()
     assert rows[0]["au"] == [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, -1] and rows[0]["emotion"] == 6
     assert rows[1]["au"] == [-1] * 12 and rows[1]["emotion"] == -1 and rows[1]["group"] == "img1"
+    assert rows[2]["group"] == "0"
 
 
 def test_missing_images_and_unknown_emotions_are_errors(images):

@@ -203,3 +203,21 @@ def test_au_validation_rejects_wrong_sets(reply):
 
     assert not validate_au_reply(reply, labels(["AU6", "AU12"])).ok
     assert validate_au_reply("1. **AU6 (Cheek Raiser)**: up\n- AU12 - pulled", labels(["AU6", "AU12"])).ok
+
+
+@pytest.mark.parametrize(
+    "reply, emotion, ok",
+    [
+        ("The person appears angry: the brows are drawn together, one lower than the other.", "anger", True),
+        ("The person appears angry: the brows are drawn together, one lower than the other.", "other", False),
+        ("The face falls into the 'other' category. The brows are raised.", "other", True),
+        ("The person is clearly not happy; this is a face of sadness.", "happiness", False),
+        ("The person shows happiness. Compared with a neutral face, the cheeks are raised.", "happiness", True),
+    ],
+)
+def test_emotion_validation_rejects_a_reply_that_names_another_emotion(reply, emotion, ok):
+    from mf2.data.captions.validate import validate_emotion_reply, validate_key_au_reply
+
+    index = EMOTION_LABELS.index(emotion)
+    assert validate_emotion_reply(reply, index).ok is ok
+    assert validate_key_au_reply(reply, labels([]), index).ok is ok

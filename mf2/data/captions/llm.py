@@ -299,7 +299,8 @@ class LLMCaptioner:
         if "key_au" in by_type:
             key_au_caption = by_type["key_au"].text if by_type["key_au"] is not None else ""
         elif request.emotion != UNKNOWN and any(label != UNKNOWN for label in request.au):
-            key_au_caption = explain(request.emotion, [])
+            unknown = [code for code, label in zip(AU_NAMES, request.au) if label == UNKNOWN]
+            key_au_caption = explain(request.emotion, [], unknown)
         else:
             key_au_caption = ""
         return Captions(au_caption=au_caption, emotion_caption=emotion_caption, key_au_caption=key_au_caption)

@@ -70,10 +70,11 @@ class TemplateCaptioner:
         emotion = UNKNOWN if emotion is None else emotion
         known = any(value != UNKNOWN for value in labels)
         active = [code for code, value in zip(AU_NAMES, labels) if value == 1]
+        unknown = [code for code, value in zip(AU_NAMES, labels) if value == UNKNOWN]
         return Captions(
             au_caption=au_captions(labels),
             emotion_caption=emotion_sentence(emotion, labels),
-            key_au_caption=explain(emotion, active) if known else "",
+            key_au_caption=explain(emotion, active, unknown) if known else "",
         )
 
     def caption_batch(self, requests: Sequence[CaptionRequest], *, progress=None) -> list[Captions]:

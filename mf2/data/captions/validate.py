@@ -1,8 +1,8 @@
 """Checks that an LLM reply agrees with the ground truth before it may become a caption.
 
 - AU reply: one `AU<n> (<name>): <text>` line per active AU, naming exactly the ground-truth active AUs.
-- Emotion reply: names the ground-truth emotion.
-- Key-AU reply: names the ground-truth emotion and no AU outside the ground-truth active set.
+- Emotion reply: names the ground-truth emotion, and no other in its first sentence.
+- Key-AU reply: the same, and no AU outside the ground-truth active set.
 """
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...configuration_mf2 import AU_NAMES
-from ...facs import ACTION_UNITS, emotion_name, find_au_codes, names_emotion
+from ...facs import ACTION_UNITS, emotion_name, find_au_codes, mentioned_emotions, names_emotion
 
 # A line of the AU format, once markdown emphasis and list markers are stripped: "AU12 (lip corner puller): ...".
 _AU_LINE = re.compile(r"^AU\s*0*(\d{1,2})\b\s*(?:\([^)]*\))?\s*[:\-\u2013\u2014]\s*(.+)$", re.IGNORECASE)
 _LIST_MARKER = re.compile(r"^\s*(?:[-\u2022]|\d+\s*[.)])\s*")
+# The label "other" as the prompt asks for it ("falls into the 'other' category"), not the everyday word.
+_OTHER_LABEL = re.compile(
+    r"['\"\u2018\u201c]other['\"\u2019\u201d]|\bother\s+(?:category|class|label)\b|\blabell?ed\s+other\b", re.IGNORECASE
+)
+_FIRST_SENTENCE = re.compile(r"[^.!?]*(?:[.!?]|$)")
 
 
 @dataclass
@@ -57,13 +62,19 @@ def validate_au_reply(reply: str, au: Sequence[int]) -> Verdict:
 
 
 def validate_emotion_reply(reply: str, emotion: int) -> Verdict:
-    """Accept a non-empty reply that names the ground-truth emotion."""
+    """Accept a non-empty reply that names the ground-truth emotion and, in its first sentence (where the judgement
+    is), no other. "other" is an everyday word, so that label must be named as a label ("the 'other' category")."""
     text = reply.strip()
     name = emotion_name(emotion)
     if not text:
         return Verdict(False, "empty reply")
-    if not names_emotion(text, name):
+    named = _OTHER_LABEL.search(text) is not None if name == "other" else names_emotion(text, name)
+    if not named:
         return Verdict(False, f"does not name the emotion {name!r}")
+    first = _FIRST_SENTENCE.match(text).group(0)
+    contradicting = [found for found in mentioned_emotions(first) if found not in (name, "other")]
+    if contradicting:
+        return Verdict(False, f"names {', '.join(contradicting)} beside {name!r}")
     return Verdict(True, text=text)
 
 
