@@ -69,6 +69,11 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
         )
     if script_args.max_eval_samples is not None:
         dataset = dataset.select(range(min(script_args.max_eval_samples, len(dataset))))
+    if not len(dataset):
+        raise DataError(
+            "no rows left to evaluate (with --no_face skip, every image without a face is left out; "
+            "--no_face fallback keeps them)"
+        )
     preprocess_seconds = time.perf_counter() - start
     dataset = dataset.with_format("numpy")
     collator = MF2DataCollator(processor, with_captions=False)
@@ -95,6 +100,8 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
         if script_args.store_thresholds and thresholds is not None:
             where = store_thresholds(thresholds, script_args.model_name_or_path, script_args.adapter_name_or_path)
             logger.info("Stored tuned AU thresholds in %s.", where)
+        elif script_args.store_thresholds:
+            logger.warning("--store_thresholds: no AU is labelled positive in the evaluation data; nothing stored.")
         for key in sorted(metrics):
             print(f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}")
     return metrics
@@ -117,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_command("mf2 evaluate", script_args, training_args, required=("model_name_or_path", "eval_data"))
+        if script_args.store_thresholds and not script_args.tune_thresholds:
+            raise DataError(
+                "--store_thresholds stores the thresholds --tune_thresholds tunes; leave out --tune_thresholds false"
+            )
         if script_args.store_thresholds:  # before the evaluation, not after it
             check_threshold_target(script_args.model_name_or_path, script_args.adapter_name_or_path)
         run_evaluation(script_args, training_args)

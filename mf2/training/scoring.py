@@ -39,13 +39,16 @@ class NonFinitePredictionsError(ValueError):
 
 
 def check_finite(parts: dict[str, Any]) -> None:
-    """Raise `NonFinitePredictionsError` where `parts`' AU probabilities or emotion logits are not finite."""
-    for name in ("au_probs", "emotion_logits"):
+    """Raise `NonFinitePredictionsError` where `parts`' AU logits or probabilities or emotion logits are not finite.
+    Give the logits where there are some: the sigmoid maps an infinite AU logit to a finite 0 or 1."""
+    for name in ("au_logits", "au_probs", "emotion_logits"):
         values = parts.get(name)
         if values is not None:
-            bad = ~np.isfinite(np.asarray(values, dtype=np.float64).reshape(len(values), -1)).all(axis=1)
+            values = np.asarray(values, dtype=np.float64)
+            rows = values.reshape(1, 1) if values.ndim == 0 else values.reshape(len(values), -1 if values.size else 0)
+            bad = ~np.isfinite(rows).all(axis=1)
             if bad.any():
-                raise NonFinitePredictionsError(name, np.flatnonzero(bad).tolist(), len(values))
+                raise NonFinitePredictionsError(name, np.flatnonzero(bad).tolist(), len(rows))
 
 
 def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = None, prefix: str = "eval"):
@@ -66,7 +69,8 @@ def predict(trainer: MF2Trainer, dataset, collator: MF2DataCollator | None = Non
     finally:
         trainer.data_collator = original
     parts = split_predictions(output.predictions, output.label_ids)
-    check_finite(parts)
+    raw = output.predictions if isinstance(output.predictions, (tuple, list)) else (output.predictions,)
+    check_finite({"au_logits": raw[0], "emotion_logits": parts["emotion_logits"]})
     return parts, dict(output.metrics)
 
 

@@ -225,18 +225,25 @@ def test_predictions_that_are_not_finite_are_an_error_not_a_score(tmp_path, caps
         check_finite({"au_probs": np.zeros((3, 12)), "emotion_logits": np.array([[0.0] * 8, [np.nan] * 8, [0.0] * 8])})
     assert (raised.value.part, raised.value.rows, raised.value.total) == ("emotion_logits", [1], 3)
 
+    # An infinite AU logit is a finite probability (0 or 1) after the sigmoid: the logits are what is checked.
+    with pytest.raises(NonFinitePredictionsError, match="au_logits"):
+        check_finite({"au_logits": np.array([[0.0] * 11 + [np.inf]]), "au_probs": np.array([[0.5] * 11 + [1.0]])})
+
     setup = write_setup(tmp_path, train_size=4, eval_size=6)
-    model = MF2ForFacialStateRecognition(MF2Config.from_pretrained(setup["config"]))
-    with torch.no_grad():
-        model.heads.emotion_classifier.weight.fill_(float("nan"))  # as a diverged training leaves it
-    model.save_pretrained(tmp_path / "diverged")
-    argv = pretrain_argv(
-        setup, tmp_path / "eval", model_name_or_path=tmp_path / "diverged", eval_data=f"mfa:{setup['eval']}"
-    )
-    argv = argv[argv.index("--tokenizer_name") :]  # no --config_name: the checkpoint is the model
-    assert evaluate.main([*argv, "--model_name_or_path", str(tmp_path / "diverged")]) == 2
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 evaluate:")]
-    assert "emotion_logits are not finite (NaN or infinite) for 6 of 6 examples" in line
+    for part, parameter in (("emotion_logits", "emotion_classifier.weight"), ("au_logits", "au_bias")):
+        model = MF2ForFacialStateRecognition(MF2Config.from_pretrained(setup["config"]))
+        with torch.no_grad():  # as a diverged training leaves it
+            model.heads.get_parameter(parameter).fill_(float("nan") if part == "emotion_logits" else float("inf"))
+        model.save_pretrained(tmp_path / "diverged")
+        argv = pretrain_argv(
+            setup, tmp_path / "eval", model_name_or_path=tmp_path / "diverged", eval_data=f"mfa:{setup['eval']}"
+        )
+        argv = argv[argv.index("--tokenizer_name") :]  # no --config_name: the checkpoint is the model
+        assert evaluate.main([*argv, "--model_name_or_path", str(tmp_path / "diverged")]) == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mf2 evaluate:")]
+        assert f"{part} are not finite (NaN or infinite) for 6 of 6 examples" in line
+    assert evaluate.main([*argv, "--store_thresholds", "true", "--tune_thresholds", "false"]) == 2
+    assert "--store_thresholds stores the thresholds --tune_thresholds tunes" in capsys.readouterr().err
 
 
 def test_a_loss_that_is_not_finite_stops_training_in_one_line_before_anything_is_saved(tiny_setup, tmp_path, capsys):
