@@ -18,12 +18,13 @@ not imported `mf2.dfn` fails on a DFN adapter with `KeyError: 'DFN'`.
 import peft
 import peft.mapping
 
+from .base_model import checkpoint_has_text_weights
 from .cache import DFNCachedDataset, DFNFeatureCache, collate_cached_features
 from .config import BRANCHES, DFN_PEFT_TYPE, DFN_PREFIX, MODALITIES, DFNConfig
 from .features import DFNFeatures
 from .layer import DFNCell, DFNSideNetwork, default_layer_indices
 from .loading import AdapterBaseWarning, AdapterLoadError, check_adapter_folder, load_adapter, load_dfn_model
-from .model import DFNOutput, DFNTuner, checkpoint_has_text_weights
+from .model import DFNOutput, DFNTuner
 from .peft_model import DFNModel, get_dfn_model
 
 

@@ -116,6 +116,13 @@ class DFNConfig(PeftConfig):
         default=None,
         metadata={"help": "Set by `get_dfn_model`: the base model's image path as trained on (`base_fingerprint`)."},
     )
+    au_thresholds: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "The adapter's own per-AU decision thresholds (`load_adapter` takes them from thresholds.json); "
+            "they are the model's while the adapter is active, the base model's come back when it is not."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -23,9 +23,9 @@ from pathlib import Path
 from torch import nn
 
 from ..local_files import names_local_path
+from .base_model import base_fingerprint, checkpoint_has_text_weights
 from .config import DFN_PEFT_TYPE
-from .model import checkpoint_has_text_weights
-from .peft_model import DFNModel, base_fingerprint
+from .peft_model import DFNModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SUBFOLDER = "dfn"
@@ -136,14 +136,16 @@ def load_adapter(
 ) -> DFNModel:
     """`model` (a loaded `MF2ForFacialStateRecognition`) with the DFN adapter at `adapter_name_or_path` (a folder, a
     Hub repo, or either as `mf2 push` lays it out, with the adapter in `dfn/`: see `adapter_subfolder`), ready for
-    inference (eval mode, nothing trainable); the adapter's tuned AU thresholds (`thresholds.json` beside it) replace
-    those of `model.config`, which the adapted model shares. As with PEFT's loaders, `model` itself is wrapped: its
+    inference (eval mode, nothing trainable); the adapter's tuned AU thresholds (`thresholds.json` beside it, else
+    those its config carries) replace those of `model.config`, which the adapted model shares, while it is active
+    (`disable_adapter()` and another adapter set the base model's or that adapter's own). As with PEFT's loaders, `model` itself is wrapped: its
     layers carry the adapter from then on (load a fresh copy for the base model's own answers).
 
     Raises:
         ValueError: a local folder that is not a DFN adapter (one line naming the fix).
         AdapterLoadError: the adapter could not be read.
     """
+    adapter_name_or_path = os.path.expanduser(adapter_name_or_path)  # "~/my-dfn" (a Hub id never starts with ~)
     local = Path(adapter_name_or_path).exists()
     subfolder = adapter_subfolder(adapter_name_or_path, subfolder)
     check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
@@ -159,7 +161,8 @@ def load_adapter(
     if None not in (trained_on, fingerprint) and trained_on != fingerprint:
         warnings.warn(AdapterBaseWarning(adapter_name_or_path), stacklevel=2)
     if thresholds is not None:  # only once the adapter is in: a failed load leaves the model's own
-        model.config.au_thresholds = thresholds
+        adapted.peft_config[adapter_name].au_thresholds = thresholds  # the adapter's, saved with it again
+    adapted.base_model.apply_au_thresholds()
     return adapted.eval()
 
 
@@ -171,6 +174,7 @@ def load_dfn_model(
     `from_pretrained` (`dtype`, `device_map`, ...); `"mf2-base"` is the shipped model."""
     from ..modeling_mf2 import MF2ForFacialStateRecognition
 
+    adapter_name_or_path = os.path.expanduser(adapter_name_or_path)
     subfolder = adapter_subfolder(adapter_name_or_path) or ""  # "": the root, known; not looked for again
     check_adapter_folder(Path(adapter_name_or_path, subfolder))
     base = MF2ForFacialStateRecognition.from_pretrained(model_name_or_path, **kwargs)

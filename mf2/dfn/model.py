@@ -6,12 +6,10 @@ computes the adapted forward pass on the backbone's features (`mf2.dfn.features`
 
 from __future__ import annotations
 
-import json
-import os
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,10 @@ from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_
 from torch import nn
 
 from ..modeling_mf2 import MF2ModelOutput, MF2RecognitionOutput, MF2RecognitionPreTrainedModel, itc_loss, weighted_loss
+from .base_model import base_fingerprint, check_modules_to_save, resolve_dfn_config
 from .config import BRANCHES, DFN_PREFIX, DFNConfig
 from .features import DFNFeatures, backbone_modules, extract_features, image_features
-from .layer import DFNSideNetwork, default_layer_indices
+from .layer import DFNSideNetwork
 
 # Short loss-name prefixes used by MF2's LOSS_NAMES.
 _LOSS_PREFIX = {"emotion": "emo", "au": "au"}
@@ -90,6 +89,15 @@ class DFNTuner(BaseTuner):
             raise TypeError(f"DFNTuner needs a DFNConfig, got {type(config).__name__}.")
         self._check_new_adapter_config(config)
         resolve_dfn_config(config, model)
+        check_modules_to_save(config.modules_to_save, model)
+        if config.base_model_fingerprint is None and not config.inference_mode:  # `get_peft_model` too, not only ours
+            config.base_model_fingerprint = base_fingerprint(model)
+        # PEFT's contract: adding an adapter leaves the trainability of the adapters already there as it was (the
+        # first one freezes the base model below).
+        first = "dfn_side" not in self._modules or not len(self.dfn_side)
+        earlier = {} if first else {id(parameter): parameter.requires_grad for parameter in self.parameters()}
+        if first:
+            self._base_au_thresholds = model.config.au_thresholds
 
         hidden_size = model.config.qformer_config.hidden_size
         side = nn.ModuleDict()
@@ -118,7 +126,6 @@ class DFNTuner(BaseTuner):
         for name, parameter in model.named_parameters():
             if not any(name == prefix or name.startswith(prefix + ".") for prefix in wrapped):
                 parameter.requires_grad_(False)
-        self._update_side_trainability(inference_mode=config.inference_mode)
         set_additional_trainable_modules(
             model=model,
             peft_config=config,
@@ -126,6 +133,10 @@ class DFNTuner(BaseTuner):
             adapter_name=adapter_name,
             activate_adapter=adapter_name in self.active_adapters,
         )
+        for parameter in self.parameters():
+            if id(parameter) in earlier:
+                parameter.requires_grad_(earlier[id(parameter)])
+        side.requires_grad_(adapter_name in self.active_adapters and not config.inference_mode)
 
     def _create_and_replace(self, *args, **kwargs):  # required by BaseTuner; DFN replaces no module
         raise NotImplementedError("DFN attaches side networks; it does not replace modules.")
@@ -180,11 +191,18 @@ class DFNTuner(BaseTuner):
             raise ValueError(f"Unknown DFN adapter {names[0]!r}; available: {list(self.dfn_side)}.")
         self.active_adapter = names[0]
         self._update_side_trainability(inference_mode)
+        self.apply_au_thresholds()
         _peft_set_adapter(self.model, names[0], inference_mode=inference_mode, layer_cls=self.tuner_layer_cls)
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         self._dfn_disabled = not enabled
         super()._enable_adapter_layers(enabled)  # the ModulesToSaveWrapper switch between copy and original
+        self.apply_au_thresholds()
+
+    def apply_au_thresholds(self) -> None:
+        """The model's AU thresholds: the active adapter's own (`DFNConfig.au_thresholds`), else the base model's."""
+        own = None if getattr(self, "_dfn_disabled", False) else self.active_config.au_thresholds
+        self.model.config.au_thresholds = own if own is not None else self._base_au_thresholds
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.dfn_side:
@@ -193,8 +211,14 @@ class DFNTuner(BaseTuner):
         del self.dfn_side[adapter_name]
         remaining = list(self.dfn_side)
         new_active = remaining[:1] or None
+        was_active = adapter_name in self.active_adapters
         _delete_auxiliary_adapter(self.model, adapter_name=adapter_name, new_active_adapters=new_active)
         self.active_adapter = new_active[0] if new_active else []
+        if was_active and new_active:  # as PEFT's tuners: say so, and make the new one whole (side networks too)
+            warnings.warn(
+                f"Adapter {adapter_name!r} was active and is deleted; {new_active[0]!r} is active now.", stacklevel=2
+            )
+            self.set_adapter(new_active[0])
 
     def train(self, mode: bool = True):
         """Train mode for the adapter and heads; the frozen backbone stays in eval mode (`backbone_eval_mode`)."""
@@ -389,62 +413,4 @@ def _request_hidden_states(module: nn.Module, args: tuple, kwargs: dict):
     return args, kwargs
 
 
-def resolve_dfn_config(config: DFNConfig, model: MF2RecognitionPreTrainedModel) -> DFNConfig:
-    """Fill in the model-dependent defaults of `config` (branches, modalities, layer indices) and check them."""
-    present = [
-        name
-        for name, enabled in (("emotion", model.config.use_emotion_branch), ("au", model.config.use_au_branch))
-        if enabled
-    ]
-    if config.branches is None:
-        config.branches = present
-    missing = sorted(set(config.branches) - set(present))
-    if missing:
-        raise ValueError(f"DFN: the base model has no {missing} branch; available: {present}.")
-    has_text = all(model.text_alignment(branch) is not None for branch in config.branches)
-    # A text side built but not loaded (MF2ForPreTraining on a checkpoint without text weights, as the shipped
-    # mf2-base) is random: text cells trained by ITC against it would learn nothing, and recognition never reads them.
-    text_loaded = has_text and checkpoint_has_text_weights(getattr(model, "name_or_path", None)) is not False
-    if config.modalities is None:
-        config.modalities = ["image", "text"] if text_loaded else ["image"]
-    if "text" in config.modalities and not has_text and config.inference_mode:  # recognition never reads text cells
-        config.modalities = [modality for modality in config.modalities if modality != "text"]
-    if "text" in config.modalities and not has_text:
-        raise ValueError(
-            f"DFN: text cells need the captions' path of MF2ForPreTraining; {type(model).__name__} has no text side. "
-            "Use modalities=['image']."
-        )
-    if "text" in config.modalities and not text_loaded and not config.inference_mode:
-        raise ValueError(
-            f"DFN: {model.name_or_path} holds no text weights (its text side would be random), so text cells cannot "
-            "learn; use modalities=['image'], the default for it (or load it as MF2ForFacialStateRecognition)."
-        )
-    num_qformer_layers = model.config.qformer_config.num_hidden_layers
-    if config.layer_indices is None:
-        config.layer_indices = default_layer_indices(num_qformer_layers, config.num_layers)
-    if not all(1 <= index <= num_qformer_layers for index in config.layer_indices):
-        raise ValueError(f"DFN: layer_indices {config.layer_indices} must lie in 1..{num_qformer_layers}.")
-    return config
-
-
-def checkpoint_has_text_weights(name_or_path: str | os.PathLike | None) -> bool | None:
-    """Whether the local checkpoint `name_or_path` holds weights of MF²'s text side (the `*_alignment` modules that
-    `MF2ForPreTraining` adds): False for the shipped `mf2-base`, which keeps only the image path and the recognisers.
-    None when it cannot tell (no local safetensors: a model built from a config, a Hub id)."""
-    if not name_or_path:
-        return None
-    folder = Path(name_or_path)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-    elif (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
-            names = list(handle.keys())
-    else:
-        return None
-    return any("alignment." in name for name in names)
-
-
-__all__ = ["DFNOutput", "DFNTuner", "checkpoint_has_text_weights", "resolve_dfn_config"]
+__all__ = ["DFNOutput", "DFNTuner"]

@@ -7,14 +7,15 @@ base model. Everything else of `PeftModel` applies (saving adapter-only checkpoi
 
 from __future__ import annotations
 
+import copy
 import functools
-import hashlib
 import warnings
 
 import torch
 from peft import PeftModel
 from torch import nn
 
+from .base_model import base_fingerprint
 from .config import DFNConfig
 from .features import DFNFeatures
 from .model import DFNOutput, DFNTuner
@@ -44,6 +45,18 @@ class DFNModel(PeftModel):
         with warnings.catch_warnings():  # PEFT reads transformers' deprecated `is_gradient_checkpointing`
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             super().__init__(model, peft_config, adapter_name=adapter_name, **kwargs)
+
+    def load_adapter(self, model_id, adapter_name: str, *args, **kwargs):
+        """PEFT's `load_adapter`, with the adapter's own AU thresholds (`thresholds.json` beside it), as
+        `mf2.dfn.load_adapter` reads them; they are the model's while that adapter is active."""
+        from .loading import read_thresholds  # loading builds on this module
+
+        result = super().load_adapter(model_id, adapter_name, *args, **kwargs)
+        thresholds = read_thresholds(model_id, kwargs.get("subfolder"))
+        if thresholds is not None:
+            self.peft_config[adapter_name].au_thresholds = thresholds
+        self.base_model.apply_au_thresholds()
+        return result
 
     @property
     def dfn_config(self) -> DFNConfig:
@@ -85,27 +98,11 @@ def get_dfn_model(model: nn.Module, config: DFNConfig | None = None, adapter_nam
             "Gradient checkpointing is useless under DFN (the backbone builds no graph); disabling it.", stacklevel=2
         )
         model.gradient_checkpointing_disable()
-    config = config if config is not None else DFNConfig()
+    # A copy: the wrapped model fills in its own defaults and fingerprint, which must not reach another model that
+    # the caller's config object is given to next.
+    config = copy.deepcopy(config) if config is not None else DFNConfig()
     config.base_model_fingerprint = base_fingerprint(model)
     return DFNModel(model, config, adapter_name=adapter_name)
 
 
-def base_fingerprint(model: nn.Module) -> str | None:
-    """SHA-256 of what a DFN adapter reads of its base model: the image path (vision encoder, query tokens,
-    cross-attention, RoI positions), which a recognition model and a pretraining model of one checkpoint share, as
-    float16 values (a model and its float16 copy, such as the shipped weights loaded in float32, agree). None for a
-    model in another precision (bfloat16), whose values cannot be compared exactly."""
-    digest, seen = hashlib.sha256(), False
-    for name, tensor in sorted(model.state_dict().items()):
-        image_path = name.startswith("mf2.vision_model.") or ".crossattention." in name
-        if not (image_path or name.endswith(("query_tokens", "au_query_embeddings", "roi_position_embeddings"))):
-            continue
-        if tensor.dtype not in (torch.float32, torch.float16):
-            return None
-        values = tensor.detach().cpu().to(torch.float16).contiguous().reshape(-1)
-        digest.update(name.encode() + values.view(torch.uint8).numpy().tobytes())
-        seen = True
-    return digest.hexdigest() if seen else None
-
-
-__all__ = ["DFNModel", "base_fingerprint", "get_dfn_model"]
+__all__ = ["DFNModel", "get_dfn_model"]

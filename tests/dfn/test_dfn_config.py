@@ -7,7 +7,7 @@ from dfn_testing import build, dfn_config
 
 from mf2 import MF2ForFacialStateRecognition, MF2ForPreTraining
 from mf2.dfn import DFNConfig, default_layer_indices, get_dfn_model
-from mf2.dfn.model import resolve_dfn_config
+from mf2.dfn.base_model import resolve_dfn_config
 
 
 def test_defaults_follow_table_vi():

@@ -79,3 +79,52 @@ def test_an_adapter_on_another_base_model_warns(tmp_path):
         load_adapter(model(1).bfloat16(), tmp_path / "adapter")  # bfloat16 cannot be compared: silent
     with pytest.warns(AdapterBaseWarning, match="trained on another base model"):
         load_adapter(model(1), tmp_path / "adapter")
+
+
+def test_one_config_object_for_two_bases_keeps_each_adapters_own_base():
+    """`get_dfn_model` fills in its model's defaults and fingerprint on a copy: the caller's config object, given to
+    a second model, does not carry the first model's (the warning would point at the wrong base)."""
+    import torch
+    from dfn_testing import build, dfn_config
+    from peft import get_peft_model
+
+    from mf2 import MF2ForFacialStateRecognition
+    from mf2.dfn import get_dfn_model
+    from mf2.dfn.base_model import base_fingerprint
+
+    shared = dfn_config()
+    first, second = build(MF2ForFacialStateRecognition, 0), build(MF2ForFacialStateRecognition, 1)
+    one, two = get_dfn_model(first, shared), get_dfn_model(second, shared)
+    assert shared.base_model_fingerprint is None and shared.modalities is None
+    assert one.peft_config["default"].base_model_fingerprint == base_fingerprint(build(MF2ForFacialStateRecognition, 0))
+    assert two.peft_config["default"].base_model_fingerprint == base_fingerprint(build(MF2ForFacialStateRecognition, 1))
+    torch.manual_seed(0)
+    through_peft = get_peft_model(build(MF2ForFacialStateRecognition, 0), dfn_config())  # PEFT's route: the same
+    assert (
+        through_peft.peft_config["default"].base_model_fingerprint == one.peft_config["default"].base_model_fingerprint
+    )
+
+
+def test_au_thresholds_belong_to_their_adapter(tmp_path, monkeypatch):
+    """Each adapter's thresholds while it is active, the base model's when adapters are off, and saved with it."""
+    import json
+
+    from dfn_testing import build, dfn_config
+
+    from mf2 import MF2ForFacialStateRecognition
+    from mf2.dfn import get_dfn_model, load_adapter
+
+    for name, value in (("a", 0.2), ("b", 0.8)):
+        get_dfn_model(build(MF2ForFacialStateRecognition), dfn_config()).save_pretrained(tmp_path / name)
+        (tmp_path / name / "thresholds.json").write_text(json.dumps({"au_thresholds": [value] * 12}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = load_adapter(build(MF2ForFacialStateRecognition), "~/a")  # a home-relative folder, as typed
+    assert model.config.au_decision_thresholds == [0.2] * 12
+    with model.disable_adapter():
+        assert model.config.au_decision_thresholds == [0.5] * 12  # the base model's
+    model.load_adapter(str(tmp_path / "b"), adapter_name="b")  # PEFT's way reads them too
+    model.set_adapter("b")
+    assert model.config.au_decision_thresholds == [0.8] * 12
+    model.set_adapter("default")
+    model.save_pretrained(tmp_path / "again")
+    assert load_adapter(build(MF2ForFacialStateRecognition), tmp_path / "again").config.au_thresholds == [0.2] * 12

@@ -210,3 +210,25 @@ def test_an_adapter_with_text_cells_runs_on_the_recogniser_to_the_same_outputs(t
     with torch.no_grad():
         expected, got = adapted(pixel_values=pixels), recogniser(pixel_values=pixels)
     assert torch.equal(expected.au_logits, got.au_logits) and torch.equal(expected.emotion_logits, got.emotion_logits)
+
+
+def test_a_module_to_save_inside_the_frozen_backbone_is_refused():
+    """The backbone runs without a graph under DFN: a copy there would be counted trainable and never train."""
+    model = build(MF2ForFacialStateRecognition)
+    with pytest.raises(ValueError, match="lie in the frozen backbone"):
+        get_dfn_model(model, dfn_config(modules_to_save=["heads", "mf2.emotion_branch.qformer.layernorm"]))
+
+
+def test_adding_loading_or_deleting_an_adapter_keeps_the_others_trainability(tmp_path):
+    """PEFT's contract: another adapter does not change which parameters of the ones already there train."""
+    model = get_dfn_model(build(MF2ForFacialStateRecognition), dfn_config())
+    model.save_pretrained(tmp_path / "reference")
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    model.load_adapter(str(tmp_path / "reference"), adapter_name="reference")  # for inference
+    model.add_adapter("other", dfn_config())
+    assert {name for name, parameter in model.named_parameters() if parameter.requires_grad} == trainable
+    model(**image_batch(model.config)).loss.backward()  # the active adapter still trains
+    with pytest.warns(UserWarning, match="'default' was active and is deleted; 'reference' is active now"):
+        model.delete_adapter("default")
+    sides = [p for name, p in model.named_parameters() if "dfn_side.reference." in name]
+    assert sides and all(parameter.requires_grad for parameter in sides)  # the side networks too, not only heads
