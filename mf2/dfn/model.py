@@ -43,6 +43,25 @@ class DFNOutput(MF2RecognitionOutput):
     au_itc: torch.FloatTensor | None = None
 
 
+def side_networks(config: DFNConfig, hidden_size: int) -> nn.ModuleDict:
+    """One adapter's side networks, `<branch>_<modality>` each, initialised as `config` says."""
+    side = nn.ModuleDict()
+    for branch in config.branches:
+        for modality in config.modalities:
+            network = DFNSideNetwork(
+                hidden_size,
+                config.num_layers,
+                config.bottleneck_size,
+                config.activation,
+                config.gate_activation,
+                config.gate_scaling,
+                config.gate_init,
+            )
+            network.reset_parameters(config.init_weights)
+            side[f"{branch}_{modality}"] = network
+    return side
+
+
 class DFNTuner(BaseTuner):
     """PEFT tuner of DFN: side networks beside each (branch, modality) path of a frozen MF² model.
 
@@ -99,21 +118,7 @@ class DFNTuner(BaseTuner):
         if first:
             self._base_au_thresholds = model.config.au_thresholds
 
-        hidden_size = model.config.qformer_config.hidden_size
-        side = nn.ModuleDict()
-        for branch in config.branches:
-            for modality in config.modalities:
-                network = DFNSideNetwork(
-                    hidden_size,
-                    config.num_layers,
-                    config.bottleneck_size,
-                    config.activation,
-                    config.gate_activation,
-                    config.gate_scaling,
-                    config.gate_init,
-                )
-                network.reset_parameters(config.init_weights)
-                side[f"{branch}_{modality}"] = network
+        side = side_networks(config, model.config.qformer_config.hidden_size)
         reference = next(model.mf2.parameters())
         if not any(parameter.is_meta for parameter in side.parameters()):  # meta under `low_cpu_mem_usage` loading
             side.to(device=reference.device)  # the side networks stay fp32 even on a half-precision backbone

@@ -67,13 +67,7 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
             batch_size=script_args.preprocessing_batch_size,
             num_proc=script_args.preprocessing_num_workers,
         )
-    if script_args.max_eval_samples is not None:
-        dataset = dataset.select(range(min(script_args.max_eval_samples, len(dataset))))
-    if not len(dataset):
-        raise DataError(
-            "no rows left to evaluate (with --no_face skip, every image without a face is left out; "
-            "--no_face fallback keeps them)"
-        )
+    dataset = rows_to_evaluate(dataset, script_args.max_eval_samples)
     preprocess_seconds = time.perf_counter() - start
     dataset = dataset.with_format("numpy")
     collator = MF2DataCollator(processor, with_captions=False)
@@ -105,6 +99,18 @@ def run_evaluation(script_args: MF2ScriptArguments, training_args: MF2TrainingAr
         for key in sorted(metrics):
             print(f"{key}: {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key}: {metrics[key]}")
     return metrics
+
+
+def rows_to_evaluate(dataset, max_eval_samples: int | None):
+    """The first `max_eval_samples` rows (all by default); none left is a `DataError`, not a score of nothing."""
+    if max_eval_samples is not None:
+        dataset = dataset.select(range(min(max_eval_samples, len(dataset))))
+    if not len(dataset):
+        raise DataError(
+            "no rows left to evaluate (with --no_face skip, every image without a face is left out; "
+            "--no_face fallback keeps them)"
+        )
+    return dataset
 
 
 USAGE = (

@@ -340,3 +340,15 @@ def test_thresholds_are_stored_whole_into_a_local_checkpoint_only(tmp_path, monk
     with pytest.raises(DataError, match="holds no adapter_config.json"):  # a Hub id: not a new local folder of its name
         store_thresholds([0.5] * 12, model_dir, adapter_dir="someone/some-adapter")
     assert not (tmp_path / "someone").exists()
+
+
+def test_nothing_left_to_evaluate_is_a_data_error_not_a_score():
+    from datasets import Dataset
+
+    from mf2.data.schema import DataError
+    from mf2.training.evaluate import rows_to_evaluate
+
+    rows = Dataset.from_dict({"x": [1, 2, 3]})
+    assert len(rows_to_evaluate(rows, 2)) == 2 and len(rows_to_evaluate(rows, None)) == 3
+    with pytest.raises(DataError, match="no rows left to evaluate"):
+        rows_to_evaluate(rows.select([]), None)  # every image faceless under --no_face skip
