@@ -101,6 +101,10 @@ class MF2Config(PreTrainedConfig):
     emotion_reads_au_features (`bool`, *optional*, defaults to `True`):
         The emotion recogniser reads the mean AU-VL feature beside the Emo-VL feature. Off, it reads Emo-VL alone,
         so training the AU side never moves the emotion predictions (the shipped model's recipe relies on it).
+    emotion_reads_au_probabilities (`bool`, *optional*, defaults to `False`):
+        The emotion recogniser also reads the AU recogniser's probabilities (one per AU, after the features): which
+        AUs are active is what tells posed emotions apart, and the mean AU-VL feature blurs it. They are detached, so
+        an emotion loss never trains the AU recogniser. Needs `emotion_reads_au_features` or a model without Emo-VL.
     trained (`bool`, *optional*, defaults to `False`):
         Whether the recognisers were trained. Set by the training scripts when they save; results report it as
         `model_trained`. It travels with the config, so a re-saved untrained model still says it is untrained.
@@ -168,6 +172,7 @@ class MF2Config(PreTrainedConfig):
     freeze_vision_encoder: bool = True
     vision_trainable_layers: int = 0
     emotion_reads_au_features: bool = True
+    emotion_reads_au_probabilities: bool = False
     trained: bool = False
     model_name: str | None = None
     model_version: str | None = None
@@ -253,6 +258,11 @@ class MF2Config(PreTrainedConfig):
             raise ValueError(
                 "MF2Config: vision_trainable_layers only applies with freeze_vision_encoder=True (with it False, "
                 "every block trains already); set one of the two."
+            )
+        if self.emotion_reads_au_probabilities and self.use_emotion_branch and not self.emotion_reads_au_features:
+            raise ValueError(
+                "MF2Config: emotion_reads_au_probabilities=True needs emotion_reads_au_features=True (the recogniser "
+                "reads the AU-VL feature and the AU probabilities together); set both, or neither."
             )
         unknown = set(self.loss_weights or {}) - set(LOSS_NAMES)
         if unknown:

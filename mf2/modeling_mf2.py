@@ -561,8 +561,9 @@ class MF2RecognitionHeads(nn.Module):
     """The AU recogniser (multi-label, one logit per AU) and the emotion recogniser.
 
     Each reads the features of every branch present: an AU reads its own local feature and the global face feature;
-    the emotion reads the global feature and (with `config.emotion_reads_au_features`) the mean local feature. Without
-    one branch they read the other alone.
+    the emotion reads the global feature and (with `config.emotion_reads_au_features`) the mean local feature, then
+    (with `config.emotion_reads_au_probabilities`) the AU recogniser's probabilities. Without one branch they read the
+    other alone.
     """
 
     def __init__(self, config: MF2Config):
@@ -572,6 +573,8 @@ class MF2RecognitionHeads(nn.Module):
         self.reads_au_features = config.emotion_reads_au_features
         width = hidden * (int(config.use_emotion_branch) + int(config.use_au_branch))
         emotion_width = hidden if config.use_emotion_branch and not config.emotion_reads_au_features else width
+        self.reads_au_probabilities = config.emotion_reads_au_probabilities
+        emotion_width += config.num_aus if config.emotion_reads_au_probabilities else 0
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.au_norm = nn.LayerNorm(width)
         self.au_weight = nn.Parameter(torch.zeros(config.num_aus, width))
@@ -582,7 +585,8 @@ class MF2RecognitionHeads(nn.Module):
     def forward(self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None):
         """`(au_logits (B, A), emotion_logits (B, C))`; a recogniser whose inputs were not computed (a branch skipped
         with `MF2Model.forward(branches=...)`) gives None."""
-        return self.au_logits(emotion_embeds, au_embeds), self.emotion_logits(emotion_embeds, au_embeds)
+        au_logits = self.au_logits(emotion_embeds, au_embeds)
+        return au_logits, self.emotion_logits(emotion_embeds, au_embeds, au_logits)
 
     def au_logits(self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None) -> torch.Tensor | None:
         if au_embeds is None and self.use_au_branch or emotion_embeds is None and self.use_emotion_branch:
@@ -594,14 +598,24 @@ class MF2RecognitionHeads(nn.Module):
         return (au_input * self.au_weight).sum(dim=-1) + self.au_bias
 
     def emotion_logits(
-        self, emotion_embeds: torch.Tensor | None, au_embeds: torch.Tensor | None
+        self,
+        emotion_embeds: torch.Tensor | None,
+        au_embeds: torch.Tensor | None,
+        au_logits: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
+        """The emotion logits `(B, C)`; `au_logits` `(B, A)` are the AU recogniser's, computed here when not given
+        and the recogniser reads them."""
         reads_au = self.use_au_branch and (self.reads_au_features or not self.use_emotion_branch)
         if emotion_embeds is None and self.use_emotion_branch or au_embeds is None and reads_au:
             return None
         parts = [] if emotion_embeds is None else [emotion_embeds]
         if reads_au:
             parts.append(au_embeds.mean(dim=1))
+        if self.reads_au_probabilities:
+            if au_logits is None:
+                au_logits = self.au_logits(emotion_embeds, au_embeds)
+            # Evidence, not a path for the emotion loss to train the AU recogniser by.
+            parts.append(torch.sigmoid(au_logits.detach()).to(parts[0].dtype))
         return self.emotion_classifier(self.dropout(self.emotion_norm(torch.cat(parts, dim=-1))))
 
 

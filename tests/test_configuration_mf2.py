@@ -53,6 +53,7 @@ def test_sub_configs_accept_dicts_and_round_trip(tmp_path):
         ({"au_names": ["AU1", "AU1"]}, "unique"),
         ({"num_query_tokens": 0}, "num_query_tokens"),
         ({"au_caption_max_length": 1000}, "max_position_embeddings"),
+        ({"emotion_reads_au_features": False, "emotion_reads_au_probabilities": True}, "set both, or neither"),
     ],
 )
 def test_invalid_combinations_raise_clear_errors(overrides, message):

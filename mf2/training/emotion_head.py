@@ -30,14 +30,16 @@ def emotion_head_inputs(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """The emotion recogniser's input `(N, 2H)` (Emo-VL feature, then the mean AU-VL feature; `(N, H)` for a model with
-    one branch) of every cached example in each of `views`, keyed by view, and `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
+    one branch) of every cached example in each of `views`, keyed by view, the AU recogniser's logits `(N, A)` keyed
+    `<view>_au_logits` (kept so a refit can weigh what the AU model sees per AU, which the mean feature blurs), and
+    `labels` `(N,)`. `cached` holds tokens for `model`'s frozen vision part."""
     model = model.eval().to(device)
     features: dict[str, np.ndarray] = {}
     total = len(cached) * len(views)
     if progress is not None:
         progress(0, total)
     for number, view in enumerate(views):
-        parts, labels = [], []
+        parts, au_logits, labels = [], [], []
         loader = DataLoader(cached, batch_size=batch_size, collate_fn=lambda rows: rows)
         with torch.no_grad():
             for rows in loader:
@@ -48,12 +50,25 @@ def emotion_head_inputs(
                 present = [output.emotion_embeds, None if output.au_embeds is None else output.au_embeds.mean(dim=1)]
                 joined = torch.cat([part for part in present if part is not None], dim=-1)  # one branch: its own
                 parts.append(joined.float().cpu().numpy())
+                au = model.heads.au_logits(output.emotion_embeds, output.au_embeds)
+                au_logits.append(np.zeros((len(rows), 0), np.float32) if au is None else au.float().cpu().numpy())
                 labels.append(np.asarray([int(row["emotion_labels"]) for row in rows]))
                 if progress is not None:  # over every view, so the ETA holds for the whole pass
                     progress(number * len(cached) + sum(len(part) for part in labels), total)
         features[view] = np.concatenate(parts)
+        features[f"{view}_au_logits"] = np.concatenate(au_logits)
         features["labels"] = np.concatenate(labels)
     return features
+
+
+def head_features(features: Mapping[str, np.ndarray], key: str, with_au_probabilities: bool) -> np.ndarray:
+    """The recogniser's input for `features[key]` (as `emotion_head_inputs` keys them, with an optional `<set>.`
+    prefix): the features, then with `with_au_probabilities` the AU recogniser's probabilities, as
+    `MF2RecognitionHeads.emotion_logits` reads them under `config.emotion_reads_au_probabilities`."""
+    if not with_au_probabilities:
+        return features[key]
+    probabilities = 1.0 / (1.0 + np.exp(-features[f"{key}_au_logits"].astype(np.float64)))
+    return np.concatenate([features[key], probabilities.astype(features[key].dtype)], axis=1)
 
 
 def class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -97,10 +112,14 @@ def head_logits(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     return logits
 
 
-def install_emotion_head(model: MF2ForFacialStateRecognition, head: torch.nn.Sequential) -> None:
+def install_emotion_head(
+    model: MF2ForFacialStateRecognition, head: torch.nn.Sequential, reads_au_probabilities: bool = False
+) -> None:
     """Give `model` an emotion recogniser that reads the features `head` was fitted on (Emo-VL and the mean AU-VL
-    feature, or the one branch a one-branch model has), with `head`'s weights; the AU recogniser's weights are kept."""
+    feature, or the one branch a one-branch model has, then with `reads_au_probabilities` the AU probabilities, as
+    `head_features` composes them), with `head`'s weights; the AU recogniser's weights are kept."""
     model.config.emotion_reads_au_features = True
+    model.config.emotion_reads_au_probabilities = reads_au_probabilities
     heads = MF2RecognitionHeads(model.config)
     state: Mapping[str, torch.Tensor] = {
         **{k: v for k, v in model.heads.state_dict().items() if k.startswith("au_")},
@@ -111,4 +130,4 @@ def install_emotion_head(model: MF2ForFacialStateRecognition, head: torch.nn.Seq
     model.heads = heads.to(next(model.parameters()).dtype).train(model.training)  # a new module starts in train()
 
 
-__all__ = ["emotion_head_inputs", "fit_emotion_head", "head_logits", "install_emotion_head"]
+__all__ = ["emotion_head_inputs", "fit_emotion_head", "head_features", "head_logits", "install_emotion_head"]

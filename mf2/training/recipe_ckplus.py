@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition
 from .cross_validation import cross_validate
-from .emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
+from .emotion_head import emotion_head_inputs, fit_emotion_head, head_features, head_logits, install_emotion_head
 from .fitting import fit_and_score
 from .metrics import compute_mf2_metrics, emotion_scores
 from .recipe_progress import Progress, save_npz
@@ -170,16 +170,20 @@ class CKPlusStages:
             features.update({f"{name}.{key}": value for key, value in found.items()})
         save_npz(path, **features)
 
+    def head_inputs(self, features: dict[str, np.ndarray], key: str) -> np.ndarray:
+        return head_features(features, key, self.settings.head_reads_au_probabilities)
+
     def fit_head(self, features: dict[str, np.ndarray], ckplus_rows: np.ndarray, num_classes: int):
         """The emotion recogniser fitted on the FER+ sample and the given CK+ rows (both views); CK+ as a whole weighs
         `ckplus_weight` of FER+."""
         settings = self.settings
+        views = [self.head_inputs(features, f"ckplus.{view}")[ckplus_rows] for view in ("tokens", "flipped_tokens")]
         ckplus = (
-            np.concatenate([features["ckplus.tokens"][ckplus_rows], features["ckplus.flipped_tokens"][ckplus_rows]]),
+            np.concatenate(views),
             np.concatenate([features["ckplus.labels"][ckplus_rows]] * 2),
             settings.ckplus_weight,
         )
-        ferplus = (features["ferplus_head.tokens"], features["ferplus_head.labels"], 1.0)
+        ferplus = (self.head_inputs(features, "ferplus_head.tokens"), features["ferplus_head.labels"], 1.0)
         return fit_emotion_head(
             [ferplus, ckplus], num_classes, settings.head_steps, settings.head_learning_rate, seed=settings.seed
         )
@@ -197,7 +201,7 @@ class CKPlusStages:
             features = dict(np.load(self.stage_dir("au") / f"fold-{fold}" / "features.npz"))
             head = self.fit_head(features, train_rows, num_classes)
             test_peak = test_rows[peak[test_rows]]
-            logits = head_logits(head, features["ckplus.tokens"][test_peak])
+            logits = head_logits(head, self.head_inputs(features, "ckplus.tokens")[test_peak])
             held_out["rows"].append(test_peak)
             held_out["logits"].append(logits)
             return float(emotion_scores(logits, labels[test_peak], num_classes)["accuracy"])
@@ -213,10 +217,9 @@ class CKPlusStages:
         )
         features = dict(np.load(self.stage_dir("au") / "features.npz"))
         head = self.fit_head(features, np.arange(len(rows)), num_classes)
-        install_emotion_head(model, head)
-        valid = emotion_scores(
-            head_logits(head, features["ferplus_valid.tokens"]), features["ferplus_valid.labels"], num_classes
-        )
+        install_emotion_head(model, head, self.settings.head_reads_au_probabilities)
+        valid_logits = head_logits(head, self.head_inputs(features, "ferplus_valid.tokens"))
+        valid = emotion_scores(valid_logits, features["ferplus_valid.labels"], num_classes)
         metrics = {
             "ckplus_cv_emotion_accuracy_peak_folds": per_fold,
             "ckplus_cv_mean_emotion_accuracy_peak": float(np.mean(per_fold)),

@@ -78,6 +78,10 @@ class RecipeSettings:
         default=0.5, metadata={"help": "emotion recogniser refit: CK+ dev's weight against the FER+ sample"}
     )
     head_ferplus_samples: int = field(default=2500, metadata={"help": "emotion recogniser refit: FER+ train images"})
+    head_reads_au_probabilities: bool = field(
+        default=False,
+        metadata={"help": "emotion recogniser refit: it also reads the AU recogniser's probabilities"},
+    )
     max_ferplus_train: int | None = field(
         default=None, metadata={"help": "at most this many FER+ train images (smoke runs)"}
     )

@@ -6,7 +6,13 @@ import torch
 from tiny import tiny_batch, tiny_config
 
 from mf2 import MF2ForFacialStateRecognition
-from mf2.training.emotion_head import emotion_head_inputs, fit_emotion_head, head_logits, install_emotion_head
+from mf2.training.emotion_head import (
+    emotion_head_inputs,
+    fit_emotion_head,
+    head_features,
+    head_logits,
+    install_emotion_head,
+)
 from mf2.training.vision_cache import flip_au_boxes
 
 
@@ -24,7 +30,8 @@ def _cached_rows(model, batch):
     ]
 
 
-def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_does():
+@pytest.mark.parametrize("with_au_probabilities", [False, True])
+def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_does(with_au_probabilities):
     torch.manual_seed(0)
     model = MF2ForFacialStateRecognition(tiny_config(emotion_reads_au_features=False)).eval()
     batch = tiny_batch(model.config)
@@ -33,18 +40,23 @@ def test_refit_recogniser_reads_emo_vl_and_au_vl_exactly_as_the_installed_model_
     hidden = model.config.qformer_config.hidden_size
     assert inputs["tokens"].shape == (len(inputs["labels"]), 2 * hidden)
     np.testing.assert_array_equal(inputs["labels"], batch["emotion_labels"].numpy())
+    np.testing.assert_allclose(inputs["tokens_au_logits"], au_before.detach().numpy(), atol=1e-5)
+    features = {view: head_features(inputs, view, with_au_probabilities) for view in ("tokens", "flipped_tokens")}
+    extra = model.config.num_aus if with_au_probabilities else 0
+    assert features["tokens"].shape == (len(inputs["labels"]), 2 * hidden + extra)
     head = fit_emotion_head(
-        [(inputs["tokens"], inputs["labels"], 1.0)], len(model.config.id2label), steps=5, learning_rate=1e-2
+        [(features["tokens"], inputs["labels"], 1.0)], len(model.config.id2label), steps=5, learning_rate=1e-2
     )
-    install_emotion_head(model, head)
+    install_emotion_head(model, head, reads_au_probabilities=with_au_probabilities)
     assert model.config.emotion_reads_au_features is True
+    assert model.config.emotion_reads_au_probabilities is with_au_probabilities
     output = model(pixel_values=batch["pixel_values"], au_boxes=batch["au_boxes"])
-    np.testing.assert_allclose(output.emotion_logits.detach().numpy(), head_logits(head, inputs["tokens"]), atol=1e-5)
+    np.testing.assert_allclose(output.emotion_logits.detach().numpy(), head_logits(head, features["tokens"]), atol=1e-5)
     torch.testing.assert_close(output.au_logits, au_before)  # the AU recogniser is kept as it was
     # The mirrored view reads the mirrored image with mirrored AU boxes.
     mirrored = model(pixel_values=batch["pixel_values"].flip(-1), au_boxes=flip_au_boxes(batch["au_boxes"]))
     np.testing.assert_allclose(
-        mirrored.emotion_logits.detach().numpy(), head_logits(head, inputs["flipped_tokens"]), atol=1e-5
+        mirrored.emotion_logits.detach().numpy(), head_logits(head, features["flipped_tokens"]), atol=1e-5
     )
 
 
@@ -61,3 +73,13 @@ def test_fit_weighs_each_set_by_its_mean_loss():
         assert probability == pytest.approx(expected, abs=0.1), weight
     with pytest.raises(ValueError, match="at least one"):
         fit_emotion_head([], num_classes=2, steps=1, learning_rate=1e-2)
+
+
+def test_emotion_recogniser_reads_au_probabilities_without_training_the_au_recogniser():
+    torch.manual_seed(0)
+    model = MF2ForFacialStateRecognition(tiny_config(emotion_reads_au_probabilities=True)).train()
+    batch = tiny_batch(model.config)
+    output = model(pixel_values=batch["pixel_values"], au_boxes=batch["au_boxes"])
+    output.emotion_logits.sum().backward()
+    assert model.heads.emotion_classifier.weight.grad[:, -model.config.num_aus :].abs().sum() > 0  # it reads them
+    assert model.heads.au_weight.grad is None or not model.heads.au_weight.grad.any()
