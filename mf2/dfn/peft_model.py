@@ -19,6 +19,7 @@ from .base_model import base_fingerprint
 from .config import DFNConfig
 from .features import DFNFeatures
 from .model import DFNOutput, DFNTuner
+from .thresholds import read_thresholds
 
 
 class DFNModel(PeftModel):
@@ -49,8 +50,6 @@ class DFNModel(PeftModel):
     def load_adapter(self, model_id, adapter_name: str, *args, **kwargs):
         """PEFT's `load_adapter`, with the adapter's own AU thresholds (`thresholds.json` beside it), as
         `mf2.dfn.load_adapter` reads them; they are the model's while that adapter is active."""
-        from .loading import read_thresholds  # loading builds on this module
-
         result = super().load_adapter(model_id, adapter_name, *args, **kwargs)
         thresholds = read_thresholds(model_id, kwargs.get("subfolder"))
         if thresholds is not None:
