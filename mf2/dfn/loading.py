@@ -115,21 +115,19 @@ def load_adapter(
     local = Path(adapter_name_or_path).exists()
     subfolder = adapter_subfolder(adapter_name_or_path, subfolder)
     check_adapter_folder(Path(adapter_name_or_path, subfolder or "") if local else adapter_name_or_path)
-    thresholds = read_thresholds(adapter_name_or_path, subfolder)
     fingerprint = base_fingerprint(model)  # before the adapter wraps it
     where = {"subfolder": subfolder} if subfolder else {}
     try:
         adapted = DFNModel.from_pretrained(model, os.fspath(adapter_name_or_path), adapter_name=adapter_name, **where)
+    except AdapterLoadError:  # its thresholds.json (read by `DFNModel.load_adapter`) could not be fetched
+        raise
     except (OSError, ValueError) as error:  # not here nor on the Hub (PEFT: ValueError), a damaged file (OSError)
         said = str(error).strip()
         raise AdapterLoadError(adapter_name_or_path, said.splitlines()[0] if said else repr(error)) from error
     trained_on = adapted.peft_config[adapter_name].base_model_fingerprint
     if None not in (trained_on, fingerprint) and trained_on != fingerprint:
         warnings.warn(AdapterBaseWarning(adapter_name_or_path), stacklevel=2)
-    if thresholds is not None:  # only once the adapter is in: a failed load leaves the model's own
-        adapted.peft_config[adapter_name].au_thresholds = thresholds  # the adapter's, saved with it again
-    adapted.base_model.apply_au_thresholds()
-    return adapted.eval()
+    return adapted.eval()  # with the adapter's thresholds: `DFNModel.load_adapter` read them, once it was in
 
 
 def load_dfn_model(
