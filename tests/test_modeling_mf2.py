@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_batch, tiny_config
+from tiny import tiny_batch, tiny_config, tiny_dinov2
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from mf2 import LOSS_NAMES, MF2ForFacialStateRecognition, MF2ForPreTraining, MF2Model
@@ -57,16 +57,7 @@ def test_model_and_recognition_shapes(config, batch):
 
 
 def test_dinov2_vision_encoder_works(batch):
-    config = tiny_config(
-        vision_config=dict(
-            model_type="dinov2",
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=7,
-        )
-    )
+    config = tiny_config(vision_config=tiny_dinov2(image_size=28, patch_size=7))
     output = _model(config)(**{**batch, "pixel_values": torch.randn(4, 3, 28, 28)})
     assert torch.isfinite(output.loss) and output.au_logits.shape == (4, 12)
 

@@ -54,6 +54,19 @@ def tiny_config(**overrides) -> MF2Config:
     return MF2Config(**options)
 
 
+def tiny_dinov2(image_size: int = 32, patch_size: int = 8) -> dict:
+    """A 2-layer DINOv2 sub-config for `tiny_config(vision_config=...)`: the shipped image encoder's kind, whose
+    weights `save_pretrained` writes under other names than the model's own."""
+    return dict(
+        model_type="dinov2",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
 def tiny_batch(config: MF2Config, batch_size: int = 4, caption_length: int = 7, seed: int = 0) -> dict:
     """Random pixels, boxes, captions and labels shaped as `MF2ForPreTraining` expects."""
     generator = torch.Generator().manual_seed(seed)

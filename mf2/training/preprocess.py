@@ -82,12 +82,17 @@ def _as_image(value: Any) -> Any:
     return value
 
 
+# Options that leave the output as it is: the worker count, and what `save_pretrained` adds to the processor it saves
+# (`auto_map`, `processor_class`): a run resumed in a new process, whose processor was never saved, keeps its caches.
+_NOT_IN_THE_KEY = ("num_workers", "auto_map", "processor_class")
+
+
 def processor_fingerprint(image_processor: MF2ImageProcessor) -> dict[str, Any]:
     """The processor options that change its output (worker count does not), and the content of the files its
     back-end options name (`backend_kwargs={"predictor_path": ...}`: a retrained predictor at the same path places
     other landmarks)."""
     options = image_processor.to_dict()
-    fingerprint = {key: value for key, value in sorted(options.items()) if key not in ("num_workers",)}
+    fingerprint = {key: value for key, value in sorted(options.items()) if key not in _NOT_IN_THE_KEY}
     named = sorted((image_processor.backend_kwargs or {}).items())
     files = {key: content_fingerprint([value]) for key, value in named if _is_file(value)}
     if files:  # only then: the keys of every cache made without such options stay as they were

@@ -13,14 +13,17 @@ ITG, the AU and emotion recognisers), and a run is only readable with each of th
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import EvalLoopOutput
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from ..configuration_mf2 import LOSS_NAMES
 from .metrics import compute_mf2_metrics, sigmoid
@@ -46,6 +49,26 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(
             f"the training loss is not finite (NaN or infinite) after step {step} ({said}): the training diverged; "
             "resume from its last checkpoint with a lower learning rate, or train in float32"
+        )
+
+
+class CheckpointWeightsError(ValueError):
+    """A checkpoint whose weights do not fit the model being trained, found when a run resumes from it.
+
+    Attributes:
+        checkpoint: the checkpoint folder.
+        problems: `from_pretrained`'s loading info for it (`missing_keys`, `unexpected_keys`, `mismatched_keys`), for
+            the kinds that were not empty.
+    """
+
+    def __init__(self, checkpoint: str, problems: dict[str, list]):
+        self.checkpoint, self.problems = checkpoint, problems
+        said = "; ".join(
+            f"{len(keys)} {kind.replace('_', ' ')} (first: {list(keys)[0]})" for kind, keys in problems.items()
+        )
+        super().__init__(
+            f"the checkpoint {checkpoint} does not fit the model being trained ({said}): it was written by another "
+            "model or configuration; remove it to start the training afresh"
         )
 
 
@@ -115,6 +138,31 @@ class MF2Trainer(Trainer):
             logs = {**logs, **self._drain_parts("train")}
         super().log(logs, start_time)
 
+    # ------------------------------------------------------------------ checkpoints
+    # `Trainer` reads its own checkpoints back with a bare `load_state_dict(strict=False)`, but `save_pretrained` writes
+    # some sub-models under their original names (transformers' conversion mappings: DINOv2's `attention.q_proj` is
+    # saved as `attention.attention.query`), so a resumed run silently kept those weights at their starting values
+    # (huggingface/transformers#43701). `from_pretrained` maps the names back; a plain model is reloaded through it.
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        if not self._reloads_through_from_pretrained(resume_from_checkpoint, model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is None or not self._reloads_through_from_pretrained(best, self.model):
+            return super()._load_best_model()
+        logger.info("loading the best model from %s (score: %s)", best, self.state.best_metric)
+        load_checkpoint_weights(self.model, best)
+
+    def _reloads_through_from_pretrained(self, checkpoint: str, model) -> bool:
+        """Whether `checkpoint` holds one safetensors file of a plain `PreTrainedModel` (DeepSpeed, FSDP, sharded and
+        adapter checkpoints keep `Trainer`'s own loading)."""
+        sharded_engine = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        single_file = (Path(checkpoint) / SAFE_WEIGHTS_NAME).is_file()
+        return isinstance(model, PreTrainedModel) and single_file and not sharded_engine
+
     # ------------------------------------------------------------------ evaluation
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = dict(inputs)
@@ -131,6 +179,21 @@ class MF2Trainer(Trainer):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update(self._drain_parts("eval", prefix=f"{metric_key_prefix}_"))
         return output
+
+
+def load_checkpoint_weights(model: PreTrainedModel, checkpoint: str) -> None:
+    """Copy the weights `save_pretrained` wrote in `checkpoint` into `model`, every one of them, under the names the
+    model uses.
+
+    Raises:
+        CheckpointWeightsError: the checkpoint misses some of the model's weights, holds others, or shapes differ.
+    """
+    saved, info = type(model).from_pretrained(checkpoint, config=copy.deepcopy(model.config), output_loading_info=True)
+    kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    problems = {kind: list(info[kind]) for kind in kinds if info.get(kind)}
+    if problems:
+        raise CheckpointWeightsError(checkpoint, problems)
+    model.load_state_dict(saved.state_dict(), strict=True)
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -198,8 +261,10 @@ def prediction_records(parts: dict[str, np.ndarray | None], config) -> list[dict
 
 __all__ = [
     "TRAINER_STATE_NAME",
+    "CheckpointWeightsError",
     "MF2Trainer",
     "NonFiniteLossError",
+    "load_checkpoint_weights",
     "make_compute_metrics",
     "prediction_records",
     "split_predictions",

@@ -146,6 +146,22 @@ def test_the_key_covers_the_files_the_landmark_options_name(tmp_path):
     assert processor_fingerprint(given) != first and first["backend_files"]
 
 
+def test_saving_the_processor_leaves_the_key_as_it_was(tiny_setup, tmp_path):
+    """`save_pretrained` adds `auto_map` to the processor it saves; a recipe resumed in a new process (whose
+    processor was never saved) must find the caches its first process made after saving it."""
+    from mf2.processing_mf2 import MF2Processor
+    from mf2.training.preprocess import processor_fingerprint
+
+    processor = MF2Processor.from_config(
+        tiny_setup["config"], tiny_setup["processor"].tokenizer, landmark_backend="template", size=IMAGE_SIZE
+    )
+    assert "auto_map" not in processor.image_processor.to_dict()
+    before = processor_fingerprint(processor.image_processor)
+    processor.save_pretrained(tmp_path / "saved")
+    assert "auto_map" in processor.image_processor.to_dict()  # what the key has to leave out
+    assert processor_fingerprint(processor.image_processor) == before
+
+
 def test_a_killed_runs_temporary_is_removed_and_a_fresh_one_is_not(tmp_path):
     import os
     import time

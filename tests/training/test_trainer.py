@@ -8,12 +8,15 @@ import pytest
 import torch
 from datasets import Dataset
 from jsonl import read_jsonl
+from safetensors import safe_open
+from tiny import tiny_config, tiny_dinov2
 from training_testing import pretrain_argv, read_log_history, synthetic_rows, write_setup
 
 from mf2 import LOSS_NAMES, MF2Config, MF2ForPreTraining
 from mf2.data import MFA_FEATURES
 from mf2.training import MF2DataCollator, MF2Trainer, MF2TrainingArguments
 from mf2.training.preprocess import add_example_ids, fill_template_captions, preprocess_dataset
+from mf2.training.trainer import CheckpointWeightsError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,9 +28,9 @@ def train_rows(tiny_setup, tmp_path_factory):
     return add_example_ids(processed).with_format("numpy")
 
 
-def make_trainer(tiny_setup, rows, output_dir, collator=None, **options):
+def make_trainer(tiny_setup, rows, output_dir, collator=None, config=None, **options):
     torch.manual_seed(0)
-    model = MF2ForPreTraining(tiny_setup["config"])
+    model = MF2ForPreTraining(config or tiny_setup["config"])
     values = dict(
         output_dir=str(output_dir),
         use_cpu=True,
@@ -79,6 +82,38 @@ def test_parts_average_over_the_logging_window_with_accumulation_and_checkpointi
     # `loss` averages 2 steps of 2 micro-batches each (divided by the accumulation); the parts average the 4
     # micro-batches, so their sum matches the logged loss.
     assert entry["loss"] == pytest.approx(sum(entry[name] for name in LOSS_NAMES), rel=1e-4)
+
+
+def test_a_resumed_run_reads_back_every_weight_of_its_checkpoint(tiny_setup, train_rows, tmp_path):
+    """`save_pretrained` writes DINOv2's attention as `attention.attention.query` (its original names), which
+    `Trainer`'s own resume did not map back, so a resumed run kept those weights at their starting values."""
+    config = tiny_config(vision_config=tiny_dinov2())
+    options = dict(config=config, max_steps=2, save_strategy="steps", save_steps=2)
+    trained = make_trainer(tiny_setup, train_rows, tmp_path / "run", **options)
+    trained.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    with safe_open(checkpoint / "model.safetensors", "pt") as saved:
+        assert any(".attention.attention.query." in name for name in saved.keys())
+
+    resumed = make_trainer(tiny_setup, train_rows, tmp_path / "run", **options)
+    with torch.no_grad():
+        for parameter in resumed.model.parameters():
+            parameter.add_(1.0)  # nothing may keep the value it had before the resume
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    expected, actual = trained.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, msg=name)
+
+
+def test_a_checkpoint_of_another_model_is_refused_on_resume(tiny_setup, train_rows, tmp_path):
+    other = make_trainer(tiny_setup, train_rows, tmp_path / "run", max_steps=1, save_strategy="steps", save_steps=1)
+    other.train()
+    trainer = make_trainer(tiny_setup, train_rows, tmp_path / "run", config=tiny_config(vision_config=tiny_dinov2()))
+    with pytest.raises(CheckpointWeightsError) as error:
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert {"missing_keys", "unexpected_keys"} <= set(error.value.problems)
+    assert "remove it to start the training afresh" in str(error.value)
 
 
 def test_a_stage_without_emotion_targets_logs_no_emotion_part(tiny_setup, train_rows, tmp_path):
