@@ -11,6 +11,8 @@ same and the model's masked losses skip them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,17 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, np.ndarray):
         value = value.tolist()
     return ["" if item is None else str(item) for item in value]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """A hash of what decides a tokenizer's ids: its vocabulary and rules, special tokens and sides."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    sides = f"{getattr(tokenizer, 'padding_side', None)}/{getattr(tokenizer, 'truncation_side', None)}"
+    payload = f"{type(tokenizer).__name__}|{sides}|{tokenizer.all_special_tokens}|{rules}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -71,13 +84,18 @@ class MF2DataCollator:
         self._std = torch.tensor(std).view(1, 3, 1, 1)
 
     def fingerprint(self) -> str:
-        """What, besides the data, decides the batches (feature caches key on it)."""
-        tokenizer = getattr(self.processor, "tokenizer", None)
-        return (
+        """What, besides the data, decides the batches (feature caches key on it). The tokenizer counts only where
+        captions are tokenised, and by what it does, not where it lies: a resumed run may reach the same files by
+        another path (another `$MF2_HOME`, a relative path) and must still find its caches."""
+        key = (
             f"captions={self.with_captions},emotion={self.emotion_targets},au={self.au_targets},"
             f"max_au_captions={self.max_au_captions},"
-            f"mean={self._mean.flatten().tolist()},std={self._std.flatten().tolist()},"
-            f"tokenizer={getattr(tokenizer, 'name_or_path', None)},"
+            f"mean={self._mean.flatten().tolist()},std={self._std.flatten().tolist()}"
+        )
+        if not self.with_captions:
+            return key
+        return (
+            f"{key},tokenizer={_tokenizer_fingerprint(getattr(self.processor, 'tokenizer', None))},"
             f"lengths={getattr(self.processor, 'emotion_caption_max_length', None)}/"
             f"{getattr(self.processor, 'au_caption_max_length', None)}"
         )

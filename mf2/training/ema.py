@@ -2,7 +2,9 @@
 
 The average is kept beside the model during training, written into every checkpoint (`ema.safetensors`) and read
 back when `Trainer` resumes from one, and copied into the model when training ends, so the saved model is the
-average. Late-training noise of a small-batch CPU schedule averages out at no cost per step beyond one `lerp`.
+average. It is written as soon as `Trainer` decides to save, before the checkpoint's `trainer_state.json`: that file
+makes a checkpoint complete for a resume, and `Trainer` deletes the previous checkpoint (the only other copy of the
+average) right after writing it, before `on_save` runs. Late-training noise of a small-batch CPU schedule averages out at no cost per step beyond one `lerp`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class EMACallback(TrainerCallback):
         self.decay = float(decay)
         self.parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.average = {name: p.detach().clone().float() for name, p in self.parameters.items()}
+        self._written_step: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         """Start the average from the weights training starts from: the checkpoint's average when `Trainer` resumes
@@ -54,12 +57,26 @@ class EMACallback(TrainerCallback):
         with torch.no_grad():
             for name, parameter in self.parameters.items():
                 self.average[name].lerp_(parameter.detach().float(), weight)
+        if control.should_save:  # set by `DefaultFlowCallback`, which runs first: the checkpoint comes next
+            self._write(args, state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._write(args, state)
 
     def on_save(self, args, state, control, **kwargs):
+        # Saves decided elsewhere (a new best model) get their average here, after the checkpoint.
+        if self._written_step != state.global_step:
+            self._write(args, state)
+
+    def _write(self, args, state) -> None:
+        if not state.is_world_process_zero:
+            return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
-            with written_aside(folder / EMA_FILE) as partial:  # a kill mid-write leaves no half file to resume from
-                save_file({name: value.contiguous() for name, value in self.average.items()}, str(partial))
+        folder.mkdir(parents=True, exist_ok=True)
+        with written_aside(folder / EMA_FILE) as partial:  # a kill mid-write leaves no half file to resume from
+            save_file({name: value.contiguous() for name, value in self.average.items()}, str(partial))
+        self._written_step = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
         with torch.no_grad():

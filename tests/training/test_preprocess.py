@@ -88,6 +88,29 @@ def test_collator_builds_the_model_batch(dataset, tiny_setup, tmp_path):
     assert set(image_only) == {"pixel_values", "au_boxes", "au_labels", "emotion_labels", "example_ids"}
 
 
+def test_the_collators_cache_key_holds_what_its_tokenizer_does_not_where_it_lies(tiny_setup, tmp_path):
+    """A resumed run may reach the same tokenizer by another path (another `$MF2_HOME`): its caches still match. The
+    tokenizer counts only where captions are tokenised, and another vocabulary is another key."""
+    from training_testing import write_tokenizer
+    from transformers import AutoTokenizer, BertTokenizer
+
+    from mf2.processing_mf2 import MF2Processor
+
+    def collator(folder, with_captions=True):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor = MF2Processor.from_config(tiny_setup["config"], tokenizer, landmark_backend="template")
+        return MF2DataCollator(processor, with_captions=with_captions)
+
+    first = write_tokenizer(tmp_path / "home1" / "tokenizer")
+    copy = write_tokenizer(tmp_path / "home2" / "tokenizer")
+    assert collator(first).fingerprint() == collator(copy).fingerprint()
+    vocab = AutoTokenizer.from_pretrained(first).get_vocab()
+    vocab["1"], vocab["2"] = vocab["2"], vocab["1"]  # two tokens swap ids
+    BertTokenizer(vocab=vocab).save_pretrained(tmp_path / "other")
+    assert collator(tmp_path / "other").fingerprint() != collator(first).fingerprint()
+    assert "tokenizer" not in collator(first, with_captions=False).fingerprint()
+
+
 def test_data_specs_and_splits():
     spec = DataSpec.parse("ferplus:/data/ferplus/train.parquet,max_samples=600,seed=3")
     assert (spec.source, spec.path, spec.max_samples, spec.seed) == ("ferplus", "/data/ferplus/train.parquet", 600, 3)

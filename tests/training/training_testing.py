@@ -23,13 +23,13 @@ LETTERS = [chr(code) for code in range(ord("a"), ord("z") + 1)]
 def write_tokenizer(folder: Path) -> Path:
     """A BERT WordPiece tokenizer with 64 tokens (letters, continuation letters, punctuation): every caption maps to
     real ids, and the ids fit the tiny model's vocabulary."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     vocab = SPECIAL_TOKENS + LETTERS + [f"##{letter}" for letter in LETTERS] + [".", ",", ":", "(", ")", "1", "2"]
     assert len(vocab) <= VOCAB_SIZE
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # transformers 5 takes the vocabulary itself (`vocab_file=` is ignored: a tokenizer of the 5 special tokens).
+    BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}).save_pretrained(folder)
     return folder
 
 
