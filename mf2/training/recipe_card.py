@@ -9,7 +9,7 @@ from typing import Any
 from ..local_files import write_json
 from .recipe_settings import RecipeSettings
 
-SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "2.1"
+SHIPPED_NAME, SHIPPED_VERSION = "mf2-base", "2.2"
 
 
 def exported_name(settings: RecipeSettings) -> str:

@@ -59,7 +59,7 @@ class RecipeSettings:
         default=True, metadata={"help": "FER+'s vote distribution as the target instead of the majority label"}
     )
     class_weight_power: float = field(
-        default=0.5, metadata={"help": "class weights (1 / share) ** power; 0 turns them off"}
+        default=0.75, metadata={"help": "class weights (1 / share) ** power; 0 turns them off"}
     )
     ema_decay: float = field(
         default=0.998, metadata={"help": "exponential moving average of the weights; 0 turns it off"}
@@ -77,7 +77,7 @@ class RecipeSettings:
     ckplus_weight: float = field(
         default=0.5, metadata={"help": "emotion recogniser refit: CK+ dev's weight against the FER+ sample"}
     )
-    head_ferplus_samples: int = field(default=2500, metadata={"help": "emotion recogniser refit: FER+ train images"})
+    head_ferplus_samples: int = field(default=10000, metadata={"help": "emotion recogniser refit: FER+ train images"})
     head_reads_au_probabilities: bool = field(
         default=False,
         metadata={"help": "emotion recogniser refit: it also reads the AU recogniser's probabilities"},

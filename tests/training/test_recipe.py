@@ -155,7 +155,10 @@ def test_a_folder_started_with_other_settings_is_refused_before_any_stage(tmp_pa
     changed = replace(smoke, head_steps=7, class_weight_power=0.0)
     with pytest.raises(RecipeSettingsError) as raised:
         Recipe(data, output, output / "export", changed, "cpu").run()
-    assert raised.value.differences == {"class_weight_power": (0.5, 0.0), "head_steps": (smoke.head_steps, 7)}
+    assert raised.value.differences == {
+        "class_weight_power": (smoke.class_weight_power, 0.0),
+        "head_steps": (smoke.head_steps, 7),
+    }
     assert sorted(path.name for path in output.iterdir()) == [".lock", "settings.json"]  # no stage ran
 
     assert main(["--data", str(data), "--output_dir", str(output), "--preset", "smoke", "--head_steps", "7"]) == 2
