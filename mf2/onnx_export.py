@@ -73,6 +73,7 @@ class _RecognitionGraph(nn.Module):
 
 OUTSIDE_THE_GRAPH = {"au_thresholds", "id2label", "label2id", "dtype", "torch_dtype", "_name_or_path", "trained"}
 OUTSIDE_THE_GRAPH |= {"model_name", "model_version", "training_data", "transformers_version", "architectures"}
+OUTSIDE_THE_GRAPH |= {"auto_map"}  # added by `save_pretrained`: a saved model keeps its fingerprint
 """Config keys (any depth) the graph does not read: thresholds and labels apply after it, the rest names the model."""
 
 

@@ -213,7 +213,7 @@ def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(hom
     pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(int8.path), quantize="int8")  # its own
 
 
-def test_fingerprint_is_what_the_float32_graph_computes():
+def test_fingerprint_is_what_the_float32_graph_computes(tmp_path):
     """A float16 model's export is the graph of its float32 copy: one fingerprint for both (so checking a stamp needs
     no copy of the model); a changed weight, a config setting the forward pass reads, or a DFN model's adapters
     switched off change it (each reused another model's export); thresholds, applied after the graph, do not."""
@@ -243,6 +243,9 @@ def test_fingerprint_is_what_the_float32_graph_computes():
     assert fingerprint(adapted) != on
     adapted.enable_adapters()
     assert fingerprint(adapted) == on
+    before = fingerprint(half)
+    half.save_pretrained(tmp_path / "saved")  # adds `auto_map` to the config: the graph is the same
+    assert "auto_map" in half.config.to_dict() and fingerprint(half) == before
 
 
 def test_roi_align_tokens_exports_exactly(tmp_path):
