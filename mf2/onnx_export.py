@@ -39,8 +39,7 @@ from .local_files import mf2_home, written_aside
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
 MIN_OPSET = 16
-INPUT_NAMES = ("pixel_values", "au_boxes")
-OUTPUT_NAMES = ("au_logits", "emotion_logits")
+INPUT_NAMES, OUTPUT_NAMES = ("pixel_values", "au_boxes"), ("au_logits", "emotion_logits")
 INSTALL_HINT = "pip install 'mf2[onnx]'"
 QUANTIZE_CHOICES = ("int8",)
 """`quantize=` values: "int8" is onnxruntime's dynamic int8 quantization of the float32 graph (`quantize_onnx`)."""
