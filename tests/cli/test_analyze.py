@@ -655,10 +655,12 @@ def test_resume_knows_an_input_however_it_is_spelled(checkpoint, tmp_path, monke
     assert [record["path"] for record in read_jsonl(output)] == ["in/a.png", str(folder / "b.png")]
 
 
-def test_an_adapter_that_cannot_be_loaded_is_named_not_the_model(checkpoint, capsys, monkeypatch):
+def test_an_adapter_that_cannot_be_loaded_is_named_not_the_model(checkpoint, capsys, monkeypatch, tmp_path):
     """`--adapter outputs/my-dfn` where no such folder is (an `owner/name` form, so looked up on the Hub) fails as the
-    adapter's load, in one line with its fix; it said "could not load the model" and blamed the base model."""
+    adapter's load, in one line with its fix; it said "could not load the model" and blamed the base model. Run in an
+    empty folder: the relative path must not meet a checkout's own `outputs/`."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
     argv = ["analyze", str(EXAMPLES / "astronaut.png"), "--model", str(checkpoint), "--adapter", "outputs/my-dfn"]
     assert cli_main([*argv, "--no-progress"]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
