@@ -23,12 +23,12 @@ ranks the candidates but refuses none, a lost track expected where the face is m
 does not become its track's feature (a track's feature is a running mean of its faces seen clear of others).
 
 The appearance is the face's identity feature: the model's own image feature, the vision encoder's class token
-(`FacialStatePipeline` captures it in the forward pass that computes the AUs, so it costs nothing), compared by
-cosine similarity (the limits and what they were measured on: `SAME_PERSON`, `OTHER_PERSON`). It is a general image feature, not a face-recognition
-embedding trained to tell people apart: it decides between the few people of one video, with the motion, not
-between strangers. Runtimes without it (onnxruntime, whose graph gives only the logits) use `pixel_feature`, a
-coarse thumbnail of the aligned crop, with its own limits (`PIXEL_LIMITS`): good enough to take up a lost track, too
-coarse to tell a replacement at the same place from a face moving fast.
+(`FacialStatePipeline` captures it in the forward pass that computes the AUs, so it costs nothing), compared by cosine
+similarity (the limits: `SAME_PERSON`, and `OTHER_PERSON` with what it was measured on). It is a general image
+feature, not a face-recognition embedding trained to tell people apart: it decides between the few people of one
+video, with the motion, not between strangers. Runtimes without it (onnxruntime, whose graph gives only the logits)
+use `pixel_feature`, a coarse thumbnail of the aligned crop, with its own limits (`PIXEL_LIMITS`): good enough to take
+up a lost track, too coarse to tell a replacement at the same place from a face moving fast.
 
 This file imports only flat sibling modules, so it travels with the remote-code pipeline.
 """

@@ -4,7 +4,8 @@ The average is kept beside the model during training, written into every checkpo
 back when `Trainer` resumes from one, and copied into the model when training ends, so the saved model is the
 average. It is written as soon as `Trainer` decides to save, before the checkpoint's `trainer_state.json`: that file
 makes a checkpoint complete for a resume, and `Trainer` deletes the previous checkpoint (the only other copy of the
-average) right after writing it, before `on_save` runs. Late-training noise of a small-batch CPU schedule averages out at no cost per step beyond one `lerp`.
+average) right after writing it, before `on_save` runs. Late-training noise of a small-batch CPU schedule averages
+out at no cost per step beyond one `lerp`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..modeling_mf2 import MF2ForFacialStateRecognition, MF2RecognitionHeads
+from .metrics import sigmoid
 from .scoring import check_finite
 from .vision_cache import flip_au_boxes
 
@@ -67,7 +68,7 @@ def head_features(features: Mapping[str, np.ndarray], key: str, with_au_probabil
     `MF2RecognitionHeads.emotion_logits` reads them under `config.emotion_reads_au_probabilities`."""
     if not with_au_probabilities:
         return features[key]
-    probabilities = 1.0 / (1.0 + np.exp(-features[f"{key}_au_logits"].astype(np.float64)))
+    probabilities = sigmoid(features[f"{key}_au_logits"])
     return np.concatenate([features[key], probabilities.astype(features[key].dtype)], axis=1)
 
 

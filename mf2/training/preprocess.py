@@ -82,9 +82,9 @@ def _as_image(value: Any) -> Any:
     return value
 
 
-# Options that leave the output as it is: the worker count, and what `save_pretrained` adds to the processor it saves
-# (`auto_map`, `processor_class`): a run resumed in a new process, whose processor was never saved, keeps its caches.
-_NOT_IN_THE_KEY = ("num_workers", "auto_map", "processor_class")
+# Options that leave the output as it is: the worker count, and the `auto_map` that `save_pretrained` adds to the
+# processor it saves (a run resumed in a new process, whose processor was never saved, keeps its caches).
+_NOT_IN_THE_KEY = ("num_workers", "auto_map")
 
 
 def processor_fingerprint(image_processor: MF2ImageProcessor) -> dict[str, Any]:

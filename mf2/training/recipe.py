@@ -22,7 +22,8 @@ last checkpoint, the token caches are keyed and atomic):
    and mean AU-VL features) of CK+ and a FER+ train sample.
 5. `emotion_head`: the emotion recogniser (a LayerNorm and a linear layer on Emo-VL + the mean AU-VL feature,
    `emotion_reads_au_features=True`, and with `--head_reads_au_probabilities` the AU recogniser's probabilities)
-   refit on the FER+ sample and CK+ dev together: CK+'s posed emotions are FACS prototypes, which AU-VL reads. A subject-wise cross-validation over the same folds (each fold with its own AU
+   refit on the FER+ sample and CK+ dev together: CK+'s posed emotions are FACS prototypes, which AU-VL reads. A
+   subject-wise cross-validation over the same folds (each fold with its own AU
    model, so no test subject's AU labels reach its features) first, then the shipped fit.
 6. `export`: the recogniser (no text side) in half precision with its processor, config (`trained`, name, version,
    training data, thresholds), `metrics.json` and the model card, into `--export_dir`.

@@ -106,6 +106,25 @@ def test_a_resumed_run_reads_back_every_weight_of_its_checkpoint(tiny_setup, tra
         torch.testing.assert_close(actual[name], value, msg=name)
 
 
+def test_the_best_model_at_the_end_is_its_checkpoint_every_weight(tiny_setup, train_rows, tmp_path):
+    """`load_best_model_at_end` reads the best checkpoint back the same way, DINOv2's renamed weights included (the
+    encoder trains here, so that its weights differ between the checkpoints)."""
+    config = tiny_config(vision_config=tiny_dinov2(), freeze_vision_encoder=False)
+    options = dict(config=config, max_steps=2, save_strategy="steps", save_steps=1, eval_strategy="steps")
+    # "Best" is the higher loss, so that the best checkpoint is the first one and not the weights training ends with.
+    options.update(eval_steps=1, load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+    trainer = make_trainer(tiny_setup, train_rows, tmp_path / "run", save_total_limit=None, **options)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith("checkpoint-1"), best
+    expected = type(trainer.model).from_pretrained(best).state_dict()
+    actual = trainer.model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, msg=name)
+    vision = [name for name in expected if ".vision_model.encoder." in name and "q_proj" in name]
+    assert vision  # the weights Trainer's own loading missed
+
+
 def test_a_checkpoint_of_another_model_is_refused_on_resume(tiny_setup, train_rows, tmp_path):
     other = make_trainer(tiny_setup, train_rows, tmp_path / "run", max_steps=1, save_strategy="steps", save_steps=1)
     other.train()
