@@ -3,8 +3,8 @@
 On a detection frame the image processor searches the whole frame as for a photo. On the frames after it, each
 face's box is moved with the face: the detector's box is kept in the face's own frame (a similarity fit of its 68
 landmarks onto dlib's mean shape), carried to the next frame by the landmarks placed there, and the landmark back-end
-places 68 landmarks inside it (`MF2ImageProcessor(face_boxes=...)`, 2-5 ms with dlib). dlib's landmarks settle in
-the box they give, as on a searched frame (`mf2.landmark_settling`), so a followed frame gets the landmarks and the
+places 68 landmarks inside it (`MF2ImageProcessor(face_boxes=...)`, 8-12 ms with dlib). dlib's landmarks settle in
+the box they give and are averaged over the boxes around it, as on a searched frame (`mf2.landmark_settling`), so a followed frame gets the landmarks and the
 results that searching it would have given (the same to the bit on every frame of the benchmark's clip). Landmarks
 can be placed
 in any box, so the detector first checks that the face is still there, searching only the window around the box

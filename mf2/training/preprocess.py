@@ -41,8 +41,9 @@ from .data_specs import DataSpec, load_source
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 3
-"""Bumped whenever the stored columns change, so that old cache files are never read."""
+PREPROCESS_VERSION = 4
+"""Bumped whenever the stored columns change, or how they are made (4: dlib's landmarks averaged over the boxes around
+the face, `mf2.landmark_settling`), so that old cache files are never read."""
 
 PROCESSED_COLUMNS: tuple[str, ...] = (
     "pixel_values",
