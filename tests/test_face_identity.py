@@ -323,6 +323,7 @@ def test_a_person_replaced_by_another_at_the_same_place_gets_a_new_track(pipe, t
     assert [list(found) for found in frames] == [[0]] * 25 + [[1]] * 25  # the newcomer's track from their first frame
 
 
+@pytest.mark.slow
 def test_one_person_on_a_real_clip_keeps_one_track(pipe, real_clip):
     """A real clip of one woman crying, a hand over her face, then laughing: her face changes far more over the clip
     than from one frame to the next (mf2-base 2.2's class token, averaged landmarks: 0.528 at the lowest from the frame

@@ -318,6 +318,7 @@ def test_int8_pipeline_and_cli_need_the_onnx_runtime(int8_graph, capsys):
     assert "--quantize needs --runtime onnx" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_emotion_accuracy_on_ferplus_valid(int8_graph, torch_pipe, data_dir):
     """The first 800 FER+ valid faces (development data): int8 within 1 point of float32, 95% the same answer."""
     import io

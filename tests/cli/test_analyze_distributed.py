@@ -89,6 +89,7 @@ def test_two_processes_write_the_records_of_one(checkpoint, images, reference, t
     assert sorted(path.name for path in tmp_path.iterdir()) == ["annotated", "two.jsonl", "two.jsonl.resume.json"]
 
 
+@pytest.mark.slow
 def test_a_failed_process_stops_both_in_one_line_each_and_resume_finishes(checkpoint, images, reference, tmp_path):
     inputs = tmp_path / "in"
     shutil.copytree(images, inputs)
