@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     faces = [faces[0] for faces in results]
     predicted = np.array([EMOTION_LABELS.index(face["emotion"]["label"]) for face in faces])
     scores = emotion_scores(predicted, labels, len(EMOTION_LABELS))
-    found = np.mean([face.get("landmark_backend") == "dlib" for face in faces])
+    is_found = np.array([face.get("landmark_backend") == "dlib" for face in faces])
+    found = is_found.mean()
     print(f"model {args.model}; FER+ valid, {len(images)} faces, {'template' if args.template else 'default path'}")
     print(
         f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}, "
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         "per class: "
         + ", ".join(f"{name} {value:.3f}" for name, value in zip(EMOTION_LABELS, scores["per_class_accuracy"]))
     )
+    # Where the model is weak: the faces dlib found, against the crops placed without landmarks.
+    for name, rows in (("found", is_found), ("placed without landmarks", ~is_found)):
+        if rows.any():
+            part = emotion_scores(predicted[rows], labels[rows], len(EMOTION_LABELS))
+            print(f"{name}: {rows.sum()} faces, accuracy {part['accuracy']:.4f}, macro-F1 {part['macro_f1']:.4f}")
     return 0
 
 
