@@ -12,7 +12,8 @@ torch's TorchScript-based exporter (`dynamo=False`: it needs no onnxscript). `ON
 answers like the torch model (`.au_logits`, `.emotion_logits` as torch tensors), so the pipeline swaps it in for the
 network alone (`pipeline("facial-state", runtime="onnx")`); detection, alignment and postprocessing are unchanged.
 
-This module imports only `.local_files` among mf2's modules, so the pipeline exported as remote code can carry it.
+This module imports only `.local_files`, `.onnx_stamps` and `.int8_per_face` among mf2's modules, so the pipeline exported as remote
+code can carry it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .int8_per_face import quantize_per_face
 from .local_files import mf2_home, written_aside
+from .onnx_stamps import GRAPH_KINDS, INT8_STAMP, STAMP_QUANTIZE, STAMP_WEIGHTS, stamp, stamp_of, stamp_of_file
 
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
@@ -101,37 +104,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-STAMP_WEIGHTS, STAMP_QUANTIZE = "mf2_weights_sha256", "mf2_quantize"
-"""The metadata an export carries: the float32 weights it was made from, and its quantization ("none", "int8")."""
-
-
-def _stamp(path: Path, values: dict[str, str]) -> None:
-    """Set `values` in the ONNX file's metadata (`metadata_props`), keeping the other entries."""
-    import onnx
-
-    graph = onnx.load(str(path))
-    kept = {entry.key: entry.value for entry in graph.metadata_props if entry.key not in values}
-    del graph.metadata_props[:]
-    for key, value in {**kept, **values}.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
-
-
-def stamp_of_file(path: Path) -> dict[str, str]:
-    """The mf2 metadata of an ONNX file (empty when it has none)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False)
-    return {entry.key: entry.value for entry in graph.metadata_props if entry.key in (STAMP_WEIGHTS, STAMP_QUANTIZE)}
-
-
-def stamp_of(session: Any) -> dict[str, str]:
-    """The mf2 metadata of an onnxruntime session's graph (empty for an export made before mf2 wrote it)."""
-    metadata = session.get_modelmeta().custom_metadata_map
-    return {key: metadata[key] for key in (STAMP_WEIGHTS, STAMP_QUANTIZE) if key in metadata}
-
-
 def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) -> None:
     """Refuse an ONNX file made from another model than `model` (`model_fingerprint`), or quantized otherwise than asked: the pipeline would
     read every face with another network under this model's labels and thresholds, in silence.
@@ -139,20 +111,21 @@ def check_export_matches(runner: Any, model: nn.Module, quantize: str | None) ->
     Raises:
         ValueError: one line naming the file and the fix.
     """
-    stamp = stamp_of(runner.session)
-    if not stamp:
+    metadata = stamp_of(runner.session)
+    if not metadata:
         return  # an export of an mf2 that did not stamp its files: nothing to compare
-    if stamp.get(STAMP_WEIGHTS) != model_fingerprint(model):
+    if metadata.get(STAMP_WEIGHTS) != model_fingerprint(model):
         raise ValueError(
             f"{runner.path} was exported from another model than this one (other weights or settings); export this "
             "model "
             "(`mf2 export --model MODEL --output FILE`) or run without a given ONNX file"
         )
-    wanted = quantize or "none"
-    if stamp.get(STAMP_QUANTIZE, wanted) != wanted:
+    wanted = INT8_STAMP if quantize else "none"
+    if metadata.get(STAMP_QUANTIZE, wanted) != wanted:
+        found = GRAPH_KINDS.get(metadata[STAMP_QUANTIZE], metadata[STAMP_QUANTIZE])
         raise ValueError(
-            f"{runner.path} holds a {stamp[STAMP_QUANTIZE].replace('none', 'float32')} graph, and "
-            f"{'int8' if quantize else 'float32'} was asked for; give the matching export, or leave the file out"
+            f"{runner.path} holds a {found} graph, and {GRAPH_KINDS[wanted]} was asked for; give the matching "
+            "export (`mf2 export`), or leave the file out"
         )
 
 
@@ -209,7 +182,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, opse
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
-            _stamp(partial, {STAMP_WEIGHTS: model_fingerprint(source), STAMP_QUANTIZE: "none"})
+            stamp(partial, {STAMP_WEIGHTS: model_fingerprint(source), STAMP_QUANTIZE: "none"})
     finally:
         source.train(was_training)
     return path
@@ -224,13 +197,15 @@ def check_quantize(quantize: str | None) -> str | None:
 
 def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Write the int8 version of the float32 graph `source` to `path`: onnxruntime's dynamic quantization of the
-    MatMul / Gemm weights, per output channel, signed 8-bit; activations are quantized per batch at run time.
+    MatMul / Gemm weights, per output channel, signed 8-bit; activations are quantized at run time, each face on its
+    own (`mf2.int8_per_face`: a face's answer does not depend on the other faces of its batch).
 
     Per channel, because the ViT's weight rows differ widely in range: quantizing its linear layers per tensor moved
     the example faces' AU probabilities by up to 0.16, per channel by up to 0.09 (measured with PyTorch's dynamic
     quantization). Its accuracy on the development data is in the README.
     """
     require_onnxruntime()
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = Path(path)
@@ -246,7 +221,8 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
                 per_channel=True,
                 weight_type=QuantType.QInt8,
             )
-            _stamp(partial, {**stamp_of_file(Path(source)), STAMP_QUANTIZE: "int8"})
+            onnx.save(quantize_per_face(onnx.load(str(partial))), str(partial))
+            stamp(partial, {**stamp_of_file(Path(source)), STAMP_QUANTIZE: INT8_STAMP})
     finally:
         logger.setLevel(level)
     return path
@@ -254,8 +230,8 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 def cached_onnx_path(model: nn.Module, image_size: int, opset: int = OPSET, quantize: str | None = None) -> Path:
     """Where `ensure_onnx` keeps the export of `model`:
-    `$MF2_HOME/onnx/<weights sha256[:16]>-opset<N>-<size>px[-int8].onnx`."""
-    suffix = f"-{check_quantize(quantize)}" if quantize else ""
+    `$MF2_HOME/onnx/<weights sha256[:16]>-opset<N>-<size>px[-int8-per-face].onnx`."""
+    suffix = f"-{INT8_STAMP}" if check_quantize(quantize) else ""
     return mf2_home() / "onnx" / f"{model_fingerprint(model)[:16]}-opset{opset}-{image_size}px{suffix}.onnx"
 
 
@@ -368,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=QUANTIZE_CHOICES,
         help="also quantize the graph: int8 weights, "
-        "dynamic int8 activations (2x faster on CPUs; accuracy: docs/analysis.md#int8)",
+        "int8 activations quantized per face at run time (faster on CPUs; accuracy: docs/analysis.md#int8)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub checkpoint's own code")
     return parser
@@ -406,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         said = str(error).strip()
         print(f"mf2 export: {said.splitlines()[0] if said else repr(error)}", file=sys.stderr)
         return 1
-    kind = "int8 weights, dynamic int8 activations" if args.quantize else "float32"
+    kind = "int8 weights, int8 activations quantized per face" if args.quantize else "float32"
     print(
         f"mf2 export: wrote {output} (opset {args.opset}, {kind}, dynamic batch, {size}x{size} px crops)",
         file=sys.stderr,

@@ -127,8 +127,8 @@ class FacialStatePipeline(VideoMixin, Pipeline):
     in its `dfn/`) on the model (`mf2.dfn.load_adapter`, which also takes the AU thresholds tuned with it). `runtime="onnx"` runs the network in
     onnxruntime (`mf2[onnx]`) on `onnx_path` or on a weights-keyed export under `$MF2_HOME/onnx/`, written on first
     use; everything else is as with `runtime="torch"`, the default. `quantize="int8"` (with `runtime="onnx"`) runs
-    the graph's int8 version (`mf2.onnx_export.quantize_onnx`): about twice as fast on a CPU, with the
-    development-set figures of the README; its answers depend slightly on the batch (docs/analysis.md).
+    the graph's int8 version (`mf2.onnx_export.quantize_onnx`): faster than float32 on a CPU, each face quantized on
+    its own, so its answer is the same whatever the batch (docs/analysis.md).
 
     Detection runs in worker threads ahead of the model, so the detector and the network overlap; memory is bounded
     by `batch_size` plus a few inputs in flight, whatever the number of inputs.

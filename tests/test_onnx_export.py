@@ -1,6 +1,7 @@
 """ONNX export of the shipped mf2-base and its onnxruntime runner: parity with PyTorch on real faces, dynamic batch,
 the pipeline's and `mf2 analyze`'s `runtime="onnx"`, and the one-line errors without onnxruntime."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mf2 import onnx_export
 from mf2.cli import main as cli_main
 from mf2.integration.default_model import resolve_model
 from mf2.modeling_mf2 import roi_align_tokens
+from mf2.onnx_stamps import stamp
 
 pytest.importorskip("onnxruntime")
 
@@ -208,9 +210,14 @@ def test_a_given_onnx_file_must_be_this_models_export_at_the_asked_precision(hom
     int8 = pipeline("facial-state", model=str(first), runtime="onnx", quantize="int8").onnx_model
     assert onnx_export.stamp_of(int8.session) == {
         onnx_export.STAMP_WEIGHTS: onnx_export.stamp_of(first_pipe.onnx_model.session)[onnx_export.STAMP_WEIGHTS],
-        onnx_export.STAMP_QUANTIZE: "int8",
+        onnx_export.STAMP_QUANTIZE: onnx_export.INT8_STAMP,
     }
     pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(int8.path), quantize="int8")  # its own
+    older = tmp_path / "older-int8.onnx"  # an older mf2's int8 export, quantized per batch
+    shutil.copyfile(int8.path, older)
+    stamp(older, {onnx_export.STAMP_QUANTIZE: "int8"})
+    with pytest.raises(ValueError, match=r"holds a int8 \(quantized per batch: an older mf2's export\) graph"):
+        pipeline("facial-state", model=str(first), runtime="onnx", onnx_path=str(older), quantize="int8")
 
 
 def test_fingerprint_is_what_the_float32_graph_computes(tmp_path):
@@ -281,7 +288,7 @@ def int8_graph(exported, torch_pipe) -> Path:
     size = int(torch_pipe.image_processor.size)
     path = onnx_export.ensure_onnx(torch_pipe.model, size, quantize="int8")
     assert path == onnx_export.cached_onnx_path(torch_pipe.model, size, quantize="int8") != exported
-    assert path.name.endswith("-int8.onnx")
+    assert path.name.endswith("-int8-per-face.onnx")
     return path
 
 
@@ -289,7 +296,7 @@ def test_int8_graph_quantizes_the_matmuls_and_keeps_the_answers(int8_graph, face
     import onnx
 
     operators = {node.op_type for node in onnx.load(str(int8_graph)).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= operators
+    assert {"QuantizeLinear", "MatMulInteger"} <= operators and "DynamicQuantizeLinear" not in operators
     output = onnx_export.ONNXRecognitionModel(int8_graph)(pixel_values=faces[0], au_boxes=faces[1])
     with torch.no_grad():
         reference = torch_pipe.model(pixel_values=faces[0], au_boxes=faces[1])
@@ -304,6 +311,17 @@ def test_int8_graph_quantizes_the_matmuls_and_keeps_the_answers(int8_graph, face
     assert np.abs(au - au_ref).mean() <= 0.02 and np.abs(au - au_ref).max() <= 0.2
     thresholds = np.asarray(torch_pipe.model.config.au_decision_thresholds)
     assert ((au >= thresholds) == (au_ref >= thresholds)).mean() >= 0.9
+
+
+def test_an_int8_answer_does_not_depend_on_the_other_faces_of_its_batch(int8_graph, faces):
+    """Each face's activations are quantized on their own (`mf2.int8_per_face`): per batch, the example faces' logits
+    moved by up to 0.11 between a batch of 3 and one face at a time."""
+    runner = onnx_export.ONNXRecognitionModel(int8_graph)
+    together = runner(pixel_values=faces[0], au_boxes=faces[1])
+    alone = [runner(pixel_values=faces[0][[row]], au_boxes=faces[1][[row]]) for row in range(len(faces[0]))]
+    for name in ("au_logits", "emotion_logits"):
+        one_by_one = torch.cat([getattr(output, name) for output in alone])
+        assert (getattr(together, name) - one_by_one).abs().max() <= 1e-5
 
 
 def test_int8_pipeline_and_cli_need_the_onnx_runtime(int8_graph, capsys):

@@ -170,8 +170,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         choices=("int8",),
-        help="with --runtime onnx: the int8 version of the graph "
-        "(about twice as fast on a CPU; accuracy: docs/analysis.md#int8)",
+        help="with --runtime onnx: the int8 version of the graph (faster on a CPU; accuracy: docs/analysis.md#int8)",
     )
 
 
