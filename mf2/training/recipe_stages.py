@@ -48,7 +48,7 @@ DEVELOPMENT_FILES = ("ferplus/train.parquet", "ferplus/valid.parquet", "ckplus/d
 PREPROCESSING_PROCESSES = min(os.cpu_count() or 1, 8)
 """Processes of the face pre-processing (`datasets.map`): dlib's shape predictor holds the GIL, so one process keeps
 about one core busy however many threads its processor has (600 FER+ train images on the 2-core CPU: 9.9 s in two
-processes, about 11 s in one); on a GPU machine's many cores it is most of the data stage. The rows and their cache
+processes, 12.5-13.6 s in one); on a GPU machine's many cores it is most of the data stage. The rows and their cache
 files are the same whatever the count, and a resumed run with another count reads them."""
 
 
