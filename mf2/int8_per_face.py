@@ -41,10 +41,11 @@ def quantize_per_face(model):
     for node in graph.node:
         for name in node.input:
             users[name].append(node)
-    nodes = []
+    nodes, corrections = [], {}  # corrections: the nodes that follow each scaling Mul, by its renamed output
     for node in graph.node:
         if node.op_type != "DynamicQuantizeLinear":
             nodes.append(node)
+            nodes += [later for name in node.output for later in corrections.pop(name, [])]
             continue
         quantized, scale, zero_point = node.output
         _check_users(users, quantized, zero_point, scale)
@@ -60,13 +61,13 @@ def quantize_per_face(model):
             graph.initializer.append(term)
             matmul.input[2] = ""
             output = scaled.output[0]
-            scaled.output[0] = f"{output}/with_zero_point"
-            nodes += [
+            corrections[f"{output}/with_zero_point"] = [
                 _node("Mul", [f"{prefix}/zero_point_scaled", term.name], [f"{output}/zero_point_term"]),
-                _node("Sub", [scaled.output[0], f"{output}/zero_point_term"], [output]),
+                _node("Sub", [f"{output}/with_zero_point", f"{output}/zero_point_term"], [output]),
             ]
+            scaled.output[0] = f"{output}/with_zero_point"  # so the corrections come right after it, in graph order
     graph.ClearField("node")
-    graph.node.extend(_in_order(nodes))
+    graph.node.extend(nodes)
     return model
 
 
@@ -154,27 +155,6 @@ def _column_sums(constants: dict, weights: str, weight_zero: str) -> np.ndarray:
     """`(N,)` sums over K of the `(K, N)` quantized weights less their zero point (one, or one per column)."""
     values = _constant(constants, weights)
     return (values - _constant(constants, weight_zero) if weight_zero else values).sum(axis=-2)
-
-
-def _in_order(nodes: list) -> list:
-    """`nodes` sorted so that each comes after those whose outputs it reads (ONNX wants a topological order)."""
-    produced_by = {name: index for index, node in enumerate(nodes) for name in node.output}
-    ordered, placed = [], set()
-    for start in range(len(nodes)):
-        stack = [(start, False)]
-        while stack:
-            index, inputs_placed = stack.pop()
-            if index in placed:
-                continue
-            if inputs_placed:
-                placed.add(index)
-                ordered.append(nodes[index])
-                continue
-            stack.append((index, True))
-            stack += [
-                (produced_by[name], False) for name in nodes[index].input if produced_by.get(name, index) != index
-            ]
-    return ordered
 
 
 __all__ = ["quantize_per_face"]

@@ -12,8 +12,8 @@ torch's TorchScript-based exporter (`dynamo=False`: it needs no onnxscript). `ON
 answers like the torch model (`.au_logits`, `.emotion_logits` as torch tensors), so the pipeline swaps it in for the
 network alone (`pipeline("facial-state", runtime="onnx")`); detection, alignment and postprocessing are unchanged.
 
-This module imports only `.local_files`, `.onnx_stamps` and `.int8_per_face` among mf2's modules, so the pipeline exported as remote
-code can carry it.
+This module imports only `.local_files`, `.onnx_stamps` and `.int8_per_face` among mf2's modules, so the pipeline
+exported as remote code can carry it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ from torch import nn
 
 from .int8_per_face import quantize_per_face
 from .local_files import mf2_home, written_aside
-from .onnx_stamps import GRAPH_KINDS, INT8_STAMP, STAMP_QUANTIZE, STAMP_WEIGHTS, stamp, stamp_of, stamp_of_file
+from .onnx_stamps import (
+    GRAPH_KINDS,
+    INT8_STAMP,
+    STAMP_QUANTIZE,
+    STAMP_WEIGHTS,
+    set_stamps,
+    stamp,
+    stamp_of,
+    stamp_of_file,
+)
 
 OPSET = 17
 """ONNX opset of the exported graph (onnxruntime >= 1.17 runs it; GridSample, the AU boxes' RoIAlign, needs >= 16)."""
@@ -221,8 +230,9 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
                 per_channel=True,
                 weight_type=QuantType.QInt8,
             )
-            onnx.save(quantize_per_face(onnx.load(str(partial))), str(partial))
-            stamp(partial, {**stamp_of_file(Path(source)), STAMP_QUANTIZE: INT8_STAMP})
+            quantized = quantize_per_face(onnx.load(str(partial)))
+            set_stamps(quantized, {**stamp_of_file(Path(source)), STAMP_QUANTIZE: INT8_STAMP})
+            onnx.save(quantized, str(partial))
     finally:
         logger.setLevel(level)
     return path

@@ -18,16 +18,21 @@ GRAPH_KINDS = {"none": "float32", INT8_STAMP: "int8", "int8": "int8 (quantized p
 """What each stamped quantization is, in the words of an error message."""
 
 
+def set_stamps(model, values: dict[str, str]) -> None:
+    """Set `values` in an `onnx.ModelProto`'s metadata (`metadata_props`), keeping its other entries."""
+    kept = {entry.key: entry.value for entry in model.metadata_props if entry.key not in values}
+    del model.metadata_props[:]
+    for key, value in {**kept, **values}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def stamp(path: Path, values: dict[str, str]) -> None:
-    """Set `values` in the ONNX file's metadata (`metadata_props`), keeping the other entries."""
+    """Set `values` in the ONNX file's metadata (`set_stamps`), keeping the other entries."""
     import onnx
 
     graph = onnx.load(str(path))
-    kept = {entry.key: entry.value for entry in graph.metadata_props if entry.key not in values}
-    del graph.metadata_props[:]
-    for key, value in {**kept, **values}.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_stamps(graph, values)
     onnx.save(graph, str(path))
 
 
@@ -45,4 +50,13 @@ def stamp_of(session: Any) -> dict[str, str]:
     return {key: metadata[key] for key in (STAMP_WEIGHTS, STAMP_QUANTIZE) if key in metadata}
 
 
-__all__ = ["GRAPH_KINDS", "INT8_STAMP", "STAMP_QUANTIZE", "STAMP_WEIGHTS", "stamp", "stamp_of", "stamp_of_file"]
+__all__ = [
+    "GRAPH_KINDS",
+    "INT8_STAMP",
+    "STAMP_QUANTIZE",
+    "STAMP_WEIGHTS",
+    "set_stamps",
+    "stamp",
+    "stamp_of",
+    "stamp_of_file",
+]
